@@ -1,0 +1,50 @@
+# Two entry points (see README): `make parity` runs the main job, `make test` the test suite.
+# Each sets itself up: a bootstrap uv, then .venv synced exactly from uv.lock.
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+BOOT := .cache/bootstrap
+UV := $(BOOT)/bin/uv
+VENV := .venv
+SYNCED := $(VENV)/.synced
+PYTEST_ARGS ?=
+
+.PHONY: parity drift test test-fast lint bench lock-check clean
+
+$(UV):
+	$(PYTHON) -m venv $(BOOT)
+	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(SYNCED): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON) --quiet
+	@touch $@
+
+## The main job: parity check of the reference model on the default config.
+parity: $(SYNCED)
+	$(VENV)/bin/parity check --config parity.toml
+
+## The NumPy-drift example: must fail (exit 1) and name numpy.
+drift: $(SYNCED)
+	$(VENV)/bin/parity check --config examples/numpy-drift/parity.toml
+
+## The whole test suite, slow tests (real venvs with torch) included.
+test: $(SYNCED)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## Only the fast tests (no torch venvs).
+test-fast: $(SYNCED)
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(SYNCED)
+	$(VENV)/bin/ruff check envlock parity model tests benchmarks
+	$(VENV)/bin/ruff format --check envlock parity model tests benchmarks
+	$(VENV)/bin/mypy
+
+lock-check: $(SYNCED)
+	$(VENV)/bin/envlock lock --check --spec locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/numpy-drift/locks/pyproject.toml
+
+bench: $(SYNCED)
+	$(VENV)/bin/python benchmarks/parity_overhead.py
+
+clean:
+	rm -rf $(VENV) $(BOOT)

@@ -1,0 +1,11 @@
+"""Where an environment lives: this interpreter (`local`) or a uv venv from a lock (`venv`).
+
+Every backend gives an `Environment`: something that can start a Python script inside it.
+"""
+
+from __future__ import annotations
+
+from envlock.backends.base import Environment, LocalEnvironment
+from envlock.backends.venv import VenvBackend, default_cache_dir
+
+__all__ = ["Environment", "LocalEnvironment", "VenvBackend", "default_cache_dir"]

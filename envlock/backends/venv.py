@@ -1,0 +1,145 @@
+"""The `venv` backend: a uv virtual environment installed from a lock, cached per lock and group.
+
+Cache layout (`$ENVLOCK_CACHE_DIR`, default `~/.cache/envlock`):
+
+    venvs/<lock digest>-<group>/      a finished environment (never modified afterwards)
+    venvs/<lock digest>-<group>/.envlock.json   written last: the environment is complete
+    venvs/.building/<key>-<random>/   work in progress, renamed into place when done
+    venvs/.locks/<key>.lock           serializes concurrent builds of the same key
+
+A second materialization of the same lock and group finds the finished folder and installs
+nothing. Two processes building the same key at once serialize on the file lock; a build
+that dies leaves only a `.building` folder, never a half-installed environment in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from envlock.backends.base import Environment
+from envlock.errors import MaterializeError
+from envlock.lockfile import MAIN, LockedEnv
+from envlock.uvtool import find_uv, uv_version
+
+MARKER = ".envlock.json"
+Progress = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    """Where envlock caches environments: `$ENVLOCK_CACHE_DIR` or `~/.cache/envlock`."""
+    explicit = os.environ.get("ENVLOCK_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "envlock"
+
+
+class VenvBackend:
+    """Materializes locks as uv venvs under a cache folder."""
+
+    def __init__(self, cache_dir: Path | None = None, *, python: str | None = None) -> None:
+        self.cache_dir = (cache_dir or default_cache_dir()) / "venvs"
+        self.python = python
+
+    def key(self, lock: LockedEnv, group: str) -> str:
+        """Cache key of an environment: the lock's digest and the group it installs."""
+        return f"{lock.digest.removeprefix('sha256:')[:24]}-{group}"
+
+    def path_for(self, lock: LockedEnv, group: str) -> Path:
+        """Where the environment for `lock` and `group` lives once materialized."""
+        return self.cache_dir / self.key(lock, group)
+
+    def find(self, lock: LockedEnv, group: str) -> Environment | None:
+        """The cached environment for `lock` and `group`, or None if it is not built."""
+        root = self.path_for(lock, group)
+        python = root / "bin" / "python"
+        if (root / MARKER).is_file() and python.exists():
+            return Environment("venv", python, self._describe(lock, group), root, created=False)
+        return None
+
+    def materialize(
+        self, lock: LockedEnv, group: str = MAIN, progress: Progress | None = None
+    ) -> Environment:
+        """The environment for `lock` and `group`, built by uv if it is not cached yet."""
+        lock.check_group(group)
+        cached = self.find(lock, group)
+        if cached is not None:
+            return cached
+        say = progress or (lambda _msg: None)
+        key = self.key(lock, group)
+        locks = self.cache_dir / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(locks / f"{key}.lock")):
+            cached = self.find(lock, group)  # another process may have built it meanwhile
+            if cached is not None:
+                return cached
+            root = self.path_for(lock, group)
+            if root.exists():  # a folder without its marker: an interrupted, older layout
+                shutil.rmtree(root)
+            building = self.cache_dir / ".building" / f"{key}-{uuid.uuid4().hex[:8]}"
+            building.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                started = time.monotonic()
+                self._build(lock, group, building, say)
+                (building / MARKER).write_text(
+                    json.dumps(
+                        {
+                            "lock": str(lock.path),
+                            "lock_digest": lock.digest,
+                            "group": group,
+                            "uv": uv_version(find_uv()),
+                            "seconds": round(time.monotonic() - started, 2),
+                        },
+                        indent=2,
+                    )
+                )
+                os.rename(building, root)
+            finally:
+                if building.exists():
+                    shutil.rmtree(building, ignore_errors=True)
+        say(f"materialized {self._describe(lock, group)} in {time.monotonic() - started:.1f}s")
+        return Environment(
+            "venv", root / "bin" / "python", self._describe(lock, group), root, created=True
+        )
+
+    def _build(self, lock: LockedEnv, group: str, target: Path, say: Progress) -> None:
+        uv = find_uv()
+        python = self.python or _python_request(lock.requires_python)
+        say(f"creating venv for {lock.path.name} [{group}] with uv (python {python})")
+        self._uv([uv, "venv", "--relocatable", "--no-project", "--python", python, str(target)])
+        cmd = [uv, "pip", "install", "--no-progress", "--python", str(target / "bin" / "python")]
+        cmd += ["-r", str(lock.path)]
+        if group != MAIN:
+            cmd += ["--group", group]
+        say(f"installing {len(lock.packages_in(group))} locked packages")
+        self._uv(cmd)
+
+    def _uv(self, cmd: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PYTHON")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+            raise MaterializeError(f"uv failed ({' '.join(cmd[1:3])}):\n{tail}")
+
+    @staticmethod
+    def _describe(lock: LockedEnv, group: str) -> str:
+        return f"venv from {lock.path} [{group}]"
+
+
+def _python_request(requires_python: str | None) -> str:
+    """What to ask uv for: the lock's `requires-python`, else this interpreter's version."""
+    if requires_python:
+        exact = re.fullmatch(r"==\s*(\d+\.\d+)(\.\*)?", requires_python.strip())
+        return exact.group(1) if exact else requires_python
+    return f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -1,0 +1,35 @@
+"""Small pieces both command-line tools share: domain errors to exit codes, progress."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(click.ClickException):
+    """A domain error shown as `Error: ...` with the exit code DESIGN.md gives it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
+    """Decorator: turn exceptions of `types` (which carry `exit_code`) into clean exits."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except types as e:
+                raise CommandError(str(e), getattr(e, "exit_code", 3)) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,103 @@
+"""Fingerprint of the environment this file runs in, using the standard library only.
+
+This file is copied or mounted into environments and run there (`python probe.py [OUT]`),
+or loaded by the parity worker after the model ran; it must not import envlock or anything
+outside the standard library, and must work on Python 3.9 and newer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+from typing import Any, Dict, List, Optional
+
+SCHEMA = 1
+
+# Environment variables that change numerical results or their reproducibility.
+NUMERIC_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "NPY_DISABLE_CPU_FEATURES",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_TF32_OVERRIDE",
+    "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+    "PYTHONHASHSEED",
+)
+_SECRET = re.compile(r"TOKEN|SECRET|PASSW|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH|(^|_)KEY($|_)", re.I)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name looks like it holds a secret."""
+    return bool(_SECRET.search(name))
+
+
+def distributions() -> List[Dict[str, Optional[str]]]:
+    """Every installed distribution visible on sys.path: name, version, installer."""
+    from importlib import metadata
+
+    seen: Dict[str, Dict[str, Optional[str]]] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:  # the first one on sys.path is the one imports get
+            continue
+        installer = dist.read_text("INSTALLER")
+        seen[key] = {
+            "name": key,
+            "version": dist.version,
+            "installer": installer.strip() if installer else None,
+        }
+    return [seen[k] for k in sorted(seen)]
+
+
+def environment_variables() -> Dict[str, str]:
+    """The numerics-relevant environment variables that are set, never a secret."""
+    return {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ and not is_secret_name(k)}
+
+
+def collect() -> Dict[str, Any]:
+    """The fingerprint of this interpreter's environment, as a JSON-ready dict."""
+    fp: Dict[str, Any] = {
+        "schema": SCHEMA,
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+            "prefix": sys.prefix,
+        },
+        "platform": {
+            "system": platform.system(),
+            "machine": platform.machine(),
+            "libc": "-".join(platform.libc_ver()) or None,
+        },
+        "distributions": distributions(),
+        "env": environment_variables(),
+    }
+    return fp
+
+
+def main(argv: List[str]) -> int:
+    """Write the fingerprint as JSON to argv[1], or to stdout."""
+    text = json.dumps(collect(), indent=2, sort_keys=True)
+    if len(argv) > 1:
+        with open(argv[1], "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,1 @@
+"""Reference model: a small ESPCN-style x2 super-resolution network for luminance images."""

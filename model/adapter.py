@@ -1,0 +1,43 @@
+"""Adapter the parity tool calls: uint8 low-resolution images in, x2 upscaled images out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from model.network import ESPCN
+from model.preprocess import postprocess, preprocess
+
+WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "espcn_x2.safetensors"
+
+_network: ESPCN | None = None
+
+
+def load_network() -> ESPCN:
+    """Give the reference network with the committed weights, in eval mode (cached)."""
+    global _network
+    if _network is None:
+        network = ESPCN(scale=2, channels=1)
+        network.load_state_dict(load_file(str(WEIGHTS_PATH)))
+        network.eval()
+        _network = network
+    return _network
+
+
+def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Give ``{"sr": uint8, "sr_float": float32}`` x2 upscalings of ``inputs["lr"]``.
+
+    ``inputs["lr"]`` is ``N x H x W`` uint8; both outputs are ``N x 2H x 2W``.
+    ``sr_float`` is the raw network output, ``sr`` the postprocessed image.
+    """
+    torch.set_grad_enabled(False)
+    network = load_network()
+    x = preprocess(np.asarray(inputs["lr"]))
+    y = network(torch.from_numpy(x).to(torch.float32)).numpy()
+    return {
+        "sr": postprocess(y),
+        "sr_float": np.ascontiguousarray(y[:, 0, :, :], dtype=np.float32),
+    }

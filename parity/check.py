@@ -1,0 +1,319 @@
+"""`run_check`: materialize both environments, replay the inputs in each, compare, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import envlock.probe
+from envlock import LockedEnv, read_lock
+from envlock.backends import Environment, LocalEnvironment, VenvBackend
+from envlock.classify import severity
+from envlock.errors import EnvlockError
+from envlock.lockfile import MAIN
+from parity import worker as worker_module
+from parity.compare import OutputComparison, compare_arrays
+from parity.config import EnvironmentSpec, ParityConfig
+from parity.errors import ParityError, WorkerError
+from parity.inputs import digest, generate
+from parity.outputs import load_json, load_outputs
+from parity.report import EnvironmentSummary, ParityReport, VersionDiff
+
+Progress = Callable[[str], None]
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_SEVERITY_NOTE = {
+    "numerics": "can change computed values",
+    "runtime": "different interpreter or platform",
+    "benign": "tooling; does not reach the numbers",
+    "other": "check whether the model uses it",
+}
+
+
+@dataclass
+class EnvRun:
+    """What happened in one environment: where it lives, what it returned, how long it took."""
+
+    spec: EnvironmentSpec
+    lock: LockedEnv | None = None
+    environment: Environment | None = None
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_check(
+    config: ParityConfig,
+    *,
+    workdir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> ParityReport:
+    """Run the parity check `config` describes and return its report (never raises for
+    failures inside environments: they become the report's errors and an `error` verdict)."""
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    keep = workdir is not None
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = generate(config.inputs)
+    input_digest = digest(inputs)
+    np.savez(work / "inputs.npz", **inputs)
+    generated = time.perf_counter()
+    say(f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, {input_digest[:19]}…")
+
+    backend = VenvBackend(cache_dir)
+    runs = [EnvRun(spec) for spec in config.environments]
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        list(pool.map(lambda r: _run_environment(r, config, backend, work, say), runs))
+
+    ref = next(r for r in runs if r.spec.name == config.reference)
+    cand = next(r for r in runs if r.spec.name != config.reference)
+    errors = [r.error for r in runs if r.error]
+    outputs: list[OutputComparison] = []
+    diffs: list[VersionDiff] = []
+    reasons: list[str] = []
+    if not errors:
+        outputs, missing = _compare_outputs(config, ref, cand)
+        reasons += missing
+        reasons += [f"output {o.name!r}: {o.reason}" for o in outputs if not o.passed]
+        diffs = version_diffs(ref, cand)
+        for d in diffs:
+            if not d.expected and d.severity in config.fail_on_version_diffs:
+                shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
+                reasons.append(f"{d.name} differs: {shown} [{d.severity}]")
+    verdict = "error" if errors else ("fail" if reasons else "pass")
+    if errors or keep:
+        say(f"work folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return ParityReport(
+        verdict=verdict,
+        config=str(config.path),
+        reference=ref.spec.name,
+        candidate=cand.spec.name,
+        inputs={**config.inputs.describe(), "digest": input_digest},
+        environments={r.spec.name: _summary(r) for r in runs},
+        outputs=outputs,
+        version_diffs=diffs,
+        reasons=reasons,
+        errors=[e for e in errors if e],
+        seconds={
+            "inputs": round(generated - started, 3),
+            "total": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def _run_environment(
+    run: EnvRun, config: ParityConfig, backend: VenvBackend, work: Path, say: Progress
+) -> None:
+    name = run.spec.name
+
+    def tell(msg: str) -> None:
+        say(f"[{name}] {msg}")
+
+    try:
+        t0 = time.perf_counter()
+        run.environment = _materialize(run, backend, tell)
+        t1 = time.perf_counter()
+        run.seconds["materialize"] = round(t1 - t0, 3)
+        tell(f"running {config.inputs.count} inputs in {run.environment.description}")
+        _replay(run, config, work / name)
+        run.seconds["run"] = round(time.perf_counter() - t1, 3)
+        tell(f"done in {run.seconds['run']:.1f}s")
+    except (EnvlockError, ParityError) as e:
+        run.error = str(e)
+        tell(f"error: {str(e).splitlines()[0]}")
+
+
+def _materialize(run: EnvRun, backend: VenvBackend, say: Progress) -> Environment:
+    spec = run.spec
+    if spec.backend == "local":
+        return LocalEnvironment(spec.python)
+    assert spec.lock is not None
+    run.lock = read_lock(spec.lock)
+    return backend.materialize(run.lock, spec.group, progress=say)
+
+
+def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
+    assert run.environment is not None
+    name = run.spec.name
+    outdir.mkdir(parents=True, exist_ok=True)
+    job = {
+        "schema": worker_module.JOB_SCHEMA,
+        "adapter": config.adapter,
+        "paths": [str(p) for p in config.model_paths],
+        "inputs": str(outdir.parent / "inputs.npz"),
+        "count": config.inputs.count,
+        "batch_size": config.inputs.batch_size,
+        "outdir": str(outdir),
+        "probe": str(Path(envlock.probe.__file__)),
+    }
+    job_path = outdir / "job.json"
+    job_path.write_text(json.dumps(job, indent=2))
+    env = dict(config.env)
+    if config.threads:
+        for var in THREAD_VARS:
+            env.setdefault(var, str(config.threads))
+    log_path = outdir / "worker.log"
+    with log_path.open("wb") as log:
+        proc = run.environment.spawn(
+            Path(worker_module.__file__), [str(job_path)], env=env, stdout=log, stderr=log
+        )
+        try:
+            status: int | None = proc.wait(timeout=config.timeout)
+        except subprocess.TimeoutExpired:
+            status = None
+        except BaseException:
+            proc.kill()
+            raise
+        if status is None:
+            proc.kill()
+            proc.wait()
+            raise WorkerError(
+                name, f"worker timed out after {config.timeout:g}s and was killed (log: {log_path})"
+            )
+    error_file = outdir / "error.json"
+    if error_file.exists():
+        err = load_json(error_file)
+        tb = str(err.get("traceback", "")).strip()
+        raise WorkerError(
+            name,
+            f"the model failed in the worker ({err.get('stage')}): "
+            f"{err.get('type')}: {err.get('message')}\n{tb}",
+        )
+    if status != 0:
+        tail = _tail(log_path)
+        raise WorkerError(name, f"worker exited with status {status}; last output:\n{tail}")
+    run.outputs = load_outputs(outdir / "outputs.npz")
+    run.fingerprint = load_json(outdir / "fingerprint.json")
+    result = load_json(outdir / "result.json")
+    seconds = result.get("seconds", {})
+    if isinstance(seconds, dict):
+        for k in ("load", "predict"):
+            if isinstance(seconds.get(k), int | float):
+                run.seconds[f"worker_{k}"] = float(seconds[k])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    text = path.read_bytes()[-20000:].decode("utf-8", "replace")
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+def _compare_outputs(
+    config: ParityConfig, ref: EnvRun, cand: EnvRun
+) -> tuple[list[OutputComparison], list[str]]:
+    results = []
+    problems = []
+    for name in sorted(set(ref.outputs) | set(cand.outputs)):
+        if name not in cand.outputs:
+            problems.append(f"output {name!r} is missing from {cand.spec.name}")
+            continue
+        if name not in ref.outputs:
+            problems.append(f"output {name!r} is missing from {ref.spec.name}")
+            continue
+        results.append(
+            compare_arrays(name, ref.outputs[name], cand.outputs[name], config.tolerance_for(name))
+        )
+    return results, problems
+
+
+def _versions(fp: dict[str, Any]) -> dict[str, str]:
+    versions = {}
+    for d in fp.get("distributions", []):
+        if isinstance(d, dict) and isinstance(d.get("name"), str):
+            versions[d["name"]] = str(d.get("version"))
+    python = fp.get("python", {})
+    if isinstance(python, dict) and python.get("version"):
+        versions["python"] = str(python["version"])
+    return versions
+
+
+def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
+    """Every package whose installed version differs between the two environments."""
+    a, b = _versions(ref.fingerprint), _versions(cand.fingerprint)
+    diffs = []
+    for name in sorted(set(a) | set(b)):
+        va, vb = a.get(name), b.get(name)
+        if va == vb:
+            continue
+        sev = severity(name)
+        expected, note = _explain(name, (ref, va), (cand, vb))
+        diffs.append(
+            VersionDiff(
+                name=name,
+                versions={ref.spec.name: va, cand.spec.name: vb},
+                severity=sev,
+                expected=expected,
+                note=note or _SEVERITY_NOTE[sev],
+            )
+        )
+    return diffs
+
+
+def _explain(
+    name: str, left: tuple[EnvRun, str | None], right: tuple[EnvRun, str | None]
+) -> tuple[bool, str | None]:
+    """Whether the locks explain the difference (a group-only package), and a one-line why."""
+    (ra, va), (rb, vb) = left, right
+    if ra.lock is None or rb.lock is None:
+        return False, None
+    la = ra.lock.versions(ra.spec.group)
+    lb = rb.lock.versions(rb.spec.group)
+    for run, installed, locked in ((ra, va, la), (rb, vb, lb)):
+        if installed is not None and name in locked and _norm(locked[name]) != _norm(installed):
+            return False, f"{run.spec.name} has {installed} but its lock pins {locked[name]}"
+    if (va is None) != (vb is None):
+        present, absent = (ra, rb) if vb is None else (rb, ra)
+        assert present.lock is not None and absent.lock is not None
+        group = present.lock.group_of(name)
+        in_absent = name in absent.lock.versions(absent.spec.group)
+        if group not in (None, MAIN) and not in_absent:
+            return True, f"only in the {group!r} group, which {absent.spec.name} does not install"
+        return False, f"installed in {present.spec.name} only"
+    if name in la and name in lb and la[name] != lb[name]:
+        return False, f"the locks pin different versions ({ra.lock.path.name} vs {rb.lock.path})"
+    return False, None
+
+
+def _norm(version: str) -> str:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return str(Version(version))
+    except InvalidVersion:
+        return version
+
+
+def _summary(run: EnvRun) -> EnvironmentSummary:
+    fp = run.fingerprint
+    python = fp.get("python", {}) if isinstance(fp.get("python"), dict) else {}
+    plat = fp.get("platform", {}) if isinstance(fp.get("platform"), dict) else {}
+    env_vars = fp.get("env", {}) if isinstance(fp.get("env"), dict) else {}
+    versions = _versions(fp)
+    versions.pop("python", None)
+    return EnvironmentSummary(
+        name=run.spec.name,
+        backend=run.spec.backend,
+        description=run.environment.description if run.environment else run.spec.backend,
+        lock=str(run.spec.lock) if run.spec.lock else None,
+        lock_digest=run.lock.digest if run.lock else None,
+        group=run.spec.group if run.spec.backend != "local" else None,
+        python=python.get("version"),
+        platform=f"{plat.get('system')}-{plat.get('machine')}" if plat else None,
+        packages=versions,
+        env={str(k): str(v) for k, v in env_vars.items()},
+        created=bool(run.environment and run.environment.created),
+        seconds=run.seconds,
+    )

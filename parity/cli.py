@@ -1,0 +1,79 @@
+"""`parity`: check that two environments give the same answers (thin layer over the API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from envlock.clikit import domain_errors
+from envlock.errors import EnvlockError
+from parity.check import run_check
+from parity.config import load_config
+from parity.errors import ParityError
+from parity.report import render_text
+
+@click.group()
+@click.version_option(package_name="envlock-parity")
+def main() -> None:
+    """Replay seeded inputs through two environments and prove they agree."""
+
+
+@main.command("check")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("parity.toml"),
+    show_default=True,
+    help="The parity config: model adapter, inputs, environments, tolerances.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Write the JSON report here ('-' for stdout, which then holds only the JSON).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep inputs, outputs, fingerprints and worker logs in this folder.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Environment cache (default: $ENVLOCK_CACHE_DIR or ~/.cache/envlock).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@domain_errors(ParityError, EnvlockError)
+def check_command(
+    config_path: Path,
+    json_path: Path | None,
+    workdir: Path | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Check that two environments give the same outputs on the same seeded inputs.
+
+    Exit status: 0 pass, 1 outputs or versions differ beyond the policy, 2 bad
+    config or usage, 3 an environment could not be built or its worker failed.
+
+    \b
+    Example:
+        parity check --config parity.toml --json report.json
+    """
+    config = load_config(config_path)
+
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(f"parity: {message}", err=True)
+
+    report = run_check(config, workdir=workdir, cache_dir=cache_dir, progress=progress)
+    if json_path is not None and str(json_path) == "-":
+        click.echo(report.to_json(), nl=False)
+    else:
+        click.echo(render_text(report, color=None), nl=False)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(report.to_json(), encoding="utf-8")
+    raise SystemExit(report.exit_code)

@@ -1,0 +1,285 @@
+"""Read `parity.toml`: the model adapter, the input set, the environments and the tolerances.
+
+Every mistake is reported as `ConfigError` naming the file and the key, e.g.
+`parity.toml: environments.infer.lock: file not found: locks/nope.toml`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parity.compare import Tolerance
+from parity.errors import ConfigError
+from parity.inputs import GENERATORS, ArraySpec, InputSpec
+
+BACKENDS = ("venv", "local")
+SEVERITIES = ("numerics", "runtime", "benign", "other")
+_ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """One environment to check: where it comes from (backend, lock, group)."""
+
+    name: str
+    backend: str
+    lock: Path | None = None
+    group: str = "main"
+    python: str | None = None
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """A validated parity config; relative paths are resolved against the file's folder."""
+
+    path: Path
+    adapter: str
+    model_paths: tuple[Path, ...]
+    inputs: InputSpec
+    environments: tuple[EnvironmentSpec, ...]
+    reference: str
+    tolerance: Tolerance
+    output_tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    fail_on_version_diffs: tuple[str, ...] = ("numerics",)
+    timeout: float = 900.0
+    threads: int | None = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+    def tolerance_for(self, output: str) -> Tolerance:
+        """The tolerance for one output: its own, else the default."""
+        return self.output_tolerances.get(output, self.tolerance)
+
+    def environment(self, name: str) -> EnvironmentSpec:
+        """The environment called `name`."""
+        return next(e for e in self.environments if e.name == name)
+
+
+class _Table:
+    """A TOML table plus where it is, so every error can name its key."""
+
+    def __init__(self, path: Path, prefix: str, data: Any) -> None:
+        self.path = path
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise ConfigError(path, prefix or None, f"must be a table, not {_kind(data)}")
+        self.data: dict[str, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), message)
+
+    def table(self, name: str, required: bool = True) -> _Table:
+        if name not in self.data:
+            if required:
+                raise self.fail(name, "missing (required table)")
+            return _Table(self.path, self.key(name), {})
+        return _Table(self.path, self.key(name), self.data[name])
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
+        if name not in self.data:
+            if default is ...:
+                raise self.fail(name, "missing (required)")
+            return default
+        value = self.data[name]
+        # bool is an int in Python; a config that says `count = true` is a mistake.
+        if isinstance(value, bool) and bool not in _as_tuple(kind):
+            raise self.fail(name, f"must be {what or _names(kind)}, not a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(name, f"must be {what or _names(kind)}, not {_kind(value)}")
+        return value
+
+    def reject_unknown(self, known: set[str]) -> None:
+        for name in self.data:
+            if name not in known:
+                hint = ", ".join(sorted(known))
+                raise self.fail(name, f"unknown key (expected one of: {hint})")
+
+
+def load_config(path: str | Path) -> ParityConfig:
+    """Read and validate a parity config; raise `ConfigError` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, None, "config file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, f"not valid TOML: {e}") from None
+    base = path.resolve().parent
+    root = _Table(path, "", data)
+    root.reject_unknown({"model", "inputs", "environments", "run", "tolerance", "policy"})
+
+    model = root.table("model")
+    model.reject_unknown({"adapter", "paths"})
+    adapter = model.get("adapter", str, what="'module:function'")
+    if not _ADAPTER.match(adapter):
+        raise model.fail("adapter", f"must look like 'package.module:function', got {adapter!r}")
+    raw_paths = model.get("paths", list, ["."], what="a list of folders")
+    model_paths = []
+    for i, p in enumerate(raw_paths):
+        if not isinstance(p, str):
+            raise model.fail(f"paths[{i}]", f"must be a string, not {_kind(p)}")
+        folder = (base / p).resolve()
+        if not folder.is_dir():
+            raise model.fail(f"paths[{i}]", f"folder not found: {p}")
+        model_paths.append(folder)
+
+    inputs = _read_inputs(root.table("inputs"))
+    environments = _read_environments(root.table("environments"), base)
+
+    run = root.table("run", required=False)
+    run.reject_unknown({"reference", "timeout", "threads", "env"})
+    names = [e.name for e in environments]
+    reference = run.get("reference", str, names[0])
+    if reference not in names:
+        raise run.fail("reference", f"no environment {reference!r} (have: {', '.join(names)})")
+    timeout = float(run.get("timeout", (int, float), 900, what="a number of seconds"))
+    if timeout <= 0:
+        raise run.fail("timeout", "must be positive")
+    threads = run.get("threads", int, 1, what="an integer (0: leave thread counts alone)")
+    if threads < 0:
+        raise run.fail("threads", "must be 0 or more")
+    env_table = run.table("env", required=False)
+    env = {}
+    for k in env_table.data:
+        env[k] = env_table.get(k, str)
+
+    tolerance, per_output = _read_tolerances(root.table("tolerance", required=False))
+
+    policy = root.table("policy", required=False)
+    policy.reject_unknown({"fail_on_version_diffs"})
+    fail_on = policy.get("fail_on_version_diffs", list, ["numerics"], what="a list of severities")
+    for i, s in enumerate(fail_on):
+        if s not in SEVERITIES:
+            raise policy.fail(f"fail_on_version_diffs[{i}]", f"must be one of {SEVERITIES}, got {s!r}")
+
+    return ParityConfig(
+        path=path,
+        adapter=adapter,
+        model_paths=tuple(model_paths),
+        inputs=inputs,
+        environments=tuple(environments),
+        reference=reference,
+        tolerance=tolerance,
+        output_tolerances=per_output,
+        fail_on_version_diffs=tuple(fail_on),
+        timeout=timeout,
+        threads=threads or None,
+        env=env,
+    )
+
+
+def _read_inputs(t: _Table) -> InputSpec:
+    t.reject_unknown({"seed", "count", "batch_size", "arrays"})
+    seed = t.get("seed", int)
+    if seed < 0:
+        raise t.fail("seed", "must be 0 or more")
+    count = t.get("count", int)
+    if count <= 0:
+        raise t.fail("count", "must be at least 1")
+    batch = t.get("batch_size", int, 64)
+    if batch <= 0:
+        raise t.fail("batch_size", "must be at least 1")
+    arrays_t = t.table("arrays")
+    if not arrays_t.data:
+        raise ConfigError(
+            t.path, arrays_t.prefix, "needs at least one input array, e.g. [inputs.arrays.x]"
+        )
+    arrays = []
+    for name in arrays_t.data:
+        if not _NAME.match(name):
+            raise arrays_t.fail(name, "array names must be identifiers")
+        a = arrays_t.table(name)
+        a.reject_unknown({"shape", "dtype", "generator", "low", "high", "mean", "std"})
+        shape = a.get("shape", list, what="a list of positive integers")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise a.fail("shape", f"must be a list of positive integers, got {shape!r}")
+        dtype = a.get("dtype", str, "float32")
+        if dtype not in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"):
+            raise a.fail("dtype", f"unsupported dtype {dtype!r}")
+        generator = a.get("generator", str, "uniform")
+        if generator not in GENERATORS:
+            raise a.fail("generator", f"must be one of {', '.join(GENERATORS)}, got {generator!r}")
+        params = {}
+        for p in ("low", "high", "mean", "std"):
+            if p in a.data:
+                params[p] = float(a.get(p, (int, float), what="a number"))
+        if "low" in params and "high" in params and params["low"] >= params["high"]:
+            raise a.fail("high", "must be greater than low")
+        if params.get("std", 1.0) <= 0:
+            raise a.fail("std", "must be positive")
+        arrays.append(ArraySpec(name, tuple(shape), dtype, generator, params))
+    return InputSpec(seed=seed, count=count, batch_size=batch, arrays=tuple(arrays))
+
+
+def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
+    if len(t.data) != 2:
+        raise ConfigError(
+            t.path,
+            "environments",
+            f"needs exactly two environments (training and inference), found {len(t.data)}",
+        )
+    envs = []
+    for name in t.data:
+        if not _NAME.match(name):
+            raise t.fail(name, "environment names must be identifiers")
+        e = t.table(name)
+        e.reject_unknown({"backend", "lock", "group", "python"})
+        backend = e.get("backend", str, "venv")
+        if backend not in BACKENDS:
+            raise e.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        lock = None
+        if backend == "venv":
+            lock_s = e.get("lock", str, what="a path to a pylock.toml")
+            lock = (base / lock_s).resolve()
+            if not lock.is_file():
+                raise e.fail("lock", f"file not found: {lock_s}")
+        group = e.get("group", str, "main")
+        python = e.get("python", str, None)
+        envs.append(EnvironmentSpec(name, backend, lock, group, python))
+    return envs
+
+
+def _read_tolerances(t: _Table) -> tuple[Tolerance, dict[str, Tolerance]]:
+    t.reject_unknown({"atol", "rtol", "outputs"})
+    default = _tolerance(t, Tolerance())
+    outputs_t = t.table("outputs", required=False)
+    per_output = {}
+    for name in outputs_t.data:
+        o = outputs_t.table(name)
+        o.reject_unknown({"atol", "rtol"})
+        per_output[name] = _tolerance(o, default)
+    return default, per_output
+
+
+def _tolerance(t: _Table, default: Tolerance) -> Tolerance:
+    atol = float(t.get("atol", (int, float), default.atol, what="a number"))
+    rtol = float(t.get("rtol", (int, float), default.rtol, what="a number"))
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not value >= 0:  # also rejects nan
+            raise t.fail(name, f"must be 0 or more, got {value}")
+    return Tolerance(atol=atol, rtol=rtol)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    return " or ".join(words.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+        list: "a list", dict: "a table",
+    }.get(type(value), type(value).__name__)
