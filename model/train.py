@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from model.network import ESPCN
 from model.preprocess import postprocess, preprocess
@@ -163,6 +163,24 @@ def train(seed: int, steps: int, batch_size: int, lr: float) -> tuple[ESPCN, dic
     return network, record
 
 
+def serialize(network: ESPCN, record: dict[str, str]) -> bytes:
+    """Give the safetensors file bytes for ``network`` with ``record`` as metadata.
+
+    safetensors writes metadata keys in hash-map order, which varies from run to run;
+    the header is rewritten with sorted metadata so identical training gives identical
+    bytes.
+    """
+    state = {name: t.detach().contiguous() for name, t in network.state_dict().items()}
+    raw = save(state, metadata=record)
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    # The format pads the header with spaces so the tensor data stays 8-byte aligned.
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    return len(header_bytes).to_bytes(8, "little") + header_bytes + raw[8 + header_len:]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Give the parsed command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().contiguous() for name, t in network.state_dict().items()}
-    save_file(state, str(args.out), metadata=record)
+    args.out.write_bytes(serialize(network, record))
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     print(json.dumps(record, indent=2, sort_keys=True), file=sys.stderr)

@@ -84,10 +84,13 @@ def compare_arrays(
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(a - b)
         same_inf = np.isinf(a) & np.isinf(b) & (a == b)
+        # An infinity matches only the same infinity, whatever the tolerance.
+        inf_bad = (np.isinf(a) | np.isinf(b)) & ~same_inf
         diff[same_inf | (nan_a & nan_b)] = 0.0
-        diff[nan_bad] = np.inf
+        diff[nan_bad | inf_bad] = np.inf
         ok = diff <= tolerance.atol + tolerance.rtol * np.abs(b)
         ok[(nan_a & nan_b) | same_inf] = True
+        ok[inf_bad] = False
     mismatched = int(ok.size - np.count_nonzero(ok))
     finite = np.isfinite(diff)
     abs_b = np.abs(b)
@@ -96,7 +99,8 @@ def compare_arrays(
     max_abs = float(diff.max()) if diff.size else 0.0
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
     # The smallest atol that would pass with this rtol: max over elements of diff - rtol*|b|.
-    slack = diff - tolerance.rtol * abs_b
+    with np.errstate(invalid="ignore"):
+        slack = np.where(np.isinf(diff), np.inf, diff - tolerance.rtol * np.where(finite, abs_b, 0))
     atol_to_pass = float(max(0.0, slack.max())) if slack.size else 0.0
     reason = None
     dtype_differs = reference.dtype != candidate.dtype

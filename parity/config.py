@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envlock import LockFileError, read_lock
 from parity.compare import Tolerance
 from parity.errors import ConfigError
 from parity.inputs import GENERATORS, ArraySpec, InputSpec
@@ -243,6 +244,15 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
             if not lock.is_file():
                 raise e.fail("lock", f"file not found: {lock_s}")
         group = e.get("group", str, "main")
+        if lock is not None:
+            try:
+                groups = read_lock(lock).groups
+            except LockFileError as err:
+                raise e.fail("lock", f"unusable lock: {err}") from None
+            if group not in groups:
+                raise e.fail(
+                    "group", f"no group {group!r} in {lock_s} (it has: {', '.join(groups)})"
+                )
         python = e.get("python", str, None)
         envs.append(EnvironmentSpec(name, backend, lock, group, python))
     return envs

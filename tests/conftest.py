@@ -1,0 +1,89 @@
+"""Shared fixtures: the repository, the CLI runners, and environment caches.
+
+Slow tests share one environment cache per session (`$PARITY_TEST_CACHE` to reuse one
+across runs while developing); tests that check caching itself use a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    explicit = os.environ.get("PARITY_TEST_CACHE")
+    if explicit:
+        return Path(explicit)
+    return tmp_path_factory.mktemp("envlock-cache")
+
+
+def run_cli(
+    tool: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
+    """Run `envlock` or `parity` as a user would: a real process, real exit code."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def write_project(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small parity project (an adapter module and a config) into tmp_path."""
+
+    def write(adapter_code: str, config: str, module: str = "adapter") -> Path:
+        pkg = tmp_path / "src"
+        pkg.mkdir(exist_ok=True)
+        (pkg / f"{module}.py").write_text(textwrap.dedent(adapter_code))
+        cfg = tmp_path / "parity.toml"
+        cfg.write_text(textwrap.dedent(config))
+        return cfg
+
+    return write
+
+
+LOCAL_CONFIG = """\
+[model]
+adapter = "adapter:predict"
+paths = ["src"]
+
+[inputs]
+seed = 7
+count = 12
+batch_size = 5
+
+[inputs.arrays.x]
+shape = [3, 4]
+dtype = "float32"
+
+[environments.train]
+backend = "local"
+
+[environments.infer]
+backend = "local"
+
+[run]
+timeout = {timeout}
+"""
