@@ -283,8 +283,18 @@ def _explain(
             return True, f"only in the {group!r} group, which {absent.spec.name} does not install"
         return False, f"installed in {present.spec.name} only"
     if name in la and name in lb and la[name] != lb[name]:
-        return False, f"the locks pin different versions ({ra.lock.path.name} vs {rb.lock.path})"
+        return False, (
+            f"the locks pin different versions ({_shown(ra.lock.path)} vs {_shown(rb.lock.path)})"
+        )
     return False, None
+
+
+def _shown(path: Path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _norm(version: str) -> str:
@@ -307,7 +317,7 @@ def _summary(run: EnvRun) -> EnvironmentSummary:
         name=run.spec.name,
         backend=run.spec.backend,
         description=run.environment.description if run.environment else run.spec.backend,
-        lock=str(run.spec.lock) if run.spec.lock else None,
+        lock=_shown(run.spec.lock) if run.spec.lock else None,
         lock_digest=run.lock.digest if run.lock else None,
         group=run.spec.group if run.spec.backend != "local" else None,
         python=python.get("version"),
