@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from envlock.clikit import CommandError, domain_errors
-
 import envlock.probe
 from envlock.backends import VenvBackend
+from envlock.clikit import CommandError, domain_errors
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
+
 
 def _progress(message: str) -> None:
     click.echo(f"envlock: {message}", err=True)

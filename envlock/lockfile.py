@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from packaging.markers import InvalidMarker, Marker, default_environment
 from packaging.pylock import (
@@ -53,7 +53,8 @@ class LockedPackage:
         """Whether an environment that installs `groups` gets this package."""
         if self.marker is None:
             return True
-        env: dict[str, str | frozenset[str]] = dict(environment or default_environment())
+        base: Mapping[str, str] = environment or cast(Mapping[str, str], default_environment())
+        env: dict[str, str | frozenset[str]] = dict(base)
         env["dependency_groups"] = frozenset(g for g in groups if g != MAIN)
         env["extras"] = frozenset()
         return Marker(self.marker).evaluate(env, context="lock_file")
@@ -175,7 +176,9 @@ def _read_pylock(path: Path) -> LockedEnv:
             try:
                 Marker(pkg.marker)
             except InvalidMarker as e:
-                raise LockFileError(path, f"bad marker: {e}", where=f"packages[{i}].marker") from None
+                raise LockFileError(
+                    path, f"bad marker: {e}", where=f"packages[{i}].marker"
+                ) from None
     tool = (data.get("tool") or {}).get(TOOL_TABLE) or {}
     if not isinstance(tool, dict):
         raise LockFileError(path, "must be a table", where=f"tool.{TOOL_TABLE}")

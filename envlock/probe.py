@@ -12,7 +12,7 @@ import os
 import platform
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 SCHEMA = 1
 
@@ -33,7 +33,9 @@ NUMERIC_ENV = (
     "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
     "PYTHONHASHSEED",
 )
-_SECRET = re.compile(r"TOKEN|SECRET|PASSW|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH|(^|_)KEY($|_)", re.I)
+_SECRET = re.compile(
+    r"TOKEN|SECRET|PASSW|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH|(^|_)KEY($|_)", re.I
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -41,11 +43,11 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET.search(name))
 
 
-def distributions() -> List[Dict[str, Optional[str]]]:
+def distributions() -> list[dict[str, str | None]]:
     """Every installed distribution visible on sys.path: name, version, installer."""
     from importlib import metadata
 
-    seen: Dict[str, Dict[str, Optional[str]]] = {}
+    seen: dict[str, dict[str, str | None]] = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
         if not name:
@@ -62,14 +64,14 @@ def distributions() -> List[Dict[str, Optional[str]]]:
     return [seen[k] for k in sorted(seen)]
 
 
-def environment_variables() -> Dict[str, str]:
+def environment_variables() -> dict[str, str]:
     """The numerics-relevant environment variables that are set, never a secret."""
     return {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ and not is_secret_name(k)}
 
 
-def collect() -> Dict[str, Any]:
+def collect() -> dict[str, Any]:
     """The fingerprint of this interpreter's environment, as a JSON-ready dict."""
-    fp: Dict[str, Any] = {
+    fp: dict[str, Any] = {
         "schema": SCHEMA,
         "python": {
             "version": platform.python_version(),
@@ -88,7 +90,7 @@ def collect() -> Dict[str, Any]:
     return fp
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     """Write the fingerprint as JSON to argv[1], or to stdout."""
     text = json.dumps(collect(), indent=2, sort_keys=True)
     if len(argv) > 1:

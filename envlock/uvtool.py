@@ -6,13 +6,22 @@ import functools
 import os
 import shutil
 import subprocess
+import threading
 
 from envlock.errors import ToolMissingError
 
+_lock = threading.Lock()
 
-@functools.cache
+
 def find_uv() -> str:
     """Path to uv: `$ENVLOCK_UV`, the `uv` package installed with envlock, or `uv` on PATH."""
+    # Serialized: the uv package's finder reads sysconfig, whose first use is not thread-safe.
+    with _lock:
+        return _find_uv()
+
+
+@functools.cache
+def _find_uv() -> str:
     explicit = os.environ.get("ENVLOCK_UV")
     if explicit:
         return explicit

@@ -48,8 +48,10 @@ def synthetic_images(rng: np.random.Generator, count: int, size: int) -> np.ndar
             freq = rng.uniform(0.005, 0.18)
             phi = rng.uniform(0.0, 2.0 * np.pi)
             amp = rng.uniform(0.05, 0.35)
-            img += amp * np.sin(2.0 * np.pi * freq * (xx * np.cos(phi) + yy * np.sin(phi))
-                                + rng.uniform(0.0, 2.0 * np.pi))
+            img += amp * np.sin(
+                2.0 * np.pi * freq * (xx * np.cos(phi) + yy * np.sin(phi))
+                + rng.uniform(0.0, 2.0 * np.pi)
+            )
 
         for _ in range(rng.integers(1, 6)):
             cx, cy = rng.uniform(0.0, size, 2)
@@ -99,7 +101,7 @@ def super_resolve(network: ESPCN, lr: np.ndarray, batch_size: int = 16) -> np.nd
     outputs = []
     with torch.no_grad():
         for start in range(0, len(lr), batch_size):
-            y = network(to_tensor(lr[start:start + batch_size])).numpy()
+            y = network(to_tensor(lr[start : start + batch_size])).numpy()
             outputs.append(postprocess(y))
     return np.concatenate(outputs)
 
@@ -173,12 +175,12 @@ def serialize(network: ESPCN, record: dict[str, str]) -> bytes:
     state = {name: t.detach().contiguous() for name, t in network.state_dict().items()}
     raw = save(state, metadata=record)
     header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_len])
+    header = json.loads(raw[8 : 8 + header_len])
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     # The format pads the header with spaces so the tensor data stays 8-byte aligned.
     header_bytes += b" " * (-len(header_bytes) % 8)
-    return len(header_bytes).to_bytes(8, "little") + header_bytes + raw[8 + header_len:]
+    return len(header_bytes).to_bytes(8, "little") + header_bytes + raw[8 + header_len :]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

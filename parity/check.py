@@ -27,7 +27,7 @@ from parity.config import EnvironmentSpec, ParityConfig
 from parity.errors import ParityError, WorkerError
 from parity.inputs import digest, generate
 from parity.outputs import load_json, load_outputs
-from parity.report import EnvironmentSummary, ParityReport, VersionDiff
+from parity.report import EnvironmentSummary, ParityReport, Verdict, VersionDiff
 
 Progress = Callable[[str], None]
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -68,7 +68,7 @@ def run_check(
     work.mkdir(parents=True, exist_ok=True)
     inputs = generate(config.inputs)
     input_digest = digest(inputs)
-    np.savez(work / "inputs.npz", **inputs)
+    np.savez(work / "inputs.npz", **inputs)  # type: ignore[arg-type]  # numpy stubs
     generated = time.perf_counter()
     say(f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, {input_digest[:19]}…")
 
@@ -92,7 +92,7 @@ def run_check(
             if not d.expected and d.severity in config.fail_on_version_diffs:
                 shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
                 reasons.append(f"{d.name} differs: {shown} [{d.severity}]")
-    verdict = "error" if errors else ("fail" if reasons else "pass")
+    verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
     if errors or keep:
         say(f"work folder kept: {work}")
     else:
@@ -132,7 +132,7 @@ def _run_environment(
         _replay(run, config, work / name)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
-    except (EnvlockError, ParityError) as e:
+    except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
 

@@ -13,6 +13,7 @@ from parity.config import load_config
 from parity.errors import ParityError
 from parity.report import render_text
 
+
 @click.group()
 @click.version_option(package_name="envlock-parity")
 def main() -> None:

@@ -97,7 +97,11 @@ def compare_arrays(
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(diff == 0, 0.0, diff / abs_b)
     max_abs = float(diff.max()) if diff.size else 0.0
-    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    worst = (
+        tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+        if diff.size
+        else None
+    )
     # The smallest atol that would pass with this rtol: max over elements of diff - rtol*|b|.
     with np.errstate(invalid="ignore"):
         slack = np.where(np.isinf(diff), np.inf, diff - tolerance.rtol * np.where(finite, abs_b, 0))

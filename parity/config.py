@@ -83,7 +83,9 @@ class _Table:
             return _Table(self.path, self.key(name), {})
         return _Table(self.path, self.key(name), self.data[name])
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
+    def get(
+        self, name: str, kind: type | tuple[type, ...], default: Any = ..., *, what: str = ""
+    ) -> Any:
         if name not in self.data:
             if default is ...:
                 raise self.fail(name, "missing (required)")
@@ -160,7 +162,9 @@ def load_config(path: str | Path) -> ParityConfig:
     fail_on = policy.get("fail_on_version_diffs", list, ["numerics"], what="a list of severities")
     for i, s in enumerate(fail_on):
         if s not in SEVERITIES:
-            raise policy.fail(f"fail_on_version_diffs[{i}]", f"must be one of {SEVERITIES}, got {s!r}")
+            raise policy.fail(
+                f"fail_on_version_diffs[{i}]", f"must be one of {SEVERITIES}, got {s!r}"
+            )
 
     return ParityConfig(
         path=path,
@@ -204,12 +208,21 @@ def _read_inputs(t: _Table) -> InputSpec:
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise a.fail("shape", f"must be a list of positive integers, got {shape!r}")
         dtype = a.get("dtype", str, "float32")
-        if dtype not in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"):
+        if dtype not in (
+            "uint8",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "float16",
+            "float32",
+            "float64",
+        ):
             raise a.fail("dtype", f"unsupported dtype {dtype!r}")
         generator = a.get("generator", str, "uniform")
         if generator not in GENERATORS:
             raise a.fail("generator", f"must be one of {', '.join(GENERATORS)}, got {generator!r}")
-        params = {}
+        params: dict[str, float] = {}
         for p in ("low", "high", "mean", "std"):
             if p in a.data:
                 params[p] = float(a.get(p, (int, float), what="a number"))
@@ -290,6 +303,10 @@ def _names(kind: type | tuple[type, ...]) -> str:
 
 def _kind(value: Any) -> str:
     return {
-        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-        list: "a list", dict: "a table",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
     }.get(type(value), type(value).__name__)

@@ -44,7 +44,12 @@ class InputSpec:
             "count": self.count,
             "batch_size": self.batch_size,
             "arrays": {
-                a.name: {"shape": list(a.shape), "dtype": a.dtype, "generator": a.generator, **a.params}
+                a.name: {
+                    "shape": list(a.shape),
+                    "dtype": a.dtype,
+                    "generator": a.generator,
+                    **a.params,
+                }
                 for a in self.arrays
             },
         }

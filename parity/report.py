@@ -91,7 +91,8 @@ class ParityReport:
             "outputs": outputs,
             "seconds": self.seconds,
         }
-        return _json_safe(data)
+        safe: dict[str, Any] = _json_safe(data)
+        return safe
 
     def to_json(self) -> str:
         """The report as JSON text."""

@@ -23,13 +23,13 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Dict, List
+from typing import Any
 
 JOB_SCHEMA = 1
 ALLOWED_KINDS = "biufc"  # bool, signed/unsigned int, float, complex: nothing that pickles
 
 
-def _write_json(path: str, data: Dict[str, Any]) -> None:
+def _write_json(path: str, data: dict[str, Any]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
@@ -66,7 +66,7 @@ def _load_probe(path: str) -> Any:
     return module
 
 
-def run(job: Dict[str, Any]) -> int:
+def run(job: dict[str, Any]) -> int:
     """Run one job; return the process exit status."""
     import numpy as np
 
@@ -78,14 +78,14 @@ def run(job: Dict[str, Any]) -> int:
         with np.load(job["inputs"], allow_pickle=False) as data:
             inputs = {name: data[name] for name in data.files}
         predict = _load_callable(job["adapter"])
-    except Exception as exc:  # noqa: BLE001 - every failure goes to error.json for the host
+    except Exception as exc:
         _fail(outdir, "load", exc)
         return 1
     loaded = time.perf_counter()
 
     count = int(job["count"])
     batch_size = int(job.get("batch_size", 64))
-    collected: Dict[str, List[Any]] = {}
+    collected: dict[str, list[Any]] = {}
     try:
         for start in range(0, count, batch_size):
             batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
@@ -109,18 +109,18 @@ def run(job: Dict[str, Any]) -> int:
                 collected.setdefault(str(name), []).append(arr)
             sys.stderr.write(f"parity-worker: {min(start + batch_size, count)}/{count}\n")
             sys.stderr.flush()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(outdir, "predict", exc)
         return 1
     ran = time.perf_counter()
 
     outputs = {name: np.concatenate(parts) for name, parts in collected.items()}
     tmp = os.path.join(outdir, "outputs.tmp.npz")
-    np.savez(tmp, **outputs)
+    np.savez(tmp, **outputs)  # type: ignore[arg-type]  # numpy stubs mistype **arrays
     os.replace(tmp, os.path.join(outdir, "outputs.npz"))
     try:
         fingerprint = _load_probe(job["probe"]).collect()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(outdir, "fingerprint", exc)
         return 1
     _write_json(os.path.join(outdir, "fingerprint.json"), fingerprint)
@@ -128,7 +128,9 @@ def run(job: Dict[str, Any]) -> int:
         os.path.join(outdir, "result.json"),
         {
             "status": "ok",
-            "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()},
+            "outputs": {
+                k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()
+            },
             "seconds": {
                 "load": round(loaded - started, 4),
                 "predict": round(ran - loaded, 4),
@@ -139,7 +141,7 @@ def run(job: Dict[str, Any]) -> int:
     return 0
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     """Read the job file named on the command line and run it."""
     if len(argv) != 2:
         sys.stderr.write("usage: worker.py JOB.json\n")
@@ -150,7 +152,7 @@ def main(argv: List[str]) -> int:
         if job.get("schema") != JOB_SCHEMA:
             raise ValueError(f"job schema {job.get('schema')!r}, this worker reads {JOB_SCHEMA}")
         os.makedirs(job["outdir"], exist_ok=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         sys.stderr.write(f"parity-worker: unusable job {argv[1]}: {exc}\n")
         return 2
     return run(job)

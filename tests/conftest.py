@@ -33,7 +33,10 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(
-    tool: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+    tool: str,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
     timeout: float = 900,
 ) -> subprocess.CompletedProcess[str]:
     """Run `envlock` or `parity` as a user would: a real process, real exit code."""

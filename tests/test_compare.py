@@ -45,9 +45,7 @@ def test_a_looser_tolerance_never_turns_a_pass_into_a_fail(
 
 @given(floats, st.data())
 def test_atol_to_pass_is_enough_to_pass(a: np.ndarray, data: st.DataObject) -> None:
-    b = data.draw(
-        hnp.arrays(dtype=a.dtype, shape=a.shape, elements=st.floats(-1e6, 1e6, width=32))
-    )
+    b = data.draw(hnp.arrays(dtype=a.dtype, shape=a.shape, elements=st.floats(-1e6, 1e6, width=32)))
     a = np.where(np.isfinite(a), a, 0).astype(a.dtype)
     result = compare_arrays("y", a, b, Tolerance(0, 0))
     again = compare_arrays("y", a, b, Tolerance(result.atol_to_pass, 0))
@@ -117,5 +115,7 @@ def test_statistics_name_the_worst_element() -> None:
 
 
 def test_a_finite_value_never_matches_an_infinity() -> None:
-    result = compare_arrays("y", np.array([np.inf, 1.0]), np.array([1e308, np.inf]), Tolerance(0, 1))
+    result = compare_arrays(
+        "y", np.array([np.inf, 1.0]), np.array([1e308, np.inf]), Tolerance(0, 1)
+    )
     assert result.mismatched == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 FAKE_LOCK = 'lock-version = "1.0"\ncreated-by = "t"\ndependency-groups = ["train"]\npackages = []\n'
@@ -36,23 +35,41 @@ lock = "pylock.toml"
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (('lock = "pylock.toml"\ngroup', 'lock = "missing.toml"\ngroup'),
-         "environments.train.lock: file not found: missing.toml"),
-        (('[environments.infer]\nbackend = "venv"', '[environments.infer]\nbackend = "conda"'),
-         "environments.infer.backend: must be one of venv, local, got 'conda'"),
+        (
+            ('lock = "pylock.toml"\ngroup', 'lock = "missing.toml"\ngroup'),
+            "environments.train.lock: file not found: missing.toml",
+        ),
+        (
+            ('[environments.infer]\nbackend = "venv"', '[environments.infer]\nbackend = "conda"'),
+            "environments.infer.backend: must be one of venv, local, got 'conda'",
+        ),
         (("count = 4", "count = 0"), "inputs.count: must be at least 1"),
         (("count = 4", 'count = "4"'), "inputs.count: must be an integer, not a string"),
         (("seed = 1\n", ""), "inputs.seed: missing (required)"),
-        (('"model.adapter:predict"', '"model.adapter.predict"'),
-         "model.adapter: must look like 'package.module:function'"),
-        (('dtype = "uint8"', 'dtype = "uint9"'), "inputs.arrays.lr.dtype: unsupported dtype 'uint9'"),
+        (
+            ('"model.adapter:predict"', '"model.adapter.predict"'),
+            "model.adapter: must look like 'package.module:function'",
+        ),
+        (
+            ('dtype = "uint8"', 'dtype = "uint9"'),
+            "inputs.arrays.lr.dtype: unsupported dtype 'uint9'",
+        ),
         (("[inputs]\n", "[inputs]\nsede = 3\n"), "inputs.sede: unknown key"),
-        (('[environments.infer]\nbackend = "venv"\nlock = "pylock.toml"\n', '[environments.infer]\n'),
-         "environments.infer.lock: missing (required)"),
-        (('group = "train"\n', 'group = "train"\n[tolerance]\natol = -1\n'),
-         "tolerance.atol: must be 0 or more, got -1.0"),
-        (('group = "train"\n', 'group = "serve"\n'),
-         "environments.train.group: no group 'serve' in pylock.toml (it has: main, train)"),
+        (
+            (
+                '[environments.infer]\nbackend = "venv"\nlock = "pylock.toml"\n',
+                "[environments.infer]\n",
+            ),
+            "environments.infer.lock: missing (required)",
+        ),
+        (
+            ('group = "train"\n', 'group = "train"\n[tolerance]\natol = -1\n'),
+            "tolerance.atol: must be 0 or more, got -1.0",
+        ),
+        (
+            ('group = "train"\n', 'group = "serve"\n'),
+            "environments.train.group: no group 'serve' in pylock.toml (it has: main, train)",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(

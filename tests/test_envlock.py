@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, run_cli
+
 from envlock import LockFileError, read_lock
 from envlock.backends import VenvBackend
 
@@ -57,13 +57,20 @@ def test_lock_check_tells_a_stale_lock_without_solving(tiny_lock: Path, tmp_path
     spec = tmp_path / "pyproject.toml"
     shutil.copy(tiny_lock.with_name("pyproject.toml"), spec)
     shutil.copy(tiny_lock, tmp_path / "pylock.toml")
-    fresh = run_cli("envlock", "lock", "--check", "--spec", str(spec), env={"ENVLOCK_UV": "/nonexistent/uv"})
+    fresh = run_cli(
+        "envlock", "lock", "--check", "--spec", str(spec), env={"ENVLOCK_UV": "/nonexistent/uv"}
+    )
     assert fresh.returncode == 0, fresh.stderr
     assert "is up to date" in fresh.stdout
     spec.write_text(spec.read_text().replace("six==1.17.0", "six==1.16.0"))
-    stale = run_cli("envlock", "lock", "--check", "--spec", str(spec), env={"ENVLOCK_UV": "/nonexistent/uv"})
+    stale = run_cli(
+        "envlock", "lock", "--check", "--spec", str(spec), env={"ENVLOCK_UV": "/nonexistent/uv"}
+    )
     assert stale.returncode == 1
-    assert f"Error: {tmp_path / 'pylock.toml'} is stale: {spec} changed since it was locked" in stale.stderr
+    assert (
+        f"Error: {tmp_path / 'pylock.toml'} is stale: {spec} changed since it was locked"
+        in stale.stderr
+    )
 
 
 def test_committed_locks_are_fresh(repo: Path) -> None:
@@ -74,18 +81,30 @@ def test_committed_locks_are_fresh(repo: Path) -> None:
 
 def test_second_materialization_installs_nothing(tiny_lock: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    first = run_cli("envlock", "materialize", str(tiny_lock), "--group", "train", "--cache-dir", str(cache))
+    first = run_cli(
+        "envlock", "materialize", str(tiny_lock), "--group", "train", "--cache-dir", str(cache)
+    )
     assert first.returncode == 0, first.stderr
     assert "created:" in first.stderr
     python = Path(first.stdout.strip())
-    probe = subprocess.run([python, "-c", "import six, iniconfig; print(six.__version__)"],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [python, "-c", "import six, iniconfig; print(six.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == "1.17.0"
     venv = python.parent.parent
     before = {p: p.stat().st_mtime_ns for p in venv.rglob("*")}
     # With uv unreachable, a second run can only succeed by installing nothing.
     second = run_cli(
-        "envlock", "materialize", str(tiny_lock), "--group", "train", "--cache-dir", str(cache),
+        "envlock",
+        "materialize",
+        str(tiny_lock),
+        "--group",
+        "train",
+        "--cache-dir",
+        str(cache),
         env={"ENVLOCK_UV": "/nonexistent/uv"},
     )
     assert second.returncode == 0, second.stderr
@@ -94,16 +113,24 @@ def test_second_materialization_installs_nothing(tiny_lock: Path, tmp_path: Path
     assert {p: p.stat().st_mtime_ns for p in venv.rglob("*")} == before
     main_only = VenvBackend(cache).materialize(read_lock(tiny_lock), "main")
     assert main_only.created and main_only.root != venv
-    assert subprocess.run([main_only.python, "-c", "import iniconfig"], check=False,
-                          capture_output=True).returncode == 1
+    assert (
+        subprocess.run(
+            [main_only.python, "-c", "import iniconfig"], check=False, capture_output=True
+        ).returncode
+        == 1
+    )
 
 
-def test_concurrent_materializations_do_not_corrupt_the_cache(tiny_lock: Path, tmp_path: Path) -> None:
+def test_concurrent_materializations_do_not_corrupt_the_cache(
+    tiny_lock: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     procs = [
         subprocess.Popen(
             [str(BIN / "envlock"), "materialize", str(tiny_lock), "--cache-dir", str(cache)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]
@@ -140,18 +167,26 @@ def test_failed_build_leaves_nothing_in_place(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('lock-version = "2.0"\ncreated-by = "x"\npackages = []\n',
-         "(lock-version): pylock version 2.0 is not supported"),
-        ('lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = 3\n',
-         "(packages[0].version): Unexpected type int (expected str)"),
-        ('lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = "1"\n'
-         '[[packages.wheels]]\nurl = "https://x/a-1-py3-none-any.whl"\nhashes = {md5 = "00"}\n',
-         "(packages[0].wheels): no sha256 hash for this file"),
-        ('lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = "1"\n'
-         'wheels = [{url = "https://x/a-1-py3-none-any.whl", hashes = {sha256 = "00"}}]\n'
-         '[[packages]]\nname = "a"\nversion = "2"\n'
-         'wheels = [{url = "https://x/a-2-py3-none-any.whl", hashes = {sha256 = "00"}}]\n',
-         "(packages[1]): package 'a' is locked twice under the same marker"),
+        (
+            'lock-version = "2.0"\ncreated-by = "x"\npackages = []\n',
+            "(lock-version): pylock version 2.0 is not supported",
+        ),
+        (
+            'lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = 3\n',
+            "(packages[0].version): Unexpected type int (expected str)",
+        ),
+        (
+            'lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = "1"\n'
+            '[[packages.wheels]]\nurl = "https://x/a-1-py3-none-any.whl"\nhashes = {md5 = "00"}\n',
+            "(packages[0].wheels): no sha256 hash for this file",
+        ),
+        (
+            'lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = "1"\n'
+            'wheels = [{url = "https://x/a-1-py3-none-any.whl", hashes = {sha256 = "00"}}]\n'
+            '[[packages]]\nname = "a"\nversion = "2"\n'
+            'wheels = [{url = "https://x/a-2-py3-none-any.whl", hashes = {sha256 = "00"}}]\n',
+            "(packages[1]): package 'a' is locked twice under the same marker",
+        ),
         ('lock-version = "1.0"\ncreated-by = "x"\npackages = [\n', "not valid TOML"),
     ],
 )

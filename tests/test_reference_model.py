@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_cli
+
 from envlock import read_lock
 from envlock.backends import VenvBackend
 
@@ -43,9 +43,7 @@ def test_reference_model_passes_on_the_shared_lock(
     assert [(d["name"], d["expected"]) for d in report["version_diffs"]] == [("tqdm", True)]
 
 
-def test_second_check_materializes_nothing(
-    repo: Path, shared_cache: Path, tmp_path: Path
-) -> None:
+def test_second_check_materializes_nothing(repo: Path, shared_cache: Path, tmp_path: Path) -> None:
     check(repo, "parity.toml", shared_cache, tmp_path)  # builds if an earlier test did not
     code, report, _ = check(repo, "parity.toml", shared_cache, tmp_path)
     assert code == 0
@@ -83,8 +81,9 @@ def test_the_drift_is_nep50_promotion_in_preprocessing(repo: Path, shared_cache:
     seen = {}
     for lock in ("locks/pylock.toml", "examples/numpy-drift/locks/pylock.toml"):
         python = _python(repo, shared_cache, lock)
-        out = subprocess.run([python, "-c", code], cwd=repo, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [python, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+        )
         seen[lock] = out.stdout.split()
     assert seen == {
         "locks/pylock.toml": ["2.4.6", "float64"],

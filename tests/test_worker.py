@@ -7,15 +7,14 @@ same worker runs inside venvs in test_reference_model.py.
 from __future__ import annotations
 
 import json
-import pickle
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import LOCAL_CONFIG, run_cli
+
 from parity.errors import HostileOutputError
 from parity.outputs import load_outputs
 

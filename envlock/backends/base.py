@@ -45,7 +45,7 @@ class Environment:
         )
 
 
-def LocalEnvironment(python: str | Path | None = None) -> Environment:  # noqa: N802
+def LocalEnvironment(python: str | Path | None = None) -> Environment:
     """The `local` backend: an existing interpreter (default: the one running envlock)."""
     import sys
 

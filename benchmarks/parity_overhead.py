@@ -1,0 +1,108 @@
+"""How much does `parity check` cost over just running the model? Prints ratios from one run.
+
+    .venv/bin/python benchmarks/parity_overhead.py [--config parity.toml] [--repeat 3]
+
+Measures, in this order and in one process:
+  cold   `parity check` with an empty envlock cache (uv's own download cache as found)
+  warm   `parity check` with both venvs materialized (median of --repeat runs)
+  bare   for each environment alone: a plain Python process in its venv that imports the
+         model and runs the same inputs in the same batches with the same thread settings
+         (median of --repeat runs)
+and prints warm / slower-bare, the figure the main job promises to keep at or under 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from envlock import read_lock
+from envlock.backends import VenvBackend
+from parity.check import THREAD_VARS
+from parity.config import load_config
+from parity.inputs import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+BARE = """
+import sys, numpy as np
+sys.path[:0] = {paths!r}
+module, _, name = {adapter!r}.partition(":")
+predict = getattr(__import__(module, fromlist=[name]), name)
+with np.load({inputs!r}) as data:
+    inputs = {{k: data[k] for k in data.files}}
+for start in range(0, {count}, {batch}):
+    predict({{k: v[start:start + {batch}] for k, v in inputs.items()}})
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one command, which must succeed (parity: exit 0)."""
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="parity.toml")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    config = load_config(ROOT / args.config)
+    parity_bin = str(Path(sys.executable).parent / "parity")
+
+    with tempfile.TemporaryDirectory(prefix="parity-bench-") as tmp:
+        cache = Path(tmp) / "cache"
+        check = [parity_bin, "check", "--config", args.config, "--cache-dir", str(cache), "-q"]
+        cold = timed(check)
+        warm_runs = [timed(check) for _ in range(args.repeat)]
+
+        inputs_path = Path(tmp) / "inputs.npz"
+        np.savez(inputs_path, **generate(config.inputs))
+        code = BARE.format(
+            paths=[str(p) for p in config.model_paths],
+            adapter=config.adapter,
+            inputs=str(inputs_path),
+            count=config.inputs.count,
+            batch=config.inputs.batch_size,
+        )
+        env = dict(os.environ)
+        if config.threads:
+            env.update({var: str(config.threads) for var in THREAD_VARS})
+        bare: dict[str, list[float]] = {}
+        for spec in config.environments:
+            assert spec.lock is not None, "the benchmark measures venv environments"
+            python = VenvBackend(cache).materialize(read_lock(spec.lock), spec.group).python
+            bare[spec.name] = [
+                timed([str(python), "-s", "-c", code], env) for _ in range(args.repeat)
+            ]
+
+    warm = statistics.median(warm_runs)
+    bare_median = {name: statistics.median(runs) for name, runs in bare.items()}
+    slowest = max(bare_median, key=lambda name: bare_median[name])
+    print(f"config: {args.config} ({config.inputs.count} inputs, threads={config.threads})")
+    print(f"cold parity check (empty envlock cache): {cold:7.2f} s")
+    print(
+        f"warm parity check (median of {args.repeat}):      {warm:7.2f} s   runs: "
+        + ", ".join(f"{t:.2f}" for t in warm_runs)
+    )
+    for name, runs in bare.items():
+        print(
+            f"bare inference in {name:<6} (median):      {bare_median[name]:7.2f} s   runs: "
+            + ", ".join(f"{t:.2f}" for t in runs)
+        )
+    ratio = warm / bare_median[slowest]
+    print(f"warm / slower bare run ({slowest}):          {ratio:7.2f}   (target <= 1.30)")
+    print(f"cold / warm:                              {cold / warm:7.2f}")
+    return 0 if ratio <= 1.3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
