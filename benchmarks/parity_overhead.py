@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/parity_overhead.py [--config parity.toml] [--repeat 3]
 
 Measures, in this order and in one process:
-  cold   `parity check` with an empty envlock cache (uv's own download cache as found)
+  cold   `parity check` with empty envlock and uv caches (downloads from PyPI)
+  cold*  `parity check` with an empty envlock cache, uv's cache as the cold run left it
   warm   `parity check` with both venvs materialized (median of --repeat runs)
   bare   for each environment alone: a plain Python process in its venv that imports the
          model and runs the same inputs in the same batches with the same thread settings
@@ -60,9 +61,22 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="parity-bench-") as tmp:
         cache = Path(tmp) / "cache"
-        check = [parity_bin, "check", "--config", args.config, "--cache-dir", str(cache), "-q"]
-        cold = timed(check)
-        warm_runs = [timed(check) for _ in range(args.repeat)]
+
+        def check(cache_dir: Path) -> list[str]:
+            return [
+                parity_bin,
+                "check",
+                "--config",
+                args.config,
+                "--cache-dir",
+                str(cache_dir),
+                "-q",
+            ]
+
+        no_uv_cache = {**os.environ, "UV_CACHE_DIR": str(Path(tmp) / "uv-cache")}
+        cold = timed(check(cache), no_uv_cache)
+        cold_cached = timed(check(Path(tmp) / "cache2"))
+        warm_runs = [timed(check(cache)) for _ in range(args.repeat)]
 
         inputs_path = Path(tmp) / "inputs.npz"
         np.savez(inputs_path, **generate(config.inputs))
@@ -88,7 +102,8 @@ def main() -> int:
     bare_median = {name: statistics.median(runs) for name, runs in bare.items()}
     slowest = max(bare_median, key=lambda name: bare_median[name])
     print(f"config: {args.config} ({config.inputs.count} inputs, threads={config.threads})")
-    print(f"cold parity check (empty envlock cache): {cold:7.2f} s")
+    print(f"cold parity check (empty envlock + uv caches): {cold:7.2f} s")
+    print(f"cold parity check (empty envlock cache only):  {cold_cached:7.2f} s")
     print(
         f"warm parity check (median of {args.repeat}):      {warm:7.2f} s   runs: "
         + ", ".join(f"{t:.2f}" for t in warm_runs)
