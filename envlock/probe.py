@@ -60,8 +60,33 @@ def distributions() -> list[dict[str, str | None]]:
             "name": key,
             "version": dist.version,
             "installer": installer.strip() if installer else None,
+            "files_sha256": files_digest(dist.read_text("RECORD")),
         }
     return [seen[k] for k in sorted(seen)]
+
+
+# RECORD entries that differ between installers of the same wheel, not between wheels.
+_INSTALLER_FILES = re.compile(
+    r"(^\.\./)|(\.pyc$)|(\.dist-info/(RECORD|INSTALLER|REQUESTED|direct_url\.json)$)"
+)
+
+
+def files_digest(record: Optional[str]) -> Optional[str]:
+    """sha256 over a distribution's RECORD entries that came from its wheel, or None.
+
+    Entries an installer writes itself (bytecode, scripts outside site-packages, INSTALLER,
+    RECORD) are left out, so pip and uv installs of one wheel give the same digest.
+    """
+    if not record:
+        return None
+    import csv
+    import hashlib
+
+    rows = []
+    for row in csv.reader(record.splitlines()):
+        if len(row) >= 2 and row[1] and not _INSTALLER_FILES.search(row[0]):
+            rows.append(row[0] + "," + row[1])
+    return "sha256:" + hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
 
 
 def environment_variables() -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import numpy as np
 
 import envlock.probe
 from envlock import LockedEnv, read_lock
-from envlock.backends import Environment, LocalEnvironment, VenvBackend
+from envlock.backends import Environment, LocalEnvironment, Mount, RunTimeout, VenvBackend
 from envlock.classify import severity
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
@@ -150,40 +149,41 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
     assert run.environment is not None
     name = run.spec.name
     outdir.mkdir(parents=True, exist_ok=True)
+    mounts = {
+        "worker": Mount(Path(worker_module.__file__)),
+        "probe": Mount(Path(envlock.probe.__file__)),
+        "inputs": Mount(outdir.parent / "inputs.npz"),
+        "out": Mount(outdir, writable=True),
+        **{f"path{i}": Mount(p) for i, p in enumerate(config.model_paths)},
+    }
+    inside = run.environment.layout(mounts)
     job = {
         "schema": worker_module.JOB_SCHEMA,
         "adapter": config.adapter,
-        "paths": [str(p) for p in config.model_paths],
-        "inputs": str(outdir.parent / "inputs.npz"),
+        "paths": [inside[f"path{i}"] for i in range(len(config.model_paths))],
+        "inputs": inside["inputs"],
         "count": config.inputs.count,
         "batch_size": config.inputs.batch_size,
-        "outdir": str(outdir),
-        "probe": str(Path(envlock.probe.__file__)),
+        "outdir": inside["out"],
+        "probe": inside["probe"],
     }
-    job_path = outdir / "job.json"
-    job_path.write_text(json.dumps(job, indent=2))
+    (outdir / "job.json").write_text(json.dumps(job, indent=2))
     env = dict(config.env)
     if config.threads:
         for var in THREAD_VARS:
             env.setdefault(var, str(config.threads))
     log_path = outdir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = run.environment.spawn(
-            Path(worker_module.__file__), [str(job_path)], env=env, stdout=log, stderr=log
+    try:
+        status = run.environment.run_python(
+            inside["worker"],
+            [f"{inside['out']}/job.json"],
+            mounts=mounts,
+            env=env,
+            log=log_path,
+            timeout=config.timeout,
         )
-        try:
-            status: int | None = proc.wait(timeout=config.timeout)
-        except subprocess.TimeoutExpired:
-            status = None
-        except BaseException:
-            proc.kill()
-            raise
-        if status is None:
-            proc.kill()
-            proc.wait()
-            raise WorkerError(
-                name, f"worker timed out after {config.timeout:g}s and was killed (log: {log_path})"
-            )
+    except RunTimeout as e:
+        raise WorkerError(name, f"worker {e} (log: {log_path})") from None
     error_file = outdir / "error.json"
     if error_file.exists():
         err = load_json(error_file)

@@ -5,7 +5,14 @@ Every backend gives an `Environment`: something that can start a Python script i
 
 from __future__ import annotations
 
-from envlock.backends.base import Environment, LocalEnvironment
+from envlock.backends.base import Environment, LocalEnvironment, Mount, RunTimeout
 from envlock.backends.venv import VenvBackend, default_cache_dir
 
-__all__ = ["Environment", "LocalEnvironment", "VenvBackend", "default_cache_dir"]
+__all__ = [
+    "Environment",
+    "LocalEnvironment",
+    "Mount",
+    "RunTimeout",
+    "VenvBackend",
+    "default_cache_dir",
+]

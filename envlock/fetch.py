@@ -1,0 +1,238 @@
+"""A wheelhouse built from a lock: every file checked by sha256, local mirrors before the network.
+
+Layout (content-addressed by the lock's digest, so two locks never mix):
+
+    <wheelhouse>/<lock digest>/<group>/<wheel files>
+    <wheelhouse>/<lock digest>/<group>/requirements.txt   name==version --hash=sha256:...
+
+`main` holds what every environment installs; every other group holds only what it adds.
+Images install from these folders with no network and hashes required.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
+from packaging.utils import parse_wheel_filename
+
+from envlock.errors import EnvlockError, LockFileError
+from envlock.lockfile import MAIN, LockedEnv, LockedFile, LockedPackage
+
+Progress = Callable[[str], None]
+
+
+class HashMismatchError(EnvlockError):
+    """A file's sha256 is not the one the lock pins."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path | str, expected: str, actual: str) -> None:
+        self.path = str(path)
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: sha256 mismatch: the lock pins sha256:{expected}, the file has "
+            f"sha256:{actual}"
+        )
+
+
+class FetchError(EnvlockError):
+    """A locked file could be found neither in a mirror nor on the network."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """The fetched files of one lock: a folder per group and each group's requirements."""
+
+    root: Path
+    lock_digest: str
+    groups: dict[str, list[Path]]
+
+    def folder(self, group: str) -> Path:
+        """The folder holding `group`'s wheels and requirements.txt."""
+        return self.root / group
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def target_tags(requires_python: str | None) -> list[Tag]:
+    """Wheel tags of the target: this platform, the Python minor version the lock pins."""
+    match = re.search(r"(\d+)\.(\d+)", requires_python or "")
+    version = (int(match.group(1)), int(match.group(2))) if match else None
+    platforms = list(platform_tags())
+    if version is None:
+        from packaging.tags import sys_tags
+
+        return list(sys_tags())
+    return [
+        *cpython_tags(python_version=version, platforms=platforms),
+        *compatible_tags(python_version=version, platforms=platforms),
+    ]
+
+
+def choose_wheel(package: LockedPackage, tags: Sequence[Tag]) -> LockedFile:
+    """The locked wheel of `package` that best fits `tags`."""
+    rank = {tag: i for i, tag in enumerate(tags)}
+    best: tuple[int, LockedFile] | None = None
+    for wheel in package.wheels:
+        try:
+            _, _, _, wheel_tags = parse_wheel_filename(wheel.filename)
+        except ValueError:
+            continue
+        score = min((rank[t] for t in wheel_tags if t in rank), default=None)
+        if score is not None and (best is None or score < best[0]):
+            best = (score, wheel)
+    if best is None:
+        raise FetchError(
+            f"{package.name} {package.version}: the lock has no wheel for this platform "
+            f"({tags[0] if tags else 'unknown'}); images install wheels only"
+        )
+    return best[1]
+
+
+def default_mirrors() -> list[Path]:
+    """Local folders tried before the network: `$ENVLOCK_MIRRORS` and `$PIP_FIND_LINKS`."""
+    folders: list[Path] = []
+    for var in ("ENVLOCK_MIRRORS", "PIP_FIND_LINKS"):
+        for item in re.split(r"[\s" + re.escape(os.pathsep) + r"]+", os.environ.get(var, "")):
+            if item.startswith("file://"):
+                item = urllib.parse.urlparse(item).path
+            if item and "://" not in item and Path(item).is_dir():
+                folders.append(Path(item))
+    return folders
+
+
+def fetch(
+    lock: LockedEnv,
+    dest: Path,
+    *,
+    groups: Iterable[str] | None = None,
+    mirrors: Sequence[Path] | None = None,
+    allow_network: bool = True,
+    progress: Progress | None = None,
+) -> Wheelhouse:
+    """Fetch every wheel the lock's groups install into `dest`, checking each sha256."""
+    say = progress or (lambda _msg: None)
+    tags = target_tags(lock.requires_python)
+    wanted = list(groups) if groups is not None else list(lock.groups)
+    mirror_list = list(mirrors) if mirrors is not None else default_mirrors()
+    root = dest / lock.digest.removeprefix("sha256:")[:24]
+    main = {p.name: p for p in lock.packages_in(MAIN)}
+    result: dict[str, list[Path]] = {}
+    for group in [MAIN, *[g for g in wanted if g != MAIN]]:
+        lock.check_group(group)
+        packages = [p for p in lock.packages_in(group) if group == MAIN or p.name not in main]
+        folder = root / group
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        files = []
+        for i, pkg in enumerate(packages, 1):
+            wheel = choose_wheel(pkg, tags)
+            assert wheel.sha256 is not None  # read_lock refuses files without one
+            target = folder / wheel.filename
+            source = _place(wheel, target, mirror_list, allow_network)
+            say(f"[{group}] {i}/{len(packages)} {wheel.filename} ({source})")
+            files.append(target)
+            lines.append(f"{pkg.name}=={pkg.version} --hash=sha256:{wheel.sha256}")
+        (folder / "requirements.txt").write_text("\n".join(sorted(lines)) + "\n")
+        result[group] = files
+    return Wheelhouse(root, lock.digest, result)
+
+
+def verify_wheelhouse(house: Wheelhouse, lock: LockedEnv) -> None:
+    """Raise `HashMismatchError` naming the first file whose sha256 is not the locked one."""
+    pinned = {w.filename: w.sha256 for p in lock.packages for w in p.wheels}
+    for files in house.groups.values():
+        for path in files:
+            expected = pinned.get(path.name)
+            if expected is None:
+                raise LockFileError(lock.path, f"{path.name} is in the wheelhouse but not locked")
+            actual = sha256_of(path)
+            if actual != expected:
+                raise HashMismatchError(path, expected, actual)
+
+
+def _place(wheel: LockedFile, target: Path, mirrors: Sequence[Path], network: bool) -> str:
+    """Put the wheel at `target`, verified; say where it came from."""
+    expected = wheel.sha256 or ""
+    if target.is_file():
+        if sha256_of(target) == expected:
+            return "already fetched"
+        target.unlink()
+    candidates: list[tuple[str, Path]] = [(f"mirror {m}", m / wheel.filename) for m in mirrors]
+    if wheel.path:
+        candidates.append(("lock path", Path(wheel.path)))
+    if wheel.url and wheel.url.startswith("file://"):
+        candidates.append(
+            ("lock file URL", Path(urllib.parse.unquote(urllib.parse.urlparse(wheel.url).path)))
+        )
+    for label, path in candidates:
+        if path.is_file() and sha256_of(path) == expected:
+            _copy(path, target)
+            return label
+    remote = wheel.url if wheel.url and not wheel.url.startswith("file://") else None
+    if remote is None or not network:
+        why = "network disabled" if remote else "no download URL in the lock"
+        raise FetchError(
+            f"{wheel.filename}: not found with the locked sha256 in any mirror "
+            f"({', '.join(str(m) for m in mirrors) or 'none configured'}) and {why}"
+        )
+    _download(remote, target, expected)
+    return "downloaded"
+
+
+def _copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _download(url: str, target: Path, expected: str) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != expected:
+            raise HashMismatchError(_redact(url), expected, h.hexdigest())
+        os.replace(tmp, target)
+    except OSError as e:
+        raise FetchError(f"could not download {_redact(url)}: {e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _redact(url: str) -> str:
+    """A URL without credentials, safe to print."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=f"***@{host}")
+    return urllib.parse.urlunsplit(parts)
