@@ -71,7 +71,7 @@ _INSTALLER_FILES = re.compile(
 )
 
 
-def files_digest(record: Optional[str]) -> Optional[str]:
+def files_digest(record: str | None) -> str | None:
     """sha256 over a distribution's RECORD entries that came from its wheel, or None.
 
     Entries an installer writes itself (bytecode, scripts outside site-packages, INSTALLER,

@@ -81,7 +81,7 @@ class Environment:
                 raise
 
 
-def LocalEnvironment(python: str | Path | None = None) -> Environment:  # noqa: N802
+def LocalEnvironment(python: str | Path | None = None) -> Environment:
     """The `local` backend: an existing interpreter (default: the one running envlock)."""
     exe = Path(python) if python else Path(sys.executable)
     return Environment(kind="local", python=exe, description=f"local interpreter {exe}")
