@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +12,15 @@ from pathlib import Path
 import click
 
 import envlock.probe
-from envlock.backends import VenvBackend
+from envlock.backends import VenvBackend, default_cache_dir
+from envlock.backends.docker import docker_client
 from envlock.clikit import CommandError, domain_errors
 from envlock.errors import EnvlockError
+from envlock.fetch import default_mirrors, fetch, verify_wheelhouse
+from envlock.images import DEFAULT_BASE, LABEL_GROUP, LABEL_LOCK, build_images, fingerprint_image
 from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
+from envlock.verify import verify_fingerprint
 
 
 def _progress(message: str) -> None:
@@ -86,6 +92,169 @@ def materialize_command(lock_path: Path, group: str, cache_dir: Path | None) -> 
     state = "created" if env.created else "cached"
     _progress(f"{state}: {env.root}")
     click.echo(str(env.python))
+
+
+@main.command("fetch")
+@click.argument("lock_path", metavar="LOCK", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Wheelhouse folder (default: <cache>/wheelhouse).",
+)
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A local folder of wheels to try first (repeatable; PIP_FIND_LINKS and "
+    "ENVLOCK_MIRRORS are tried too).",
+)
+@click.option("--offline", is_flag=True, help="Never use the network; mirrors only.")
+@domain_errors(EnvlockError)
+def fetch_command(
+    lock_path: Path, dest: Path | None, mirrors: tuple[Path, ...], offline: bool
+) -> None:
+    """Fetch every wheel of a lock into a wheelhouse, checking each file's sha256.
+
+    Local mirrors are tried before the network. Prints the wheelhouse folder.
+
+    \b
+    Example:
+        envlock fetch locks/pylock.toml --offline
+    """
+    lock = read_lock(lock_path)
+    house = fetch(
+        lock,
+        dest or default_cache_dir() / "wheelhouse",
+        mirrors=[*mirrors, *default_mirrors()],
+        allow_network=not offline,
+        progress=_progress,
+    )
+    verify_wheelhouse(house, lock)
+    click.echo(str(house.root))
+
+
+@main.command("build")
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("locks/pylock.toml"),
+    show_default=True,
+)
+@click.option(
+    "--base", default=None, help=f"Base image (default: $ENVLOCK_BASE_IMAGE or {DEFAULT_BASE})."
+)
+@click.option(
+    "--python", "python", default="python3", show_default=True, help="Python in the base."
+)
+@click.option("--repo", "repository", help="Image repository (default: envlock/<spec name>).")
+@click.option(
+    "--dockerfiles",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Folder holding Dockerfile.train and Dockerfile.infer.",
+)
+@click.option(
+    "--pins",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Base digest pins (default: base-images.toml next to the lock).",
+)
+@click.option("--repin", is_flag=True, help="Accept a base that now resolves to another digest.")
+@click.option("--no-cache", is_flag=True, help="Build every layer again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@domain_errors(EnvlockError)
+def build_command(
+    lock_path: Path,
+    base: str | None,
+    python: str,
+    repository: str | None,
+    dockerfiles: Path,
+    pins: Path | None,
+    repin: bool,
+    no_cache: bool,
+    as_json: bool,
+) -> None:
+    """Build the training and inference images from one lock, with no network.
+
+    Prints both tags and how the environment they share was shown identical: by
+    layer digests, or (when the builder could not share layers) by installed trees.
+
+    \b
+    Example:
+        envlock build --base envlock/local-base:bookworm
+    """
+    result = build_images(
+        read_lock(lock_path),
+        dockerfiles=dockerfiles,
+        base=base or os.environ.get("ENVLOCK_BASE_IMAGE") or DEFAULT_BASE,
+        python=python,
+        repository=repository,
+        pins=pins,
+        repin=repin,
+        no_cache=no_cache,
+        progress=_progress,
+    )
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+    else:
+        for image in result.images.values():
+            state = "cache hit" if image.cached else "built"
+            click.echo(f"{image.role}: {image.tag} ({image.group}; {state})")
+        click.echo(f"shared environment: {result.proof.method}: {result.proof.detail}")
+        for line in result.proof.differences:
+            click.echo(f"  {line}")
+    if not result.proof.identical:
+        raise CommandError("the images' shared environments differ", 1)
+
+
+@main.command("verify")
+@click.option("--image", required=True, help="Image tag to check.")
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("locks/pylock.toml"),
+    show_default=True,
+)
+@click.option("--group", help="Lock group the image should hold (default: the image's label).")
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@domain_errors(EnvlockError)
+def verify_command(image: str, lock_path: Path, group: str | None, as_json: bool) -> None:
+    """Check an image against a lock group; exit 1 listing every differing package.
+
+    \b
+    Example:
+        envlock verify --image envlock/espcn-reference-env:infer-dfcc470d1171
+    """
+    import docker
+
+    lock = read_lock(lock_path)
+    client = docker_client()
+    try:
+        labels = client.images.get(image).attrs["Config"].get("Labels") or {}
+    except docker.errors.ImageNotFound:
+        raise CommandError(f"image {image} not found", 2) from None
+    group = group or labels.get(LABEL_GROUP) or MAIN
+    lock.check_group(group)
+    problems = verify_fingerprint(fingerprint_image(client, image), lock, group)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(p) for p in problems], indent=2))
+    elif problems:
+        click.echo(f"{image} differs from {lock_path} [{group}]:")
+        width = max(len(p.name) for p in problems)
+        for p in problems:
+            locked, installed = p.locked or "-", p.installed or "-"
+            click.echo(
+                f"  {p.name:<{width}}  {p.problem:<7}  locked {locked:<12} installed {installed}"
+            )
+    else:
+        click.echo(f"{image} matches {lock_path} [{group}]: {len(lock.versions(group))} packages")
+    if labels.get(LABEL_LOCK) not in (None, lock.digest):
+        _progress(f"note: {image} was built from another lock ({labels.get(LABEL_LOCK)})")
+    if problems:
+        raise SystemExit(1)
 
 
 @main.command("fingerprint")

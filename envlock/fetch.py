@@ -149,7 +149,7 @@ def fetch(
             wheel = choose_wheel(pkg, tags)
             assert wheel.sha256 is not None  # read_lock refuses files without one
             target = folder / wheel.filename
-            source = _place(wheel, target, mirror_list, allow_network)
+            source = _place(wheel, target, mirror_list, allow_network, say)
             say(f"[{group}] {i}/{len(packages)} {wheel.filename} ({source})")
             files.append(target)
             lines.append(f"{pkg.name}=={pkg.version} --hash=sha256:{wheel.sha256}")
@@ -171,26 +171,37 @@ def verify_wheelhouse(house: Wheelhouse, lock: LockedEnv) -> None:
                 raise HashMismatchError(path, expected, actual)
 
 
-def _place(wheel: LockedFile, target: Path, mirrors: Sequence[Path], network: bool) -> str:
+def _place(
+    wheel: LockedFile, target: Path, mirrors: Sequence[Path], network: bool, say: Progress
+) -> str:
     """Put the wheel at `target`, verified; say where it came from."""
     expected = wheel.sha256 or ""
     if target.is_file():
-        if sha256_of(target) == expected:
+        actual = sha256_of(target)
+        if actual == expected:
             return "already fetched"
+        say(f"{target}: sha256:{actual} is not the locked sha256:{expected}; fetching again")
         target.unlink()
     candidates: list[tuple[str, Path]] = [(f"mirror {m}", m / wheel.filename) for m in mirrors]
     if wheel.path:
         candidates.append(("lock path", Path(wheel.path)))
     if wheel.url and wheel.url.startswith("file://"):
-        candidates.append(
-            ("lock file URL", Path(urllib.parse.unquote(urllib.parse.urlparse(wheel.url).path)))
-        )
+        local = urllib.parse.unquote(urllib.parse.urlparse(wheel.url).path)
+        candidates.append(("lock file URL", Path(local)))
+    rejected: HashMismatchError | None = None
     for label, path in candidates:
-        if path.is_file() and sha256_of(path) == expected:
+        if not path.is_file():
+            continue
+        actual = sha256_of(path)
+        if actual == expected:
             _copy(path, target)
             return label
+        rejected = rejected or HashMismatchError(path, expected, actual)
+        say(f"refusing {path}: {rejected}")
     remote = wheel.url if wheel.url and not wheel.url.startswith("file://") else None
     if remote is None or not network:
+        if rejected is not None:
+            raise rejected
         why = "network disabled" if remote else "no download URL in the lock"
         raise FetchError(
             f"{wheel.filename}: not found with the locked sha256 in any mirror "

@@ -1,0 +1,118 @@
+"""The `docker` backend: run a script in a locked-down container of an image built by envlock.
+
+The container gets no network, a read-only root filesystem, a non-root user, no
+capabilities, no-new-privileges, memory and process limits, its inputs mounted read-only
+and one writable output folder. The code it runs is mounted, not baked in, so the image
+under test is the image that ships.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envlock.backends.base import Environment, Mount, RunTimeout
+from envlock.errors import EnvlockError
+
+USER = "10001:10001"
+INSIDE = "/parity"
+
+
+class DockerUnavailable(EnvlockError):
+    """No Docker daemon answers, or the docker SDK is missing."""
+
+    exit_code = 3
+
+
+def docker_client() -> Any:
+    """A docker SDK client that has answered a ping, or `DockerUnavailable`."""
+    try:
+        import docker
+    except ImportError:
+        raise DockerUnavailable("the docker SDK is not installed (pip install docker)") from None
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as e:  # every way of not answering means the same here
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise DockerUnavailable(f"no Docker daemon answers at {host}: {e}") from None
+    return client
+
+
+@dataclass(frozen=True)
+class DockerEnvironment(Environment):
+    """An image, run as a locked-down container for each script."""
+
+    image: str = ""
+    gpus: bool = False
+    memory: str = "4g"
+    pids: int = 512
+
+    def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
+        """Each mount appears under /parity/<name> (a file keeps its name)."""
+        inside = {}
+        for name, m in mounts.items():
+            inside[name] = f"{INSIDE}/{name}" + ("" if m.source.is_dir() else f"/{m.source.name}")
+        return inside
+
+    def run_python(
+        self,
+        script: str,
+        args: Sequence[str],
+        *,
+        mounts: Mapping[str, Mount],
+        env: Mapping[str, str],
+        log: Path,
+        timeout: float,
+    ) -> int:
+        """Run `python script args...` in a fresh container; remove it afterwards."""
+        import docker
+        import requests
+
+        client = docker_client()
+        inside = self.layout(mounts)
+        volumes: dict[str, dict[str, str]] = {}
+        for name, m in mounts.items():
+            if m.writable:
+                # The container's user is not the host's: let it write the output folder.
+                m.source.chmod(0o777)
+            volumes[str(m.source.resolve())] = {
+                "bind": inside[name],
+                "mode": "rw" if m.writable else "ro",
+            }
+        device_requests = (
+            [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if self.gpus else None
+        )
+        container = client.containers.run(
+            self.image,
+            ["python", "-s", script, *args],
+            detach=True,
+            network_mode="none",
+            read_only=True,
+            user=USER,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=self.memory,
+            pids_limit=self.pids,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+            environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **env},
+            volumes=volumes,
+            working_dir="/tmp",
+            device_requests=device_requests,
+            labels={"org.envlock.role": "parity-worker"},
+        )
+        try:
+            try:
+                status = int(container.wait(timeout=timeout)["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                container.kill()
+                raise RunTimeout(
+                    f"timed out after {timeout:g}s; container {container.short_id} was killed"
+                ) from None
+            return status
+        finally:
+            log.write_bytes(container.logs(stdout=True, stderr=True)[-1_000_000:])
+            container.remove(force=True)
