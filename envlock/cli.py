@@ -163,6 +163,7 @@ def fetch_command(
 )
 @click.option("--repin", is_flag=True, help="Accept a base that now resolves to another digest.")
 @click.option("--no-cache", is_flag=True, help="Build every layer again.")
+@click.option("--offline", is_flag=True, help="Fetch wheels from local mirrors only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @domain_errors(EnvlockError)
 def build_command(
@@ -174,6 +175,7 @@ def build_command(
     pins: Path | None,
     repin: bool,
     no_cache: bool,
+    offline: bool,
     as_json: bool,
 ) -> None:
     """Build the training and inference images from one lock, with no network.
@@ -194,6 +196,7 @@ def build_command(
         pins=pins,
         repin=repin,
         no_cache=no_cache,
+        offline=offline,
         progress=_progress,
     )
     if as_json:

@@ -146,6 +146,11 @@ def default_repository(lock: LockedEnv) -> str:
     return "envlock/env"
 
 
+def role_for(group: str) -> str:
+    """The image role that installs `group`: `train` for a training group, else `infer`."""
+    return next((role for role, (_, g) in ROLES.items() if g == group), "infer")
+
+
 def image_tag(repository: str, role: str, lock: LockedEnv) -> str:
     """The tag of one image: the role and the lock digest it was built from."""
     return f"{repository}:{role}-{lock.digest.removeprefix('sha256:')[:12]}"
@@ -162,6 +167,7 @@ def build_images(
     wheelhouse: Path | None = None,
     repin: bool = False,
     no_cache: bool = False,
+    offline: bool = False,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build (or find, unchanged) the training and inference images of `lock`."""
@@ -172,7 +178,8 @@ def build_images(
     say(f"base {base} = {digest[:19]}… ({pin_state})")
     repository = repository or default_repository(lock)
     house_root = wheelhouse or (_cache_root() / "wheelhouse")
-    house = fetch(lock, house_root, groups=[g for _, g in ROLES.values()], progress=say)
+    groups = [g for _, g in ROLES.values()]
+    house = fetch(lock, house_root, groups=groups, allow_network=not offline, progress=say)
     verify_wheelhouse(house, lock)
     images: dict[str, BuiltImage] = {}
     with tempfile.TemporaryDirectory(prefix="envlock-context-") as tmp:

@@ -17,8 +17,10 @@ import numpy as np
 import envlock.probe
 from envlock import LockedEnv, read_lock
 from envlock.backends import Environment, LocalEnvironment, Mount, RunTimeout, VenvBackend
+from envlock.backends.docker import DockerEnvironment, docker_client
 from envlock.classify import severity
 from envlock.errors import EnvlockError
+from envlock.images import default_repository, image_tag, role_for
 from envlock.lockfile import MAIN
 from parity import worker as worker_module
 from parity.compare import OutputComparison, compare_arrays
@@ -140,9 +142,39 @@ def _materialize(run: EnvRun, backend: VenvBackend, say: Progress) -> Environmen
     spec = run.spec
     if spec.backend == "local":
         return LocalEnvironment(spec.python)
-    assert spec.lock is not None
-    run.lock = read_lock(spec.lock)
+    run.lock = read_lock(spec.lock) if spec.lock else None
+    if spec.backend == "docker":
+        return _docker_environment(spec, run.lock, say)
+    assert run.lock is not None
     return backend.materialize(run.lock, spec.group, progress=say)
+
+
+def _docker_environment(
+    spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress
+) -> Environment:
+    import docker
+
+    if spec.image:
+        tag = spec.image
+    else:
+        assert lock is not None
+        tag = image_tag(default_repository(lock), role_for(spec.group), lock)
+    client = docker_client()
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        hint = f" --lock {_shown(lock.path)}" if lock else ""
+        raise EnvlockError(f"image {tag} not found: build it with `envlock build{hint}`") from None
+    say(f"image {tag} ({image.short_id})")
+    return DockerEnvironment(
+        kind="docker",
+        python=Path("python"),
+        description=f"image {tag}",
+        image=tag,
+        gpus=spec.gpus,
+        memory=spec.memory,
+        pids=spec.pids,
+    )
 
 
 def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
@@ -168,7 +200,8 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
         "probe": inside["probe"],
     }
     (outdir / "job.json").write_text(json.dumps(job, indent=2))
-    env = dict(config.env)
+    # The worker must not change the environment it runs in, not even with bytecode caches.
+    env = {"PYTHONDONTWRITEBYTECODE": "1", **config.env}
     if config.threads:
         for var in THREAD_VARS:
             env.setdefault(var, str(config.threads))

@@ -17,7 +17,7 @@ from parity.compare import Tolerance
 from parity.errors import ConfigError
 from parity.inputs import GENERATORS, ArraySpec, InputSpec
 
-BACKENDS = ("venv", "local")
+BACKENDS = ("venv", "docker", "local")
 SEVERITIES = ("numerics", "runtime", "benign", "other")
 _ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME = re.compile(r"^[A-Za-z_][\w-]*$")
@@ -32,6 +32,10 @@ class EnvironmentSpec:
     lock: Path | None = None
     group: str = "main"
     python: str | None = None
+    image: str | None = None
+    gpus: bool = False
+    memory: str = "4g"
+    pids: int = 512
 
 
 @dataclass(frozen=True)
@@ -246,12 +250,13 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
         if not _NAME.match(name):
             raise t.fail(name, "environment names must be identifiers")
         e = t.table(name)
-        e.reject_unknown({"backend", "lock", "group", "python"})
+        e.reject_unknown({"backend", "lock", "group", "python", "image", "gpus", "memory", "pids"})
         backend = e.get("backend", str, "venv")
         if backend not in BACKENDS:
             raise e.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
         lock = None
-        if backend == "venv":
+        image = e.get("image", str, None) if backend == "docker" else None
+        if backend == "venv" or (backend == "docker" and (image is None or "lock" in e.data)):
             lock_s = e.get("lock", str, what="a path to a pylock.toml")
             lock = (base / lock_s).resolve()
             if not lock.is_file():
@@ -267,7 +272,17 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
                     "group", f"no group {group!r} in {lock_s} (it has: {', '.join(groups)})"
                 )
         python = e.get("python", str, None)
-        envs.append(EnvironmentSpec(name, backend, lock, group, python))
+        extra: dict[str, Any] = {}
+        if backend == "docker":
+            extra["image"] = image
+            extra["gpus"] = e.get("gpus", bool, False)
+            extra["memory"] = e.get("memory", str, "4g", what="a size such as '4g'")
+            extra["pids"] = e.get("pids", int, 512)
+        else:
+            for key in ("image", "gpus", "memory", "pids"):
+                if key in e.data:
+                    raise e.fail(key, 'only applies to backend = "docker"')
+        envs.append(EnvironmentSpec(name, backend, lock, group, python, **extra))
     return envs
 
 

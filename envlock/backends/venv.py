@@ -118,7 +118,9 @@ class VenvBackend:
         python = self.python or _python_request(lock.requires_python)
         say(f"creating venv for {lock.path.name} [{group}] with uv (python {python})")
         self._uv([uv, "venv", "--relocatable", "--no-project", "--python", python, str(target)])
-        cmd = [uv, "pip", "install", "--no-progress", "--python", str(target / "bin" / "python")]
+        # Bytecode is compiled now, so running code never writes into the cached environment.
+        cmd = [uv, "pip", "install", "--no-progress", "--compile-bytecode"]
+        cmd += ["--python", str(target / "bin" / "python")]
         cmd += ["-r", str(lock.path)]
         if group != MAIN:
             cmd += ["--group", group]
