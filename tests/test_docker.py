@@ -1,0 +1,387 @@
+"""Images from one lock, and parity inside them: real Docker, real builds, real containers.
+
+Skipped, with the reason, where no Docker daemon answers; CI sets PARITY_REQUIRE_DOCKER=1
+so that there a missing daemon fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+
+from envlock import read_lock
+from envlock.fetch import fetch
+from envlock.images import compare_trees
+
+pytestmark = pytest.mark.slow
+LOCAL_BASE = os.environ.get("ENVLOCK_TEST_BASE", "envlock/local-base:bookworm")
+
+
+def _client_or_skip() -> Any:
+    from envlock.backends.docker import DockerUnavailable, docker_client
+
+    try:
+        return docker_client()
+    except DockerUnavailable as e:
+        if os.environ.get("PARITY_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"PARITY_REQUIRE_DOCKER=1 but {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def client() -> Any:
+    client = _client_or_skip()
+    try:
+        client.images.get(LOCAL_BASE)
+    except Exception:
+        made = subprocess.run(
+            [str(ROOT / "scripts" / "make-local-base.sh"), LOCAL_BASE],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            pytest.fail(f"could not make the local base image:\n{made.stderr}")
+    return client
+
+
+def build(
+    lock: str, pins: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "envlock",
+        "build",
+        "--base",
+        LOCAL_BASE,
+        "--lock",
+        lock,
+        "--pins",
+        str(pins),
+        "--json",
+        *extra,
+        env=env,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="session")
+def reference_build(client: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pins = tmp_path_factory.mktemp("pins") / "base-images.toml"
+    result = build("locks/pylock.toml", pins)
+    assert result.returncode == 0, result.stderr
+    return {"result": json.loads(result.stdout), "pins": pins}
+
+
+@pytest.fixture(scope="session")
+def drift_build(client: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pins = tmp_path_factory.mktemp("pins") / "base-images.toml"
+    result = build("examples/numpy-drift/locks/pylock.toml", pins)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_both_images_build_from_one_lock_and_share_the_environment(
+    client: Any, reference_build: dict[str, Any]
+) -> None:
+    result = reference_build["result"]
+    lock = read_lock(ROOT / "locks" / "pylock.toml")
+    digest12 = lock.digest.removeprefix("sha256:")[:12]
+    train, infer = result["images"]["train"], result["images"]["infer"]
+    assert train["tag"].endswith(f":train-{digest12}") and infer["tag"].endswith(
+        f":infer-{digest12}"
+    )
+    assert (train["group"], infer["group"]) == ("train", "main")
+    assert result["proof"]["method"] == "layers" and result["proof"]["identical"] is True
+    base_layers = client.images.get(LOCAL_BASE).attrs["RootFS"]["Layers"]
+    shared = len(base_layers) + 2  # the wheel layer and the install layer
+    assert train["layers"][:shared] == infer["layers"][:shared]
+    assert train["layers"][shared] != infer["layers"][shared]
+    labels = client.images.get(infer["tag"]).attrs["Config"]["Labels"]
+    assert labels["org.envlock.lock-digest"] == lock.digest
+    assert labels["org.envlock.base-digest"] == result["base_digest"]
+    config = client.images.get(infer["tag"]).attrs["Config"]
+    assert config["User"] == "10001:10001"
+
+
+def test_installed_trees_agree_where_shared_and_differ_under_drift(
+    client: Any, reference_build: dict[str, Any], drift_build: dict[str, Any]
+) -> None:
+    ref = reference_build["result"]["images"]
+    names = sorted(read_lock(ROOT / "locks" / "pylock.toml").versions("main"))
+    assert compare_trees(client, ref["train"]["tag"], ref["infer"]["tag"], names) == []
+    drift = compare_trees(client, ref["infer"]["tag"], drift_build["images"]["infer"]["tag"], names)
+    assert drift == [
+        f"numpy: 2.4.6 ({ref['infer']['tag']}) vs 1.26.4 ({drift_build['images']['infer']['tag']})"
+    ]
+
+
+def test_rebuild_with_an_unchanged_lock_is_a_cache_hit(reference_build: dict[str, Any]) -> None:
+    again = build("locks/pylock.toml", reference_build["pins"])
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert [i["cached"] for i in result["images"].values()] == [True, True]
+    assert "unchanged lock and base, cache hit" in again.stderr
+
+
+def test_verify_image_against_its_lock_group(reference_build: dict[str, Any]) -> None:
+    images = reference_build["result"]["images"]
+    ok = run_cli("envlock", "verify", "--image", images["infer"]["tag"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "matches locks/pylock.toml [main]: 12 packages" in ok.stdout
+    assert run_cli("envlock", "verify", "--image", images["train"]["tag"]).returncode == 0
+    lacking = run_cli("envlock", "verify", "--image", images["infer"]["tag"], "--group", "train")
+    assert lacking.returncode == 1
+    assert "tqdm" in lacking.stdout and "missing" in lacking.stdout
+    drift = run_cli(
+        "envlock",
+        "verify",
+        "--image",
+        images["infer"]["tag"],
+        "--lock",
+        "examples/numpy-drift/locks/pylock.toml",
+        "--json",
+    )
+    assert drift.returncode == 1
+    assert json.loads(drift.stdout) == [
+        {"name": "numpy", "problem": "version", "locked": "1.26.4", "installed": "2.4.6"}
+    ]
+
+
+def test_parity_passes_on_the_image_pair(reference_build: dict[str, Any], tmp_path: Path) -> None:
+    report_path = tmp_path / "r.json"
+    result = run_cli(
+        "parity", "check", "--config", "examples/docker/parity.toml", "--json", str(report_path)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert {e["backend"] for e in report["environments"].values()} == {"docker"}
+    assert all(o["passed"] and o["mismatched"] == 0 for o in report["outputs"])
+
+
+def test_parity_fails_on_the_drift_pair_naming_numpy(
+    reference_build: dict[str, Any], drift_build: dict[str, Any], tmp_path: Path
+) -> None:
+    report_path = tmp_path / "r.json"
+    result = run_cli(
+        "parity",
+        "check",
+        "--config",
+        "examples/docker-numpy-drift/parity.toml",
+        "--json",
+        str(report_path),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    numpy_diff = next(d for d in report["version_diffs"] if d["name"] == "numpy")
+    assert numpy_diff["versions"] == {"train": "2.4.6", "infer": "1.26.4"}
+    assert not next(o for o in report["outputs"] if o["name"] == "sr")["passed"]
+
+
+TINY_SPEC = """\
+[project]
+name = "tiny-image-env"
+version = "0"
+requires-python = "==3.11.*"
+dependencies = ["six==1.17.0"]
+
+[dependency-groups]
+train = ["iniconfig==2.1.0"]
+
+[tool.uv]
+package = false
+exclude-newer = "2026-11-25T00:00:00Z"
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-image")
+    (folder / "pyproject.toml").write_text(TINY_SPEC)
+    assert run_cli("envlock", "lock", "--spec", str(folder / "pyproject.toml")).returncode == 0
+    return folder / "pylock.toml"
+
+
+def test_tampered_wheel_fails_the_build_naming_file_and_hashes(
+    client: Any, tiny_lock: Path, tmp_path: Path
+) -> None:
+    lock = read_lock(tiny_lock)
+    genuine = fetch(lock, tmp_path / "genuine").groups["main"][0]
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    tampered = mirror / genuine.name
+    tampered.write_bytes(genuine.read_bytes() + b"\0")
+    actual = subprocess.run(
+        ["sha256sum", tampered], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    locked = next(w.sha256 for p in lock.packages for w in p.wheels if w.filename == genuine.name)
+    env = {"ENVLOCK_MIRRORS": str(mirror), "ENVLOCK_CACHE_DIR": str(tmp_path / "cache")}
+    result = build(str(tiny_lock), tmp_path / "pins.toml", "--offline", env=env)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert (
+        f"Error: {tampered}: sha256 mismatch: the lock pins sha256:{locked}, "
+        f"the file has sha256:{actual}"
+    ) in result.stderr
+
+
+def test_a_base_that_moved_is_refused_until_repinned(
+    client: Any, tiny_lock: Path, tmp_path: Path
+) -> None:
+    pins = tmp_path / "base-images.toml"
+    first = build(str(tiny_lock), pins)
+    assert first.returncode == 0, first.stderr
+    real = json.loads(first.stdout)["base_digest"]
+    assert real in pins.read_text()
+    fake = "sha256:" + "1" * 64
+    pins.write_text(pins.read_text().replace(real, fake))
+    refused = build(str(tiny_lock), pins)
+    assert refused.returncode == 1
+    assert (
+        f"Error: base image {LOCAL_BASE} now resolves to {real}, but {pins} pins {fake}"
+        in refused.stderr
+    )
+    repinned = build(str(tiny_lock), pins, "--repin")
+    assert repinned.returncode == 0, repinned.stderr
+    assert real in pins.read_text() and fake not in pins.read_text()
+
+
+DOCKER_CONFIG = """\
+[model]
+adapter = "adapter:predict"
+paths = ["src"]
+
+[inputs]
+seed = 3
+count = 2
+
+[inputs.arrays.x]
+shape = [2]
+
+[environments.train]
+backend = "docker"
+image = "{image}"
+
+[environments.infer]
+backend = "docker"
+image = "{image}"
+
+[run]
+timeout = {timeout}
+"""
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[object]]]:
+    """A TCP server on the host's loopback that records every connection it accepts."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    accepted: list[object] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, addr = server.accept()
+                accepted.append(addr)
+                conn.close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_the_worker_runs_sandboxed_and_cannot_reach_the_network(
+    reference_build: dict[str, Any], tmp_path: Path, listener: tuple[int, list[object]]
+) -> None:
+    port, accepted = listener
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter.py").write_text(
+        textwrap.dedent(f"""\
+        import os, socket
+        import numpy as np
+
+        def _connects(host):
+            try:
+                socket.create_connection((host, {port}), timeout=2).close()
+                return 1
+            except OSError:
+                return 0
+
+        def _writes(path):
+            try:
+                open(path, "w").close()
+                return 1
+            except OSError:
+                return 0
+
+        def predict(inputs):
+            status = dict(line.split(":\\t", 1) for line in open("/proc/self/status")
+                          if ":\\t" in line)
+            facts = [
+                _connects("127.0.0.1"),
+                len([i for i in os.listdir("/sys/class/net") if i != "lo"]),
+                os.getuid(),
+                int(status["CapEff"].strip(), 16),
+                int(status["NoNewPrivs"].strip()),
+                _writes("/opt/venv/owned"),
+                _writes("/tmp/scratch"),
+            ]
+            return {{"facts": np.array([facts] * len(inputs["x"]), dtype=np.int64)}}
+        """)
+    )
+    image = reference_build["result"]["images"]["infer"]["tag"]
+    cfg = tmp_path / "parity.toml"
+    cfg.write_text(DOCKER_CONFIG.format(image=image, timeout=120))
+    work = tmp_path / "work"
+    result = run_cli("parity", "check", "--config", str(cfg), "--workdir", str(work))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with np.load(work / "train" / "outputs.npz", allow_pickle=False) as data:
+        connects, interfaces, uid, caps, no_new_privs, writes_root, writes_tmp = data["facts"][0]
+    assert (connects, interfaces) == (0, 0), "the container reached a network"
+    assert accepted == []
+    assert (uid, caps, no_new_privs) == (10001, 0, 1)
+    assert (writes_root, writes_tmp) == (0, 1)
+
+
+def test_a_container_that_outlives_its_timeout_is_killed(
+    client: Any, reference_build: dict[str, Any], tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter.py").write_text("import time\n\ndef predict(inputs):\n    time.sleep(120)\n")
+    image = reference_build["result"]["images"]["infer"]["tag"]
+    cfg = tmp_path / "parity.toml"
+    cfg.write_text(DOCKER_CONFIG.format(image=image, timeout=3))
+    result = run_cli("parity", "check", "--config", str(cfg), timeout=100)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "worker timed out after 3s; container" in result.stdout and "was killed" in result.stdout
+    left = client.containers.list(all=True, filters={"label": "org.envlock.role=parity-worker"})
+    assert left == []
+
+
+def test_missing_image_is_an_environment_error(client: Any, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
+    cfg = tmp_path / "parity.toml"
+    cfg.write_text(DOCKER_CONFIG.format(image="envlock/nope:never-built", timeout=10))
+    result = run_cli("parity", "check", "--config", str(cfg))
+    assert result.returncode == 3
+    assert "image envlock/nope:never-built not found" in result.stdout
