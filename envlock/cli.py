@@ -17,7 +17,16 @@ from envlock.backends.docker import docker_client
 from envlock.clikit import CommandError, domain_errors
 from envlock.errors import EnvlockError
 from envlock.fetch import default_mirrors, fetch, verify_wheelhouse
-from envlock.images import DEFAULT_BASE, LABEL_GROUP, LABEL_LOCK, build_images, fingerprint_image
+from envlock.images import (
+    DEFAULT_BASE,
+    LABEL_GROUP,
+    LABEL_LOCK,
+    ROLES,
+    build_images,
+    default_repository,
+    fingerprint_image,
+    image_tag,
+)
 from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
 from envlock.verify import verify_fingerprint
@@ -213,7 +222,12 @@ def build_command(
 
 
 @main.command("verify")
-@click.option("--image", required=True, help="Image tag to check.")
+@click.option("--image", help="Image tag to check.")
+@click.option(
+    "--role",
+    type=click.Choice(sorted(ROLES)),
+    help="Instead of --image: the image `envlock build` made from --lock for this role.",
+)
 @click.option(
     "--lock",
     "lock_path",
@@ -224,16 +238,24 @@ def build_command(
 @click.option("--group", help="Lock group the image should hold (default: the image's label).")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @domain_errors(EnvlockError)
-def verify_command(image: str, lock_path: Path, group: str | None, as_json: bool) -> None:
+def verify_command(
+    image: str | None, role: str | None, lock_path: Path, group: str | None, as_json: bool
+) -> None:
     """Check an image against a lock group; exit 1 listing every differing package.
 
     \b
     Example:
+        envlock verify --role infer
         envlock verify --image envlock/espcn-reference-env:infer-dfcc470d1171
     """
     import docker
 
     lock = read_lock(lock_path)
+    if (image is None) == (role is None):
+        raise click.UsageError("give exactly one of --image and --role")
+    if image is None:
+        assert role is not None
+        image = image_tag(default_repository(lock), role, lock)
     client = docker_client()
     try:
         labels = client.images.get(image).attrs["Config"].get("Labels") or {}
