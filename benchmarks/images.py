@@ -74,9 +74,8 @@ def main() -> int:
         f"parity check on venvs  (median of {args.repeat}):  {statistics.median(venvs):7.2f} s   "
         + ", ".join(f"{t:.2f}" for t in venvs)
     )
-    print(
-        f"images / venvs:                         {statistics.median(images) / statistics.median(venvs):7.2f}"
-    )
+    ratio = statistics.median(images) / statistics.median(venvs)
+    print(f"images / venvs:                         {ratio:7.2f}")
     return 0
 
 

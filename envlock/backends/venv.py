@@ -2,8 +2,8 @@
 
 Cache layout (`$ENVLOCK_CACHE_DIR`, default `~/.cache/envlock`):
 
-    venvs/<lock digest>-<group>/      a finished environment (never modified afterwards)
-    venvs/<lock digest>-<group>/.envlock.json   written last: the environment is complete
+    venvs/<lock digest>-<group>-<recipe>/      a finished environment (never modified later)
+    venvs/<lock digest>-<group>-<recipe>/.envlock.json   written last: it is complete
     venvs/.building/<key>-<random>/   work in progress, renamed into place when done
     venvs/.locks/<key>.lock           serializes concurrent builds of the same key
 
@@ -33,6 +33,9 @@ from envlock.lockfile import MAIN, LockedEnv
 from envlock.uvtool import find_uv, uv_version
 
 MARKER = ".envlock.json"
+# Part of every cache key: bump it when the way environments are built changes, so that
+# environments built the old way are never reused.
+RECIPE = "r2"
 Progress = Callable[[str], None]
 
 
@@ -54,7 +57,7 @@ class VenvBackend:
 
     def key(self, lock: LockedEnv, group: str) -> str:
         """Cache key of an environment: the lock's digest and the group it installs."""
-        return f"{lock.digest.removeprefix('sha256:')[:24]}-{group}"
+        return f"{lock.digest.removeprefix('sha256:')[:24]}-{group}-{RECIPE}"
 
     def path_for(self, lock: LockedEnv, group: str) -> Path:
         """Where the environment for `lock` and `group` lives once materialized."""
