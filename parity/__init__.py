@@ -1,25 +1,30 @@
 """parity: replay seeded inputs through two environments and prove they give the same answers.
 
-Import the API from here; the `parity` command is a thin layer over it.
+Import the API from here; the `parity` command is a thin layer over it. Names are loaded
+on first use, so reading a config does not pay for NumPy.
 """
 
 from __future__ import annotations
 
-from parity.check import run_check
-from parity.compare import Tolerance, compare_arrays
-from parity.config import ParityConfig, load_config
-from parity.errors import ConfigError, HostileOutputError, ParityError, WorkerError
-from parity.report import ParityReport
+import importlib
+from typing import Any
 
-__all__ = [
-    "ConfigError",
-    "HostileOutputError",
-    "ParityConfig",
-    "ParityError",
-    "ParityReport",
-    "Tolerance",
-    "WorkerError",
-    "compare_arrays",
-    "load_config",
-    "run_check",
-]
+_EXPORTS = {
+    "ConfigError": "parity.errors",
+    "HostileOutputError": "parity.errors",
+    "ParityError": "parity.errors",
+    "WorkerError": "parity.errors",
+    "ParityConfig": "parity.config",
+    "load_config": "parity.config",
+    "ParityReport": "parity.report",
+    "Tolerance": "parity.compare",
+    "compare_arrays": "parity.compare",
+    "run_check": "parity.check",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'parity' has no attribute {name!r}")

@@ -10,27 +10,29 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 import envlock.probe
 from envlock import LockedEnv, read_lock
 from envlock.backends import Environment, LocalEnvironment, Mount, RunTimeout, VenvBackend
-from envlock.backends.docker import DockerEnvironment, docker_client
 from envlock.classify import severity
 from envlock.errors import EnvlockError
-from envlock.images import default_repository, image_tag, role_for
 from envlock.lockfile import MAIN
 from parity import worker as worker_module
-from parity.compare import OutputComparison, compare_arrays
+from parity.compare import OutputComparison
 from parity.config import EnvironmentSpec, ParityConfig
 from parity.errors import ParityError, WorkerError
 from parity.inputs import digest, generate
 from parity.outputs import load_json, load_outputs
 from parity.report import EnvironmentSummary, ParityReport, Verdict, VersionDiff
 
+if TYPE_CHECKING:
+    import numpy as np
+
 Progress = Callable[[str], None]
+INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
+INPUTS_FILE = "inputs.npz"
+ABORT = "abort"  # written instead of the inputs when the host fails to make them
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _SEVERITY_NOTE = {
     "numerics": "can change computed values",
@@ -66,17 +68,25 @@ def run_check(
     started = time.perf_counter()
     keep = workdir is not None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parity-"))
-    work.mkdir(parents=True, exist_ok=True)
-    inputs = generate(config.inputs)
-    input_digest = digest(inputs)
-    np.savez(work / "inputs.npz", **inputs)  # type: ignore[arg-type]  # numpy stubs
-    generated = time.perf_counter()
-    say(f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, {input_digest[:19]}…")
-
+    (work / INPUTS).mkdir(parents=True, exist_ok=True)
     backend = VenvBackend(cache_dir)
     runs = [EnvRun(spec) for spec in config.environments]
+    # Workers start first and import the model while the inputs are made here; each waits
+    # for the inputs file, which appears whole (written aside, then renamed).
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        list(pool.map(lambda r: _run_environment(r, config, backend, work, say), runs))
+        futures = [pool.submit(_run_environment, r, config, backend, work, say) for r in runs]
+        try:
+            input_digest = _write_inputs(config, work / INPUTS)
+        except BaseException:
+            (work / INPUTS / ABORT).touch()
+            raise
+        generated = time.perf_counter()
+        say(
+            f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, "
+            f"{input_digest[:19]}…"
+        )
+        for future in futures:
+            future.result()
 
     ref = next(r for r in runs if r.spec.name == config.reference)
     cand = next(r for r in runs if r.spec.name != config.reference)
@@ -84,6 +94,7 @@ def run_check(
     outputs: list[OutputComparison] = []
     diffs: list[VersionDiff] = []
     reasons: list[str] = []
+    finished = time.perf_counter()
     if not errors:
         outputs, missing = _compare_outputs(config, ref, cand)
         reasons += missing
@@ -111,9 +122,22 @@ def run_check(
         errors=[e for e in errors if e],
         seconds={
             "inputs": round(generated - started, 3),
+            "environments": round(finished - started, 3),
+            "compare": round(time.perf_counter() - finished, 3),
             "total": round(time.perf_counter() - started, 3),
         },
     )
+
+
+def _write_inputs(config: ParityConfig, folder: Path) -> str:
+    """Generate the input set into `folder` (atomically); return its digest."""
+    import numpy as np
+
+    inputs = generate(config.inputs)
+    tmp = folder / f".{INPUTS_FILE}.tmp.npz"
+    np.savez(tmp, **inputs)  # type: ignore[arg-type]  # numpy stubs mistype **arrays
+    tmp.replace(folder / INPUTS_FILE)
+    return digest(inputs)
 
 
 def _run_environment(
@@ -154,6 +178,9 @@ def _docker_environment(
 ) -> Environment:
     import docker
 
+    from envlock.backends.docker import DockerEnvironment, docker_client
+    from envlock.images import default_repository, image_tag, role_for
+
     if spec.image:
         tag = spec.image
     else:
@@ -184,7 +211,7 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
     mounts = {
         "worker": Mount(Path(worker_module.__file__)),
         "probe": Mount(Path(envlock.probe.__file__)),
-        "inputs": Mount(outdir.parent / "inputs.npz"),
+        "inputs": Mount(outdir.parent / INPUTS),
         "out": Mount(outdir, writable=True),
         **{f"path{i}": Mount(p) for i, p in enumerate(config.model_paths)},
     }
@@ -193,7 +220,9 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
         "schema": worker_module.JOB_SCHEMA,
         "adapter": config.adapter,
         "paths": [inside[f"path{i}"] for i in range(len(config.model_paths))],
-        "inputs": inside["inputs"],
+        "inputs": f"{inside['inputs']}/{INPUTS_FILE}",
+        "inputs_abort": f"{inside['inputs']}/{ABORT}",
+        "inputs_wait": config.timeout,
         "count": config.inputs.count,
         "batch_size": config.inputs.batch_size,
         "outdir": inside["out"],
@@ -247,6 +276,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _compare_outputs(
     config: ParityConfig, ref: EnvRun, cand: EnvRun
 ) -> tuple[list[OutputComparison], list[str]]:
+    from parity.compare import compare_arrays
+
     results = []
     problems = []
     for name in sorted(set(ref.outputs) | set(cand.outputs)):

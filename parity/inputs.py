@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 GENERATORS = ("uniform", "normal", "image")
 
@@ -57,6 +58,8 @@ class InputSpec:
 
 def sample(spec: InputSpec, index: int) -> dict[str, np.ndarray]:
     """Sample `index` of the input set: one array per name, drawn from (seed, index, name)."""
+    import numpy as np
+
     out = {}
     for a in spec.arrays:
         seq = np.random.SeedSequence([spec.seed, index, zlib.crc32(a.name.encode())])
@@ -67,6 +70,8 @@ def sample(spec: InputSpec, index: int) -> dict[str, np.ndarray]:
 
 def generate(spec: InputSpec) -> dict[str, np.ndarray]:
     """The whole input set: for each array name, a (count, *shape) array."""
+    import numpy as np
+
     batches: dict[str, list[np.ndarray]] = {a.name: [] for a in spec.arrays}
     for i in range(spec.count):
         for name, value in sample(spec, i).items():
@@ -76,6 +81,8 @@ def generate(spec: InputSpec) -> dict[str, np.ndarray]:
 
 def digest(arrays: dict[str, np.ndarray]) -> str:
     """`sha256:<hex>` of the arrays' names, dtypes, shapes and bytes, in name order."""
+    import numpy as np
+
     h = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
@@ -85,6 +92,8 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 def _range(a: ArraySpec) -> tuple[float, float]:
+    import numpy as np
+
     dtype = np.dtype(a.dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -96,6 +105,8 @@ def _range(a: ArraySpec) -> tuple[float, float]:
 
 
 def _draw(rng: np.random.Generator, a: ArraySpec) -> np.ndarray:
+    import numpy as np
+
     dtype = np.dtype(a.dtype)
     if a.generator == "normal":
         # Box-Muller on random(): stable across NumPy versions, unlike standard_normal.
@@ -123,6 +134,8 @@ def _image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
     The last two axes are spatial; leading axes (channels) get independent images.
     """
+    import numpy as np
+
     if len(shape) < 2:
         return rng.random(shape)
     h, w = shape[-2], shape[-1]

@@ -6,9 +6,10 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from parity.errors import HostileOutputError
 
@@ -21,6 +22,8 @@ ALLOWED_KINDS = "biufc"
 
 def load_outputs(path: Path, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.ndarray]:
     """The arrays in a worker's `outputs.npz`; raise `HostileOutputError` on anything else."""
+    import numpy as np
+
     if not path.is_file() or path.is_symlink():
         raise HostileOutputError(f"{path}: not a regular file")
     try:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from parity.compare import OutputComparison
+if TYPE_CHECKING:
+    from parity.compare import OutputComparison
 
 SCHEMA_VERSION = "1"
 Verdict = Literal["pass", "fail", "error"]

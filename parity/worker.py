@@ -66,6 +66,18 @@ def _load_probe(path: str) -> Any:
     return module
 
 
+def _wait_for(path: str, abort: Any, limit: float) -> bool:
+    """Wait until `path` exists; False if `abort` appears or `limit` seconds pass first."""
+    deadline = time.monotonic() + limit
+    delay = 0.005
+    while not os.path.exists(path):
+        if (abort and os.path.exists(abort)) or time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
 def run(job: dict[str, Any]) -> int:
     """Run one job; return the process exit status."""
     import numpy as np
@@ -75,13 +87,19 @@ def run(job: dict[str, Any]) -> int:
         sys.path.insert(0, p)
     started = time.perf_counter()
     try:
+        # The model loads while the host is still writing the inputs.
+        predict = _load_callable(job["adapter"])
+        loaded = time.perf_counter()
+        wait = float(job.get("inputs_wait", 600))
+        if not _wait_for(job["inputs"], job.get("inputs_abort"), wait):
+            sys.stderr.write("parity-worker: the host gave up before writing the inputs\n")
+            return 2
         with np.load(job["inputs"], allow_pickle=False) as data:
             inputs = {name: data[name] for name in data.files}
-        predict = _load_callable(job["adapter"])
-    except Exception as exc:
+    except Exception as exc:  # every failure goes to error.json for the host
         _fail(outdir, "load", exc)
         return 1
-    loaded = time.perf_counter()
+    ready = time.perf_counter()
 
     count = int(job["count"])
     batch_size = int(job.get("batch_size", 64))
@@ -133,7 +151,8 @@ def run(job: dict[str, Any]) -> int:
             },
             "seconds": {
                 "load": round(loaded - started, 4),
-                "predict": round(ran - loaded, 4),
+                "wait_inputs": round(ready - loaded, 4),
+                "predict": round(ran - ready, 4),
                 "total": round(time.perf_counter() - started, 4),
             },
         },
