@@ -12,6 +12,7 @@ matches. Values are compared in float64, so integer outputs are compared exactly
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,31 +65,26 @@ def compare_arrays(
     import numpy as np
 
     ref_shape, cand_shape = tuple(reference.shape), tuple(candidate.shape)
-    base = {
-        "name": name,
-        "reference_dtype": str(reference.dtype),
-        "candidate_dtype": str(candidate.dtype),
-        "reference_shape": ref_shape,
-        "candidate_shape": cand_shape,
-        "atol": tolerance.atol,
-        "rtol": tolerance.rtol,
-    }
+    result = functools.partial(
+        OutputComparison,
+        name=name,
+        reference_dtype=str(reference.dtype),
+        candidate_dtype=str(candidate.dtype),
+        reference_shape=ref_shape,
+        candidate_shape=cand_shape,
+        atol=tolerance.atol,
+        rtol=tolerance.rtol,
+    )
     if ref_shape != cand_shape:
-        return OutputComparison(
+        return result(
             passed=False,
             reason=f"shape differs: {ref_shape} (reference) vs {cand_shape}",
             total=int(reference.size),
             mismatched=int(reference.size),
-            **base,  # type: ignore[arg-type]
         )
-    if reference.dtype == candidate.dtype and np.array_equal(
-        reference.view(np.uint8) if reference.dtype.itemsize else reference,
-        candidate.view(np.uint8) if candidate.dtype.itemsize else candidate,
-    ):
+    if reference.dtype == candidate.dtype and _same_bytes(reference, candidate):
         # Bitwise identical (NaNs included): every statistic is zero; skip the float math.
-        return OutputComparison(
-            passed=True, reason=None, total=int(reference.size), mismatched=0, **base
-        )  # type: ignore[arg-type]
+        return result(passed=True, reason=None, total=int(reference.size), mismatched=0)
     b = reference.astype(np.float64, copy=False)
     a = candidate.astype(np.float64, copy=False)
     nan_a, nan_b = np.isnan(a), np.isnan(b)
@@ -127,7 +123,7 @@ def compare_arrays(
             f"{mismatched} of {ok.size} elements beyond atol={tolerance.atol:g}, "
             f"rtol={tolerance.rtol:g} (max abs diff {max_abs:.6g})"
         )
-    return OutputComparison(
+    return result(
         passed=not dtype_differs and mismatched == 0,
         reason=reason,
         total=int(ok.size),
@@ -140,5 +136,15 @@ def compare_arrays(
         worst_reference=float(b[worst]) if worst is not None else None,
         worst_candidate=float(a[worst]) if worst is not None else None,
         atol_to_pass=atol_to_pass,
-        **base,  # type: ignore[arg-type]
     )
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays of one dtype and shape hold the same bytes."""
+    import numpy as np
+
+    if a.size == 0:
+        return True
+    flat_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    flat_b = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    return bool(np.array_equal(flat_a, flat_b))

@@ -119,3 +119,13 @@ def test_a_finite_value_never_matches_an_infinity() -> None:
         "y", np.array([np.inf, 1.0]), np.array([1e308, np.inf]), Tolerance(0, 1)
     )
     assert result.mismatched == 2
+
+
+def test_signed_zeros_are_equal_values_though_not_equal_bytes() -> None:
+    result = compare_arrays("y", np.array([0.0, 1.0]), np.array([-0.0, 1.0]), Tolerance())
+    assert result.passed and result.max_abs_diff == 0
+
+
+def test_non_contiguous_identical_outputs_pass() -> None:
+    ref = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+    assert compare_arrays("y", ref, ref.copy(), Tolerance()).passed
