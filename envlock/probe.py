@@ -94,6 +94,51 @@ def environment_variables() -> dict[str, str]:
     return {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ and not is_secret_name(k)}
 
 
+def numpy_section() -> dict[str, Any] | None:
+    """NumPy's version and build, if NumPy is already imported in this process."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    section: dict[str, Any] = {"version": np.__version__}
+    config = getattr(getattr(np, "__config__", None), "CONFIG", None)
+    if isinstance(config, dict):
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        section["blas"] = {k: blas.get(k) for k in ("name", "version") if k in blas}
+        simd = config.get("SIMD Extensions", {})
+        section["simd_found"] = simd.get("found")
+    return section
+
+
+def torch_section() -> dict[str, Any] | None:
+    """torch's version, CUDA/cuDNN and the flags that change numerics, if torch is imported."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    section: dict[str, Any] = {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+    try:
+        section["cudnn"] = torch.backends.cudnn.version()
+        section["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+        section["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        section["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        section["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
+        if torch.cuda.is_available():
+            section["devices"] = [
+                {
+                    "name": torch.cuda.get_device_name(i),
+                    "capability": list(torch.cuda.get_device_capability(i)),
+                }
+                for i in range(torch.cuda.device_count())
+            ]
+    except Exception as e:  # a probe reports what it can; a broken backend is a finding
+        section["error"] = f"{type(e).__name__}: {e}"
+    return section
+
+
 def collect() -> dict[str, Any]:
     """The fingerprint of this interpreter's environment, as a JSON-ready dict."""
     fp: dict[str, Any] = {
@@ -112,6 +157,9 @@ def collect() -> dict[str, Any]:
         "distributions": distributions(),
         "env": environment_variables(),
     }
+    for name, section in (("numpy", numpy_section()), ("torch", torch_section())):
+        if section is not None:
+            fp[name] = section
     return fp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from model.network import ESPCN
 from model.preprocess import postprocess, preprocess
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "espcn_x2.safetensors"
+# Where the network runs: "cpu" (default) or a torch device such as "cuda" or "cuda:1".
+DEVICE = os.environ.get("MODEL_DEVICE", "cpu")
 
 _network: ESPCN | None = None
 
@@ -23,6 +26,7 @@ def load_network() -> ESPCN:
         network = ESPCN(scale=2, channels=1)
         network.load_state_dict(load_file(str(WEIGHTS_PATH)))
         network.eval()
+        network.to(DEVICE)
         _network = network
     return _network
 
@@ -36,7 +40,7 @@ def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     torch.set_grad_enabled(False)
     network = load_network()
     x = preprocess(np.asarray(inputs["lr"]))
-    y = network(torch.from_numpy(x).to(torch.float32)).numpy()
+    y = network(torch.from_numpy(x).to(device=DEVICE, dtype=torch.float32)).cpu().numpy()
     return {
         "sr": postprocess(y),
         "sr_float": np.ascontiguousarray(y[:, 0, :, :], dtype=np.float32),

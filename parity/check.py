@@ -230,7 +230,7 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
     }
     (outdir / "job.json").write_text(json.dumps(job, indent=2))
     # The worker must not change the environment it runs in, not even with bytecode caches.
-    env = {"PYTHONDONTWRITEBYTECODE": "1", **config.env}
+    env = {"PYTHONDONTWRITEBYTECODE": "1", **config.env, **run.spec.env}
     if config.threads:
         for var in THREAD_VARS:
             env.setdefault(var, str(config.threads))
@@ -388,6 +388,7 @@ def _summary(run: EnvRun) -> EnvironmentSummary:
         platform=f"{plat.get('system')}-{plat.get('machine')}" if plat else None,
         packages=versions,
         env={str(k): str(v) for k, v in env_vars.items()},
+        libraries={k: fp[k] for k in ("numpy", "torch") if isinstance(fp.get(k), dict)},
         created=bool(run.environment and run.environment.created),
         seconds=run.seconds,
     )

@@ -36,6 +36,7 @@ class EnvironmentSpec:
     gpus: bool = False
     memory: str = "4g"
     pids: int = 512
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,9 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
         if not _NAME.match(name):
             raise t.fail(name, "environment names must be identifiers")
         e = t.table(name)
-        e.reject_unknown({"backend", "lock", "group", "python", "image", "gpus", "memory", "pids"})
+        e.reject_unknown(
+            {"backend", "lock", "group", "python", "image", "gpus", "memory", "pids", "env"}
+        )
         backend = e.get("backend", str, "venv")
         if backend not in BACKENDS:
             raise e.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -272,7 +275,8 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
                     "group", f"no group {group!r} in {lock_s} (it has: {', '.join(groups)})"
                 )
         python = e.get("python", str, None)
-        extra: dict[str, Any] = {}
+        env_t = e.table("env", required=False)
+        extra: dict[str, Any] = {"env": {k: env_t.get(k, str) for k in env_t.data}}
         if backend == "docker":
             extra["image"] = image
             extra["gpus"] = e.get("gpus", bool, False)

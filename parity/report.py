@@ -34,6 +34,7 @@ class EnvironmentSummary:
     platform: str | None
     packages: dict[str, str]
     env: dict[str, str]
+    libraries: dict[str, Any]
     created: bool
     seconds: dict[str, float]
 
