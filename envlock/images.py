@@ -23,7 +23,7 @@ from typing import Any
 import tomli_w
 
 import envlock.probe
-from envlock.backends.docker import USER, docker_client
+from envlock.backends.docker import SANDBOX, docker_client
 from envlock.errors import EnvlockError
 from envlock.fetch import fetch, verify_wheelhouse
 from envlock.lockfile import MAIN, LockedEnv
@@ -314,11 +314,7 @@ def fingerprint_image(client: Any, tag: str) -> dict[str, Any]:
         tag,
         ["python", "-s", "/envlock/probe.py"],
         remove=True,
-        network_mode="none",
-        read_only=True,
-        user=USER,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
+        **SANDBOX,
         volumes={str(probe): {"bind": "/envlock/probe.py", "mode": "ro"}},
         stdout=True,
         stderr=False,

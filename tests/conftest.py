@@ -90,3 +90,28 @@ backend = "local"
 [run]
 timeout = {timeout}
 """
+
+
+TINY_SPEC = """\
+[project]
+name = "{name}"
+version = "0"
+requires-python = "==3.11.*"
+dependencies = ["six==1.17.0"]
+
+[dependency-groups]
+train = ["iniconfig==2.1.0"]
+
+[tool.uv]
+package = false
+exclude-newer = "2026-11-25T00:00:00Z"
+"""
+
+
+def lock_tiny_spec(folder: Path, name: str) -> Path:
+    """Lock a tiny spec (six in main, iniconfig in train) with `envlock lock`; its pylock."""
+    (folder / "pyproject.toml").write_text(TINY_SPEC.format(name=name))
+    result = run_cli("envlock", "lock", "--spec", str(folder / "pyproject.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "main: 1, train: 2 packages" in result.stdout
+    return folder / "pylock.toml"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, lock_tiny_spec, run_cli
 
 from envlock import read_lock
 from envlock.fetch import fetch
@@ -91,10 +91,32 @@ def drift_build(client: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return json.loads(result.stdout)
 
 
-def test_both_images_build_from_one_lock_and_share_the_environment(
-    client: Any, reference_build: dict[str, Any]
+@pytest.fixture(scope="module")
+def fresh_build(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Both reference images built together under a repository of their own (no tag reuse)."""
+    repo = f"envlock/test-shared-{os.getpid()}"
+    pins = tmp_path_factory.mktemp("pins") / "base-images.toml"
+    result = build("locks/pylock.toml", pins, "--repo", repo)
+    assert result.returncode == 0, result.stderr
+    built = json.loads(result.stdout)
+    yield built
+    for image in built["images"].values():
+        client.images.remove(image["tag"])
+
+
+def test_reference_build_proves_the_shared_environment_identical(
+    reference_build: dict[str, Any],
 ) -> None:
-    result = reference_build["result"]
+    # However the tags were made (shared layers, or --no-cache), the proof must hold.
+    proof = reference_build["result"]["proof"]
+    assert proof["identical"] is True and proof["method"] in ("layers", "trees")
+    assert proof["differences"] == []
+
+
+def test_both_images_build_from_one_lock_and_share_the_environment(
+    client: Any, fresh_build: dict[str, Any]
+) -> None:
+    result = fresh_build
     lock = read_lock(ROOT / "locks" / "pylock.toml")
     digest12 = lock.digest.removeprefix("sha256:")[:12]
     train, infer = result["images"]["train"], result["images"]["infer"]
@@ -188,28 +210,9 @@ def test_parity_fails_on_the_drift_pair_naming_numpy(
     assert not next(o for o in report["outputs"] if o["name"] == "sr")["passed"]
 
 
-TINY_SPEC = """\
-[project]
-name = "tiny-image-env"
-version = "0"
-requires-python = "==3.11.*"
-dependencies = ["six==1.17.0"]
-
-[dependency-groups]
-train = ["iniconfig==2.1.0"]
-
-[tool.uv]
-package = false
-exclude-newer = "2026-11-25T00:00:00Z"
-"""
-
-
 @pytest.fixture(scope="module")
 def tiny_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-image")
-    (folder / "pyproject.toml").write_text(TINY_SPEC)
-    assert run_cli("envlock", "lock", "--spec", str(folder / "pyproject.toml")).returncode == 0
-    return folder / "pylock.toml"
+    return lock_tiny_spec(tmp_path_factory.mktemp("tiny-image"), "tiny-image-env")
 
 
 def test_tampered_wheel_fails_the_build_naming_file_and_hashes(

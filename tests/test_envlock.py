@@ -12,35 +12,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, run_cli
+from conftest import BIN, lock_tiny_spec, run_cli
 
 from envlock import LockFileError, read_lock
 from envlock.backends import VenvBackend
 
-TINY_SPEC = """\
-[project]
-name = "tiny-env"
-version = "0"
-requires-python = "==3.11.*"
-dependencies = ["six==1.17.0"]
-
-[dependency-groups]
-train = ["iniconfig==2.1.0"]
-
-[tool.uv]
-package = false
-exclude-newer = "2026-11-25T00:00:00Z"
-"""
-
 
 @pytest.fixture(scope="module")
 def tiny_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    (folder / "pyproject.toml").write_text(TINY_SPEC)
-    result = run_cli("envlock", "lock", "--spec", str(folder / "pyproject.toml"))
-    assert result.returncode == 0, result.stderr
-    assert "main: 1, train: 2 packages" in result.stdout
-    return folder / "pylock.toml"
+    return lock_tiny_spec(tmp_path_factory.mktemp("tiny"), "tiny-env")
 
 
 def test_lock_has_one_version_per_package_and_group_markers(tiny_lock: Path) -> None:

@@ -19,6 +19,14 @@ from envlock.errors import EnvlockError
 
 USER = "10001:10001"
 INSIDE = "/parity"
+# How every container envlock or parity starts is locked down (docker SDK run() options).
+SANDBOX: dict[str, Any] = {
+    "network_mode": "none",
+    "read_only": True,
+    "user": USER,
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+}
 
 
 class DockerUnavailable(EnvlockError):
@@ -90,11 +98,7 @@ class DockerEnvironment(Environment):
             self.image,
             ["python", "-s", script, *args],
             detach=True,
-            network_mode="none",
-            read_only=True,
-            user=USER,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            **SANDBOX,
             mem_limit=self.memory,
             pids_limit=self.pids,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
