@@ -7,6 +7,7 @@ outside the standard library, and must work on Python 3.9 and newer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,25 +17,59 @@ from typing import Any
 
 SCHEMA = 1
 
-# Environment variables that change numerical results or their reproducibility.
-NUMERIC_ENV = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "OPENBLAS_CORETYPE",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "MKL_CBWR",
-    "MKL_ENABLE_INSTRUCTIONS",
-    "NPY_DISABLE_CPU_FEATURES",
-    "CUBLAS_WORKSPACE_CONFIG",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_TF32_OVERRIDE",
-    "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
-    "PYTHONHASHSEED",
+# Environment variables that change numerical results or their reproducibility: these names,
+# and every name with one of these prefixes (thread pools, BLAS, CUDA, frameworks).
+NUMERIC_ENV = ("PYTHONHASHSEED", "NPY_DISABLE_CPU_FEATURES", "VECLIB_MAXIMUM_THREADS")
+NUMERIC_PREFIXES = (
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "BLIS_",
+    "GOTO_",
+    "NUMEXPR_",
+    "KMP_",
+    "GOMP_",
+    "CUDA_",
+    "CUBLAS_",
+    "CUDNN_",
+    "NVIDIA_",
+    "NCCL_",
+    "TORCH_",
+    "PYTORCH_",
+    "XLA_",
+    "TF_",
+    "JAX_",
+    "ONEDNN_",
+    "DNNL_",
+)
+# CPU features that decide which kernels numpy, BLAS and torch run.
+CPU_FLAGS = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512dq",
+    "avx512bw",
+    "avx512vl",
+    "avx512cd",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
 )
 _SECRET = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH|(^|_)KEY($|_)", re.I
+    r"TOKEN|SECRET|PASSW|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH|COOKIE|SESSION|(^|_)KEY($|_)",
+    re.I,
 )
 
 
@@ -89,9 +124,93 @@ def files_digest(record: str | None) -> str | None:
     return "sha256:" + hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
 
 
-def environment_variables() -> dict[str, str]:
-    """The numerics-relevant environment variables that are set, never a secret."""
-    return {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ and not is_secret_name(k)}
+def environment_variables() -> tuple[dict[str, str], int]:
+    """The numerics-relevant environment variables that are set, and how many were withheld.
+
+    A variable whose name looks like a secret is never written, whatever its prefix.
+    """
+    found: dict[str, str] = {}
+    withheld = 0
+    for name in sorted(os.environ):
+        if name not in NUMERIC_ENV and not name.startswith(NUMERIC_PREFIXES):
+            continue
+        if is_secret_name(name):
+            withheld += 1
+            continue
+        found[name] = os.environ[name]
+    return found, withheld
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU model and the instruction-set features kernels choose by."""
+    info: dict[str, Any] = {"count": os.cpu_count(), "model": platform.processor() or None}
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model Name", "cpu model") and not info.get("model_name"):
+                    info["model_name"] = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    info["flags"] = sorted(f for f in CPU_FLAGS if f in flags)
+    return info
+
+
+def conda_packages(prefix: str) -> list[dict[str, Any]] | None:
+    """Conda packages of the environment at `prefix` (its conda-meta), or None if not conda."""
+    meta = os.path.join(prefix, "conda-meta")
+    if not os.path.isdir(meta):
+        return None
+    packages = []
+    for entry in sorted(os.listdir(meta)):
+        if not entry.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(meta, entry), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        packages.append(
+            {
+                "name": record.get("name"),
+                "version": record.get("version"),
+                "build": record.get("build"),
+                "channel": record.get("channel"),
+            }
+        )
+    return packages
+
+
+def threadpool_section() -> list[dict[str, Any]] | None:
+    """The native thread pools (BLAS, OpenMP) threadpoolctl sees, if it is importable."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    pools = []
+    for pool in threadpool_info():
+        pools.append(
+            {
+                k: (os.path.basename(v) if k == "filepath" else v)
+                for k, v in pool.items()
+                if k
+                in (
+                    "user_api",
+                    "internal_api",
+                    "prefix",
+                    "version",
+                    "num_threads",
+                    "threading_layer",
+                    "architecture",
+                    "filepath",
+                )
+            }
+        )
+    return pools
 
 
 def numpy_section() -> dict[str, Any] | None:
@@ -139,35 +258,64 @@ def torch_section() -> dict[str, Any] | None:
     return section
 
 
-def collect() -> dict[str, Any]:
-    """The fingerprint of this interpreter's environment, as a JSON-ready dict."""
+def collect(imports: bool = False) -> dict[str, Any]:
+    """The fingerprint of this interpreter's environment, as a JSON-ready dict.
+
+    Library sections (numpy, threadpoolctl, torch) describe modules already imported;
+    with `imports`, the probe imports those that are installed first.
+    """
+    if imports:
+        for module in ("numpy", "threadpoolctl", "torch"):
+            # Not installed, or broken: that section is left out.
+            with contextlib.suppress(Exception):
+                __import__(module)
+    env, withheld = environment_variables()
     fp: dict[str, Any] = {
         "schema": SCHEMA,
         "python": {
             "version": platform.python_version(),
             "implementation": platform.python_implementation(),
+            "build": list(platform.python_build()),
+            "compiler": platform.python_compiler(),
             "executable": sys.executable,
             "prefix": sys.prefix,
         },
         "platform": {
             "system": platform.system(),
+            "release": platform.release(),
             "machine": platform.machine(),
             "libc": "-".join(platform.libc_ver()) or None,
         },
+        "cpu": cpu(),
         "distributions": distributions(),
-        "env": environment_variables(),
+        "env": env,
+        "env_withheld": withheld,
     }
-    for name, section in (("numpy", numpy_section()), ("torch", torch_section())):
+    conda = conda_packages(sys.prefix)
+    if conda is not None:
+        fp["conda"] = conda
+    sections = (
+        ("numpy", numpy_section()),
+        (
+            "threadpools",
+            threadpool_section() if imports or "threadpoolctl" in sys.modules else None,
+        ),
+        ("torch", torch_section()),
+    )
+    for name, section in sections:
         if section is not None:
             fp[name] = section
     return fp
 
 
 def main(argv: list[str]) -> int:
-    """Write the fingerprint as JSON to argv[1], or to stdout."""
-    text = json.dumps(collect(), indent=2, sort_keys=True)
-    if len(argv) > 1:
-        with open(argv[1], "w", encoding="utf-8") as f:
+    """`probe.py [--no-import] [OUT]`: write the fingerprint as JSON to OUT, or to stdout."""
+    args = argv[1:]
+    imports = "--no-import" not in args
+    args = [a for a in args if a != "--no-import"]
+    text = json.dumps(collect(imports=imports), indent=2, sort_keys=True)
+    if args:
+        with open(args[0], "w", encoding="utf-8") as f:
             f.write(text)
     else:
         sys.stdout.write(text + "\n")
