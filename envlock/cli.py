@@ -15,6 +15,8 @@ import envlock.probe
 from envlock.backends import VenvBackend, default_cache_dir
 from envlock.backends.docker import docker_client
 from envlock.clikit import CommandError, domain_errors
+from envlock.diff import diff as diff_sides
+from envlock.diff import load_side, summarize
 from envlock.errors import EnvlockError
 from envlock.fetch import default_mirrors, fetch, verify_wheelhouse
 from envlock.images import (
@@ -282,22 +284,71 @@ def verify_command(
         raise SystemExit(1)
 
 
-@main.command("fingerprint")
-@click.option("--python", "python", help="Interpreter to fingerprint (default: this one).")
+@main.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @domain_errors(EnvlockError)
-def fingerprint_command(python: str | None) -> None:
-    """Print the fingerprint of an environment as JSON.
+def diff_command(a: str, b: str, as_json: bool) -> None:
+    """Diff two environments: fingerprints (JSON), locks, or a lock and a fingerprint.
+
+    A lock is `PATH` (its main group) or `PATH#GROUP`. Every difference is classified
+    (numerics, runtime, benign, other) and explained. Exit 1 if they differ.
 
     \b
     Example:
-        envlock fingerprint --python ~/.cache/envlock/venvs/<key>/bin/python
+        envlock diff locks/pylock.toml#train examples/numpy-drift/locks/pylock.toml#train
+        envlock fingerprint --python A/bin/python > a.json; envlock diff a.json b.json
     """
-    if python is None:
-        click.echo(json.dumps(envlock.probe.collect(), indent=2, sort_keys=True))
+    differences = diff_sides(load_side(a), load_side(b))
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(d) for d in differences], indent=2))
+    elif not differences:
+        click.echo(f"no differences between {a} and {b}")
+    else:
+        counts = ", ".join(f"{n} {sev}" for sev, n in sorted(summarize(differences).items()))
+        click.echo(f"{len(differences)} differences ({counts}) between A={a} and B={b}:")
+        for d in differences:
+            click.echo(f"  [{d.severity}] {d.explanation}")
+    if differences:
+        raise SystemExit(1)
+
+
+@main.command("fingerprint")
+@click.option("--python", "python", help="Interpreter to fingerprint (default: this one).")
+@click.option("--image", help="Docker image to fingerprint (runs the probe in a container).")
+@click.option(
+    "--no-import",
+    is_flag=True,
+    help="Do not import numpy/threadpoolctl/torch to describe them (faster).",
+)
+@domain_errors(EnvlockError)
+def fingerprint_command(python: str | None, image: str | None, no_import: bool) -> None:
+    """Print the fingerprint of an environment as JSON.
+
+    Interpreter, platform, CPU features, every distribution (with a digest of its
+    files), conda packages, numpy/BLAS, thread pools, torch/CUDA, and the environment
+    variables that change numerics. Secret-looking variables are never written.
+
+    \b
+    Example:
+        envlock fingerprint --python ~/.cache/envlock/venvs/<key>/bin/python > a.json
+        envlock fingerprint --image envlock/espcn-reference-env:infer-dfcc470d1171
+    """
+    if python and image:
+        raise click.UsageError("give at most one of --python and --image")
+    if image:
+        click.echo(json.dumps(fingerprint_image(docker_client(), image), indent=2, sort_keys=True))
         return
-    proc = subprocess.run(
-        [python, "-s", envlock.probe.__file__], capture_output=True, text=True, check=False
-    )
+    if python is None:
+        fp = envlock.probe.collect(imports=not no_import)
+        click.echo(json.dumps(fp, indent=2, sort_keys=True))
+        return
+    args = [python, "-s", envlock.probe.__file__, *(["--no-import"] if no_import else [])]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise CommandError(f"cannot run {python}: {e.strerror}", 2) from None
     if proc.returncode != 0:
         raise CommandError(f"fingerprint probe failed in {python}:\n{proc.stderr.strip()}", 3)
     sys.stdout.write(proc.stdout)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import envlock.probe
 from envlock import LockedEnv, read_lock
 from envlock.backends import Environment, LocalEnvironment, Mount, RunTimeout, VenvBackend
-from envlock.classify import severity
+from envlock.diff import Side, from_fingerprint
+from envlock.diff import diff as diff_environments
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
 from parity import worker as worker_module
@@ -34,12 +35,6 @@ INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
 INPUTS_FILE = "inputs.npz"
 ABORT = "abort"  # written instead of the inputs when the host fails to make them
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_SEVERITY_NOTE = {
-    "numerics": "can change computed values",
-    "runtime": "different interpreter or platform",
-    "benign": "tooling; does not reach the numbers",
-    "other": "check whether the model uses it",
-}
 
 
 @dataclass
@@ -305,25 +300,34 @@ def _versions(fp: dict[str, Any]) -> dict[str, str]:
 
 
 def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
-    """Every package whose installed version differs between the two environments."""
-    a, b = _versions(ref.fingerprint), _versions(cand.fingerprint)
+    """Every way the two environments differ (packages first), classified by envlock's diff."""
+    differences = diff_environments(
+        Side(ref.spec.name, from_fingerprint(ref.fingerprint), "fingerprint"),
+        Side(cand.spec.name, from_fingerprint(cand.fingerprint), "fingerprint"),
+    )
     diffs = []
-    for name in sorted(set(a) | set(b)):
-        va, vb = a.get(name), b.get(name)
-        if va == vb:
-            continue
-        sev = severity(name)
-        expected, note = _explain(name, (ref, va), (cand, vb))
+    for d in differences:
+        section, _, key = d.component.partition(" ")
+        name = (
+            key
+            if section == "package"
+            else ("python" if d.component == "python version" else d.component)
+        )
+        expected, note = (False, None)
+        if section == "package":
+            expected, note = _explain(name, (ref, d.a), (cand, d.b))
+        why = d.explanation.split("; ", 1)[-1]
         diffs.append(
             VersionDiff(
                 name=name,
-                versions={ref.spec.name: va, cand.spec.name: vb},
-                severity=sev,
+                versions={ref.spec.name: d.a, cand.spec.name: d.b},
+                severity=d.severity,
                 expected=expected,
-                note=note or _SEVERITY_NOTE[sev],
+                note=f"{note}; {why}" if note and not expected else (note or why),
             )
         )
-    return diffs
+    # Packages first, then the interpreter and the rest: the order people read causes in.
+    return sorted(diffs, key=lambda v: (" " in v.name, v.name))
 
 
 def _explain(

@@ -14,6 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# First calls import heavy modules (deepdiff, numpy paths); time is not what these test.
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

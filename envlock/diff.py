@@ -1,0 +1,269 @@
+"""Diff two environments (fingerprints or locks), classify every difference, explain it.
+
+Both sides are first normalized into one shape (packages, interpreter, platform, CPU
+features, numerics environment variables, numpy/torch/thread-pool settings); deepdiff
+finds what differs; each difference gets a severity (`numerics`, `runtime`, `benign`,
+`other`) and one line a person can act on. A lock has only packages and the interpreter
+it pins, so a lock compared with a fingerprint is compared on those alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from envlock.classify import Severity, severity
+from envlock.errors import EnvlockError, LockFileError
+from envlock.lockfile import MAIN, LockedEnv, read_lock
+
+ABSENT = None
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way two environments differ, with how much it matters and what to do."""
+
+    component: str  # "package numpy", "python", "cpu avx512f", "env OMP_NUM_THREADS", ...
+    a: str | None
+    b: str | None
+    severity: Severity
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a diff, normalized, and what it was read from."""
+
+    label: str
+    data: dict[str, Any]
+    kind: str  # "fingerprint" or "lock"
+
+
+def load_side(spec: str, default_group: str = MAIN) -> Side:
+    """Read `PATH` (a fingerprint JSON or a lock) or `LOCK#GROUP` into a normalized side."""
+    path_s, _, group = spec.partition("#")
+    path = Path(path_s)
+    if not path.is_file():
+        raise LockFileError(path, "file not found")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LockFileError(path, f"not a fingerprint (invalid JSON: {e})") from None
+        if not isinstance(data, dict) or "distributions" not in data:
+            raise LockFileError(path, "not a fingerprint (no 'distributions')")
+        return Side(spec, from_fingerprint(data), "fingerprint")
+    lock = read_lock(path)
+    return Side(spec, from_lock(lock, group or default_group), "lock")
+
+
+def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
+    """The comparable parts of a fingerprint."""
+    python = fp.get("python") or {}
+    plat = fp.get("platform") or {}
+    norm: dict[str, Any] = {
+        "package": {
+            str(d["name"]): str(d["version"])
+            for d in fp.get("distributions", [])
+            if isinstance(d, dict) and "name" in d and "version" in d
+        },
+        "python": {
+            k: python.get(k) for k in ("version", "implementation", "compiler") if k in python
+        },
+        "platform": {k: plat.get(k) for k in ("system", "machine", "libc") if k in plat},
+        "env": dict(fp.get("env") or {}),
+    }
+    cpu = fp.get("cpu") or {}
+    if "flags" in cpu:
+        norm["cpu"] = {flag: "yes" for flag in cpu["flags"]}
+    numpy = fp.get("numpy") or {}
+    if numpy:
+        blas = numpy.get("blas") or {}
+        norm["numpy"] = {
+            "blas": f"{blas.get('name')} {blas.get('version')}" if blas else None,
+            "simd": ",".join(numpy.get("simd_found") or []) or None,
+        }
+    torch = fp.get("torch") or {}
+    if torch:
+        keys = (
+            "cuda",
+            "cudnn",
+            "threads",
+            "deterministic_algorithms",
+            "cudnn_deterministic",
+            "cudnn_benchmark",
+            "tf32_matmul",
+            "tf32_cudnn",
+        )
+        norm["torch"] = {k: torch.get(k) for k in keys if k in torch}
+        devices = torch.get("devices")
+        if devices:
+            norm["torch"]["devices"] = ", ".join(
+                f"{d.get('name')} sm{''.join(map(str, d.get('capability', [])))}" for d in devices
+            )
+    pools = fp.get("threadpools")
+    if pools:
+        norm["threads"] = {
+            f"{p.get('internal_api')} ({p.get('user_api')})": p.get("num_threads") for p in pools
+        }
+    return _stringify(norm)
+
+
+def from_lock(lock: LockedEnv, group: str) -> dict[str, Any]:
+    """The comparable parts of a lock group: its packages and the interpreter it allows."""
+    lock.check_group(group)
+    norm: dict[str, Any] = {"package": lock.versions(group)}
+    if lock.requires_python:
+        norm["python"] = {"version": lock.requires_python}
+    return _stringify(norm)
+
+
+def _stringify(norm: dict[str, Any]) -> dict[str, Any]:
+    """Every leaf as a string (None dropped), so a value compares the same from any source."""
+    return {
+        str(k): _stringify(v) if isinstance(v, dict) else str(v)
+        for k, v in norm.items()
+        if v is not None
+    }
+
+
+def diff(a: Side, b: Side) -> list[Difference]:
+    """Every classified difference between two sides, in component order."""
+    from deepdiff import DeepDiff
+    from deepdiff.helper import NotPresent
+
+    left, right = a.data, b.data
+    if "lock" in (a.kind, b.kind):
+        # A lock knows packages and the interpreter; nothing else can be compared.
+        lock_side = a.data if a.kind == "lock" else b.data
+        left = _only(left, lock_side)
+        right = _only(right, lock_side)
+    found: dict[str, tuple[str | None, str | None]] = {}
+    tree = DeepDiff(left, right, view="tree")
+    for levels in tree.values():
+        for level in levels:
+            path = level.path(output_format="list")
+            section = str(path[0])
+            if len(path) >= 2:
+                component = f"{section} {path[1]}"
+                va = None if isinstance(level.t1, NotPresent) else str(level.t1)
+                vb = None if isinstance(level.t2, NotPresent) else str(level.t2)
+            else:  # a whole section on one side only
+                component = section
+                va = None if isinstance(level.t1, NotPresent) else "present"
+                vb = None if isinstance(level.t2, NotPresent) else "present"
+            found[component] = (va, vb)
+    differences = []
+    for component in sorted(found):
+        va, vb = found[component]
+        if component == "python version" and _satisfies(va, vb):
+            continue  # a lock's requires-python that the interpreter meets
+        sev, why = classify(component, va, vb)
+        differences.append(Difference(component, va, vb, sev, why))
+    return differences
+
+
+def _only(norm: dict[str, Any], lock: dict[str, Any]) -> dict[str, Any]:
+    """The parts of `norm` a lock can speak to: its sections, and within `python` its keys."""
+    kept = {k: v for k, v in norm.items() if k in lock}
+    if "python" in kept:
+        kept["python"] = {k: v for k, v in kept["python"].items() if k in lock["python"]}
+    return kept
+
+
+def _satisfies(a: str | None, b: str | None) -> bool:
+    """Whether one side is a version specifier the other side's version meets."""
+    for spec, version in ((a, b), (b, a)):
+        if spec and version and spec[0] in "<>=!~":
+            try:
+                return Version(version) in SpecifierSet(spec)
+            except (InvalidSpecifier, InvalidVersion):
+                return False
+    return False
+
+
+_PACKAGE_NOTES = {
+    "numpy": "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer downcast "
+    "to an array's float32, so preprocessing can change dtype and last bits",
+    "torch": "kernels, defaults and TF32 behaviour change between torch releases",
+    "pillow": "resampling filters and defaults change between Pillow releases",
+    "scipy": "scipy's algorithms and its BLAS/LAPACK change between releases",
+}
+
+
+def classify(component: str, a: str | None, b: str | None) -> tuple[Severity, str]:
+    """Severity and a one-line, actionable explanation of one difference."""
+    section, _, key = component.partition(" ")
+    shown = f"{a or 'absent'} vs {b or 'absent'}"
+    if section == "package":
+        sev = severity(key)
+        if a is None or b is None:
+            where = "the second" if a is None else "the first"
+            action = f"installed only in {where} environment"
+        else:
+            major = _major(a) != _major(b)
+            action = f"{'major ' if major else ''}version differs ({shown})"
+        note = _PACKAGE_NOTES.get(key)
+        if sev == "numerics":
+            why = note or "it can change computed values"
+            return sev, f"{key}: {action}; {why}. Install the same version in both (one lock)."
+        if sev == "benign":
+            return sev, f"{key}: {action}; tooling, does not reach a model's numbers."
+        return sev, f"{key}: {action}; check whether the model uses it."
+    if section in ("python", "platform"):
+        return "runtime", (
+            f"{component}: {shown}; build both environments from the same base and interpreter."
+        )
+    if section == "cpu":
+        return "numerics", (
+            f"CPU feature {key}: {shown}; numpy, BLAS and torch pick kernels by CPU feature, "
+            f"so results can differ in the last bits across these machines."
+        )
+    if section == "threads" or (section == "torch" and key == "threads") or "THREADS" in key:
+        return "numerics", (
+            f"{component}: {shown}; thread counts change summation order. Pin them (parity's "
+            f"run.threads, or OMP/MKL/OPENBLAS_NUM_THREADS) to the same value."
+        )
+    if section == "torch" and key.startswith("tf32"):
+        return "numerics", (
+            f"{component}: {shown}; TF32 rounds GPU matmul/conv inputs to 10 mantissa bits. "
+            f"Set torch.backends flags (or NVIDIA_TF32_OVERRIDE=0) the same on both sides."
+        )
+    if section in ("torch", "numpy"):
+        return "numerics", f"{component}: {shown}; this changes which kernels compute the numbers."
+    if section == "env":
+        if key in ("CUDA_VISIBLE_DEVICES",):
+            return "runtime", f"{component}: {shown}; a different set of GPUs is visible."
+        return "numerics", f"{component}: {shown}; set it the same in both environments."
+    return "other", f"{component}: {shown}."
+
+
+def _major(version: str) -> str:
+    try:
+        return str(Version(version).major)
+    except InvalidVersion:
+        return version.split(".")[0]
+
+
+def summarize(differences: list[Difference]) -> dict[str, int]:
+    """How many differences of each severity."""
+    counts: dict[str, int] = {}
+    for d in differences:
+        counts[d.severity] = counts.get(d.severity, 0) + 1
+    return counts
+
+
+def read_fingerprint(path: Path) -> dict[str, Any]:
+    """A fingerprint JSON file, or `EnvlockError`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EnvlockError(f"{path}: cannot read fingerprint: {e}") from None
+    if not isinstance(data, dict):
+        raise EnvlockError(f"{path}: a fingerprint is a JSON object")
+    return data

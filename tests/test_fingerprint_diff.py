@@ -1,0 +1,195 @@
+"""Fingerprints and diffs: what the probe records (and never records), and how diffs behave."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from envlock.diff import Side, diff, from_fingerprint
+
+CANARIES = {
+    "CUDA_CANARY_TOKEN": "canary-value-1",
+    "OMP_SECRET_KEY": "canary-value-2",
+    "MKL_PASSWORD": "canary-value-3",
+    "NVIDIA_API_KEY": "canary-value-4",
+    "TORCH_AUTH": "canary-value-5",
+}
+
+
+def test_the_fingerprint_never_writes_a_secret() -> None:
+    env = {**CANARIES, "OMP_NUM_THREADS": "3", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    result = run_cli("envlock", "fingerprint", "--python", str(BIN / "python"), env=env)
+    assert result.returncode == 0, result.stderr
+    for value in CANARIES.values():
+        assert value not in result.stdout
+    for name in CANARIES:
+        assert name not in result.stdout
+    fp = json.loads(result.stdout)
+    assert fp["env"]["OMP_NUM_THREADS"] == "3"
+    assert fp["env"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert fp["env_withheld"] == len(CANARIES)
+
+
+def test_a_parity_report_never_holds_a_secret(write_project: Any, tmp_path: Path) -> None:
+    from conftest import LOCAL_CONFIG
+
+    cfg = write_project(
+        "def predict(inputs):\n    return {'y': inputs['x']}\n", LOCAL_CONFIG.format(timeout=60)
+    )
+    report = tmp_path / "r.json"
+    result = run_cli("parity", "check", "--config", str(cfg), "--json", str(report), env=CANARIES)
+    assert result.returncode == 0, result.stderr
+    text = report.read_text()
+    assert not any(v in text for v in CANARIES.values())
+
+
+def test_fingerprint_sections(repo: Path) -> None:
+    result = run_cli("envlock", "fingerprint", "--python", str(BIN / "python"))
+    fp = json.loads(result.stdout)
+    assert fp["python"]["version"].startswith("3.")
+    assert {"compiler", "build", "implementation"} <= set(fp["python"])
+    assert fp["platform"]["machine"] and fp["cpu"]["count"] >= 1
+    assert isinstance(fp["cpu"]["flags"], list)
+    dists = {d["name"]: d for d in fp["distributions"]}
+    assert dists["click"]["installer"] == "uv"
+    assert dists["click"]["files_sha256"].startswith("sha256:")
+    assert fp["numpy"]["version"] and "blas" in fp["numpy"]
+    no_import = run_cli("envlock", "fingerprint", "--python", str(BIN / "python"), "--no-import")
+    assert "numpy" not in json.loads(no_import.stdout)
+
+
+# --- properties of the diff -------------------------------------------------------------
+
+names = st.sampled_from(["numpy", "torch", "scipy", "pip", "tqdm", "requests", "pillow", "six"])
+versions = st.sampled_from(["1.0", "1.26.4", "2.0.1", "2.4.6"])
+fingerprints = st.fixed_dictionaries(
+    {
+        "distributions": st.dictionaries(names, versions).map(
+            lambda d: [{"name": k, "version": v} for k, v in d.items()]
+        ),
+        "python": st.fixed_dictionaries(
+            {"version": st.sampled_from(["3.11.2", "3.11.7"]), "implementation": st.just("CPython")}
+        ),
+        "platform": st.fixed_dictionaries({"machine": st.sampled_from(["x86_64", "aarch64"])}),
+        "cpu": st.fixed_dictionaries(
+            {"flags": st.lists(st.sampled_from(["avx2", "avx512f", "fma"]), unique=True)}
+        ),
+        "env": st.dictionaries(
+            st.sampled_from(["OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "NVIDIA_TF32_OVERRIDE"]),
+            st.sampled_from(["0", "1", "2"]),
+        ),
+    }
+)
+
+
+def side(fp: dict[str, Any], label: str) -> Side:
+    return Side(label, from_fingerprint(fp), "fingerprint")
+
+
+@given(fingerprints)
+def test_a_fingerprint_diffed_with_itself_is_empty(fp: dict[str, Any]) -> None:
+    assert diff(side(fp, "a"), side(fp, "b")) == []
+
+
+@settings(max_examples=200)
+@given(fingerprints, fingerprints)
+def test_diff_is_symmetric(a: dict[str, Any], b: dict[str, Any]) -> None:
+    forward = {(d.component, d.a, d.b, d.severity) for d in diff(side(a, "a"), side(b, "b"))}
+    backward = {(d.component, d.b, d.a, d.severity) for d in diff(side(b, "b"), side(a, "a"))}
+    assert forward == backward
+
+
+@given(fingerprints, fingerprints, st.randoms(use_true_random=False))
+def test_classification_does_not_depend_on_order(
+    a: dict[str, Any], b: dict[str, Any], rnd: random.Random
+) -> None:
+    shuffled = {**a, "distributions": rnd.sample(a["distributions"], len(a["distributions"]))}
+    shuffled["cpu"] = {"flags": rnd.sample(a["cpu"]["flags"], len(a["cpu"]["flags"]))}
+    one = {(d.component, d.severity, d.explanation) for d in diff(side(a, "a"), side(b, "b"))}
+    two = {
+        (d.component, d.severity, d.explanation) for d in diff(side(shuffled, "a"), side(b, "b"))
+    }
+    assert one == two
+
+
+def test_every_difference_is_explained_in_one_line() -> None:
+    a = {
+        "distributions": [{"name": "numpy", "version": "2.4.6"}, {"name": "pip", "version": "24"}],
+        "python": {"version": "3.11.7"},
+        "cpu": {"flags": ["avx2", "avx512f"]},
+        "env": {"OMP_NUM_THREADS": "1"},
+        "torch": {"tf32_cudnn": True, "version": "2"},
+    }
+    b = {
+        "distributions": [{"name": "numpy", "version": "1.26.4"}, {"name": "pip", "version": "25"}],
+        "python": {"version": "3.11.2"},
+        "cpu": {"flags": ["avx2"]},
+        "env": {"OMP_NUM_THREADS": "4"},
+        "torch": {"tf32_cudnn": False, "version": "2"},
+    }
+    found = {d.component: d for d in diff(side(a, "a"), side(b, "b"))}
+    assert {c: d.severity for c, d in found.items()} == {
+        "package numpy": "numerics",
+        "package pip": "benign",
+        "python version": "runtime",
+        "cpu avx512f": "numerics",
+        "env OMP_NUM_THREADS": "numerics",
+        "torch tf32_cudnn": "numerics",
+    }
+    assert all("\n" not in d.explanation for d in found.values())
+    assert "NEP 50" in found["package numpy"].explanation
+    assert "TF32" in found["torch tf32_cudnn"].explanation
+    assert "summation order" in found["env OMP_NUM_THREADS"].explanation
+
+
+# --- the CLI on real locks and real environments ------------------------------------------
+
+
+def test_diff_two_locks(repo: Path) -> None:
+    result = run_cli(
+        "envlock",
+        "diff",
+        "locks/pylock.toml#train",
+        "examples/numpy-drift/locks/pylock.toml#train",
+        "--json",
+    )
+    assert result.returncode == 1, result.stderr
+    assert [(d["component"], d["a"], d["b"], d["severity"]) for d in json.loads(result.stdout)] == [
+        ("package numpy", "2.4.6", "1.26.4", "numerics")
+    ]
+    same = run_cli("envlock", "diff", "locks/pylock.toml", "locks/pylock.toml#main")
+    assert same.returncode == 0 and "no differences" in same.stdout
+
+
+@pytest.mark.slow
+def test_real_fingerprints_of_two_venvs_that_differ_in_numpy(
+    repo: Path, shared_cache: Path, tmp_path: Path
+) -> None:
+    fps = []
+    for lock in ("locks/pylock.toml", "examples/numpy-drift/locks/pylock.toml"):
+        made = run_cli("envlock", "materialize", lock, "--cache-dir", str(shared_cache))
+        assert made.returncode == 0, made.stderr
+        fp = run_cli("envlock", "fingerprint", "--python", made.stdout.strip())
+        assert fp.returncode == 0, fp.stderr
+        path = tmp_path / f"fp{len(fps)}.json"
+        path.write_text(fp.stdout)
+        fps.append(path)
+    result = run_cli("envlock", "diff", str(fps[0]), str(fps[1]), "--json")
+    assert result.returncode == 1
+    found = {d["component"]: d for d in json.loads(result.stdout)}
+    assert found["package numpy"]["a"] == "2.4.6" and found["package numpy"]["b"] == "1.26.4"
+    assert {c for c in found if c.startswith("package ")} == {"package numpy"}
+    assert all(d["severity"] == "numerics" for d in found.values())
+    # A fingerprint matches its own lock, and differs from the other one in numpy only.
+    assert run_cli("envlock", "diff", str(fps[0]), "locks/pylock.toml").returncode == 0
+    other = run_cli(
+        "envlock", "diff", str(fps[0]), "examples/numpy-drift/locks/pylock.toml", "--json"
+    )
+    assert [d["component"] for d in json.loads(other.stdout)] == ["package numpy"]
