@@ -6,8 +6,8 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -230,6 +230,7 @@ def build_command(
     type=click.Choice(sorted(ROLES)),
     help="Instead of --image: the image `envlock build` made from --lock for this role.",
 )
+@click.option("--python", "python", help="Instead of an image: an interpreter (venv) to check.")
 @click.option(
     "--lock",
     "lock_path",
@@ -237,39 +238,57 @@ def build_command(
     default=Path("locks/pylock.toml"),
     show_default=True,
 )
-@click.option("--group", help="Lock group the image should hold (default: the image's label).")
+@click.option("--group", help="Lock group it should hold (default: the image's label, or main).")
+@click.option(
+    "--wheelhouse",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also check installed files against these locked wheels (from `envlock fetch`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @domain_errors(EnvlockError)
 def verify_command(
-    image: str | None, role: str | None, lock_path: Path, group: str | None, as_json: bool
+    image: str | None,
+    role: str | None,
+    python: str | None,
+    lock_path: Path,
+    group: str | None,
+    wheelhouse: Path | None,
+    as_json: bool,
 ) -> None:
-    """Check an image against a lock group; exit 1 listing every differing package.
+    """Check an environment against a lock group; exit 1 listing every differing package.
+
+    Missing, extra and wrong-version packages, and (with --wheelhouse) installed files
+    whose RECORD hashes are not the locked wheel's.
 
     \b
     Example:
         envlock verify --role infer
-        envlock verify --image envlock/espcn-reference-env:infer-dfcc470d1171
+        envlock verify --python .venv-serve/bin/python --group main
     """
-    import docker
-
+    if sum(x is not None for x in (image, role, python)) != 1:
+        raise click.UsageError("give exactly one of --image, --role and --python")
     lock = read_lock(lock_path)
-    if (image is None) == (role is None):
-        raise click.UsageError("give exactly one of --image and --role")
-    if image is None:
-        assert role is not None
-        image = image_tag(default_repository(lock), role, lock)
-    client = docker_client()
-    try:
-        labels = client.images.get(image).attrs["Config"].get("Labels") or {}
-    except docker.errors.ImageNotFound:
-        raise CommandError(f"image {image} not found", 2) from None
+    labels: dict[str, str] = {}
+    if python is not None:
+        fingerprint = _probe_interpreter(python, imports=False)
+        target = python
+    else:
+        import docker
+
+        target = image or image_tag(default_repository(lock), str(role), lock)
+        client = docker_client()
+        try:
+            labels = client.images.get(target).attrs["Config"].get("Labels") or {}
+        except docker.errors.ImageNotFound:
+            raise CommandError(f"image {target} not found", 2) from None
+        fingerprint = fingerprint_image(client, target)
     group = group or labels.get(LABEL_GROUP) or MAIN
     lock.check_group(group)
-    problems = verify_fingerprint(fingerprint_image(client, image), lock, group)
+    problems = verify_fingerprint(fingerprint, lock, group, wheelhouse)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(p) for p in problems], indent=2))
     elif problems:
-        click.echo(f"{image} differs from {lock_path} [{group}]:")
+        click.echo(f"{target} differs from {lock_path} [{group}]:")
         width = max(len(p.name) for p in problems)
         for p in problems:
             locked, installed = p.locked or "-", p.installed or "-"
@@ -277,11 +296,24 @@ def verify_command(
                 f"  {p.name:<{width}}  {p.problem:<7}  locked {locked:<12} installed {installed}"
             )
     else:
-        click.echo(f"{image} matches {lock_path} [{group}]: {len(lock.versions(group))} packages")
+        click.echo(f"{target} matches {lock_path} [{group}]: {len(lock.versions(group))} packages")
     if labels.get(LABEL_LOCK) not in (None, lock.digest):
-        _progress(f"note: {image} was built from another lock ({labels.get(LABEL_LOCK)})")
+        _progress(f"note: {target} was built from another lock ({labels.get(LABEL_LOCK)})")
     if problems:
         raise SystemExit(1)
+
+
+def _probe_interpreter(python: str, *, imports: bool) -> dict[str, Any]:
+    """Run the fingerprint probe in another interpreter; its JSON."""
+    args = [python, "-s", envlock.probe.__file__, *([] if imports else ["--no-import"])]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise CommandError(f"cannot run {python}: {e.strerror}", 2) from None
+    if proc.returncode != 0:
+        raise CommandError(f"fingerprint probe failed in {python}:\n{proc.stderr.strip()}", 3)
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
 
 
 @main.command("diff")
@@ -344,11 +376,6 @@ def fingerprint_command(python: str | None, image: str | None, no_import: bool) 
         fp = envlock.probe.collect(imports=not no_import)
         click.echo(json.dumps(fp, indent=2, sort_keys=True))
         return
-    args = [python, "-s", envlock.probe.__file__, *(["--no-import"] if no_import else [])]
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    except OSError as e:
-        raise CommandError(f"cannot run {python}: {e.strerror}", 2) from None
-    if proc.returncode != 0:
-        raise CommandError(f"fingerprint probe failed in {python}:\n{proc.stderr.strip()}", 3)
-    sys.stdout.write(proc.stdout)
+    click.echo(
+        json.dumps(_probe_interpreter(python, imports=not no_import), indent=2, sort_keys=True)
+    )

@@ -7,6 +7,7 @@ project's convention: `main` is what every environment installs (packages with n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from packaging.markers import InvalidMarker, Marker, default_environment
+from packaging.markers import Marker, default_environment
 from packaging.pylock import (
     Pylock,
     PylockUnsupportedVersionError,
@@ -57,7 +58,7 @@ class LockedPackage:
         env: dict[str, str | frozenset[str]] = dict(base)
         env["dependency_groups"] = frozenset(g for g in groups if g != MAIN)
         env["extras"] = frozenset()
-        return Marker(self.marker).evaluate(env, context="lock_file")
+        return _marker(self.marker).evaluate(env, context="lock_file")
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,12 @@ class LockedEnv:
         """The spec this lock was written from, if `envlock lock` recorded it."""
         value = self.tool.get("spec")
         return (self.path.parent / value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _marker(text: str) -> Marker:
+    """A parsed marker; locks repeat the same few markers hundreds of times."""
+    return Marker(text)
 
 
 def file_digest(path: Path) -> str:
@@ -171,14 +178,6 @@ def _read_pylock(path: Path) -> LockedEnv:
         packages.append(LockedPackage(name, str(p.version), marker, wheels, sdist))
 
     groups = [MAIN, *(lock.dependency_groups or ())]
-    for i, pkg in enumerate(packages):
-        if pkg.marker is not None:
-            try:
-                Marker(pkg.marker)
-            except InvalidMarker as e:
-                raise LockFileError(
-                    path, f"bad marker: {e}", where=f"packages[{i}].marker"
-                ) from None
     tool = (data.get("tool") or {}).get(TOOL_TABLE) or {}
     if not isinstance(tool, dict):
         raise LockFileError(path, "must be a table", where=f"tool.{TOOL_TABLE}")

@@ -102,7 +102,7 @@ def distributions() -> list[dict[str, str | None]]:
 
 # RECORD entries that differ between installers of the same wheel, not between wheels.
 _INSTALLER_FILES = re.compile(
-    r"(^\.\./)|(\.pyc$)|(\.dist-info/(RECORD|INSTALLER|REQUESTED|direct_url\.json)$)"
+    r"(^\.\./)|(\.pyc$)|(\.dist-info/(RECORD|INSTALLER|REQUESTED|direct_url\.json|uv_cache\.json)$)"
 )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from envlock.names import canonical
+from envlock.probe import files_digest
 
-from envlock.lockfile import LockedEnv
+if TYPE_CHECKING:
+    from envlock.lockfile import LockedEnv
 
-Problem = Literal["missing", "extra", "version"]
+Problem = Literal["missing", "extra", "version", "files"]
 
 
 @dataclass(frozen=True)
@@ -28,27 +31,69 @@ class Mismatch:
             return f"{self.name}: locked {self.locked}, not installed"
         if self.problem == "extra":
             return f"{self.name}: installed {self.installed}, not in the lock"
+        if self.problem == "files":
+            return f"{self.name} {self.installed}: installed files differ from the locked wheel's"
         return f"{self.name}: locked {self.locked}, installed {self.installed}"
 
 
 def _same(a: str, b: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
         return a == b
 
 
-def verify_fingerprint(fingerprint: dict[str, Any], lock: LockedEnv, group: str) -> list[Mismatch]:
-    """Every difference between the installed distributions and the lock's `group`."""
+def wheel_files_digest(wheel: Path) -> str | None:
+    """The probe's files digest of what installing `wheel` puts in site-packages."""
+    with zipfile.ZipFile(wheel) as zf:
+        records = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
+        if len(records) != 1:
+            return None
+        text = zf.read(records[0]).decode("utf-8")
+    # Files under .data/ are installed elsewhere (scripts, headers), as the probe skips them.
+    kept = "\n".join(line for line in text.splitlines() if ".data/" not in line.split(",")[0])
+    return files_digest(kept)
+
+
+def verify_fingerprint(
+    fingerprint: dict[str, Any],
+    lock: LockedEnv,
+    group: str,
+    wheelhouse: Path | None = None,
+) -> list[Mismatch]:
+    """Every difference between the installed distributions and the lock's `group`.
+
+    With a wheelhouse (`envlock fetch`), installed files are also checked against the
+    locked wheels' RECORD hashes.
+    """
     locked: dict[str, str] = lock.versions(group)
+    digests: dict[str, Any] = {
+        canonical(str(d["name"])): d.get("files_sha256")
+        for d in fingerprint.get("distributions", [])
+        if isinstance(d, dict) and "name" in d
+    }
+    wheels = _wheels(wheelhouse) if wheelhouse else {}
     installed: dict[str, str] = {
-        canonicalize_name(str(d["name"])): str(d["version"])
+        canonical(str(d["name"])): str(d["version"])
         for d in fingerprint.get("distributions", [])
         if isinstance(d, dict) and "name" in d and "version" in d
     }
+    problems = compare_versions(locked, installed)
+    for name in sorted(set(locked) & set(installed)):
+        if name in wheels and digests.get(name) and _same(locked[name], installed[name]):
+            expected = wheel_files_digest(wheels[name])
+            if expected is not None and expected != digests[name]:
+                problems.append(Mismatch(name, "files", locked[name], installed[name]))
+    return sorted(problems, key=lambda p: p.name)
+
+
+def compare_versions(expected: dict[str, str], installed: dict[str, str]) -> list[Mismatch]:
+    """Missing, extra and wrong-version packages between what is expected and installed."""
     problems = []
-    for name in sorted(set(locked) | set(installed)):
-        want, have = locked.get(name), installed.get(name)
+    for name in sorted(set(expected) | set(installed)):
+        want, have = expected.get(name), installed.get(name)
         if have is None:
             problems.append(Mismatch(name, "missing", want, None))
         elif want is None:
@@ -56,3 +101,17 @@ def verify_fingerprint(fingerprint: dict[str, Any], lock: LockedEnv, group: str)
         elif not _same(want, have):
             problems.append(Mismatch(name, "version", want, have))
     return problems
+
+
+def _wheels(folder: Path) -> dict[str, Path]:
+    """Wheel files under a wheelhouse, by canonical project name."""
+    from packaging.utils import parse_wheel_filename
+
+    found: dict[str, Path] = {}
+    for wheel in folder.rglob("*.whl"):
+        try:
+            name = parse_wheel_filename(wheel.name)[0]
+        except ValueError:
+            continue
+        found[canonical(name)] = wheel
+    return found
