@@ -31,7 +31,7 @@ from envlock.images import (
 )
 from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
-from envlock.verify import verify_fingerprint
+from envlock.verify import verify_conda_prefix, verify_fingerprint
 
 
 def _progress(message: str) -> None:
@@ -103,6 +103,46 @@ def materialize_command(lock_path: Path, group: str, cache_dir: Path | None) -> 
     state = "created" if env.created else "cached"
     _progress(f"{state}: {env.root}")
     click.echo(str(env.python))
+
+
+@main.command("show")
+@click.argument("lock_path", metavar="LOCK", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--group", default=MAIN, show_default=True, help="Group to list (main always).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@domain_errors(EnvlockError)
+def show_command(lock_path: Path, group: str, as_json: bool) -> None:
+    """Read a lock (pylock.toml or conda-lock.yml), validate it, list what a group installs here.
+
+    \b
+    Example:
+        envlock show locks/pylock.toml --group train
+    """
+    lock = read_lock(lock_path)
+    packages = lock.packages_in(group)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "lock": str(lock_path),
+                    "flavor": lock.flavor,
+                    "digest": lock.digest,
+                    "groups": list(lock.groups),
+                    "group": group,
+                    "packages": [
+                        {"name": p.name, "version": p.version, "manager": p.manager}
+                        for p in packages
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"{lock_path} ({lock.flavor}, groups: {', '.join(lock.groups)}, {lock.digest[:19]}…)"
+    )
+    for p in packages:
+        build = f" {p.build}" if p.build else ""
+        click.echo(f"  {p.name} {p.version}{build} [{p.manager}]")
 
 
 @main.command("fetch")
@@ -232,6 +272,11 @@ def build_command(
 )
 @click.option("--python", "python", help="Instead of an image: an interpreter (venv) to check.")
 @click.option(
+    "--prefix",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Instead: a conda environment, checked (from its conda-meta) against a conda-lock.yml.",
+)
+@click.option(
     "--lock",
     "lock_path",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -250,6 +295,7 @@ def verify_command(
     image: str | None,
     role: str | None,
     python: str | None,
+    prefix: Path | None,
     lock_path: Path,
     group: str | None,
     wheelhouse: Path | None,
@@ -264,12 +310,20 @@ def verify_command(
     Example:
         envlock verify --role infer
         envlock verify --python .venv-serve/bin/python --group main
+        envlock verify --prefix ~/miniforge3/envs/serve --lock conda-lock.yml
     """
-    if sum(x is not None for x in (image, role, python)) != 1:
-        raise click.UsageError("give exactly one of --image, --role and --python")
+    if sum(x is not None for x in (image, role, python, prefix)) != 1:
+        raise click.UsageError("give exactly one of --image, --role, --python and --prefix")
     lock = read_lock(lock_path)
     labels: dict[str, str] = {}
-    if python is not None:
+    problems = None
+    if prefix is not None:
+        target = str(prefix)
+        group = group or MAIN
+        lock.check_group(group)
+        problems = verify_conda_prefix(prefix, lock, group)
+        fingerprint: dict[str, Any] = {}
+    elif python is not None:
         fingerprint = _probe_interpreter(python, imports=False)
         target = python
     else:
@@ -284,7 +338,8 @@ def verify_command(
         fingerprint = fingerprint_image(client, target)
     group = group or labels.get(LABEL_GROUP) or MAIN
     lock.check_group(group)
-    problems = verify_fingerprint(fingerprint, lock, group, wheelhouse)
+    if problems is None:
+        problems = verify_fingerprint(fingerprint, lock, group, wheelhouse)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(p) for p in problems], indent=2))
     elif problems:

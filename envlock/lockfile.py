@@ -49,6 +49,9 @@ class LockedPackage:
     marker: str | None
     wheels: tuple[LockedFile, ...] = ()
     sdist: LockedFile | None = None
+    manager: str = "pip"  # "pip" (PyPI) or "conda"
+    build: str | None = None  # conda build string
+    channel: str | None = None  # conda channel
 
     def applies(self, groups: Iterable[str], environment: Mapping[str, str] | None = None) -> bool:
         """Whether an environment that installs `groups` gets this package."""
@@ -137,8 +140,13 @@ def read_lock(path: str | Path) -> LockedEnv:
     name = path.name
     if name == "pylock.toml" or (name.startswith("pylock.") and name.endswith(".toml")):
         return _read_pylock(path)
+    if name == "conda-lock.yml" or name.endswith((".conda-lock.yml", ".conda-lock.yaml")):
+        from envlock.condalock import read_conda_lock
+
+        return read_conda_lock(path)
     raise LockFileError(
-        path, "unsupported lock file name (expected pylock.toml or pylock.<name>.toml)"
+        path,
+        "unsupported lock file name (expected pylock.toml, pylock.<name>.toml or conda-lock.yml)",
     )
 
 

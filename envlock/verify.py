@@ -13,7 +13,7 @@ from envlock.probe import files_digest
 if TYPE_CHECKING:
     from envlock.lockfile import LockedEnv
 
-Problem = Literal["missing", "extra", "version", "files"]
+Problem = Literal["missing", "extra", "version", "files", "build"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Mismatch:
             return f"{self.name}: locked {self.locked}, not installed"
         if self.problem == "extra":
             return f"{self.name}: installed {self.installed}, not in the lock"
+        if self.problem == "build":
+            return f"{self.name}: locked build {self.locked}, installed build {self.installed}"
         if self.problem == "files":
             return f"{self.name} {self.installed}: installed files differ from the locked wheel's"
         return f"{self.name}: locked {self.locked}, installed {self.installed}"
@@ -115,3 +117,44 @@ def _wheels(folder: Path) -> dict[str, Path]:
             continue
         found[canonical(name)] = wheel
     return found
+
+
+def verify_conda_prefix(prefix: Path, lock: LockedEnv, group: str) -> list[Mismatch]:
+    """Differences between a conda environment (its conda-meta) and a conda-lock group.
+
+    Conda packages are checked by name, version and build; pip packages by name and version
+    against the environment's site-packages.
+    """
+    from envlock.probe import conda_packages
+    from envlock.runtime import installed_versions
+
+    records = conda_packages(str(prefix))
+    if records is None:
+        from envlock.errors import EnvlockError
+
+        raise EnvlockError(f"{prefix} is not a conda environment (no conda-meta folder)")
+    wanted = lock.packages_in(group)
+    conda_want = {p.name: p for p in wanted if p.manager == "conda"}
+    conda_have = {str(r["name"]): r for r in records if r.get("name")}
+    problems = compare_versions(
+        {n: p.version for n, p in conda_want.items()},
+        {n: str(r.get("version")) for n, r in conda_have.items()},
+    )
+    for name in sorted(set(conda_want) & set(conda_have)):
+        want, have = conda_want[name].build, conda_have[name].get("build")
+        if (
+            want
+            and have
+            and want != have
+            and _same(conda_want[name].version, str(conda_have[name].get("version")))
+        ):
+            problems.append(Mismatch(name, "build", want, str(have)))
+    site = [str(p) for p in prefix.glob("lib/python*/site-packages")]
+    pip_have = installed_versions(site)
+    pip_want = {p.name: p.version for p in wanted if p.manager == "pip"}
+    conda_names = {canonical(n) for n in conda_have}
+    for m in compare_versions(pip_want, pip_have):
+        if m.problem == "extra" and m.name in conda_names:
+            continue  # a Python package conda installed, checked above
+        problems.append(m)
+    return sorted(problems, key=lambda m: m.name)
