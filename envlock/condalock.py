@@ -35,6 +35,7 @@ def read_conda_lock(path: Path) -> LockedEnv:
             path, "reading conda-lock files needs conda-lock: pip install 'envlock-parity[conda]'"
         ) from None
     raw = path.read_bytes()
+    _check_duplicates(path, raw)
     try:
         lockfile = parse_conda_lock_file(path)
     except Exception as e:  # conda-lock raises yaml, pydantic and its own errors
@@ -97,6 +98,32 @@ def read_conda_lock(path: Path) -> LockedEnv:
         created_by="conda-lock",
         tool={"platforms": platforms, "content_hash": dict(lockfile.metadata.content_hash)},
     )
+
+
+def _check_duplicates(path: Path, raw: bytes) -> None:
+    """Refuse a package locked twice for one platform (conda-lock's parser only asserts)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return  # conda-lock's parser reports it, with the place
+    packages = data.get("package") if isinstance(data, dict) else None
+    if not isinstance(packages, list):
+        return
+    seen: dict[tuple[object, object, object], int] = {}
+    for i, dep in enumerate(packages):
+        if not isinstance(dep, dict):
+            continue
+        key = (dep.get("name"), dep.get("manager"), dep.get("platform"))
+        if key in seen:
+            raise LockFileError(
+                path,
+                f"{key[1]} package {key[0]!r} is locked twice for {key[2]} "
+                f"(also package[{seen[key]}])",
+                where=f"package[{i}]",
+            )
+        seen[key] = i
 
 
 def _channel(url: str | None) -> str | None:

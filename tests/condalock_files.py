@@ -10,8 +10,14 @@ from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency, Loc
 CHANNEL = "https://conda.anaconda.org/conda-forge"
 
 
-def conda(name: str, version: str, build: str, platform: str, category: str = "main",
-          digest: str = "0" * 64) -> LockedDependency:
+def conda(
+    name: str,
+    version: str,
+    build: str,
+    platform: str,
+    category: str = "main",
+    digest: str = "0" * 64,
+) -> LockedDependency:
     """A conda package of the lock."""
     return LockedDependency(
         name=name,
