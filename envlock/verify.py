@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from envlock.names import canonical
-from envlock.probe import files_digest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from envlock.lockfile import LockedEnv
 
 Problem = Literal["missing", "extra", "version", "files", "build"]
@@ -39,6 +38,8 @@ class Mismatch:
 
 
 def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
     from packaging.version import InvalidVersion, Version
 
     try:
@@ -49,6 +50,10 @@ def _same(a: str, b: str) -> bool:
 
 def wheel_files_digest(wheel: Path) -> str | None:
     """The probe's files digest of what installing `wheel` puts in site-packages."""
+    import zipfile
+
+    from envlock.probe import files_digest
+
     with zipfile.ZipFile(wheel) as zf:
         records = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
         if len(records) != 1:

@@ -393,6 +393,7 @@ def _summary(run: EnvRun) -> EnvironmentSummary:
         packages=versions,
         env={str(k): str(v) for k, v in env_vars.items()},
         libraries={k: fp[k] for k in ("numpy", "torch") if isinstance(fp.get(k), dict)},
+        cpu=fp["cpu"] if isinstance(fp.get("cpu"), dict) else {},
         created=bool(run.environment and run.environment.created),
         seconds=run.seconds,
     )

@@ -35,6 +35,7 @@ class EnvironmentSummary:
     packages: dict[str, str]
     env: dict[str, str]
     libraries: dict[str, Any]
+    cpu: dict[str, Any]
     created: bool
     seconds: dict[str, float]
 
