@@ -84,8 +84,10 @@ def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
     numpy = fp.get("numpy") or {}
     if numpy:
         blas = numpy.get("blas") or {}
+        lapack = numpy.get("lapack") or {}
         norm["numpy"] = {
             "blas": f"{blas.get('name')} {blas.get('version')}" if blas else None,
+            "lapack": f"{lapack.get('name')} {lapack.get('version')}" if lapack else None,
             "simd": ",".join(numpy.get("simd_found") or []) or None,
         }
     torch = fp.get("torch") or {}

@@ -221,8 +221,10 @@ def numpy_section() -> dict[str, Any] | None:
     section: dict[str, Any] = {"version": np.__version__}
     config = getattr(getattr(np, "__config__", None), "CONFIG", None)
     if isinstance(config, dict):
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        section["blas"] = {k: blas.get(k) for k in ("name", "version") if k in blas}
+        deps = config.get("Build Dependencies", {})
+        for lib in ("blas", "lapack"):
+            found = deps.get(lib, {})
+            section[lib] = {k: found.get(k) for k in ("name", "version") if k in found}
         simd = config.get("SIMD Extensions", {})
         section["simd_found"] = simd.get("found")
     return section

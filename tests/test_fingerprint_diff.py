@@ -65,6 +65,39 @@ def test_fingerprint_sections(repo: Path) -> None:
     assert "numpy" not in json.loads(no_import.stdout)
 
 
+def _python_3_9() -> str | None:
+    """A working Python 3.9 here: on PATH, or one pyenv installed."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which("python3.9"), *glob.glob(f"{root}/versions/3.9*/bin/python3")]
+    for exe in filter(None, candidates):
+        ok = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+        if ok.returncode == 0 and ok.stdout.startswith("Python 3.9"):
+            return exe
+    return None
+
+
+def test_the_probe_runs_on_python_3_9_with_the_standard_library_only() -> None:
+    import subprocess
+
+    from envlock.probe import __file__ as probe_path
+
+    python = _python_3_9()
+    if python is None:
+        pytest.skip("no Python 3.9 interpreter here")
+    # -I: isolated, no site-packages of ours; the probe must need nothing but the stdlib.
+    out = subprocess.run(
+        [python, "-I", probe_path, "--no-import"], capture_output=True, text=True, check=True
+    )
+    fp = json.loads(out.stdout)
+    assert fp["python"]["version"].startswith("3.9.")
+    assert "cpu" in fp and "distributions" in fp
+
+
 # --- properties of the diff -------------------------------------------------------------
 
 names = st.sampled_from(["numpy", "torch", "scipy", "pip", "tqdm", "requests", "pillow", "six"])
