@@ -33,6 +33,15 @@ from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
 from envlock.verify import verify_conda_prefix, verify_fingerprint
 
+lock_option = click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("locks/pylock.toml"),
+    show_default=True,
+    help="The lock: a pylock.toml or a conda-lock.yml.",
+)
+
 
 def _progress(message: str) -> None:
     click.echo(f"envlock: {message}", err=True)
@@ -186,13 +195,7 @@ def fetch_command(
 
 
 @main.command("build")
-@click.option(
-    "--lock",
-    "lock_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("locks/pylock.toml"),
-    show_default=True,
-)
+@lock_option
 @click.option(
     "--base", default=None, help=f"Base image (default: $ENVLOCK_BASE_IMAGE or {DEFAULT_BASE})."
 )
@@ -276,13 +279,7 @@ def build_command(
     type=click.Path(path_type=Path, file_okay=False),
     help="Instead: a conda environment, checked (from its conda-meta) against a conda-lock.yml.",
 )
-@click.option(
-    "--lock",
-    "lock_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("locks/pylock.toml"),
-    show_default=True,
-)
+@lock_option
 @click.option("--group", help="Lock group it should hold (default: the image's label, or main).")
 @click.option(
     "--wheelhouse",

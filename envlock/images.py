@@ -24,7 +24,7 @@ import tomli_w
 
 import envlock.probe
 from envlock.backends.docker import SANDBOX, docker_client
-from envlock.errors import EnvlockError
+from envlock.errors import EnvlockError, LockFileError
 from envlock.fetch import fetch, verify_wheelhouse
 from envlock.lockfile import MAIN, LockedEnv
 from envlock.locking import read_spec
@@ -172,6 +172,8 @@ def build_images(
 ) -> BuildResult:
     """Build (or find, unchanged) the training and inference images of `lock`."""
     say = progress or (lambda _msg: None)
+    if lock.flavor != "pylock":
+        raise LockFileError(lock.path, "envlock build installs PEP 751 locks (pylock.toml) only")
     client = docker_client()
     digest = base_digest(client, base, say)
     pin_state = check_base_pin(pins or default_pins(lock), base, digest, repin=repin)

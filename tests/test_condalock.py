@@ -128,3 +128,10 @@ def test_a_real_conda_environment_matches_what_conda_reports(tmp_path: Path) -> 
 
     ours = {p["name"]: p["version"] for p in conda_packages(str(prefix)) or []}
     assert {p["name"]: p["version"] for p in listed if p.get("channel") != "pypi"} == ours
+
+
+def test_conda_locks_are_not_materialized_as_venvs(tmp_path: Path) -> None:
+    lock = write_lock(tmp_path / "conda-lock.yml")
+    result = run_cli("envlock", "materialize", str(lock), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 2
+    assert "the venv backend installs PEP 751 locks (pylock.toml) only" in result.stderr

@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from envlock.backends.base import Environment
-from envlock.errors import MaterializeError
+from envlock.errors import LockFileError, MaterializeError
 from envlock.lockfile import MAIN, LockedEnv
 from envlock.uvtool import find_uv, uv_version
 
@@ -76,6 +76,10 @@ class VenvBackend:
     ) -> Environment:
         """The environment for `lock` and `group`, built by uv if it is not cached yet."""
         lock.check_group(group)
+        if lock.flavor != "pylock":
+            raise LockFileError(
+                lock.path, "the venv backend installs PEP 751 locks (pylock.toml) only"
+            )
         cached = self.find(lock, group)
         if cached is not None:
             return cached
