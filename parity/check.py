@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -94,9 +95,14 @@ def run_check(
         outputs, missing = _compare_outputs(config, ref, cand)
         reasons += missing
         reasons += [f"output {o.name!r}: {o.reason}" for o in outputs if not o.passed]
-        diffs = version_diffs(ref, cand)
+        diffs = [
+            dataclasses.replace(
+                d, fails=not d.expected and d.severity in config.fail_on_version_diffs
+            )
+            for d in version_diffs(ref, cand)
+        ]
         for d in diffs:
-            if not d.expected and d.severity in config.fail_on_version_diffs:
+            if d.fails:
                 shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
                 reasons.append(f"{d.name} differs: {shown} [{d.severity}]")
     verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,7 +12,9 @@ from envlock.errors import EnvlockError
 from parity.check import run_check
 from parity.config import load_config
 from parity.errors import ParityError
-from parity.report import render_text
+from parity.junit import render_junit
+from parity.markdown import render_markdown
+from parity.report import ParityReport, render_text
 
 
 @click.group()
@@ -36,6 +39,18 @@ def main() -> None:
     help="Write the JSON report here ('-' for stdout, which then holds only the JSON).",
 )
 @click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a JUnit XML report (one testcase per output and difference).",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a Markdown summary (CI step summaries, PR comments).",
+)
+@click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep inputs, outputs, fingerprints and worker logs in this folder.",
@@ -50,6 +65,8 @@ def main() -> None:
 def check_command(
     config_path: Path,
     json_path: Path | None,
+    junit_path: Path | None,
+    markdown_path: Path | None,
     workdir: Path | None,
     cache_dir: Path | None,
     quiet: bool,
@@ -61,7 +78,7 @@ def check_command(
 
     \b
     Example:
-        parity check --config parity.toml --json report.json
+        parity check --config parity.toml --json report.json --junit parity.xml
     """
     config = load_config(config_path)
 
@@ -74,7 +91,13 @@ def check_command(
         click.echo(report.to_json(), nl=False)
     else:
         click.echo(render_text(report, color=None), nl=False)
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(report.to_json(), encoding="utf-8")
+    renderings: list[tuple[Path | None, Callable[[ParityReport], str]]] = [
+        (json_path, ParityReport.to_json),
+        (junit_path, render_junit),
+        (markdown_path, render_markdown),
+    ]
+    for path, render in renderings:
+        if path is not None and str(path) != "-":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(report), encoding="utf-8")
     raise SystemExit(report.exit_code)

@@ -49,6 +49,7 @@ class VersionDiff:
     severity: str
     expected: bool
     note: str
+    fails: bool = False  # whether the policy counts it against the check
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from conftest import run_cli
@@ -16,10 +17,20 @@ from envlock.backends import VenvBackend
 pytestmark = pytest.mark.slow
 
 
-def check(repo: Path, config: str, cache: Path, tmp_path: Path) -> tuple[int, dict[str, Any], str]:
+def check(
+    repo: Path, config: str, cache: Path, tmp_path: Path, *extra: str
+) -> tuple[int, dict[str, Any], str]:
     report = tmp_path / "report.json"
     result = run_cli(
-        "parity", "check", "--config", config, "--json", str(report), "--cache-dir", str(cache)
+        "parity",
+        "check",
+        "--config",
+        config,
+        "--json",
+        str(report),
+        "--cache-dir",
+        str(cache),
+        *extra,
     )
     assert report.exists(), result.stderr
     return result.returncode, json.loads(report.read_text()), result.stdout
@@ -51,15 +62,22 @@ def test_second_check_materializes_nothing(repo: Path, shared_cache: Path, tmp_p
 
 
 def test_numpy_drift_fails_and_names_numpy(repo: Path, shared_cache: Path, tmp_path: Path) -> None:
-    code, report, stdout = check(repo, "examples/numpy-drift/parity.toml", shared_cache, tmp_path)
+    junit = tmp_path / "parity.xml"
+    code, report, stdout = check(
+        repo, "examples/numpy-drift/parity.toml", shared_cache, tmp_path, "--junit", str(junit)
+    )
+    cases = {c.get("name"): c for c in ElementTree.parse(junit).getroot().iter("testcase")}
+    assert cases["numpy"].find("failure") is not None
+    assert cases["tqdm"].find("failure") is None  # expected: the train group
+    assert cases["sr"].find("failure") is not None and cases["sr_float"].find("failure") is None
     assert code == 1, stdout
     assert report["verdict"] == "fail"
     numpy_diff = next(d for d in report["version_diffs"] if d["name"] == "numpy")
     assert numpy_diff["versions"] == {"train": "2.4.6", "infer": "1.26.4"}
     assert numpy_diff["severity"] == "numerics" and numpy_diff["expected"] is False
     unexpected = [d["name"] for d in report["version_diffs"] if not d["expected"]]
-    # numpy itself, and what comes with it: its BLAS build and the SIMD kernels it found.
-    assert unexpected == ["numpy", "numpy blas", "numpy simd"]
+    # numpy itself, and what comes with it: its BLAS and LAPACK builds, the SIMD kernels found.
+    assert unexpected == ["numpy", "numpy blas", "numpy lapack", "numpy simd"]
     assert "NEP 50" in numpy_diff["note"]
     sr = next(o for o in report["outputs"] if o["name"] == "sr")
     assert sr["passed"] is False

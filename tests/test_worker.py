@@ -10,6 +10,7 @@ import json
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -192,8 +193,28 @@ def test_outputs_that_differ_fail_with_the_numbers(
         LOCAL_CONFIG.format(timeout=120),
     )
     report_path = tmp_path / "r.json"
-    result = run_cli("parity", "check", "--config", str(cfg), "--json", str(report_path))
+    junit, markdown = tmp_path / "ci" / "parity.xml", tmp_path / "ci" / "summary.md"
+    result = run_cli(
+        "parity",
+        "check",
+        "--config",
+        str(cfg),
+        "--json",
+        str(report_path),
+        "--junit",
+        str(junit),
+        "--markdown",
+        str(markdown),
+    )
     assert result.returncode == 1, result.stdout + result.stderr
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "1", "0")
+    failure = suite.find("testcase[@name='y']/failure")
+    assert failure is not None and "144 of 144 elements beyond" in failure.get("message", "")
+    text = markdown.read_text()
+    assert text.startswith("## Parity check: FAIL")
+    assert "| `y` | **fail**: 144 of 144 elements beyond atol=0, rtol=0" in text
     report = json.loads(report_path.read_text())
     (y,) = report["outputs"]
     assert y["passed"] is False

@@ -1,0 +1,59 @@
+"""The report as JUnit XML: one testcase per output and per difference, so CI shows them."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from parity.report import ParityReport
+
+
+def render_junit(report: ParityReport) -> str:
+    """JUnit XML for `report` (testsuites > testsuite > testcase, failure/error children)."""
+    cases: list[ET.Element] = []
+    for o in report.outputs:
+        case = ET.Element("testcase", classname="parity.outputs", name=o.name)
+        if not o.passed:
+            failure = ET.SubElement(case, "failure", message=o.reason or "beyond tolerance")
+            failure.text = (
+                f"{o.mismatched} of {o.total} elements beyond atol={o.atol:g}, rtol={o.rtol:g}; "
+                f"max abs diff {o.max_abs_diff:.6g}, max rel diff {o.max_rel_diff:.6g}; "
+                f"worst at {list(o.worst_index or [])}; atol that would pass {o.atol_to_pass:.6g}"
+            )
+        cases.append(case)
+    for d in report.version_diffs:
+        case = ET.Element("testcase", classname="parity.versions", name=d.name)
+        shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
+        if d.fails:
+            failure = ET.SubElement(case, "failure", message=f"{d.name} differs: {shown}")
+            failure.text = f"[{d.severity}] {d.note}"
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = f"{shown} [{'expected' if d.expected else d.severity}] {d.note}"
+        cases.append(case)
+    for message in report.errors:
+        case = ET.Element("testcase", classname="parity.environments", name="environment")
+        error = ET.SubElement(case, "error", message=message.splitlines()[0])
+        error.text = message
+        cases.append(case)
+    failures = sum(1 for c in cases if c.find("failure") is not None)
+    errors = sum(1 for c in cases if c.find("error") is not None)
+    suite = ET.Element(
+        "testsuite",
+        name=f"parity {report.config}",
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{report.seconds.get('total', 0.0):.3f}",
+    )
+    suite.extend(cases)
+    root = ET.Element(
+        "testsuites",
+        name="parity",
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors=str(errors),
+    )
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
