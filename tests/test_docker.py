@@ -373,11 +373,13 @@ def test_a_container_that_outlives_its_timeout_is_killed(
     image = reference_build["result"]["images"]["infer"]["tag"]
     cfg = tmp_path / "parity.toml"
     cfg.write_text(DOCKER_CONFIG.format(image=image, timeout=3))
+    workers = {"label": "org.envlock.role=parity-worker"}
+    before = {c.id for c in client.containers.list(all=True, filters=workers)}
     result = run_cli("parity", "check", "--config", str(cfg), timeout=100)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "worker timed out after 3s; container" in result.stdout and "was killed" in result.stdout
-    left = client.containers.list(all=True, filters={"label": "org.envlock.role=parity-worker"})
-    assert left == []
+    left = {c.id for c in client.containers.list(all=True, filters=workers)} - before
+    assert left == set()
 
 
 def test_missing_image_is_an_environment_error(client: Any, tmp_path: Path) -> None:
