@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import click
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from parity.compare import OutputComparison
 
 SCHEMA_VERSION = "1"
+# The JSON Schema of `ParityReport.to_dict()`; it ships with the package.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "report.schema.json"
 Verdict = Literal["pass", "fail", "error"]
 
 

@@ -120,3 +120,16 @@ def lock_tiny_spec(folder: Path, name: str) -> Path:
     assert result.returncode == 0, result.stderr
     assert "main: 1, train: 2 packages" in result.stdout
     return folder / "pylock.toml"
+
+
+def assert_valid_report(report: dict[str, object]) -> None:
+    """Fail unless `report` follows the JSON Schema that ships with parity."""
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from parity.report import SCHEMA_PATH
+
+    validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    errors = sorted(validator.iter_errors(report), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])

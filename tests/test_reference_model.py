@@ -9,7 +9,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from conftest import run_cli
+from conftest import assert_valid_report, run_cli
 
 from envlock import read_lock
 from envlock.backends import VenvBackend
@@ -33,7 +33,9 @@ def check(
         *extra,
     )
     assert report.exists(), result.stderr
-    return result.returncode, json.loads(report.read_text()), result.stdout
+    data = json.loads(report.read_text())
+    assert_valid_report(data)
+    return result.returncode, data, result.stdout
 
 
 def test_reference_model_passes_on_the_shared_lock(

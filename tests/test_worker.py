@@ -14,7 +14,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from conftest import LOCAL_CONFIG, run_cli
+from conftest import LOCAL_CONFIG, assert_valid_report, run_cli
 
 from parity.errors import HostileOutputError
 from parity.outputs import load_outputs
@@ -37,6 +37,9 @@ def test_identical_local_environments_pass_with_a_json_report(
     assert result.returncode == 0, result.stderr
     assert "parity check: PASS" in result.stdout
     report = json.loads(report_path.read_text())
+    assert_valid_report(report)
+    with pytest.raises(AssertionError, match="'maybe' is not one of"):
+        assert_valid_report({**report, "verdict": "maybe"})  # the schema does check
     assert report["schema_version"] == "1"
     assert report["verdict"] == "pass"
     assert report["version_diffs"] == []
@@ -66,9 +69,13 @@ def test_model_raising_in_the_worker_exits_3_with_its_error(
         """,
         LOCAL_CONFIG.format(timeout=120),
     )
-    result = run_cli("parity", "check", "--config", str(cfg))
+    report_path = cfg.with_name("report.json")
+    result = run_cli("parity", "check", "--config", str(cfg), "--json", str(report_path))
     assert result.returncode == 3, result.stdout + result.stderr
     assert "parity check: ERROR" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert_valid_report(report)
+    assert report["verdict"] == "error" and report["outputs"] == []
     assert "ValueError: weights file is corrupt: expected 3 layers" in result.stdout
     assert 'in predict\n    raise ValueError("weights file' in result.stdout  # the traceback
 
@@ -216,6 +223,7 @@ def test_outputs_that_differ_fail_with_the_numbers(
     assert text.startswith("## Parity check: FAIL")
     assert "| `y` | **fail**: 144 of 144 elements beyond atol=0, rtol=0" in text
     report = json.loads(report_path.read_text())
+    assert_valid_report(report)
     (y,) = report["outputs"]
     assert y["passed"] is False
     assert y["mismatched"] == y["total"] == 144
