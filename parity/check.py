@@ -86,7 +86,7 @@ def run_check(
 
     ref = next(r for r in runs if r.spec.name == config.reference)
     cand = next(r for r in runs if r.spec.name != config.reference)
-    errors = [r.error for r in runs if r.error]
+    errors: list[str] = [r.error for r in runs if r.error]
     outputs: list[OutputComparison] = []
     diffs: list[VersionDiff] = []
     reasons: list[str] = []
@@ -120,7 +120,7 @@ def run_check(
         outputs=outputs,
         version_diffs=diffs,
         reasons=reasons,
-        errors=[e for e in errors if e],
+        errors=errors,
         seconds={
             "inputs": round(generated - started, 3),
             "environments": round(finished - started, 3),
