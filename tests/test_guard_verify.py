@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import subprocess
 import textwrap
@@ -52,24 +54,27 @@ def test_verify_finds_installed_files_that_are_not_the_locked_wheel(
     venv = tmp_path / "copy"
     root = tiny["python"].parent.parent
     subprocess.run(["cp", "-a", str(root), str(venv)], check=True)
-    clean = run_cli(
-        "envlock",
-        "verify",
-        "--python",
-        str(venv / "bin" / "python"),
-        "--lock",
-        str(tiny["lock"]),
-        "--wheelhouse",
-        str(tmp_path / "wh"),
-    )
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        python = str(venv / "bin" / "python")
+        wheelhouse = str(tmp_path / "wh")
+        return run_cli(
+            "envlock",
+            "verify",
+            "--python",
+            python,
+            "--lock",
+            str(tiny["lock"]),
+            "--wheelhouse",
+            wheelhouse,
+        )
+
+    clean = verify()
     assert clean.returncode == 0, clean.stdout
     six = next(venv.glob("lib/python*/site-packages/six.py"))
     six.write_text(six.read_text() + "\n# patched in place\n")
     record = next(venv.glob("lib/python*/site-packages/six-*.dist-info/RECORD"))
     # A careful tamperer fixes RECORD too; the hash then no longer matches the wheel's.
-    import base64
-    import hashlib
-
     digest = base64.urlsafe_b64encode(hashlib.sha256(six.read_bytes()).digest()).rstrip(b"=")
     lines = [
         f"six.py,sha256={digest.decode()},{six.stat().st_size}"
@@ -78,16 +83,7 @@ def test_verify_finds_installed_files_that_are_not_the_locked_wheel(
         for line in record.read_text().splitlines()
     ]
     record.write_text("\n".join(lines) + "\n")
-    tampered = run_cli(
-        "envlock",
-        "verify",
-        "--python",
-        str(venv / "bin" / "python"),
-        "--lock",
-        str(tiny["lock"]),
-        "--wheelhouse",
-        str(tmp_path / "wh"),
-    )
+    tampered = verify()
     assert tampered.returncode == 1
     assert "six" in tampered.stdout and "files" in tampered.stdout
 
