@@ -17,7 +17,7 @@ _EXPORTS = {
     "ParityConfig": "parity.config",
     "load_config": "parity.config",
     "ParityReport": "parity.report",
-    "Tolerance": "parity.compare",
+    "TolerancePolicy": "parity.policy",
     "compare_arrays": "parity.compare",
     "run_check": "parity.check",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -21,15 +22,16 @@ from envlock.diff import diff as diff_environments
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
 from parity import worker as worker_module
-from parity.compare import OutputComparison
+from parity.arrays import OutputArray
+from parity.compare import Noise, OutputComparison
 from parity.config import EnvironmentSpec, ParityConfig
-from parity.errors import ParityError, WorkerError
+from parity.errors import ConfigError, ParityError, WorkerError
 from parity.inputs import digest, generate
 from parity.outputs import load_json, load_outputs
 from parity.report import EnvironmentSummary, ParityReport, Verdict, VersionDiff
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 Progress = Callable[[str], None]
 INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
@@ -45,7 +47,8 @@ class EnvRun:
     spec: EnvironmentSpec
     lock: LockedEnv | None = None
     environment: Environment | None = None
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, OutputArray] = field(default_factory=dict)
+    repeat: dict[str, OutputArray] = field(default_factory=dict)  # a second run (calibration)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -57,10 +60,25 @@ def run_check(
     workdir: Path | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    calibrate: bool | None = None,
 ) -> ParityReport:
     """Run the parity check `config` describes and return its report (never raises for
-    failures inside environments: they become the report's errors and an `error` verdict)."""
+    failures inside environments: they become the report's errors and an `error` verdict).
+
+    With `calibrate` (default: the config's `run.calibrate`) each environment runs the
+    inputs twice, and how much it disagrees with itself is reported per output."""
     say = progress or (lambda _msg: None)
+    calibrate = config.calibrate if calibrate is None else calibrate
+    if not calibrate:
+        for name, policy in [("", config.tolerance), *config.output_tolerances.items()]:
+            if policy.noise_factor is not None:
+                key = f"tolerance.outputs.{name}" if name else "tolerance"
+                raise ConfigError(
+                    config.path,
+                    f"{key}.noise_factor",
+                    "scales the measured noise, so it needs a calibrated check: pass "
+                    "--calibrate or set run.calibrate = true",
+                )
     started = time.perf_counter()
     keep = workdir is not None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parity-"))
@@ -70,7 +88,9 @@ def run_check(
     # Workers start first and import the model while the inputs are made here; each waits
     # for the inputs file, which appears whole (written aside, then renamed).
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        futures = [pool.submit(_run_environment, r, config, backend, work, say) for r in runs]
+        futures = [
+            pool.submit(_run_environment, r, config, backend, work, say, calibrate) for r in runs
+        ]
         try:
             input_digest = _write_inputs(config, work / INPUTS)
         except BaseException:
@@ -92,7 +112,7 @@ def run_check(
     reasons: list[str] = []
     finished = time.perf_counter()
     if not errors:
-        outputs, missing = _compare_outputs(config, ref, cand)
+        outputs, missing = _compare_outputs(config, ref, cand, say)
         reasons += missing
         reasons += [f"output {o.name!r}: {o.reason}" for o in outputs if not o.passed]
         diffs = [
@@ -121,6 +141,7 @@ def run_check(
         version_diffs=diffs,
         reasons=reasons,
         errors=errors,
+        calibrated=calibrate,
         seconds={
             "inputs": round(generated - started, 3),
             "environments": round(finished - started, 3),
@@ -142,7 +163,12 @@ def _write_inputs(config: ParityConfig, folder: Path) -> str:
 
 
 def _run_environment(
-    run: EnvRun, config: ParityConfig, backend: VenvBackend, work: Path, say: Progress
+    run: EnvRun,
+    config: ParityConfig,
+    backend: VenvBackend,
+    work: Path,
+    say: Progress,
+    calibrate: bool,
 ) -> None:
     name = run.spec.name
 
@@ -155,9 +181,14 @@ def _run_environment(
         t1 = time.perf_counter()
         run.seconds["materialize"] = round(t1 - t0, 3)
         tell(f"running {config.inputs.count} inputs in {run.environment.description}")
-        _replay(run, config, work / name)
+        run.outputs = _replay(run, config, work / name)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
+        if calibrate:
+            t2 = time.perf_counter()
+            tell("calibrating: running the same inputs a second time")
+            run.repeat = _replay(run, config, work / f"{name}.repeat")
+            run.seconds["repeat"] = round(time.perf_counter() - t2, 3)
     except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
@@ -205,7 +236,8 @@ def _docker_environment(
     )
 
 
-def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
+def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
+    """Run the worker once in `run`'s environment; its outputs (read lazily from outdir)."""
     assert run.environment is not None
     name = run.spec.name
     outdir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +291,9 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
     if status != 0:
         tail = _tail(log_path)
         raise WorkerError(name, f"worker exited with status {status}; last output:\n{tail}")
-    run.outputs = load_outputs(outdir / "outputs.npz")
+    outputs = load_outputs(outdir / "outputs.npz")
+    if run.fingerprint:  # a calibration run: the first run's fingerprint and times stand
+        return dict(outputs)
     run.fingerprint = load_json(outdir / "fingerprint.json")
     result = load_json(outdir / "result.json")
     seconds = result.get("seconds", {})
@@ -267,6 +301,7 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> None:
         for k in ("load", "predict"):
             if isinstance(seconds.get(k), int | float):
                 run.seconds[f"worker_{k}"] = float(seconds[k])
+    return dict(outputs)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -275,9 +310,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _compare_outputs(
-    config: ParityConfig, ref: EnvRun, cand: EnvRun
+    config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress
 ) -> tuple[list[OutputComparison], list[str]]:
-    from parity.compare import compare_arrays
+    from parity.compare import compare_arrays, measure_noise
 
     results = []
     problems = []
@@ -288,8 +323,20 @@ def _compare_outputs(
         if name not in ref.outputs:
             problems.append(f"output {name!r} is missing from {ref.spec.name}")
             continue
+        noise: dict[str, Noise] = {}
+        for run in (ref, cand):
+            if name in run.repeat:
+                noise[run.spec.name] = measure_noise(run.outputs[name], run.repeat[name])
+        elements = math.prod(ref.outputs[name].shape)
+        say(f"comparing {name!r}: {elements:,} elements, {config.tolerance_for(name).describe()}")
         results.append(
-            compare_arrays(name, ref.outputs[name], cand.outputs[name], config.tolerance_for(name))
+            compare_arrays(
+                name,
+                ref.outputs[name],
+                cand.outputs[name],
+                config.tolerance_for(name),
+                noise=noise,
+            )
         )
     return results, problems
 

@@ -6,16 +6,17 @@ Every mistake is reported as `ConfigError` naming the file and the key, e.g.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from envlock import LockFileError, read_lock
-from parity.compare import Tolerance
 from parity.errors import ConfigError
 from parity.inputs import GENERATORS, ArraySpec, InputSpec
+from parity.policy import KINDS, SETTINGS, TolerancePolicy
 
 BACKENDS = ("venv", "docker", "local")
 SEVERITIES = ("numerics", "runtime", "benign", "other")
@@ -49,15 +50,16 @@ class ParityConfig:
     inputs: InputSpec
     environments: tuple[EnvironmentSpec, ...]
     reference: str
-    tolerance: Tolerance
-    output_tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    tolerance: TolerancePolicy
+    output_tolerances: dict[str, TolerancePolicy] = field(default_factory=dict)
     fail_on_version_diffs: tuple[str, ...] = ("numerics",)
     timeout: float = 900.0
     threads: int | None = 1
     env: dict[str, str] = field(default_factory=dict)
+    calibrate: bool = False
 
-    def tolerance_for(self, output: str) -> Tolerance:
-        """The tolerance for one output: its own, else the default."""
+    def tolerance_for(self, output: str) -> TolerancePolicy:
+        """The tolerance policy of one output: its own, else the default."""
         return self.output_tolerances.get(output, self.tolerance)
 
     def environment(self, name: str) -> EnvironmentSpec:
@@ -144,7 +146,7 @@ def load_config(path: str | Path) -> ParityConfig:
     environments = _read_environments(root.table("environments"), base)
 
     run = root.table("run", required=False)
-    run.reject_unknown({"reference", "timeout", "threads", "env"})
+    run.reject_unknown({"reference", "timeout", "threads", "env", "calibrate"})
     names = [e.name for e in environments]
     reference = run.get("reference", str, names[0])
     if reference not in names:
@@ -155,6 +157,7 @@ def load_config(path: str | Path) -> ParityConfig:
     threads = run.get("threads", int, 1, what="an integer (0: leave thread counts alone)")
     if threads < 0:
         raise run.fail("threads", "must be 0 or more")
+    calibrate = run.get("calibrate", bool, False, what="true or false")
     env_table = run.table("env", required=False)
     env = {}
     for k in env_table.data:
@@ -184,6 +187,7 @@ def load_config(path: str | Path) -> ParityConfig:
         timeout=timeout,
         threads=threads or None,
         env=env,
+        calibrate=calibrate,
     )
 
 
@@ -290,25 +294,58 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
     return envs
 
 
-def _read_tolerances(t: _Table) -> tuple[Tolerance, dict[str, Tolerance]]:
-    t.reject_unknown({"atol", "rtol", "outputs"})
-    default = _tolerance(t, Tolerance())
+def _read_tolerances(t: _Table) -> tuple[TolerancePolicy, dict[str, TolerancePolicy]]:
+    default = _policy(t, TolerancePolicy(), extra=frozenset({"outputs"}))
     outputs_t = t.table("outputs", required=False)
     per_output = {}
     for name in outputs_t.data:
-        o = outputs_t.table(name)
-        o.reject_unknown({"atol", "rtol"})
-        per_output[name] = _tolerance(o, default)
+        per_output[name] = _policy(outputs_t.table(name), default)
     return default, per_output
 
 
-def _tolerance(t: _Table, default: Tolerance) -> Tolerance:
-    atol = float(t.get("atol", (int, float), default.atol, what="a number"))
-    rtol = float(t.get("rtol", (int, float), default.rtol, what="a number"))
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if not value >= 0:  # also rejects nan
-            raise t.fail(name, f"must be 0 or more, got {value}")
-    return Tolerance(atol=atol, rtol=rtol)
+_NUMBERS = {
+    "atol": (0.0, math.inf),
+    "rtol": (0.0, math.inf),
+    "noise_factor": (0.0, math.inf),
+    "min_agreement": (0.0, 1.0),
+    "min_db": (-math.inf, math.inf),
+    "data_range": (0.0, math.inf),
+}
+
+
+def _policy(
+    t: _Table, default: TolerancePolicy, extra: frozenset[str] = frozenset()
+) -> TolerancePolicy:
+    """A policy table: `policy` names the kind, the other keys are that kind's settings.
+
+    A table without `policy` keeps the default's kind; settings it does not write are
+    inherited from the default table."""
+    all_settings = {k for keys in SETTINGS.values() for k in keys}
+    t.reject_unknown({"policy", *all_settings, *extra})
+    kind = t.get("policy", str, default.kind, what=f"one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise t.fail("policy", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    for key in t.data:
+        if key in all_settings and key not in SETTINGS[kind]:
+            owners = [k for k, keys in SETTINGS.items() if key in keys]
+            raise t.fail(key, f"only applies to policy = {owners[0]!r} (this is {kind!r})")
+    values: dict[str, Any] = {}
+    for key, (low, high) in _NUMBERS.items():
+        if key in t.data:
+            value = float(t.get(key, (int, float), what="a number"))
+            if not low <= value <= high or math.isnan(value):
+                bound = f"between {low:g} and {high:g}" if high < math.inf else f"{low:g} or more"
+                raise t.fail(key, f"must be {bound}, got {value:g}")
+            values[key] = value
+    for key, low in (("max_ulp", 0), ("top_k", 1)):
+        if key in t.data:
+            value = t.get(key, int)
+            if value < low:
+                raise t.fail(key, f"must be {low} or more, got {value}")
+            values[key] = value
+    if "data_range" in values and values["data_range"] <= 0:
+        raise t.fail("data_range", "must be positive")
+    return replace(default, kind=kind, **values)
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 from parity.report import ParityReport
+
+# Characters XML 1.0 forbids even as references. A worker's log tail (in an error message)
+# can hold them: the ESC of a coloured traceback, which ElementTree writes through so the
+# file fails to parse in CI, or a lone surrogate from undecodable bytes, which cannot be
+# written as UTF-8 at all.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def render_junit(report: ParityReport) -> str:
@@ -56,4 +63,11 @@ def render_junit(report: ParityReport) -> str:
     )
     root.append(suite)
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    body = _NOT_XML_CHAR.sub(_escaped, ET.tostring(root, encoding="unicode"))
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _escaped(match: re.Match[str]) -> str:
+    """The forbidden character as visible text (`\\x1b`, `\\udcff`), so none is lost unseen."""
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -6,24 +6,20 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
-
+from parity.arrays import NpzMember
 from parity.errors import HostileOutputError
 
 MAX_OUTPUT_BYTES = 8 << 30  # uncompressed total of one outputs.npz
 MAX_JSON_BYTES = 64 << 20
 MAX_ARRAYS = 1024
 _MEMBER = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
-ALLOWED_KINDS = "biufc"
 
 
-def load_outputs(path: Path, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.ndarray]:
-    """The arrays in a worker's `outputs.npz`; raise `HostileOutputError` on anything else."""
-    import numpy as np
-
+def load_outputs(path: Path, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, NpzMember]:
+    """The arrays in a worker's `outputs.npz`, opened for reading in blocks (nothing is
+    loaded yet); raise `HostileOutputError` on anything but plain numeric arrays."""
     if not path.is_file() or path.is_symlink():
         raise HostileOutputError(f"{path}: not a regular file")
     try:
@@ -41,25 +37,8 @@ def load_outputs(path: Path, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.
                     raise HostileOutputError(f"{path}: unexpected member {info.filename!r}")
     except zipfile.BadZipFile as e:
         raise HostileOutputError(f"{path}: not an .npz archive ({e})") from None
-
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for name in data.files:
-                arr = data[name]
-                if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
-                    raise HostileOutputError(
-                        f"{path}: array {name!r} has dtype {arr.dtype}; refused (only plain "
-                        f"numeric arrays are accepted from an environment)"
-                    )
-                arrays[name] = arr
-    except ValueError as e:
-        # numpy raises ValueError for object arrays when allow_pickle=False: the file holds
-        # pickled data, which must never be unpickled on the host.
-        raise HostileOutputError(
-            f"{path}: refused to load ({e}); outputs must be plain numeric arrays"
-        ) from None
-    return arrays
+    # Each member's header is parsed without unpickling; object arrays are refused there.
+    return {info.filename.removesuffix(".npy"): NpzMember(path, info.filename) for info in infos}
 
 
 def load_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class ParityReport:
     reasons: list[str]
     errors: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = False  # each environment ran twice; outputs carry their noise
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -96,6 +97,7 @@ class ParityReport:
             "environments": {k: asdict(v) for k, v in self.environments.items()},
             "version_diffs": [asdict(v) for v in self.version_diffs],
             "outputs": outputs,
+            "calibrated": self.calibrated,
             "seconds": self.seconds,
         }
         safe: dict[str, Any] = _json_safe(data)

@@ -64,7 +64,31 @@ lock = "pylock.toml"
         ),
         (
             ('group = "train"\n', 'group = "train"\n[tolerance]\natol = -1\n'),
-            "tolerance.atol: must be 0 or more, got -1.0",
+            "tolerance.atol: must be 0 or more, got -1",
+        ),
+        (
+            ('group = "train"\n', 'group = "train"\n[tolerance]\npolicy = "fuzzy"\n'),
+            "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, got 'fuzzy'",
+        ),
+        (
+            (
+                'group = "train"\n',
+                'group = "train"\n[tolerance.outputs.sr]\npolicy = "psnr"\natol = 1\n',
+            ),
+            "tolerance.outputs.sr.atol: only applies to policy = 'allclose' (this is 'psnr')",
+        ),
+        (
+            (
+                'group = "train"\n',
+                'group = "train"\n[tolerance.outputs.p]\npolicy = "decision"\n'
+                "min_agreement = 1.5\n",
+            ),
+            "tolerance.outputs.p.min_agreement: must be between 0 and 1, got 1.5",
+        ),
+        (
+            ('group = "train"\n', 'group = "train"\n[tolerance]\nnoise_factor = 3\n'),
+            "tolerance.noise_factor: scales the measured noise, so it needs a calibrated check: "
+            "pass --calibrate or set run.calibrate = true",
         ),
         (
             ('group = "train"\n', 'group = "serve"\n'),
@@ -121,3 +145,48 @@ def test_unknown_group_in_a_real_lock_exits_2_before_building(tmp_path: Path, re
     assert f"environments.train.group: no group 'serve' in {lock} (it has: main, train)" in (
         result.stderr
     )
+
+
+def test_policies_per_output_inherit_the_default_table(tmp_path: Path) -> None:
+    from parity.config import load_config
+    from parity.policy import TolerancePolicy
+
+    (tmp_path / "pylock.toml").write_text(FAKE_LOCK)
+    cfg = tmp_path / "parity.toml"
+    cfg.write_text(
+        GOOD
+        + """
+[run]
+calibrate = true
+
+[tolerance]
+atol = 1e-6
+rtol = 1e-5
+
+[tolerance.outputs.logits]
+policy = "decision"
+top_k = 5
+min_agreement = 0.999
+
+[tolerance.outputs.image]
+policy = "psnr"
+min_db = 45
+data_range = 255
+
+[tolerance.outputs.noisy]
+noise_factor = 3
+
+[tolerance.outputs.ids]
+policy = "exact"
+"""
+    )
+    config = load_config(cfg)
+    assert config.calibrate
+    assert config.tolerance == TolerancePolicy(atol=1e-6, rtol=1e-5)
+    assert config.tolerance_for("other") == config.tolerance
+    assert config.tolerance_for("logits").describe() == "decision(top_k=5, min_agreement=0.999)"
+    assert config.tolerance_for("image").describe() == "psnr(min_db=45, data_range=255)"
+    assert config.tolerance_for("noisy").describe() == (
+        "allclose(atol=1e-06, rtol=1e-05, noise_factor=3)"
+    )
+    assert config.tolerance_for("ids").describe() == "exact"
