@@ -60,6 +60,12 @@ def main() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Environment cache (default: $ENVLOCK_CACHE_DIR or ~/.cache/envlock).",
 )
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=None,
+    help="Run each environment twice and report how much it disagrees with itself "
+    "(default: the config's run.calibrate).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @domain_errors(ParityError, EnvlockError)
 def check_command(
@@ -69,6 +75,7 @@ def check_command(
     markdown_path: Path | None,
     workdir: Path | None,
     cache_dir: Path | None,
+    calibrate: bool | None,
     quiet: bool,
 ) -> None:
     """Check that two environments give the same outputs on the same seeded inputs.
@@ -86,7 +93,9 @@ def check_command(
         if not quiet:
             click.echo(f"parity: {message}", err=True)
 
-    report = run_check(config, workdir=workdir, cache_dir=cache_dir, progress=progress)
+    report = run_check(
+        config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
+    )
     if json_path is not None and str(json_path) == "-":
         click.echo(report.to_json(), nl=False)
     else:
