@@ -12,9 +12,11 @@ from envlock.errors import EnvlockError
 from parity.check import run_check
 from parity.config import load_config
 from parity.errors import ParityError
+from parity.html import render_html
 from parity.junit import render_junit
 from parity.markdown import render_markdown
-from parity.report import ParityReport, render_text
+from parity.report import ParityReport
+from parity.terminal import progress_printer, render_terminal, stdout_console
 
 
 @click.group()
@@ -51,6 +53,12 @@ def main() -> None:
     help="Also write a Markdown summary (CI step summaries, PR comments).",
 )
 @click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write one self-contained HTML page (histograms, heatmaps; no scripts).",
+)
+@click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep inputs, outputs, fingerprints and worker logs in this folder.",
@@ -73,6 +81,7 @@ def check_command(
     json_path: Path | None,
     junit_path: Path | None,
     markdown_path: Path | None,
+    html_path: Path | None,
     workdir: Path | None,
     cache_dir: Path | None,
     calibrate: bool | None,
@@ -89,9 +98,7 @@ def check_command(
     """
     config = load_config(config_path)
 
-    def progress(message: str) -> None:
-        if not quiet:
-            click.echo(f"parity: {message}", err=True)
+    progress = progress_printer(quiet)
 
     report = run_check(
         config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
@@ -99,11 +106,12 @@ def check_command(
     if json_path is not None and str(json_path) == "-":
         click.echo(report.to_json(), nl=False)
     else:
-        click.echo(render_text(report, color=None), nl=False)
+        render_terminal(report, stdout_console())
     renderings: list[tuple[Path | None, Callable[[ParityReport], str]]] = [
         (json_path, ParityReport.to_json),
         (junit_path, render_junit),
         (markdown_path, render_markdown),
+        (html_path, render_html),
     ]
     for path, render in renderings:
         if path is not None and str(path) != "-":

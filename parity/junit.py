@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
 from parity.report import ParityReport
+
+if TYPE_CHECKING:
+    from parity.compare import OutputComparison
 
 # Characters XML 1.0 forbids even as references. A worker's log tail (in an error message)
 # can hold them: the ESC of a coloured traceback, which ElementTree writes through so the
@@ -19,13 +23,16 @@ def render_junit(report: ParityReport) -> str:
     cases: list[ET.Element] = []
     for o in report.outputs:
         case = ET.Element("testcase", classname="parity.outputs", name=o.name)
-        if not o.passed:
-            failure = ET.SubElement(case, "failure", message=o.reason or "beyond tolerance")
-            failure.text = (
-                f"{o.mismatched} of {o.total} elements beyond atol={o.atol:g}, rtol={o.rtol:g}; "
-                f"max abs diff {o.max_abs_diff:.6g}, max rel diff {o.max_rel_diff:.6g}; "
-                f"worst at {list(o.worst_index or [])}; atol that would pass {o.atol_to_pass:.6g}"
+        if o.passed:
+            ET.SubElement(case, "system-out").text = _evidence(report, o)
+        else:
+            failure = ET.SubElement(
+                case,
+                "failure",
+                message=o.reason or "beyond tolerance",
+                type=o.cause or "tolerance",
             )
+            failure.text = _evidence(report, o)
         cases.append(case)
     for d in report.version_diffs:
         case = ET.Element("testcase", classname="parity.versions", name=d.name)
@@ -65,6 +72,40 @@ def render_junit(report: ParityReport) -> str:
     ET.indent(root)
     body = _NOT_XML_CHAR.sub(_escaped, ET.tostring(root, encoding="unicode"))
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _evidence(report: ParityReport, o: OutputComparison) -> str:
+    """What a CI reader needs to judge one output: policy, cause, statistics, noise."""
+    rtol = "none" if o.rtol_to_pass == float("inf") else f"{o.rtol_to_pass:.6g}"
+    lines = [
+        f"policy: {o.policy_description}",
+        *([f"cause: {o.cause}"] if o.cause else []),
+        f"mismatched: {o.mismatched} of {o.total} {o.unit} ({100 * o.mismatched_fraction:.3g}%)",
+        f"abs diff: max {o.max_abs_diff:.6g}, median {o.median_abs_diff:.6g}, "
+        f"p99 {o.p99_abs_diff:.6g}",
+        f"rel diff: max {o.max_rel_diff:.6g}, median {o.median_rel_diff:.6g}, "
+        f"p99 {o.p99_rel_diff:.6g}",
+        f"would pass: atol >= {o.atol_to_pass:.6g} (at rtol={o.rtol:g}), "
+        f"rtol >= {rtol} (at atol={o.atol:g})",
+    ]
+    if o.max_ulp_diff is not None:
+        lines.append(f"max ULP diff: {o.max_ulp_diff}")
+    if o.agreement is not None:
+        lines.append(f"agreement: {o.agreement:.6g}")
+    if o.psnr_db is not None:
+        lines.append(f"PSNR: {o.psnr_db:.4g} dB")
+    if o.worst_index is not None:
+        lines.append(
+            f"worst at {list(o.worst_index)}: {o.worst_reference:.6g} ({report.reference}) "
+            f"vs {o.worst_candidate:.6g} ({report.candidate})"
+        )
+    lines += [
+        f"nondeterministic: {env} disagrees with itself (max abs diff {n.max_abs_diff:.6g} "
+        f"between two runs, {n.mismatched} of {n.total} elements)"
+        for env, n in o.noise.items()
+        if n.mismatched
+    ]
+    return "\n".join(lines)
 
 
 def _escaped(match: re.Match[str]) -> str:

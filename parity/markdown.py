@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from parity.report import ParityReport
+
+if TYPE_CHECKING:
+    from parity.compare import OutputComparison
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 
@@ -12,7 +17,8 @@ def _cell(text: object) -> str:
 
 
 def render_markdown(report: ParityReport) -> str:
-    """A Markdown summary: verdict, reasons, outputs table, version differences table."""
+    """A Markdown summary: verdict, reasons, outputs table (with each failing output's worst
+    element and each noisy output's noise below it), version differences table."""
     lines = [
         f"## Parity check: {_MARK[report.verdict]}",
         "",
@@ -23,17 +29,7 @@ def render_markdown(report: ParityReport) -> str:
     if report.reasons or report.errors:
         lines += [f"- {_cell(r)}" for r in [*report.errors, *report.reasons]] + [""]
     if report.outputs:
-        lines += [
-            "| output | result | mismatched | max abs diff | max rel diff | atol | rtol |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for o in report.outputs:
-            result = "pass" if o.passed else f"**fail**: {_cell(o.reason)}"
-            lines.append(
-                f"| `{o.name}` | {result} | {o.mismatched} / {o.total} | {o.max_abs_diff:.4g} "
-                f"| {o.max_rel_diff:.4g} | {o.atol:g} | {o.rtol:g} |"
-            )
-        lines.append("")
+        lines += [*_outputs(report), ""]
     if report.version_diffs:
         names = list(report.environments)
         lines += [
@@ -46,3 +42,82 @@ def render_markdown(report: ParityReport) -> str:
             lines.append(f"| `{d.name}` | {values} | {d.severity} | {verdict} | {_cell(d.note)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _outputs(report: ParityReport) -> list[str]:
+    """The outputs table, then a note for each failing or nondeterministic output."""
+    measured = any(_measure(o) for o in report.outputs)
+    noisy_envs = list(dict.fromkeys(env for o in report.outputs for env in o.noise))
+    noise_envs = noisy_envs if report.calibrated else []
+    headers = [
+        "output",
+        "result",
+        "policy",
+        "mismatched",
+        "max abs diff",
+        "median abs diff",
+        "p99 abs diff",
+        "max rel diff",
+        "atol to pass",
+        "rtol to pass",
+        *(["ULP / agreement / PSNR"] if measured else []),
+        *(f"noise in {_cell(env)}" for env in noise_envs),
+    ]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|---|---|---|" + "---:|" * (len(headers) - 3),
+    ]
+    notes = []
+    for o in report.outputs:
+        if o.passed:
+            result = "pass (nondeterministic)" if o.nondeterministic else "pass"
+        else:
+            result = f"**fail** ({o.cause}): {_cell(o.reason)}"
+        rtol = "none" if o.rtol_to_pass == float("inf") else f"{o.rtol_to_pass:.4g}"
+        cells = [
+            f"`{_cell(o.name)}`",
+            result,
+            f"`{_cell(o.policy_description)}`",
+            f"{o.mismatched} / {o.total} {o.unit} ({100 * o.mismatched_fraction:.3g}%)",
+            f"{o.max_abs_diff:.4g}",
+            f"{o.median_abs_diff:.4g}",
+            f"{o.p99_abs_diff:.4g}",
+            f"{o.max_rel_diff:.4g}",
+            f"{o.atol_to_pass:.4g}",
+            rtol,
+            *([_measure(o) or "-"] if measured else []),
+        ]
+        for env in noise_envs:
+            n = o.noise.get(env)
+            if n is None:
+                cells.append("-")
+            elif n.mismatched:
+                cells.append(f"{n.max_abs_diff:.3g} ({n.mismatched} / {n.total} differ)")
+            else:
+                cells.append("none")
+        lines.append("| " + " | ".join(cells) + " |")
+        if not o.passed and o.worst_index is not None:
+            notes.append(
+                f"- `{_cell(o.name)}`: worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
+                f"({_cell(report.reference)}) vs {o.worst_candidate:.6g} "
+                f"({_cell(report.candidate)})"
+            )
+        notes += [
+            f"- `{_cell(o.name)}` is nondeterministic: {_cell(env)} disagrees with itself (max "
+            f"abs diff {n.max_abs_diff:.3g} between two runs, {n.mismatched} of {n.total} "
+            "elements)"
+            for env, n in o.noise.items()
+            if n.mismatched
+        ]
+    return lines + (["", *notes] if notes else [])
+
+
+def _measure(o: OutputComparison) -> str | None:
+    """The policy's own measure, where it has one: ULP distance, agreement, or PSNR."""
+    if o.max_ulp_diff is not None:
+        return f"{o.max_ulp_diff} ULP"
+    if o.agreement is not None:
+        return f"agreement {o.agreement:.6g}"
+    if o.psnr_db is not None:
+        return f"PSNR {o.psnr_db:.4g} dB"
+    return None

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import click
+from rich.console import Console
+
+from parity.terminal import WIDTH, render_terminal
 
 if TYPE_CHECKING:
     from parity.compare import OutputComparison
@@ -118,57 +121,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-_VERDICT_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "error": ("ERROR", "red")}
-
-
 def render_text(report: ParityReport, color: bool | None = None) -> str:
-    """A readable summary for a terminal."""
-
-    def s(text: str, **style: Any) -> str:
-        return click.style(text, **style) if color is not False else text
-
-    word, fg = _VERDICT_STYLE[report.verdict]
-    lines = [
-        f"parity check: {s(word, fg=fg, bold=True)}  ({report.config})",
-        f"inputs: {report.inputs.get('count')} samples, seed {report.inputs.get('seed')}, "
-        f"{report.inputs.get('digest', '')[:23]}…",
-        "",
-        "environments:",
-    ]
-    for env in report.environments.values():
-        role = " (reference)" if env.name == report.reference else ""
-        lines.append(
-            f"  {env.name}{role}: {env.description}; python {env.python}, "
-            f"{len(env.packages)} distributions"
-        )
-    if report.outputs:
-        lines += ["", f"outputs ({report.candidate} against {report.reference}):"]
-        for o in report.outputs:
-            mark = s("ok  ", fg="green") if o.passed else s("FAIL", fg="red", bold=True)
-            lines.append(
-                f"  {mark} {o.name}: {o.candidate_dtype}{list(o.candidate_shape)}  "
-                f"mismatched {o.mismatched}/{o.total}  max abs {o.max_abs_diff:.4g}  "
-                f"max rel {o.max_rel_diff:.4g}  (atol={o.atol:g}, rtol={o.rtol:g})"
-            )
-            if o.reason:
-                lines.append(f"       {o.reason}")
-            if not o.passed and o.worst_index is not None:
-                lines.append(
-                    f"       worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
-                    f"({report.reference}) vs {o.worst_candidate:.6g} ({report.candidate}); "
-                    f"atol that would pass: {o.atol_to_pass:.4g}"
-                )
-    if report.version_diffs:
-        lines += ["", "version differences:"]
-        names = list(report.environments)
-        for v in report.version_diffs:
-            a, b = (v.versions.get(n) or "-" for n in names)
-            tag = s("expected", fg="cyan") if v.expected else s(v.severity, fg="yellow", bold=True)
-            lines.append(f"  {v.name}: {a} ({names[0]}) vs {b} ({names[1]})  [{tag}] {v.note}")
-    else:
-        lines += ["", "version differences: none"]
-    if report.errors:
-        lines += ["", "errors:"] + [f"  {e}" for e in report.errors]
-    if report.reasons:
-        lines += ["", "why:"] + [f"  - {r}" for r in report.reasons]
-    return "\n".join(lines) + "\n"
+    """The terminal rendering (`parity.terminal`) as a string: coloured when `color` is
+    True, plain when False, and when None as the environment says (FORCE_COLOR, NO_COLOR;
+    a string is no terminal, so plain unless forced)."""
+    out = StringIO()
+    console = Console(
+        file=out,
+        width=WIDTH,
+        force_terminal=color,
+        no_color=None if color is None else not color,
+        highlight=False,
+    )
+    render_terminal(report, console)
+    return out.getvalue()

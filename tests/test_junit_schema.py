@@ -9,11 +9,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xmlschema
 
-from parity.compare import OutputComparison
+from parity.compare import Noise, OutputComparison, compare_arrays
 from parity.junit import render_junit
+from parity.policy import TolerancePolicy
 from parity.report import ParityReport, VersionDiff
 
 XSD = Path(__file__).resolve().parent / "data" / "junit" / "junit-10.xsd"
@@ -196,3 +198,54 @@ def test_schema_rejects_a_suite_without_counts(schema: xmlschema.XMLSchema) -> N
     assert suite is not None
     del suite.attrib["failures"]
     assert not schema.is_valid(ET.tostring(root, encoding="unicode"))
+
+
+def test_output_cases_carry_policy_cause_and_statistics(schema: xmlschema.XMLSchema) -> None:
+    ref = np.ones((4, 25))
+    drifted = ref + 0.001 * np.arange(100).reshape(4, 25)
+    noise = {"train": Noise(0.0, 0, 100), "infer": Noise(0.01, 40, 100)}
+    outputs = [
+        compare_arrays("y", ref, drifted, TolerancePolicy(atol=0.05)),
+        compare_arrays("ulp", ref, np.nextafter(ref, 2.0), TolerancePolicy(kind="ulp", max_ulp=1)),
+        compare_arrays("label", ref, drifted, TolerancePolicy(kind="decision")),
+        compare_arrays("image", ref, drifted, TolerancePolicy(kind="psnr", min_db=20)),
+        compare_arrays("noisy", ref, drifted, TolerancePolicy(atol=0.05), noise=noise),
+        compare_arrays("calm", ref, drifted, TolerancePolicy(noise_factor=10), noise=noise),
+    ]
+    text = render_junit(report("fail", outputs=outputs))
+    schema.validate(text)
+    root = ET.fromstring(text)
+
+    def evidence(name: str, child: str) -> tuple[str | None, list[str]]:
+        element = root.find(f".//testcase[@name='{name}']/{child}")
+        assert element is not None, name
+        return element.get("type"), (element.text or "").splitlines()
+
+    kind, lines = evidence("y", "failure")
+    assert kind == "tolerance"
+    assert lines == [
+        "policy: allclose(atol=0.05, rtol=0)",
+        "cause: tolerance",
+        "mismatched: 50 of 100 elements (50%)",
+        "abs diff: max 0.099, median 0.0495, p99 0.09801",
+        "rel diff: max 0.099, median 0.0495, p99 0.09801",
+        "would pass: atol >= 0.099 (at rtol=0), rtol >= 0.049 (at atol=0.05)",
+        "worst at [3, 24]: 1 (train) vs 1.099 (infer)",
+    ]
+    assert "max ULP diff: 1" in evidence("ulp", "system-out")[1]
+    kind, lines = evidence("label", "failure")
+    assert (kind, lines[2], lines[-2]) == (
+        "tolerance",
+        "mismatched: 4 of 4 rows (100%)",
+        "agreement: 0",
+    )
+    assert "PSNR: 24.84 dB" in evidence("image", "system-out")[1]
+    kind, lines = evidence("noisy", "failure")
+    assert kind == "nondeterministic"
+    assert lines[-1] == (
+        "nondeterministic: infer disagrees with itself "
+        "(max abs diff 0.01 between two runs, 40 of 100 elements)"
+    )
+    _, lines = evidence("calm", "system-out")
+    assert lines[0] == "policy: allclose(atol=0.1, rtol=0, noise_factor=10)"
+    assert lines[-1].startswith("nondeterministic: infer disagrees with itself")

@@ -7,6 +7,7 @@ same worker runs inside venvs in test_reference_model.py.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -214,14 +215,21 @@ def test_outputs_that_differ_fail_with_the_numbers(
         str(markdown),
     )
     assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.startswith("parity check: FAIL")
+    assert "\x1b" not in result.stdout  # a pipe, not a terminal: no colour
+    assert re.search(r"^✗ y\s+allclose\(atol=0,\s+144/144 elements\s+0\.001\s", result.stdout, re.M)
+    assert "parity: inputs: 12 samples, seed 7" in result.stderr  # progress, plain
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     assert suite is not None
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "1", "0")
     failure = suite.find("testcase[@name='y']/failure")
     assert failure is not None and "144 of 144 elements beyond" in failure.get("message", "")
+    assert failure.get("type") == "tolerance"
+    assert "policy: allclose(atol=0, rtol=0)" in (failure.text or "")
     text = markdown.read_text()
     assert text.startswith("## Parity check: FAIL")
-    assert "| `y` | **fail**: 144 of 144 elements beyond atol=0, rtol=0" in text
+    assert "| `y` | **fail** (tolerance): 144 of 144 elements beyond atol=0, rtol=0" in text
+    assert "| `allclose(atol=0, rtol=0)` | 144 / 144 elements (100%) |" in text
     report = json.loads(report_path.read_text())
     assert_valid_report(report)
     (y,) = report["outputs"]

@@ -1,0 +1,321 @@
+"""The report on a terminal (rich): verdict, environments, outputs, version differences.
+
+Like every renderer this formats numbers the report holds and computes none. Text that
+comes from the environments (package names, notes, worker logs) is printed as `Text`, never
+parsed as markup, and its control characters are shown as escapes, so a log line cannot
+restyle, relink or overwrite the report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from parity.compare import OutputComparison
+    from parity.report import ParityReport
+
+WIDTH = 120  # where no terminal says otherwise (logs, pipes, strings)
+_VERDICT = {
+    "pass": ("PASS", "bold green"),
+    "fail": ("FAIL", "bold red"),
+    "error": ("ERROR", "bold red"),
+}
+# C0 and C1 controls but tab and newline (ESC would start an escape sequence, CR would
+# overwrite the line), and lone surrogates (undecodable bytes that cannot be printed).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def stdout_console() -> Console:
+    """A console on stdout: colour only on a terminal (rich reads NO_COLOR, FORCE_COLOR),
+    and a fixed width when stdout is a pipe or a file, whatever terminal started it."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = WIDTH
+    return console
+
+
+def progress_printer(quiet: bool) -> Callable[[str], None]:
+    """A progress callback writing `parity: message` lines to stderr (nothing when quiet);
+    on a terminal each line starts with a dim timestamp."""
+    if quiet:
+        return lambda _message: None
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        return lambda message: click.echo(f"parity: {message}", err=True)
+
+    def show(message: str) -> None:
+        line = Text.assemble((time.strftime("%H:%M:%S"), "dim"), " parity: ", _literal(message))
+        console.print(line, soft_wrap=True)
+
+    return show
+
+
+def render_terminal(report: ParityReport, console: Console) -> None:
+    """Print `report` on `console`: verdict first, then the evidence, then the reasons."""
+    word, style = _VERDICT[report.verdict]
+    console.print(
+        Text.assemble("parity check: ", (word, style), "  (", _literal(report.config), ")"),
+        soft_wrap=True,
+    )
+    inputs = report.inputs
+    console.print(
+        Text(
+            f"inputs: {inputs.get('count')} samples, seed {inputs.get('seed')}, "
+            f"{str(inputs.get('digest', ''))[:23]}…"
+        ),
+        soft_wrap=True,
+    )
+    if report.environments:
+        console.print()
+        console.print(Text("environments:", style="bold"))
+        console.print(_Trimmed(_environments(report)))
+    if report.outputs:
+        console.print()
+        heading = f"outputs ({report.candidate} against {report.reference}):"
+        console.print(Text(heading, style="bold"))
+        console.print(_Trimmed(_outputs(report)))
+        _output_notes(report, console)
+        if report.calibrated:
+            console.print()
+            console.print(
+                Text("noise (each environment against a second run of itself):", style="bold")
+            )
+            console.print(_Trimmed(_noise(report)))
+    console.print()
+    if report.version_diffs:
+        console.print(Text("version differences:", style="bold"))
+        console.print(_Trimmed(_version_diffs(report)))
+    else:
+        console.print(Text("version differences: none"))
+    if report.errors:
+        console.print()
+        console.print(Text("errors:", style="bold red"))
+        for error in report.errors:
+            console.print(Text("  ") + _literal(error), soft_wrap=True)
+    if report.reasons:
+        console.print()
+        console.print(Text("why:", style="bold"))
+        for reason in report.reasons:
+            console.print(Text("  - ") + _literal(reason), soft_wrap=True)
+
+
+def _table(*headers: str, right: tuple[str, ...] = (), no_wrap: tuple[str, ...] = ()) -> Table:
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for header in headers:
+        # fold: a long path or version wraps inside its cell, never loses characters to "…"
+        table.add_column(
+            header,
+            justify="right" if header in right else "left",
+            overflow="fold",
+            no_wrap=header in no_wrap,
+        )
+    return table
+
+
+class _Trimmed:
+    """A renderable without the spaces a table pads its last column with (clean logs)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in console.render_lines(self.renderable, options, pad=False):
+            while line and not line[-1].text.strip(" "):
+                line.pop()
+            if line:
+                last = line.pop()
+                line.append(Segment(last.text.rstrip(" "), last.style, last.control))
+            yield from line
+            yield Segment.line()
+
+
+def _environments(report: ParityReport) -> Table:
+    table = _table(
+        "environment",
+        "backend",
+        "python",
+        "platform",
+        "distributions",
+        "lock",
+        "description",
+        right=("distributions",),
+    )
+    for env in report.environments.values():
+        role = "reference" if env.name == report.reference else "candidate"
+        lock = "-"
+        if env.lock:
+            lock = env.lock + (f" [{env.group}]" if env.group else "")
+            if env.lock_digest:
+                lock += f" {env.lock_digest[:19]}…"
+        table.add_row(
+            _literal(env.name) + Text(f" ({role})", style="dim"),
+            _literal(env.backend),
+            _literal(env.python or "-"),
+            _literal(env.platform or "-"),
+            Text(str(len(env.packages))),
+            _literal(lock),
+            _literal(env.description),
+        )
+    return table
+
+
+def _outputs(report: ParityReport) -> Table:
+    measured = any(_measure(o) for o in report.outputs)
+    numbers = ("max\nabs", "median\nabs", "p99\nabs", "max\nrel")
+    table = _table(
+        "output",
+        "policy",
+        "mismatched",
+        *numbers,
+        *(["measure"] if measured else []),
+        "would pass",
+        right=("mismatched", *numbers),
+        no_wrap=("policy",),
+    )
+    for o in report.outputs:
+        table.add_row(
+            Text.assemble(("✓ ", "green") if o.passed else ("✗ ", "bold red"), _literal(o.name)),
+            # one setting a line keeps the column narrow enough for the numbers beside it
+            _literal(o.policy_description.replace(", ", ",\n")),
+            Text(f"{o.mismatched}/{o.total} {o.unit}\n({100 * o.mismatched_fraction:.3g}%)"),
+            Text(f"{o.max_abs_diff:.3g}"),
+            Text(f"{o.median_abs_diff:.3g}"),
+            Text(f"{o.p99_abs_diff:.3g}"),
+            Text(f"{o.max_rel_diff:.3g}"),
+            *([Text(_measure(o) or "-")] if measured else []),
+            _would_pass(o),
+        )
+    return table
+
+
+def _noise(report: ParityReport) -> Table:
+    """Each output's noise: how much each environment disagrees with a second run of itself."""
+    names = list(dict.fromkeys(env for o in report.outputs for env in o.noise))
+    table = _table("output", *names)
+    for o in report.outputs:
+        cells = []
+        for env in names:
+            n = o.noise.get(env)
+            if n is None:
+                cells.append(Text("-"))
+            elif n.mismatched:
+                cells.append(
+                    Text(
+                        f"max abs {n.max_abs_diff:.3g}, {n.mismatched}/{n.total} elements differ",
+                        style="yellow",
+                    )
+                )
+            else:
+                cells.append(Text("bitwise identical", style="dim"))
+        table.add_row(_literal(o.name), *cells)
+    return table
+
+
+def _measure(o: OutputComparison) -> str | None:
+    """The policy's own measure, where it has one: ULP distance, agreement, or PSNR."""
+    if o.max_ulp_diff is not None:
+        return f"ULP\n{o.max_ulp_diff}"
+    if o.agreement is not None:
+        return f"agreement\n{o.agreement:.6g}"
+    if o.psnr_db is not None:
+        return f"PSNR\n{o.psnr_db:.3g} dB"
+    return None
+
+
+def _would_pass(o: OutputComparison) -> Text:
+    """The smallest atol (at the policy's rtol) and rtol (at its atol) that would pass."""
+    if o.max_abs_diff == 0:
+        return Text("identical", style="dim")
+    rtol = "no rtol" if o.rtol_to_pass == float("inf") else f"rtol ≥ {o.rtol_to_pass:.3g}"
+    return Text(f"atol ≥ {o.atol_to_pass:.3g}\n{rtol}")
+
+
+def _output_notes(report: ParityReport, console: Console) -> None:
+    """Each failing output's reason and worst element; each noisy output's noise."""
+    lines: list[Text] = []
+    for o in report.outputs:
+        if not o.passed:
+            line = Text.assemble(
+                ("  ✗ ", "bold red"),
+                _literal(o.name),
+                f" ({o.cause})" if o.cause else "",
+                ": ",
+                _literal(o.reason or "beyond tolerance"),
+            )
+            lines.append(line)
+            if o.worst_index is not None:
+                lines.append(
+                    Text(
+                        f"      worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
+                        f"({report.reference}) vs {o.worst_candidate:.6g} ({report.candidate})"
+                    )
+                )
+        if o.nondeterministic and o.passed:
+            lines += [
+                Text.assemble(
+                    ("  ~ ", "yellow"),
+                    _literal(
+                        f"{o.name}: nondeterministic: {env} disagrees with itself (max abs "
+                        f"diff {n.max_abs_diff:.3g} between two runs, {n.mismatched}/{n.total} "
+                        "elements)"
+                    ),
+                )
+                for env, n in o.noise.items()
+                if n.mismatched
+            ]
+    if lines:
+        console.print()
+        for line in lines:
+            console.print(line, soft_wrap=True)
+
+
+def _version_diffs(report: ParityReport) -> Table:
+    names = list(report.environments) or list(
+        dict.fromkeys(n for v in report.version_diffs for n in v.versions)
+    )
+    table = _table("package", *names, "severity", "counts", "note")
+    for column in table.columns[1 : 1 + len(names)]:
+        column.max_width = 24  # a long version (a SIMD list) wraps; the note keeps its room
+    for v in report.version_diffs:
+        if v.fails:
+            style, counts = "bold red", Text("fails", style="bold red")
+        elif v.expected:
+            style, counts = "dim", Text("expected", style="cyan")
+        else:
+            style, counts = "", Text("reported", style="yellow")
+        table.add_row(
+            _literal(v.name),
+            *(_literal(v.versions.get(n) or "-") for n in names),
+            _literal(v.severity),
+            counts,
+            _literal(v.note),
+            style=style,
+        )
+    return table
+
+
+def _literal(text: str) -> Text:
+    """`text` exactly as written: no markup, no emoji codes, control characters escaped."""
+
+    def escaped(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return Text(_UNPRINTABLE.sub(escaped, text))

@@ -1,0 +1,340 @@
+"""What a user reads: the terminal rendering (rich) and the Markdown summary of a report.
+
+Outputs come from real comparisons of small arrays; reports are built from the
+dataclasses directly, so no environment is materialized.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from parity.compare import Noise, OutputComparison, compare_arrays
+from parity.markdown import render_markdown
+from parity.policy import TolerancePolicy
+from parity.report import EnvironmentSummary, ParityReport, VersionDiff, render_text
+from parity.terminal import WIDTH, progress_printer, stdout_console
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+REF = np.ones((4, 25))
+# |a - b| runs 0, 0.001, ..., 0.099: max 0.099, median 0.0495, p99 0.098
+DRIFTED = REF + 0.001 * np.arange(100).reshape(4, 25)
+
+
+def environment(name: str, **fields: object) -> EnvironmentSummary:
+    values: dict[str, object] = {
+        "name": name,
+        "backend": "venv",
+        "description": f"venv for {name}",
+        "lock": "locks/pylock.toml",
+        "lock_digest": "sha256:0123456789abcdef0123",
+        "group": "main",
+        "python": "3.11.9",
+        "platform": "Linux-x86_64",
+        "packages": {"numpy": "2.4.6", "torch": "2.13.0"},
+        "env": {},
+        "libraries": {},
+        "cpu": {},
+        "created": False,
+        "seconds": {},
+    }
+    values.update(fields)
+    return EnvironmentSummary(**values)  # type: ignore[arg-type]
+
+
+def report(
+    outputs: list[OutputComparison],
+    *,
+    version_diffs: list[VersionDiff] | None = None,
+    errors: list[str] | None = None,
+    calibrated: bool = False,
+    environments: dict[str, EnvironmentSummary] | None = None,
+) -> ParityReport:
+    """A report whose verdict and reasons follow from its parts, as `run_check` makes them."""
+    reasons = [f"output {o.name!r}: {o.reason}" for o in outputs if not o.passed]
+    reasons += [f"{d.name} differs" for d in version_diffs or [] if d.fails]
+    return ParityReport(
+        verdict="error" if errors else ("fail" if reasons else "pass"),
+        config="parity.toml",
+        reference="train",
+        candidate="infer",
+        inputs={"count": 8, "seed": 7, "digest": "sha256:feedfacecafebeef0123456789"},
+        environments=environments
+        if environments is not None
+        else {"train": environment("train"), "infer": environment("infer")},
+        outputs=outputs,
+        version_diffs=version_diffs or [],
+        reasons=reasons,
+        errors=errors or [],
+        calibrated=calibrated,
+    )
+
+
+def row(text: str, name: str) -> str:
+    """The first line of the outputs table that holds output `name`."""
+    return next(line for line in text.splitlines() if re.match(rf"[✓✗] {re.escape(name)}\s", line))
+
+
+def test_passing_report_leads_with_the_verdict_and_its_config() -> None:
+    out = compare_arrays("logits", REF, REF.copy(), TolerancePolicy(kind="exact"))
+    text = render_text(report([out]), color=False)
+    lines = text.splitlines()
+    assert lines[0] == "parity check: PASS  (parity.toml)"
+    assert lines[1] == "inputs: 8 samples, seed 7, sha256:feedfacecafebeef…"
+    assert re.search(r"^✓ logits\s+exact\s+0/100 elements\s", text, re.M)
+    assert "identical" in row(text, "logits")
+    assert "version differences: none" in lines
+
+
+def test_failing_output_shows_its_numbers_and_what_would_pass() -> None:
+    out = compare_arrays("y", REF, DRIFTED, TolerancePolicy(atol=0.05))
+    text = render_text(report([out]), color=False)
+    assert text.startswith("parity check: FAIL  (parity.toml)\n")
+    cells = row(text, "y").split()
+    # output, policy (first setting), mismatched, max/median/p99 abs, max rel, atol to pass
+    assert cells[:5] == ["✗", "y", "allclose(atol=0.05,", "50/100", "elements"]
+    assert cells[5:9] == ["0.099", "0.0495", "0.098", "0.099"]
+    assert cells[9:] == ["atol", "≥", "0.099"]
+    below = text.splitlines()[text.splitlines().index(row(text, "y")) + 1].split()
+    assert below == ["rtol=0)", "(50%)", "rtol", "≥", "0.049"]
+    assert (
+        "  ✗ y (tolerance): 50 of 100 elements beyond atol=0.05, rtol=0 (max abs diff 0.099)\n"
+        in (text)
+    )
+    assert "      worst at [3, 24]: 1 (train) vs 1.099 (infer)\n" in text
+    assert "  - output 'y': 50 of 100 elements beyond atol=0.05" in text  # why:
+
+
+@pytest.mark.parametrize(
+    ("candidate", "policy", "shown"),
+    [
+        (np.nextafter(REF, 2.0), TolerancePolicy(kind="ulp", max_ulp=4), ["ULP", "1"]),
+        # REF's rows are all ties (argmax 0); DRIFTED's rows rise (argmax 24)
+        (DRIFTED, TolerancePolicy(kind="decision"), ["agreement", "0"]),
+        (DRIFTED, TolerancePolicy(kind="psnr", min_db=20), ["PSNR", "24.8 dB"]),
+    ],
+    ids=["ulp", "decision", "psnr"],
+)
+def test_policy_measure_is_shown_where_the_policy_has_one(
+    candidate: np.ndarray, policy: TolerancePolicy, shown: list[str]
+) -> None:
+    out = compare_arrays("y", REF, candidate, policy)
+    text = render_text(report([out]), color=False)
+    assert re.search(r"\smeasure\s", text)
+    first, second = text.splitlines()[text.splitlines().index(row(text, "y")) :][:2]
+    # the measure's name, and below it its value, just left of the rtol that would pass
+    assert re.search(rf"\s{shown[0]}\s+atol ≥", first)
+    assert re.search(rf"\s{shown[1]}\s+rtol ≥", second)
+    assert first.split()[2].startswith(policy.kind)
+
+
+def test_decision_policy_counts_rows() -> None:
+    scores = np.eye(4)
+    flipped = scores[[0, 1, 3, 2]]
+    out = compare_arrays("label", scores, flipped, TolerancePolicy(kind="decision"))
+    text = render_text(report([out]), color=False)
+    assert "2/4 rows" in row(text, "label")
+    assert "✗ label (tolerance): argmax agreement 0.5 (2 of 4 rows differ)" in text
+
+
+def test_no_measure_column_for_plain_tolerances() -> None:
+    out = compare_arrays("y", REF, DRIFTED, TolerancePolicy(atol=0.1))
+    assert "measure" not in render_text(report([out]), color=False)
+
+
+def test_noisy_environment_is_named_nondeterministic() -> None:
+    noise = {"train": Noise(0.0, 0, 100), "infer": Noise(0.01, 40, 100)}
+    failing = compare_arrays("y", REF, DRIFTED, TolerancePolicy(atol=0.05), noise=noise)
+    calm = compare_arrays("z", REF, DRIFTED, TolerancePolicy(noise_factor=10), noise=noise)
+    assert (failing.passed, calm.passed) == (False, True)
+    text = render_text(report([failing, calm], calibrated=True), color=False)
+    assert "  ✗ y (nondeterministic): nondeterministic, not drift: infer" in text
+    assert (
+        "  ~ z: nondeterministic: infer disagrees with itself "
+        "(max abs diff 0.01 between two runs, 40/100 elements)"
+    ) in text
+    assert "allclose(atol=0.1," in row(text, "z")  # the calibrated atol: 10 x the noise
+    noise_table = text.split("noise (each environment against a second run of itself):\n")[1]
+    assert re.search(
+        r"^y\s+bitwise identical\s+max abs 0.01, 40/100 elements differ$", noise_table, re.M
+    )
+
+
+def test_noise_table_only_when_calibrated() -> None:
+    out = compare_arrays("y", REF, REF.copy())
+    assert "noise" not in render_text(report([out]), color=False)
+
+
+def test_environments_table_names_the_reference() -> None:
+    text = render_text(report([]), color=False)
+    train = next(line for line in text.splitlines() if line.startswith("train"))
+    assert train.split()[:7] == [
+        "train",
+        "(reference)",
+        "venv",
+        "3.11.9",
+        "Linux-x86_64",
+        "2",
+        "locks/pylock.toml",
+    ]
+    assert "sha256:0123456789ab…" in text
+    assert re.search(r"^infer \(candidate\)", text, re.M)
+
+
+NUMPY = VersionDiff(
+    name="numpy",
+    versions={"train": "2.4.6", "infer": "1.26.4"},
+    severity="numerics",
+    expected=False,
+    note="NEP 50 changed scalar promotion",
+    fails=True,
+)
+TQDM = VersionDiff(
+    name="tqdm",
+    versions={"train": "4.67.1", "infer": None},
+    severity="benign",
+    expected=True,
+    note="only in the train group",
+)
+
+
+def test_version_differences_table() -> None:
+    text = render_text(report([], version_diffs=[NUMPY, TQDM]), color=False)
+    lines = text.splitlines()
+    assert lines[0] == "parity check: FAIL  (parity.toml)"
+    assert "version differences:" in lines
+    numpy = next(line for line in lines if line.startswith("numpy"))
+    assert numpy.split() == ["numpy", "2.4.6", "1.26.4", "numerics", "fails", *NUMPY.note.split()]
+    tqdm = next(line for line in lines if line.startswith("tqdm"))
+    assert tqdm.split()[:5] == ["tqdm", "4.67.1", "-", "benign", "expected"]
+
+
+def test_colour_marks_verdict_failures_and_expected_differences() -> None:
+    out = compare_arrays("y", REF, DRIFTED, TolerancePolicy(atol=0.05))
+    parity_report = report([out], version_diffs=[NUMPY, TQDM])
+    colored = render_text(parity_report, color=True)
+    plain = render_text(parity_report, color=False)
+    assert "\x1b[" not in plain
+    assert ANSI.sub("", colored) == plain  # colour adds styling, never changes the text
+    assert colored.startswith("parity check: \x1b[1;31mFAIL\x1b[0m")
+    assert "\n\x1b[1;31m✗ \x1b[0my " in colored  # the mark is red, the name is not
+    numpy = next(line for line in colored.splitlines() if "numpy" in line)
+    assert numpy.startswith("\x1b[1;31mnumpy")  # a failing difference: bold red
+    tqdm = next(line for line in colored.splitlines() if "tqdm" in line)
+    assert tqdm.startswith("\x1b[2mtqdm") and "\x1b[2;36mexpected" in tqdm  # dim, cyan
+    passing = render_text(report([compare_arrays("y", REF, REF)]), color=True)
+    assert passing.startswith("parity check: \x1b[1;32mPASS\x1b[0m")
+
+
+def test_color_none_is_plain_in_a_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    out = compare_arrays("y", REF, DRIFTED)
+    assert "\x1b" not in render_text(report([out]))
+
+
+def test_text_from_environments_is_printed_literally() -> None:
+    # Package names, notes and worker logs come from inside the environments.
+    hostile = VersionDiff(
+        name="[bold red]x[/]",
+        versions={"train": "[b]1.0[/b]", "infer": "2.0"},
+        severity="runtime",
+        expected=False,
+        note="[link=https://evil.example]see[/link] :smile: [blink]",
+    )
+    out = compare_arrays("[i]y[/i]", REF, DRIFTED)
+    error = "infer: worker exited with status 1; last output:\n\x1b[31mboom\x1b[0m\rgone"
+    for color in (False, True):
+        text = ANSI.sub("", render_text(report([out], version_diffs=[hostile]), color=color))
+        assert "[bold red]x[/]" in text
+        assert "[b]1.0[/b]" in text
+        assert "[link=https://evil.example]see[/link] :smile: [blink]" in text
+        assert "✗ [i]y[/i] (tolerance)" in text
+    text = render_text(report([], errors=[error]), color=False)
+    assert "errors:\n  infer: worker exited with status 1; last output:\n" in text
+    assert "\\x1b[31mboom\\x1b[0m\\x0dgone" in text  # visible, and cannot overwrite the line
+    assert "\x1b" not in text and "\r" not in text
+
+
+def test_error_report_keeps_tracebacks_whole() -> None:
+    long_line = "ValueError: " + "weights file is corrupt " * 8
+    error = (
+        f'infer: worker exited with status 1\n  File "m.py", line 3, in predict\n    {long_line}'
+    )
+    text = render_text(report([], errors=[error]), color=False)
+    assert text.startswith("parity check: ERROR  (parity.toml)\n")
+    assert len(long_line) > WIDTH
+    assert f'  File "m.py", line 3, in predict\n    {long_line}\n' in text  # not wrapped
+
+
+def test_progress_lines_are_plain_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    progress_printer(quiet=False)("infer: [bold]ready[/] in 2.1s")
+    progress_printer(quiet=True)("not shown")
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "parity: infer: [bold]ready[/] in 2.1s\n")
+
+
+def test_progress_lines_get_a_timestamp_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats stderr as a terminal
+    progress_printer(quiet=False)("infer: [bold]ready[/]")
+    err = capsys.readouterr().err
+    assert "\x1b[2m" in err  # the timestamp is dim
+    assert re.fullmatch(r"\d\d:\d\d:\d\d parity: infer: \[bold\]ready\[/\]\n", ANSI.sub("", err))
+
+
+def test_stdout_off_a_terminal_has_a_fixed_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    console = stdout_console()
+    assert not console.is_terminal
+    assert console.width == WIDTH
+
+
+def test_markdown_shows_policy_statistics_and_cause() -> None:
+    out = compare_arrays("y", REF, DRIFTED, TolerancePolicy(atol=0.05))
+    text = render_markdown(report([out]))
+    header = next(line for line in text.splitlines() if line.startswith("| output |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "output",
+        "result",
+        "policy",
+        "mismatched",
+        "max abs diff",
+        "median abs diff",
+        "p99 abs diff",
+        "max rel diff",
+        "atol to pass",
+        "rtol to pass",
+    ]
+    assert (
+        "| `y` | **fail** (tolerance): 50 of 100 elements beyond atol=0.05, rtol=0 (max abs diff "
+        "0.099) | `allclose(atol=0.05, rtol=0)` | 50 / 100 elements (50%) | 0.099 | 0.0495 "
+        "| 0.09801 | 0.099 | 0.099 | 0.049 |"
+    ) in text
+    assert "- `y`: worst at [3, 24]: 1 (train) vs 1.099 (infer)" in text
+
+
+def test_markdown_shows_policy_measures_and_noise() -> None:
+    noise = {"train": Noise(0.0, 0, 100), "infer": Noise(0.01, 40, 100)}
+    outputs = [
+        compare_arrays("ulp", REF, np.nextafter(REF, 2.0), TolerancePolicy(kind="ulp")),
+        compare_arrays("label", REF, DRIFTED, TolerancePolicy(kind="decision")),
+        compare_arrays("image", REF, DRIFTED, TolerancePolicy(kind="psnr", min_db=20)),
+        compare_arrays("z", REF, DRIFTED, TolerancePolicy(noise_factor=10), noise=noise),
+    ]
+    text = render_markdown(report(outputs, calibrated=True))
+    assert "| ULP / agreement / PSNR | noise in train | noise in infer |" in text
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| `")}
+    assert "| 1 ULP |" in rows["| `ulp`"] and "**fail** (tolerance)" in rows["| `ulp`"]
+    assert "| 4 / 4 rows (100%) |" in rows["| `label`"] and "| agreement 0 |" in rows["| `label`"]
+    assert "| PSNR 24.84 dB |" in rows["| `image`"]
+    assert rows["| `z`"].startswith("| `z` | pass (nondeterministic) |")
+    assert rows["| `z`"].endswith("| - | none | 0.01 (40 / 100 differ) |")
+    assert (
+        "- `z` is nondeterministic: infer disagrees with itself "
+        "(max abs diff 0.01 between two runs, 40 of 100 elements)"
+    ) in text
