@@ -37,6 +37,7 @@ Progress = Callable[[str], None]
 INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
 INPUTS_FILE = "inputs.npz"
 ABORT = "abort"  # written instead of the inputs when the host fails to make them
+LARGE_OUTPUT = 1 << 26  # elements; comparing more than this reports progress
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -336,9 +337,23 @@ def _compare_outputs(
                 cand.outputs[name],
                 config.tolerance_for(name),
                 noise=noise,
+                on_block=_quarters(name, say) if elements >= LARGE_OUTPUT else None,
             )
         )
     return results, problems
+
+
+def _quarters(name: str, say: Progress) -> Callable[[int, int], None]:
+    """A block callback that reports a long comparison at each quarter."""
+    told = [0]
+
+    def on_block(done: int, total: int) -> None:
+        quarter = 4 * done // total if total else 4
+        if quarter > told[0] and quarter < 4:
+            told[0] = quarter
+            say(f"comparing {name!r}: {25 * quarter}% of {total:,} elements")
+
+    return on_block
 
 
 def _versions(fp: dict[str, Any]) -> dict[str, str]:

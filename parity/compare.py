@@ -21,7 +21,7 @@ from parity.policy import TolerancePolicy
 from parity.quantiles import KEEP_LIMIT, QuantileSketch, resolve
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import numpy as np
 
@@ -116,11 +116,13 @@ def compare_arrays(
     noise: dict[str, Noise] | None = None,
     block_elements: int = BLOCK_ELEMENTS,
     keep_limit: int = KEEP_LIMIT,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> OutputComparison:
     """Compare `candidate` against `reference` under `policy` (allclose 0, 0 by default).
 
     `noise` is each environment's self-disagreement from a calibrated check: it marks a
-    failure as nondeterministic and scales atol by the policy's `noise_factor`."""
+    failure as nondeterministic and scales atol by the policy's `noise_factor`.
+    `on_block(done, total)` is called after each block of the first pass (for progress)."""
     policy = _calibrated(policy or TolerancePolicy(), noise or {})
     ref, cand = as_output_array(reference), as_output_array(candidate)
     base = {
@@ -153,6 +155,8 @@ def compare_arrays(
     for rb, cb in zip(ref.blocks(block), cand.blocks(block), strict=True):
         acc.add(start, rb, cb)
         start += int(rb.size)
+        if on_block is not None:
+            on_block(start, size)
 
     def replay() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for rb, cb in zip(ref.blocks(block), cand.blocks(block), strict=True):

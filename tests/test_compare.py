@@ -395,3 +395,16 @@ def test_a_truncated_archive_member_is_refused(tmp_path: Path) -> None:
     member = NpzMember(path, "y.npy")
     with pytest.raises(HostileOutputError, match="truncated"):
         compare_arrays("y", member, np.zeros(1000, np.float32))
+
+
+def test_progress_is_reported_after_every_block() -> None:
+    seen: list[tuple[int, int]] = []
+    compare_arrays(
+        "y",
+        np.zeros((10, 7)),
+        np.ones((10, 7)),
+        block_elements=20,
+        on_block=lambda *a: seen.append(a),
+    )
+    # Blocks hold whole rows: 2 rows of 7 = 14 elements each, the last one 14 too.
+    assert seen == [(14, 70), (28, 70), (42, 70), (56, 70), (70, 70)]
