@@ -45,6 +45,7 @@ lock-check: $(SYNCED)
 
 bench: $(SYNCED)
 	$(VENV)/bin/python benchmarks/parity_overhead.py
+	$(VENV)/bin/python benchmarks/compare_throughput.py
 
 clean:
 	rm -rf $(VENV) $(BOOT)

@@ -46,16 +46,17 @@ class QuantileSketch:
         self.total += int(values.size)
         positive = values[values > 0]
         self.zeros += int(values.size - positive.size)
+        parts = [positive]  # boolean indexing made a copy already
         if self.kept is not None:
-            self.kept.append(positive.copy())
+            self.kept.append(positive)
             self.kept_count += int(positive.size)
             if self.kept_count <= self.keep_limit:
                 return
-            positive = np.concatenate(self.kept)
-            self.kept = None
+            parts, self.kept = self.kept, None  # binned part by part: no concatenated copy
         if self.top is None:
             self.top = np.zeros(_BINS, dtype=np.int64)
-        self.top += np.bincount(_keys(positive) >> 48, minlength=_BINS)
+        for part in parts:
+            self.top += np.bincount(_keys(part) >> 48, minlength=_BINS)
 
     def add_zeros(self, n: int) -> None:
         """Account for `n` zero values without materializing them."""
