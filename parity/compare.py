@@ -109,6 +109,17 @@ class OutputComparison:
         """Mismatched elements (or rows) as a fraction of all of them."""
         return self.mismatched / self.total if self.total else 0.0
 
+    def measure(self) -> tuple[str, str] | None:
+        """The policy's own measure as (label, value), where it has one: ULP distance,
+        agreement or PSNR (renderers lay the two out as they like)."""
+        if self.max_ulp_diff is not None:
+            return "ULP", str(self.max_ulp_diff)
+        if self.agreement is not None:
+            return "agreement", f"{self.agreement:.6g}"
+        if self.psnr_db is not None:
+            return "PSNR", f"{self.psnr_db:.4g} dB"
+        return None
+
 
 def compare_arrays(
     name: str,

@@ -113,11 +113,5 @@ def _outputs(report: ParityReport) -> list[str]:
 
 
 def _measure(o: OutputComparison) -> str | None:
-    """The policy's own measure, where it has one: ULP distance, agreement, or PSNR."""
-    if o.max_ulp_diff is not None:
-        return f"{o.max_ulp_diff} ULP"
-    if o.agreement is not None:
-        return f"agreement {o.agreement:.6g}"
-    if o.psnr_db is not None:
-        return f"PSNR {o.psnr_db:.4g} dB"
-    return None
+    measure = o.measure()
+    return " ".join(measure) if measure else None

@@ -229,14 +229,8 @@ def _noise(report: ParityReport) -> Table:
 
 
 def _measure(o: OutputComparison) -> str | None:
-    """The policy's own measure, where it has one: ULP distance, agreement, or PSNR."""
-    if o.max_ulp_diff is not None:
-        return f"ULP\n{o.max_ulp_diff}"
-    if o.agreement is not None:
-        return f"agreement\n{o.agreement:.6g}"
-    if o.psnr_db is not None:
-        return f"PSNR\n{o.psnr_db:.3g} dB"
-    return None
+    measure = o.measure()
+    return "\n".join(measure) if measure else None
 
 
 def _would_pass(o: OutputComparison) -> Text:

@@ -113,7 +113,7 @@ def test_failing_output_shows_its_numbers_and_what_would_pass() -> None:
         (np.nextafter(REF, 2.0), TolerancePolicy(kind="ulp", max_ulp=4), ["ULP", "1"]),
         # REF's rows are all ties (argmax 0); DRIFTED's rows rise (argmax 24)
         (DRIFTED, TolerancePolicy(kind="decision"), ["agreement", "0"]),
-        (DRIFTED, TolerancePolicy(kind="psnr", min_db=20), ["PSNR", "24.8 dB"]),
+        (DRIFTED, TolerancePolicy(kind="psnr", min_db=20), ["PSNR", "24.84 dB"]),
     ],
     ids=["ulp", "decision", "psnr"],
 )
@@ -329,7 +329,7 @@ def test_markdown_shows_policy_measures_and_noise() -> None:
     text = render_markdown(report(outputs, calibrated=True))
     assert "| ULP / agreement / PSNR | noise in train | noise in infer |" in text
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| `")}
-    assert "| 1 ULP |" in rows["| `ulp`"] and "**fail** (tolerance)" in rows["| `ulp`"]
+    assert "| ULP 1 |" in rows["| `ulp`"] and "**fail** (tolerance)" in rows["| `ulp`"]
     assert "| 4 / 4 rows (100%) |" in rows["| `label`"] and "| agreement 0 |" in rows["| `label`"]
     assert "| PSNR 24.84 dB |" in rows["| `image`"]
     assert rows["| `z`"].startswith("| `z` | pass (nondeterministic) |")
