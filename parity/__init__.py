@@ -10,6 +10,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "Bundle": "parity.bundle",
+    "BundleError": "parity.errors",
+    "load_bundle": "parity.bundle",
+    "record_bundle": "parity.bundle",
+    "check_against": "parity.check",
     "ConfigError": "parity.errors",
     "HostileOutputError": "parity.errors",
     "ParityError": "parity.errors",

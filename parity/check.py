@@ -25,13 +25,13 @@ from parity import worker as worker_module
 from parity.arrays import OutputArray
 from parity.compare import Noise, OutputComparison
 from parity.config import EnvironmentSpec, ParityConfig
-from parity.errors import ConfigError, ParityError, WorkerError
+from parity.errors import BundleError, ConfigError, ParityError, WorkerError
 from parity.inputs import digest, generate
 from parity.outputs import load_json, load_outputs
-from parity.report import EnvironmentSummary, ParityReport, Verdict, VersionDiff
+from parity.report import BundleReference, EnvironmentSummary, ParityReport, Verdict, VersionDiff
 
 if TYPE_CHECKING:
-    pass
+    from parity.bundle import Bundle
 
 Progress = Callable[[str], None]
 INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
@@ -69,63 +69,19 @@ def run_check(
     With `calibrate` (default: the config's `run.calibrate`) each environment runs the
     inputs twice, and how much it disagrees with itself is reported per output."""
     say = progress or (lambda _msg: None)
-    calibrate = config.calibrate if calibrate is None else calibrate
-    if not calibrate:
-        for name, policy in [("", config.tolerance), *config.output_tolerances.items()]:
-            if policy.noise_factor is not None:
-                key = f"tolerance.outputs.{name}" if name else "tolerance"
-                raise ConfigError(
-                    config.path,
-                    f"{key}.noise_factor",
-                    "scales the measured noise, so it needs a calibrated check: pass "
-                    "--calibrate or set run.calibrate = true",
-                )
+    calibrate = _calibration(config, calibrate)
     started = time.perf_counter()
     keep = workdir is not None
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parity-"))
-    (work / INPUTS).mkdir(parents=True, exist_ok=True)
+    work = work_folder(workdir)
     backend = VenvBackend(cache_dir)
     runs = [EnvRun(spec) for spec in config.environments]
-    # Workers start first and import the model while the inputs are made here; each waits
-    # for the inputs file, which appears whole (written aside, then renamed).
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        futures = [
-            pool.submit(_run_environment, r, config, backend, work, say, calibrate) for r in runs
-        ]
-        try:
-            input_digest = _write_inputs(config, work / INPUTS)
-        except BaseException:
-            (work / INPUTS / ABORT).touch()
-            raise
-        generated = time.perf_counter()
-        say(
-            f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, "
-            f"{input_digest[:19]}…"
-        )
-        for future in futures:
-            future.result()
+    input_digest, generated = replay_environments(config, runs, work, backend, say, calibrate)
 
     ref = next(r for r in runs if r.spec.name == config.reference)
     cand = next(r for r in runs if r.spec.name != config.reference)
     errors: list[str] = [r.error for r in runs if r.error]
-    outputs: list[OutputComparison] = []
-    diffs: list[VersionDiff] = []
-    reasons: list[str] = []
     finished = time.perf_counter()
-    if not errors:
-        outputs, missing = _compare_outputs(config, ref, cand, say)
-        reasons += missing
-        reasons += [f"output {o.name!r}: {o.reason}" for o in outputs if not o.passed]
-        diffs = [
-            dataclasses.replace(
-                d, fails=not d.expected and d.severity in config.fail_on_version_diffs
-            )
-            for d in version_diffs(ref, cand)
-        ]
-        for d in diffs:
-            if d.fails:
-                shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
-                reasons.append(f"{d.name} differs: {shown} [{d.severity}]")
+    outputs, diffs, reasons = _judge(config, ref, cand, say) if not errors else ([], [], [])
     verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
     if errors or keep:
         say(f"work folder kept: {work}")
@@ -137,7 +93,7 @@ def run_check(
         reference=ref.spec.name,
         candidate=cand.spec.name,
         inputs={**config.inputs.describe(), "digest": input_digest},
-        environments={r.spec.name: _summary(r) for r in runs},
+        environments={r.spec.name: summary(r) for r in runs},
         outputs=outputs,
         version_diffs=diffs,
         reasons=reasons,
@@ -150,6 +106,199 @@ def run_check(
             "total": round(time.perf_counter() - started, 3),
         },
     )
+
+
+def check_against(
+    config: ParityConfig,
+    bundle: Bundle,
+    *,
+    env_name: str | None = None,
+    workdir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    calibrate: bool | None = None,
+) -> ParityReport:
+    """Check one environment of `config` (default: the one that is not the reference, i.e.
+    the inference side) against a golden bundle, which stands in for the reference
+    environment; the report, with the bundle as its reference and `against` set.
+
+    Raise `ConfigError` for an environment the config lacks and `BundleError` when the
+    bundle answers a different input set; failures inside the environment become the
+    report's errors, as in `run_check`."""
+    say = progress or (lambda _msg: None)
+    calibrate = _calibration(config, calibrate)
+    names = [e.name for e in config.environments]
+    name = env_name or next(n for n in names if n != config.reference)
+    if name not in names:
+        raise ConfigError(config.path, None, f"no environment {name!r} (have: {', '.join(names)})")
+    started = time.perf_counter()
+    keep = workdir is not None
+    work = work_folder(workdir)
+    try:
+        input_digest = _write_inputs(config, work / INPUTS)
+        if input_digest != bundle.input_digest:
+            raise _different_inputs(config, bundle, input_digest)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    generated = time.perf_counter()
+    say(f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, {input_digest[:19]}…")
+    if bundle.adapter != config.adapter:
+        say(
+            f"note: the bundle was recorded with adapter {bundle.adapter}, the config names "
+            f"{config.adapter}"
+        )
+    cand = EnvRun(config.environment(name))
+    replay_environments(config, [cand], work, VenvBackend(cache_dir), say, calibrate, input_digest)
+    ref = _bundle_run(bundle, cand)
+    errors = [cand.error] if cand.error else []
+    finished = time.perf_counter()
+    outputs, diffs, reasons = _judge(config, ref, cand, say) if not errors else ([], [], [])
+    verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
+    if errors or keep:
+        say(f"work folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return ParityReport(
+        verdict=verdict,
+        config=str(config.path),
+        reference=ref.spec.name,
+        candidate=name,
+        inputs={**config.inputs.describe(), "digest": input_digest},
+        environments={
+            ref.spec.name: dataclasses.replace(bundle.environment, name=ref.spec.name),
+            name: summary(cand),
+        },
+        outputs=outputs,
+        version_diffs=diffs,
+        reasons=reasons,
+        errors=errors,
+        calibrated=calibrate,
+        seconds={
+            "inputs": round(generated - started, 3),
+            "environments": round(finished - started, 3),
+            "compare": round(time.perf_counter() - finished, 3),
+            "total": round(time.perf_counter() - started, 3),
+        },
+        against=BundleReference(
+            path=str(bundle.path),
+            manifest_digest=bundle.manifest_digest,
+            environment=bundle.environment.name,
+            created=bundle.created,
+        ),
+    )
+
+
+def _different_inputs(config: ParityConfig, bundle: Bundle, input_digest: str) -> BundleError:
+    recorded = bundle.inputs
+    return BundleError(
+        f"{bundle.path} was recorded on a different input set: the bundle's "
+        f"{bundle.input_digest} (seed {recorded.get('seed')}, {recorded.get('count')} "
+        f"samples), the config's {input_digest} (seed {config.inputs.seed}, "
+        f"{config.inputs.count} samples)"
+    )
+
+
+def _bundle_run(bundle: Bundle, cand: EnvRun) -> EnvRun:
+    """The bundle as the reference side of a check against `cand`.
+
+    The bundle carries no lock, only the digest of the one it was built from: when that
+    is the candidate's own lock, the candidate's lock (read with the bundle's group)
+    explains group-only packages as expected, as in a check of two live environments."""
+    recorded = bundle.environment
+    label = recorded.name if recorded.name != cand.spec.name else f"{recorded.name} (bundle)"
+    same_lock = cand.lock is not None and recorded.lock_digest == cand.lock.digest
+    spec = EnvironmentSpec(
+        name=label, backend=recorded.backend, group=recorded.group or MAIN, lock=None
+    )
+    return EnvRun(
+        spec,
+        lock=cand.lock if same_lock else None,
+        outputs=dict(bundle.outputs),
+        fingerprint=bundle.fingerprint,
+    )
+
+
+def _calibration(config: ParityConfig, calibrate: bool | None) -> bool:
+    """Whether the check calibrates (`calibrate`, else the config's `run.calibrate`); raise
+    `ConfigError` when a policy scales measured noise that an uncalibrated check lacks."""
+    calibrate = config.calibrate if calibrate is None else calibrate
+    if not calibrate:
+        for name, policy in [("", config.tolerance), *config.output_tolerances.items()]:
+            if policy.noise_factor is not None:
+                key = f"tolerance.outputs.{name}" if name else "tolerance"
+                raise ConfigError(
+                    config.path,
+                    f"{key}.noise_factor",
+                    "scales the measured noise, so it needs a calibrated check: pass "
+                    "--calibrate or set run.calibrate = true",
+                )
+    return calibrate
+
+
+def work_folder(workdir: Path | None) -> Path:
+    """The folder a check works in (`workdir`, else a new temporary one), with its inputs
+    folder made."""
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parity-"))
+    (work / INPUTS).mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def replay_environments(
+    config: ParityConfig,
+    runs: list[EnvRun],
+    work: Path,
+    backend: VenvBackend,
+    say: Progress,
+    calibrate: bool,
+    input_digest: str | None = None,
+) -> tuple[str, float]:
+    """Materialize each run's environment and replay the input set in it, all at once; the
+    input set's digest and when it was ready (`time.perf_counter()`).
+
+    Failures inside an environment become that run's `error`. With `input_digest`, the
+    inputs file is already in `work/inputs` and is not made again."""
+    # Workers start first and import the model while the inputs are made here; each waits
+    # for the inputs file, which appears whole (written aside, then renamed).
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = [
+            pool.submit(_run_environment, r, config, backend, work, say, calibrate) for r in runs
+        ]
+        if input_digest is None:
+            try:
+                input_digest = _write_inputs(config, work / INPUTS)
+            except BaseException:
+                (work / INPUTS / ABORT).touch()
+                raise
+            say(
+                f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, "
+                f"{input_digest[:19]}…"
+            )
+        generated = time.perf_counter()
+        for future in futures:
+            future.result()
+    return input_digest, generated
+
+
+def _judge(
+    config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress
+) -> tuple[list[OutputComparison], list[VersionDiff], list[str]]:
+    """Compare the candidate's outputs and versions with the reference's under the config's
+    policies: the output comparisons, the version differences, and why the check fails."""
+    reasons: list[str] = []
+    outputs, missing = _compare_outputs(config, ref, cand, say)
+    reasons += missing
+    reasons += [f"output {o.name!r}: {o.reason}" for o in outputs if not o.passed]
+    diffs = [
+        dataclasses.replace(d, fails=not d.expected and d.severity in config.fail_on_version_diffs)
+        for d in version_diffs(ref, cand)
+    ]
+    for d in diffs:
+        if d.fails:
+            shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
+            reasons.append(f"{d.name} differs: {shown} [{d.severity}]")
+    return outputs, diffs, reasons
 
 
 def _write_inputs(config: ParityConfig, folder: Path) -> str:
@@ -442,7 +591,8 @@ def _norm(version: str) -> str:
         return version
 
 
-def _summary(run: EnvRun) -> EnvironmentSummary:
+def summary(run: EnvRun) -> EnvironmentSummary:
+    """What the report says about one environment: where it came from, what it holds."""
     fp = run.fingerprint
     python = fp.get("python", {}) if isinstance(fp.get("python"), dict) else {}
     plat = fp.get("platform", {}) if isinstance(fp.get("platform"), dict) else {}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from envlock.clikit import domain_errors
 from envlock.errors import EnvlockError
-from parity.check import run_check
+from parity.bundle import load_bundle, record_bundle
+from parity.check import check_against, run_check
 from parity.config import load_config
 from parity.errors import ParityError
 from parity.html import render_html
@@ -17,6 +19,34 @@ from parity.junit import render_junit
 from parity.markdown import render_markdown
 from parity.report import ParityReport
 from parity.terminal import progress_printer, render_terminal, stdout_console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(fn: F) -> F:
+    """`--config`: the parity config to read."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=Path("parity.toml"),
+        show_default=True,
+        help="The parity config: model adapter, inputs, environments, tolerances.",
+    )(fn)
+
+
+def cache_dir_option(fn: F) -> F:
+    """`--cache-dir`: where materialized environments are kept."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Environment cache (default: $ENVLOCK_CACHE_DIR or ~/.cache/envlock).",
+    )(fn)
+
+
+def quiet_option(fn: F) -> F:
+    """`-q/--quiet`: no progress on stderr."""
+    return click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")(fn)
 
 
 @click.group()
@@ -26,13 +56,18 @@ def main() -> None:
 
 
 @main.command("check")
+@config_option
 @click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("parity.toml"),
-    show_default=True,
-    help="The parity config: model adapter, inputs, environments, tolerances.",
+    "--against",
+    type=click.Path(path_type=Path),
+    help="Compare with a golden bundle from `parity record` (a folder, .tar.gz, .tgz or "
+    ".zip) instead of running the reference environment.",
+)
+@click.option(
+    "--env",
+    "env_name",
+    help="With --against: the environment to check (default: the one that is not "
+    "run.reference, i.e. the inference side).",
 )
 @click.option(
     "--json",
@@ -63,21 +98,19 @@ def main() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep inputs, outputs, fingerprints and worker logs in this folder.",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Environment cache (default: $ENVLOCK_CACHE_DIR or ~/.cache/envlock).",
-)
+@cache_dir_option
 @click.option(
     "--calibrate/--no-calibrate",
     default=None,
     help="Run each environment twice and report how much it disagrees with itself "
     "(default: the config's run.calibrate).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@quiet_option
 @domain_errors(ParityError, EnvlockError)
 def check_command(
     config_path: Path,
+    against: Path | None,
+    env_name: str | None,
     json_path: Path | None,
     junit_path: Path | None,
     markdown_path: Path | None,
@@ -89,20 +122,50 @@ def check_command(
 ) -> None:
     """Check that two environments give the same outputs on the same seeded inputs.
 
+    With --against, one environment is checked against a golden bundle that
+    `parity record` wrote, so the training environment need not exist any more.
+
     Exit status: 0 pass, 1 outputs or versions differ beyond the policy, 2 bad
-    config or usage, 3 an environment could not be built or its worker failed.
+    config or usage (or a bundle altered since it was recorded), 3 an environment
+    could not be built or its worker failed.
 
     \b
     Example:
         parity check --config parity.toml --json report.json --junit parity.xml
+        parity check --config parity.toml --against golden.tar.gz --env infer
     """
+    if env_name is not None and against is None:
+        raise click.UsageError(
+            "--env names the environment to check against a bundle: add --against"
+        )
     config = load_config(config_path)
-
     progress = progress_printer(quiet)
+    if against is None:
+        report = run_check(
+            config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
+        )
+        _write_report(report, json_path, junit_path, markdown_path, html_path)
+    with load_bundle(against) as bundle:
+        report = check_against(
+            config,
+            bundle,
+            env_name=env_name,
+            workdir=workdir,
+            cache_dir=cache_dir,
+            progress=progress,
+            calibrate=calibrate,
+        )
+        _write_report(report, json_path, junit_path, markdown_path, html_path)
 
-    report = run_check(
-        config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
-    )
+
+def _write_report(
+    report: ParityReport,
+    json_path: Path | None,
+    junit_path: Path | None,
+    markdown_path: Path | None,
+    html_path: Path | None,
+) -> NoReturn:
+    """Print the report, write the files asked for, and exit with the verdict's code."""
     if json_path is not None and str(json_path) == "-":
         click.echo(report.to_json(), nl=False)
     else:
@@ -118,3 +181,64 @@ def check_command(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render(report), encoding="utf-8")
     raise SystemExit(report.exit_code)
+
+
+@main.command("record")
+@config_option
+@click.option(
+    "--env",
+    "env_name",
+    help="The environment to record (default: run.reference, i.e. the training side).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Write the bundle folder here (with --archive: one .tar.gz, .tgz or .zip file).",
+)
+@click.option(
+    "--archive", is_flag=True, help="Write one archive file instead of a folder (by --out's name)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@cache_dir_option
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def record_command(
+    config_path: Path,
+    env_name: str | None,
+    out: Path,
+    archive: bool,
+    overwrite: bool,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Record one environment's outputs as a golden bundle, to check against later.
+
+    Replays the config's input set in the environment and writes a bundle: the
+    outputs, the fingerprint, the lock digest, the input set's digest, the tolerance
+    policies, and a manifest with every file's sha256. `parity check --against`
+    compares another environment with it once the recorded one is gone.
+
+    Exit status: 0 written, 2 bad config or usage (or --out not empty), 3 the
+    environment could not be built or its worker failed.
+
+    \b
+    Example:
+        parity record --config parity.toml --env train --out golden.tar.gz --archive
+        parity check --config parity.toml --against golden.tar.gz
+    """
+    config = load_config(config_path)
+    name = env_name or config.reference
+    with record_bundle(
+        config,
+        name,
+        out,
+        cache_dir=cache_dir,
+        progress=progress_printer(quiet),
+        overwrite=overwrite,
+        archive=archive,
+    ) as bundle:
+        click.echo(
+            f"recorded {name!r}: {len(bundle.outputs)} outputs on {config.inputs.count} inputs "
+            f"({bundle.input_digest[:19]}…) into {out} (manifest {bundle.manifest_digest})"
+        )

@@ -39,3 +39,9 @@ class HostileOutputError(ParityError):
     """A file that came out of an environment is not plain numeric data; it was not loaded."""
 
     exit_code = 3
+
+
+class BundleError(ParityError):
+    """A golden bundle is unreadable, altered since it was recorded, or not for this check."""
+
+    exit_code = 2

@@ -152,6 +152,16 @@ def _header(report: ParityReport) -> str:
             else "no",
         ),
     ]
+    if report.against is not None:
+        a = report.against
+        rows.insert(
+            2,
+            (
+                "against",
+                f"golden bundle <code>{_e(a.path)}</code>, recorded in {_e(a.environment)} "
+                f"on {_e(a.created)}, manifest <code>{_e(a.manifest_digest)}</code>",
+            ),
+        )
     if total is not None:
         rows.append(("took", f"{_num(total, '.1f')} s"))
     parts = [

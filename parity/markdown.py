@@ -26,6 +26,13 @@ def render_markdown(report: ParityReport) -> str:
         f"{report.inputs.get('count')} seeded inputs (seed {report.inputs.get('seed')}).",
         "",
     ]
+    if report.against is not None:
+        a = report.against
+        lines.insert(
+            -1,
+            f"{_cell(report.reference)} is the golden bundle `{_cell(a.path)}` "
+            f"(recorded {_cell(a.created)}, manifest `{a.manifest_digest}`).",
+        )
     if report.reasons or report.errors:
         lines += [f"- {_cell(r)}" for r in [*report.errors, *report.reasons]] + [""]
     if report.outputs:

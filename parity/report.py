@@ -59,6 +59,16 @@ class VersionDiff:
 
 
 @dataclass(frozen=True)
+class BundleReference:
+    """The golden bundle a check compared against (`parity check --against`)."""
+
+    path: str
+    manifest_digest: str  # sha256 of its manifest.json, which digests every other file
+    environment: str  # the environment it was recorded in
+    created: str
+
+
+@dataclass(frozen=True)
 class ParityReport:
     """The outcome of a parity check: verdict, reasons, and the evidence for both."""
 
@@ -74,6 +84,7 @@ class ParityReport:
     errors: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     calibrated: bool = False  # each environment ran twice; outputs carry their noise
+    against: BundleReference | None = None  # the reference is a recorded golden bundle
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -103,6 +114,8 @@ class ParityReport:
             "calibrated": self.calibrated,
             "seconds": self.seconds,
         }
+        if self.against is not None:  # absent, not null, in a check of two environments
+            data["against"] = asdict(self.against)
         safe: dict[str, Any] = _json_safe(data)
         return safe
 

@@ -76,6 +76,16 @@ def render_terminal(report: ParityReport, console: Console) -> None:
         ),
         soft_wrap=True,
     )
+    if report.against is not None:
+        a = report.against
+        console.print(
+            Text.assemble(
+                "against: bundle ",
+                _literal(a.path),
+                f" ({a.environment}, recorded {a.created}, manifest {a.manifest_digest[:23]}…)",
+            ),
+            soft_wrap=True,
+        )
     if report.environments:
         console.print()
         console.print(Text("environments:", style="bold"))

@@ -1,0 +1,536 @@
+"""Golden bundles: what one environment answered, recorded so a later check needs only it.
+
+`record_bundle` replays the input set in one environment (the training one, typically,
+before it is gone) and writes a folder:
+
+    bundle.json       schema_version, when, the environment (backend, lock, digest, group,
+                      summary), the adapter, the input spec and its content digest, the
+                      tolerance policies
+    fingerprint.json  the environment's fingerprint, as its worker wrote it
+    outputs.npz       the worker's outputs, as it wrote them
+    manifest.json     every other file's relative path -> {sha256, size}
+
+`load_bundle` reads a folder or a `.tar.gz`/`.tgz`/`.zip` archive of one and trusts none
+of it: archives are extracted by hand (no absolute paths, no `..`, no links or devices,
+bounded size and member count), every file must match the manifest, nothing may sit
+beside it, and outputs are opened without unpickling. `check_against` (in
+`parity.check`) compares an environment with a loaded bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from envlock.backends import VenvBackend
+from parity.arrays import OutputArray
+from parity.check import EnvRun, Progress, replay_environments, summary, work_folder
+from parity.config import BACKENDS, ParityConfig
+from parity.errors import BundleError, ConfigError, HostileOutputError, ParityError
+from parity.outputs import MAX_JSON_BYTES, MAX_OUTPUT_BYTES, load_json, load_outputs
+from parity.report import EnvironmentSummary
+
+SCHEMA_VERSION = "1"
+BUNDLE_FILE = "bundle.json"
+MANIFEST_FILE = "manifest.json"
+FINGERPRINT_FILE = "fingerprint.json"
+OUTPUTS_FILE = "outputs.npz"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+ARCHIVE_NAMES = ".tar.gz, .tgz or .zip"
+MAX_MEMBERS = 256  # a bundle holds four files; room for what later schemas add
+MAX_BUNDLE_BYTES = MAX_OUTPUT_BYTES + 4 * MAX_JSON_BYTES
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Bundle:
+    """A recorded, verified golden bundle: one environment's outputs on one input set.
+
+    `root` is the folder its files are read from (for an archive, a temporary extraction
+    that `close()` removes; use the bundle as a context manager)."""
+
+    path: Path
+    root: Path
+    schema_version: str
+    created: str
+    config: str
+    adapter: str
+    environment: EnvironmentSummary
+    inputs: dict[str, Any]
+    tolerance: dict[str, Any]
+    fingerprint: dict[str, Any]
+    outputs: dict[str, OutputArray]
+    manifest_digest: str
+    extracted: Path | None = field(default=None, repr=False)
+
+    @property
+    def input_digest(self) -> str:
+        """The content digest of the input set the outputs answer."""
+        return str(self.inputs.get("digest", ""))
+
+    def close(self) -> None:
+        """Remove the temporary extraction of an archive (nothing for a folder)."""
+        if self.extracted is not None:
+            shutil.rmtree(self.extracted, ignore_errors=True)
+            self.extracted = None
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def record_bundle(
+    config: ParityConfig,
+    env_name: str,
+    out_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+    archive: bool = False,
+) -> Bundle:
+    """Replay the input set in environment `env_name` and write a golden bundle at
+    `out_dir`, atomically: a folder, or with `archive` one `.tar.gz`, `.tgz` or `.zip`
+    file (the format by its name); the bundle, read back and verified (close it when done).
+
+    Raise `BundleError` when `out_dir` holds something and `overwrite` is false, and the
+    environment's failure (exit code 3) when it cannot run the model."""
+    say = progress or (lambda _msg: None)
+    spec = _environment(config, env_name)
+    out_dir = Path(out_dir)
+    if archive:
+        _check_archive_target(out_dir, overwrite)
+    else:
+        _check_target(out_dir, overwrite)
+    work = work_folder(None)
+    try:
+        run = EnvRun(spec)
+        digest, _ = replay_environments(
+            config, [run], work, VenvBackend(cache_dir), say, calibrate=False
+        )
+        if run.error:
+            prefix = f"environment {env_name!r}"
+            message = run.error if run.error.startswith(prefix) else f"{prefix}: {run.error}"
+            raise ParityError(message)
+        if archive:
+            staging = work / "bundle"
+            staging.mkdir()
+        else:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+            staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        try:
+            shutil.copyfile(work / env_name / FINGERPRINT_FILE, staging / FINGERPRINT_FILE)
+            shutil.copyfile(work / env_name / OUTPUTS_FILE, staging / OUTPUTS_FILE)
+            _write_json(staging / BUNDLE_FILE, _describe(config, run, digest))
+            _write_manifest(staging)
+            if archive:
+                _pack(staging, out_dir)
+            else:
+                _replace(staging, out_dir, overwrite)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"bundle written: {out_dir}")
+    return load_bundle(out_dir)
+
+
+def _check_archive_target(archive: Path, overwrite: bool) -> None:
+    if not archive.name.endswith(ARCHIVE_SUFFIXES):
+        raise BundleError(f"{archive}: an archive's name must end in {ARCHIVE_NAMES}")
+    if archive.is_dir():
+        raise BundleError(f"{archive} is a folder; an archive is one file")
+    if archive.exists() and not overwrite:
+        raise BundleError(f"{archive} exists; pass --overwrite to replace it")
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """Write the bundle folder as one archive (members at its root), atomically."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                for name in names:
+                    zf.write(folder / name, name)
+        else:
+            with tarfile.open(tmp, "w:gz") as tf:
+                for name in names:
+                    tf.add(folder / name, name, recursive=False)
+        tmp.chmod(0o644)  # mkstemp makes it private; a bundle is meant to be shared
+        tmp.replace(archive)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_bundle(path: Path, *, extract_to: Path | None = None) -> Bundle:
+    """The golden bundle at `path` (a folder or an archive), verified against its manifest;
+    raise `BundleError` (exit code 2) naming the file at fault otherwise.
+
+    An archive is extracted into `extract_to` (an empty or new folder), else into a
+    temporary folder the bundle's `close()` removes."""
+    path = Path(path)
+    if path.is_dir():
+        return _read(path, path, None)
+    if not path.is_file():
+        raise BundleError(f"{path}: no such bundle (a folder or a {ARCHIVE_NAMES} archive)")
+    if not path.name.endswith(ARCHIVE_SUFFIXES):
+        raise BundleError(f"{path}: not a bundle folder or a {ARCHIVE_NAMES} archive")
+    owned = extract_to is None
+    target = Path(extract_to or tempfile.mkdtemp(prefix="parity-bundle-"))
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        _extract(path, target)
+        root = target
+        if not (root / BUNDLE_FILE).exists():
+            # An archive of the folder itself (`tar czf b.tgz bundle/`): one folder inside.
+            entries = list(root.iterdir())
+            if len(entries) == 1 and entries[0].is_dir():
+                root = entries[0]
+        return _read(path, root, target if owned else None)
+    except BaseException:
+        if owned:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _environment(config: ParityConfig, name: str) -> Any:
+    names = [e.name for e in config.environments]
+    if name not in names:
+        raise ConfigError(config.path, None, f"no environment {name!r} (have: {', '.join(names)})")
+    return config.environment(name)
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise BundleError(f"{out_dir} is not empty; pass --overwrite to replace it")
+
+
+def _replace(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move the finished bundle into place; an old one goes only once the new one is there."""
+    old = None
+    if out_dir.exists():
+        _check_target(out_dir, overwrite)
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        out_dir.replace(old / "bundle")
+    try:
+        staging.replace(out_dir)
+    except BaseException:
+        if old is not None:
+            (old / "bundle").replace(out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _describe(config: ParityConfig, run: EnvRun, input_digest: str) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": str(config.path),
+        "adapter": config.adapter,
+        "environment": asdict(summary(run)),
+        "inputs": {**config.inputs.describe(), "digest": input_digest},
+        "tolerance": {
+            "default": asdict(config.tolerance),
+            "outputs": {k: asdict(v) for k, v in sorted(config.output_tolerances.items())},
+        },
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _write_manifest(folder: Path) -> None:
+    entries = {}
+    for name in sorted(p.name for p in folder.iterdir()):
+        entries[name] = {"sha256": _sha256(folder / name), "size": (folder / name).stat().st_size}
+    _write_json(folder / MANIFEST_FILE, {"files": entries})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+# Reading -------------------------------------------------------------------------------
+
+
+def _read(path: Path, root: Path, extracted: Path | None) -> Bundle:
+    """Verify the bundle folder `root` (read from `path`) and open it."""
+    meta = _json(path, root, BUNDLE_FILE)
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        if isinstance(version, str) and version.isdigit() and int(version) > int(SCHEMA_VERSION):
+            raise BundleError(
+                f"{path}: written by a newer parity (bundle schema_version {version}); this "
+                f"parity reads schema_version {SCHEMA_VERSION}: upgrade parity to read it"
+            )
+        raise BundleError(
+            f"{path}: {BUNDLE_FILE}: unknown schema_version {version!r} "
+            f"(this parity reads {SCHEMA_VERSION!r})"
+        )
+    manifest = _manifest(path, root)
+    manifest_digest = _sha256(root / MANIFEST_FILE)
+    present = set(_files(path, root))
+    extra = sorted(present - set(manifest) - {MANIFEST_FILE})
+    if extra:
+        raise BundleError(f"{path}: {extra[0]} is not in the bundle's manifest")
+    for name, (digest, size) in sorted(manifest.items()):
+        if name not in present:
+            raise BundleError(f"{path}: {name} is in the manifest but missing from the bundle")
+        found = _sha256(root / name)
+        found_size = (root / name).stat().st_size
+        if found != digest or found_size != size:
+            sizes = f" ({size} bytes expected, {found_size} found)" if found_size != size else ""
+            raise BundleError(
+                f"{path}: {name} does not match the manifest: expected {digest}, "
+                f"found {found}{sizes}"
+            )
+    for name in (BUNDLE_FILE, FINGERPRINT_FILE, OUTPUTS_FILE):
+        if name not in manifest:
+            raise BundleError(f"{path}: {name} is not in the bundle's manifest")
+    fingerprint = _json(path, root, FINGERPRINT_FILE)
+    try:
+        outputs: dict[str, OutputArray] = dict(load_outputs(root / OUTPUTS_FILE))
+    except HostileOutputError as e:
+        raise BundleError(f"{path}: {e}") from None
+    return Bundle(
+        path=path,
+        root=root,
+        schema_version=SCHEMA_VERSION,
+        created=_field(path, meta, "created", str),
+        config=_field(path, meta, "config", str),
+        adapter=_field(path, meta, "adapter", str),
+        environment=_summary(path, _field(path, meta, "environment", dict)),
+        inputs=_inputs(path, _field(path, meta, "inputs", dict)),
+        tolerance=_field(path, meta, "tolerance", dict),
+        fingerprint=fingerprint,
+        outputs=outputs,
+        manifest_digest=manifest_digest,
+        extracted=extracted,
+    )
+
+
+def _json(path: Path, root: Path, name: str) -> dict[str, Any]:
+    file = root / name
+    if not file.exists():
+        raise BundleError(f"{path}: no {name} (not a parity bundle?)")
+    try:
+        return load_json(file)
+    except HostileOutputError as e:
+        raise BundleError(f"{path}: {name}: {str(e).removeprefix(f'{file}: ')}") from None
+
+
+def _manifest(path: Path, root: Path) -> dict[str, tuple[str, int]]:
+    data = _json(path, root, MANIFEST_FILE)
+    files = data.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{path}: {MANIFEST_FILE}: expected an object 'files'")
+    out = {}
+    for name, entry in files.items():
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if (
+            not isinstance(digest, str)
+            or not digest.startswith("sha256:")
+            or not isinstance(size, int)
+            or isinstance(size, bool)
+        ):
+            raise BundleError(f"{path}: {MANIFEST_FILE}: entry {name!r} needs sha256 and size")
+        _member_path(path, name)
+        if name == MANIFEST_FILE:
+            raise BundleError(f"{path}: {MANIFEST_FILE} cannot list itself")
+        out[name] = (digest, size)
+    return out
+
+
+def _files(path: Path, root: Path) -> Iterator[str]:
+    """Every file under `root`, relative and in POSIX form; anything else is refused."""
+    for folder, dirs, names in os.walk(root):
+        for name in [*dirs, *names]:
+            full = Path(folder) / name
+            mode = full.lstat().st_mode
+            rel = full.relative_to(root).as_posix()
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise BundleError(f"{path}: {rel} is not a regular file")
+            yield rel
+
+
+def _field(path: Path, meta: dict[str, Any], key: str, kind: type) -> Any:
+    value = meta.get(key)
+    if not isinstance(value, kind):
+        raise BundleError(f"{path}: {BUNDLE_FILE}: {key!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def _inputs(path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    digest = inputs.get("digest")
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise BundleError(f"{path}: {BUNDLE_FILE}: inputs.digest is missing")
+    return inputs
+
+
+def _summary(path: Path, data: dict[str, Any]) -> EnvironmentSummary:
+    """The recorded environment summary, type-checked; fields a later schema adds are
+    ignored."""
+    values = {k: v for k, v in data.items() if k in _SUMMARY_TYPES}
+    missing = sorted(set(_SUMMARY_TYPES) - set(values))
+    if missing:
+        raise BundleError(f"{path}: {BUNDLE_FILE}: environment lacks {', '.join(missing)}")
+    for key, kinds in _SUMMARY_TYPES.items():
+        if not isinstance(values[key], kinds):
+            raise BundleError(f"{path}: {BUNDLE_FILE}: environment.{key} has the wrong type")
+    if not _NAME.match(values["name"]):
+        raise BundleError(f"{path}: {BUNDLE_FILE}: environment.name must be an identifier")
+    if values["backend"] not in BACKENDS:
+        raise BundleError(
+            f"{path}: {BUNDLE_FILE}: environment.backend must be one of {', '.join(BACKENDS)}"
+        )
+    return EnvironmentSummary(**values)
+
+
+_NAME = re.compile(r"^[A-Za-z_][\w-]{0,99}$")  # as environment names in a config
+_OPTIONAL = (str, type(None))
+_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "backend": (str,),
+    "description": (str,),
+    "lock": _OPTIONAL,
+    "lock_digest": _OPTIONAL,
+    "group": _OPTIONAL,
+    "python": _OPTIONAL,
+    "platform": _OPTIONAL,
+    "packages": (dict,),
+    "env": (dict,),
+    "libraries": (dict,),
+    "cpu": (dict,),
+    "created": (bool,),
+    "seconds": (dict,),
+}
+assert set(_SUMMARY_TYPES) == {f.name for f in fields(EnvironmentSummary)}
+
+
+# Archives ------------------------------------------------------------------------------
+
+
+def _member_path(archive: Path, name: str) -> PurePosixPath:
+    """A member's name as a safe relative path, or `BundleError`."""
+    p = PurePosixPath(name)
+    if (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or p.is_absolute()
+        or ".." in p.parts
+        or (p.parts and ":" in p.parts[0])
+    ):
+        raise BundleError(f"{archive}: refused member {name!r} (absolute or escaping path)")
+    return p
+
+
+def _extract(archive: Path, target: Path) -> None:
+    """Extract `archive` into `target` by hand: every member is checked before anything is
+    written, and only plain files and folders are made."""
+    members: list[tuple[PurePosixPath, int, Any]] = []
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for info in _bounded(archive, zf.infolist()):
+                    kind = stat.S_IFMT(info.external_attr >> 16)
+                    if info.flag_bits & 0x1:
+                        raise BundleError(
+                            f"{archive}: refused member {info.filename!r} (encrypted)"
+                        )
+                    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                        raise BundleError(
+                            f"{archive}: refused member {info.filename!r} (not a file or folder)"
+                        )
+                    members.append((_member_path(archive, info.filename), info.file_size, info))
+                _check_members(archive, members)
+                for rel, size, info in members:
+                    if info.is_dir():
+                        (target / rel).mkdir(parents=True, exist_ok=True)
+                    else:
+                        with zf.open(info) as src:
+                            _copy(archive, src, target / rel, size)
+        else:
+            with tarfile.open(archive, "r:gz") as tf:
+                for ti in _bounded(archive, tf):
+                    if not (ti.isfile() or ti.isdir()):
+                        raise BundleError(
+                            f"{archive}: refused member {ti.name!r} (a link or device, "
+                            "not a file or folder)"
+                        )
+                    members.append((_member_path(archive, ti.name), ti.size, ti))
+                _check_members(archive, members)
+                for rel, size, ti in members:
+                    if ti.isdir():
+                        (target / rel).mkdir(parents=True, exist_ok=True)
+                    else:
+                        reader = tf.extractfile(ti)
+                        assert reader is not None  # a regular file always has a reader
+                        with reader:
+                            _copy(archive, reader, target / rel, size)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise BundleError(f"{archive}: not a readable archive ({e})") from None
+
+
+def _bounded(archive: Path, members: Any) -> Iterator[Any]:
+    for i, member in enumerate(members):
+        if i >= MAX_MEMBERS:
+            raise BundleError(f"{archive}: more than {MAX_MEMBERS} members; refused")
+        yield member
+
+
+def _check_members(archive: Path, members: list[tuple[PurePosixPath, int, Any]]) -> None:
+    total = sum(size for _, size, _ in members)
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleError(
+            f"{archive}: {total} bytes uncompressed, more than the limit of {MAX_BUNDLE_BYTES}"
+        )
+    seen: set[PurePosixPath] = set()
+    for rel, _, _ in members:
+        if rel in seen:
+            raise BundleError(f"{archive}: member {str(rel)!r} appears twice")
+        seen.add(rel)
+
+
+def _copy(archive: Path, src: IO[bytes], dest: Path, size: int) -> None:
+    """Copy one member, never more bytes than its header declares."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with dest.open("xb") as out:
+        while chunk := src.read(_CHUNK):
+            written += len(chunk)
+            if written > size:
+                raise BundleError(f"{archive}: member {dest.name!r} is larger than declared")
+            out.write(chunk)

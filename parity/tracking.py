@@ -1,0 +1,175 @@
+"""Log a parity check to MLflow, and mark the model version it was about.
+
+One MLflow run per check: params (environments, input digest, lock digests, policies),
+a metric per output and statistic, the verdict as a tag, the rendered reports as
+artifacts. When the check names a registered model version, that version gets the tag
+`parity` = `passed` / `failed` / `error` and `parity_run_id`; on a pass an alias (for
+example `validated`) can be moved to it, so deployment can ask for `models:/name@alias`.
+
+The default store is a SQLite database next to the parity config (`mlflow.db`, artifacts
+in `mlartifacts/`); any tracking URI MLflow understands works the same, a server on
+127.0.0.1 included. MLflow is imported only here, and only when logging is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from parity.errors import ParityError
+
+if TYPE_CHECKING:
+    from parity.report import ParityReport
+
+EXPERIMENT = "parity"
+_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
+_STATISTICS = (
+    "max_abs_diff",
+    "mean_abs_diff",
+    "median_abs_diff",
+    "p99_abs_diff",
+    "max_rel_diff",
+    "mismatched_fraction",
+    "atol_to_pass",
+    "rtol_to_pass",
+    "agreement",
+    "psnr_db",
+)
+
+
+class TrackingError(ParityError):
+    """MLflow could not be reached or refused what was logged."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """Where a check is logged, and which registered model version it vouches for."""
+
+    tracking_uri: str
+    experiment: str = EXPERIMENT
+    model_name: str | None = None
+    model_version: str | None = None
+    alias: str | None = None
+
+
+def default_tracking_uri(project: Path) -> str:
+    """The project's own store: `sqlite:///<project>/mlflow.db`."""
+    return f"sqlite:///{(project / 'mlflow.db').resolve()}"
+
+
+def redacted(uri: str) -> str:
+    """`uri` without a password (tracking URIs may carry credentials)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+
+
+def log_check(
+    report: ParityReport, target: MlflowTarget, artifacts: list[Path] | None = None
+) -> str:
+    """Log `report` as an MLflow run (and tag the model version, if named); its run id.
+    `artifacts` (the rendered reports) go under `parity/` in the run."""
+    try:
+        return _log_check(report, target, artifacts or [])
+    except ParityError:
+        raise
+    except Exception as e:  # MLflow raises MlflowException, requests and sqlalchemy errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"MLflow at {redacted(target.tracking_uri)}: {type(e).__name__}: {first}"
+        ) from None
+
+
+def _log_check(report: ParityReport, target: MlflowTarget, artifacts: list[Path]) -> str:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+    experiment_id = _experiment(client, target)
+    if target.model_name and target.model_version:
+        # Fail before logging anything if the version the check vouches for does not exist.
+        client.get_model_version(target.model_name, target.model_version)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"parity {report.candidate} vs {report.reference}",
+        tags={"parity.verdict": report.verdict, "parity.config": report.config},
+    )
+    run_id: str = run.info.run_id
+    params = [Param(k, v) for k, v in _params(report, target).items()]
+    tags = [RunTag("parity.reasons", "\n".join(report.reasons)[:5000])] if report.reasons else []
+    metrics = [
+        Metric(key, value, int(run.info.start_time), 0) for key, value in _metrics(report).items()
+    ]
+    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path="parity")
+    client.set_terminated(run_id, "FAILED" if report.verdict == "error" else "FINISHED")
+    if target.model_name and target.model_version:
+        word = {"pass": "passed", "fail": "failed", "error": "error"}[report.verdict]
+        client.set_model_version_tag(target.model_name, target.model_version, "parity", word)
+        client.set_model_version_tag(
+            target.model_name, target.model_version, "parity_run_id", run_id
+        )
+        if report.verdict == "pass" and target.alias:
+            client.set_registered_model_alias(target.model_name, target.alias, target.model_version)
+    return run_id
+
+
+def _experiment(client: Any, target: MlflowTarget) -> str:
+    found = client.get_experiment_by_name(target.experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if target.tracking_uri.startswith("sqlite:///"):
+        # Keep artifacts next to the database, not in whatever folder the check ran from.
+        db = Path(target.tracking_uri.removeprefix("sqlite:///"))
+        location = (db.parent / "mlartifacts").resolve().as_uri()
+    return str(client.create_experiment(target.experiment, artifact_location=location))
+
+
+def _params(report: ParityReport, target: MlflowTarget) -> dict[str, str]:
+    params = {
+        "reference": report.reference,
+        "candidate": report.candidate,
+        "input_digest": str(report.inputs.get("digest", "")),
+        "input_count": str(report.inputs.get("count", "")),
+        "calibrated": str(report.calibrated).lower(),
+    }
+    for name, env in report.environments.items():
+        params[f"{name}.backend"] = env.backend
+        if env.lock_digest:
+            params[f"{name}.lock_digest"] = env.lock_digest
+        if env.python:
+            params[f"{name}.python"] = env.python
+    for o in report.outputs:
+        params[f"policy.{_key(o.name)}"] = o.policy_description[:6000]
+    if target.model_name and target.model_version:
+        params["model"] = f"{target.model_name}/{target.model_version}"
+    return params
+
+
+def _metrics(report: ParityReport) -> dict[str, float]:
+    metrics = {"passed": 1.0 if report.verdict == "pass" else 0.0}
+    for o in report.outputs:
+        metrics[f"{_key(o.name)}.passed"] = 1.0 if o.passed else 0.0
+        metrics[f"{_key(o.name)}.mismatched"] = float(o.mismatched)
+        for stat in _STATISTICS:
+            value = getattr(o, stat)
+            # MLflow stores floats; infinities and NaN are left out rather than faked.
+            if isinstance(value, int | float) and math.isfinite(value):
+                metrics[f"{_key(o.name)}.{stat}"] = float(value)
+    return metrics
+
+
+def _key(name: str) -> str:
+    return _METRIC_KEY.sub("_", name)[:200]

@@ -1,0 +1,440 @@
+"""Golden bundles: `parity record` in one environment, `parity check --against` later.
+
+Both environments use the `local` backend (this interpreter), so each run takes a couple
+of seconds. One bundle is recorded per module and copied by the tests that alter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import LOCAL_CONFIG, assert_valid_report, run_cli
+
+from envlock.lockfile import LockedEnv, LockedPackage
+from parity.bundle import Bundle, load_bundle
+from parity.check import EnvRun, _bundle_run, version_diffs
+from parity.config import EnvironmentSpec
+from parity.errors import BundleError
+from parity.report import EnvironmentSummary
+
+ADAPTER = """\
+import os
+import numpy as np
+
+def predict(inputs):
+    x = inputs["x"]
+    y = x * np.float32(2)
+    if os.environ.get("DRIFT"):
+        y[0, 0, 0] += np.float32(0.5)        # one element per batch moves (3 batches)
+    return {"y": y, "total": x.sum(axis=(1, 2))}
+"""
+
+CONFIG = LOCAL_CONFIG.format(timeout=120)
+DRIFT_CONFIG = CONFIG.replace(
+    '[environments.infer]\nbackend = "local"\n',
+    '[environments.infer]\nbackend = "local"\n\n[environments.infer.env]\nDRIFT = "1"\n',
+)
+OTHER_INPUTS_CONFIG = CONFIG.replace("seed = 7", "seed = 8")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with three configs (same, drifting, other inputs) and a recorded bundle
+    `golden/` of its `train` environment."""
+    root = tmp_path_factory.mktemp("bundle-project")
+    (root / "src").mkdir()
+    (root / "src" / "adapter.py").write_text(ADAPTER)
+    (root / "parity.toml").write_text(CONFIG)
+    (root / "drift.toml").write_text(DRIFT_CONFIG)
+    (root / "other.toml").write_text(OTHER_INPUTS_CONFIG)
+    assert "DRIFT" in DRIFT_CONFIG and "seed = 8" in OTHER_INPUTS_CONFIG
+    result = run_cli("parity", "record", "--env", "train", "--out", "golden", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("recorded 'train': 2 outputs on 12 inputs (sha256:")
+    return root
+
+
+def copy_bundle(project: Path, tmp_path: Path) -> Path:
+    bundle = tmp_path / "golden"
+    shutil.copytree(project / "golden", bundle)
+    return bundle
+
+
+def sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_bundle_holds_what_was_recorded_and_a_manifest_of_it(project: Path) -> None:
+    folder = project / "golden"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "bundle.json",
+        "fingerprint.json",
+        "manifest.json",
+        "outputs.npz",
+    ]
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert meta["schema_version"] == "1"
+    assert meta["adapter"] == "adapter:predict"
+    assert meta["environment"]["name"] == "train"
+    assert meta["environment"]["backend"] == "local"
+    assert meta["inputs"]["seed"] == 7 and meta["inputs"]["count"] == 12
+    assert meta["inputs"]["digest"].startswith("sha256:")
+    assert meta["tolerance"]["default"]["kind"] == "allclose"
+    manifest = json.loads((folder / "manifest.json").read_text())["files"]
+    assert set(manifest) == {"bundle.json", "fingerprint.json", "outputs.npz"}
+    for name, entry in manifest.items():
+        assert entry == {"sha256": sha256(folder / name), "size": (folder / name).stat().st_size}
+
+
+def test_check_against_the_bundle_passes_without_the_training_environment(
+    project: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    md = tmp_path / "report.md"
+    result = run_cli(
+        "parity",
+        "check",
+        "--against",
+        "golden",
+        "--json",
+        str(out),
+        "--markdown",
+        str(md),
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "parity check: PASS" in result.stdout
+    assert "against: bundle golden (train, recorded " in result.stdout
+    # Only the inference side ran: the bundle stands in for training.
+    assert "[infer] running 12 inputs" in result.stderr
+    assert "[train]" not in result.stderr
+    report = json.loads(out.read_text())
+    assert_valid_report(report)
+    assert (report["reference"], report["candidate"]) == ("train", "infer")
+    assert set(report["environments"]) == {"train", "infer"}
+    assert report["against"]["path"] == "golden"
+    assert report["against"]["environment"] == "train"
+    assert report["against"]["manifest_digest"] == sha256(project / "golden" / "manifest.json")
+    assert (
+        report["inputs"]["digest"]
+        == json.loads((project / "golden" / "bundle.json").read_text())["inputs"]["digest"]
+    )
+    assert {o["name"]: o["passed"] for o in report["outputs"]} == {"total": True, "y": True}
+    assert (
+        f"train is the golden bundle `golden` (recorded {report['against']['created']}, "
+        f"manifest `{report['against']['manifest_digest']}`)." in md.read_text()
+    )
+
+
+def test_a_check_of_two_live_environments_has_no_against(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = run_cli("parity", "check", "--json", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "against" not in json.loads(out.read_text())
+
+
+def test_a_drifting_candidate_fails_against_the_bundle(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = run_cli(
+        "parity",
+        "check",
+        "--config",
+        "drift.toml",
+        "--against",
+        "golden",
+        "--json",
+        str(out),
+        cwd=project,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "parity check: FAIL" in result.stdout
+    report = json.loads(out.read_text())
+    assert_valid_report(report)
+    assert {o["name"]: o["passed"] for o in report["outputs"]} == {"total": True, "y": False}
+    failed = next(o for o in report["outputs"] if o["name"] == "y")
+    assert (failed["mismatched"], failed["max_abs_diff"]) == (3, 0.5)
+    assert report["reasons"] == [
+        "output 'y': 3 of 144 elements beyond atol=0, rtol=0 (max abs diff 0.5)"
+    ]
+
+
+def test_an_archive_works_like_the_folder(project: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "golden.tar.gz"
+    result = run_cli("parity", "record", "--out", str(archive), "--archive", "-q", cwd=project)
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(archive) as tf:
+        assert sorted(tf.getnames()) == [
+            "bundle.json",
+            "fingerprint.json",
+            "manifest.json",
+            "outputs.npz",
+        ]
+    out = tmp_path / "report.json"
+    result = run_cli(
+        "parity", "check", "--against", str(archive), "--json", str(out), "-q", cwd=project
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert_valid_report(report)
+    assert report["against"]["path"] == str(archive)
+    assert report["reference"] == "train"
+    result = run_cli(
+        "parity", "check", "--config", "drift.toml", "--against", str(archive), "-q", cwd=project
+    )
+    assert result.returncode == 1, result.stderr
+
+
+def test_an_archive_of_the_folder_itself_is_read_too(project: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "golden.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((project / "golden").iterdir()):
+            zf.write(f, f"golden/{f.name}")
+    with load_bundle(archive) as bundle:
+        extracted = bundle.root
+        assert bundle.environment.name == "train"
+        assert sorted(bundle.outputs) == ["total", "y"]
+        assert bundle.outputs["y"].shape == (12, 3, 4)
+    assert not extracted.exists()  # closing removes the extraction
+
+
+def test_a_tampered_output_is_refused_naming_the_file_and_both_digests(
+    project: Path, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(project, tmp_path)
+    outputs = bundle / "outputs.npz"
+    expected = sha256(outputs)
+    data = bytearray(outputs.read_bytes())
+    data[-40] ^= 0x01  # one bit, same size: only the digest can tell
+    outputs.write_bytes(bytes(data))
+    found = sha256(outputs)
+    result = run_cli("parity", "check", "--against", str(bundle), "-q", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"Error: {bundle}: outputs.npz does not match the manifest: "
+        f"expected {expected}, found {found}\n"
+    )
+    assert result.stdout == ""
+
+
+def test_a_bundle_from_a_newer_parity_is_refused(project: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(project, tmp_path)
+    meta = bundle / "bundle.json"
+    meta.write_text(meta.read_text().replace('"schema_version": "1"', '"schema_version": "99"'))
+    result = run_cli("parity", "check", "--against", str(bundle), "-q", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"Error: {bundle}: written by a newer parity (bundle schema_version 99); this parity "
+        "reads schema_version 1: upgrade parity to read it\n"
+    )
+
+
+def test_a_file_beside_the_manifest_is_refused(project: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(project, tmp_path)
+    (bundle / "extra.py").write_text("print('hello')\n")
+    with pytest.raises(BundleError, match=r"extra\.py is not in the bundle's manifest$"):
+        load_bundle(bundle)
+
+
+def test_an_edited_bundle_json_is_caught_by_the_manifest(project: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(project, tmp_path)
+    meta = bundle / "bundle.json"
+    meta.write_text(meta.read_text().replace('"adapter:predict"', '"adapter:other"'))
+    with pytest.raises(BundleError, match=r"bundle\.json does not match the manifest"):
+        load_bundle(bundle)
+
+
+def _archive_with(
+    path: Path, name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = link
+        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return path
+
+
+def test_an_archive_member_escaping_its_folder_is_refused(project: Path, tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    archive = _archive_with(tmp_path / "evil.tar.gz", "../escape.txt")
+    result = run_cli(
+        "parity", "check", "--against", str(archive), "-q", cwd=project, env={"TMPDIR": str(temp)}
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"Error: {archive}: refused member '../escape.txt' (absolute or escaping path)\n"
+    )
+    assert not (tmp_path / "escape.txt").exists()
+    assert list(temp.iterdir()) == []  # the temporary extraction is gone too
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link", "why"),
+    [
+        ("/etc/escape", tarfile.REGTYPE, "", "absolute or escaping path"),
+        ("a/../../escape", tarfile.REGTYPE, "", "absolute or escaping path"),
+        ("bundle.json", tarfile.SYMTYPE, "/etc/passwd", "a link or device"),
+        ("bundle.json", tarfile.LNKTYPE, "manifest.json", "a link or device"),
+        ("dev", tarfile.CHRTYPE, "", "a link or device"),
+    ],
+)
+def test_unsafe_archive_members_are_refused(
+    tmp_path: Path, name: str, kind: bytes, link: str, why: str
+) -> None:
+    archive = _archive_with(tmp_path / "evil.tar.gz", name, kind=kind, link=link)
+    target = tmp_path / "out"
+    with pytest.raises(BundleError, match=f"refused member {name!r} \\({why}"):
+        load_bundle(archive, extract_to=target)
+    assert list(target.iterdir()) == []
+
+
+def test_a_bundle_of_another_input_set_is_refused(project: Path) -> None:
+    result = run_cli(
+        "parity", "check", "--config", "other.toml", "--against", "golden", "-q", cwd=project
+    )
+    assert result.returncode == 2
+    bundle_digest = json.loads((project / "golden" / "bundle.json").read_text())["inputs"]["digest"]
+    assert result.stderr.startswith(
+        f"Error: golden was recorded on a different input set: the bundle's {bundle_digest} "
+        "(seed 7, 12 samples), the config's sha256:"
+    )
+    assert result.stderr.endswith(" (seed 8, 12 samples)\n")
+
+
+def test_record_refuses_to_overwrite_a_bundle(project: Path) -> None:
+    result = run_cli("parity", "record", "--out", "golden", "-q", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr == "Error: golden is not empty; pass --overwrite to replace it\n"
+
+
+def test_record_of_an_unknown_environment_is_a_usage_error(project: Path) -> None:
+    result = run_cli("parity", "record", "--env", "serve", "--out", "x", "-q", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr == "Error: parity.toml: no environment 'serve' (have: train, infer)\n"
+    assert not (project / "x").exists()
+
+
+def test_record_of_a_failing_model_exits_3_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text(
+        textwrap.dedent(
+            """\
+            def predict(inputs):
+                raise RuntimeError("no weights")
+            """
+        )
+    )
+    (tmp_path / "parity.toml").write_text(CONFIG)
+    result = run_cli("parity", "record", "--out", "golden", "-q", cwd=tmp_path)
+    assert result.returncode == 3
+    assert result.stderr.startswith(
+        "Error: environment 'train': the model failed in the worker (predict): "
+        "RuntimeError: no weights"
+    )
+    assert not (tmp_path / "golden").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.toml", "src"]
+
+
+def test_env_without_against_is_a_usage_error(project: Path) -> None:
+    result = run_cli("parity", "check", "--env", "infer", cwd=project)
+    assert result.returncode == 2
+    assert "Error: --env names the environment to check against a bundle: add --against" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "why"),
+    [
+        ("../escape.txt", 0o100644, "absolute or escaping path"),
+        ("C:/escape.txt", 0o100644, "absolute or escaping path"),
+        ("bundle.json", 0o120777, "not a file or folder"),  # a symlink
+    ],
+)
+def test_unsafe_zip_members_are_refused(tmp_path: Path, name: str, mode: int, why: str) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo(name)
+        info.external_attr = mode << 16
+        zf.writestr(info, "/etc/passwd")
+    target = tmp_path / "out"
+    with pytest.raises(BundleError, match=f"refused member {name!r} \\({why}\\)"):
+        load_bundle(archive, extract_to=target)
+    assert list(target.iterdir()) == []
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def _lock() -> LockedEnv:
+    return LockedEnv(
+        path=Path("pylock.toml"),
+        digest="sha256:" + "a" * 64,
+        flavor="pylock",
+        requires_python=None,
+        groups=("main", "train"),
+        packages=(
+            LockedPackage("six", "1.17.0", None),
+            LockedPackage("iniconfig", "2.1.0", "'train' in dependency_groups"),
+        ),
+    )
+
+
+def _fingerprint(*packages: tuple[str, str]) -> dict[str, object]:
+    return {"distributions": [{"name": n, "version": v} for n, v in packages]}
+
+
+@pytest.mark.parametrize(("digest", "expected"), [("sha256:" + "a" * 64, True), (None, False)])
+def test_a_train_only_package_is_expected_when_the_bundle_shares_the_lock(
+    digest: str | None, expected: bool
+) -> None:
+    lock = _lock()
+    summary = EnvironmentSummary(
+        name="train",
+        backend="venv",
+        description="venv",
+        lock="pylock.toml",
+        lock_digest=digest,
+        group="train",
+        python=None,
+        platform=None,
+        packages={},
+        env={},
+        libraries={},
+        cpu={},
+        created=False,
+        seconds={},
+    )
+    bundle = Bundle(
+        path=Path("golden"),
+        root=Path("golden"),
+        schema_version="1",
+        created="2026-01-01T00:00:00Z",
+        config="parity.toml",
+        adapter="adapter:predict",
+        environment=summary,
+        inputs={"digest": "sha256:" + "0" * 64},
+        tolerance={},
+        fingerprint=_fingerprint(("six", "1.17.0"), ("iniconfig", "2.1.0")),
+        outputs={},
+        manifest_digest="sha256:" + "1" * 64,
+    )
+    cand = EnvRun(
+        EnvironmentSpec("infer", "venv", Path("pylock.toml"), "main"),
+        lock=lock,
+        fingerprint=_fingerprint(("six", "1.17.0")),
+    )
+    diffs = version_diffs(_bundle_run(bundle, cand), cand)
+    assert [(d.name, d.versions, d.expected) for d in diffs] == [
+        ("iniconfig", {"train": "2.1.0", "infer": None}, expected)
+    ]
+    if expected:
+        assert diffs[0].note.startswith("only in the 'train' group, which infer does not install")

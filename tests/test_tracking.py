@@ -1,0 +1,177 @@
+"""Checks logged to real MLflow (a SQLite store and a server on 127.0.0.1): the run, its
+metrics and artifacts, and the registry tag (and alias) on the model version."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BIN
+
+from parity.compare import compare_arrays
+from parity.policy import TolerancePolicy
+from parity.report import ParityReport
+from parity.tracking import MlflowTarget, TrackingError, default_tracking_uri, log_check, redacted
+
+REF = np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20)
+
+
+def checked(drift: float) -> ParityReport:
+    """A report of a real comparison: `drift` added to the candidate's output."""
+    out = compare_arrays("sr", REF, REF + np.float32(drift), TolerancePolicy(atol=1e-3))
+    return ParityReport(
+        verdict="pass" if out.passed else "fail",
+        config="parity.toml",
+        reference="train",
+        candidate="infer",
+        inputs={"count": 10, "seed": 1, "digest": "sha256:" + "ab" * 32},
+        environments={},
+        outputs=[out],
+        version_diffs=[],
+        reasons=[] if out.passed else [f"output 'sr': {out.reason}"],
+    )
+
+
+def registered(uri: str, tmp_path: Path) -> tuple[str, str]:
+    """A registered model with one version, as training would have left it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    location = (tmp_path / "training-artifacts").as_uri()
+    training = client.create_run(client.create_experiment("training", location))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "weights.bin").write_bytes(b"\0" * 16)
+    client.log_artifacts(training.info.run_id, str(model_dir), "model")
+    client.create_registered_model("espcn")
+    version = client.create_model_version(
+        "espcn", f"{training.info.artifact_uri}/model", run_id=training.info.run_id
+    )
+    return "espcn", str(version.version)
+
+
+def exercise(uri: str, tmp_path: Path) -> None:
+    """The whole loop against one store: a pass tags and aliases, a fail only tags."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name, version = registered(uri, tmp_path)
+    target = MlflowTarget(uri, model_name=name, model_version=version, alias="validated")
+    (tmp_path / "report.json").write_text(checked(0.0).to_json())
+
+    run_id = log_check(checked(0.0), target, [tmp_path / "report.json"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["parity.verdict"] == "pass"
+    assert run.data.params["input_digest"] == "sha256:" + "ab" * 32
+    assert run.data.params["policy.sr"] == "allclose(atol=0.001, rtol=0)"
+    assert run.data.params["model"] == f"{name}/{version}"
+    assert run.data.metrics["passed"] == 1.0
+    assert run.data.metrics["sr.max_abs_diff"] == 0.0
+    assert [a.path for a in client.list_artifacts(run_id, "parity")] == ["parity/report.json"]
+    mv = client.get_model_version(name, version)
+    assert mv.tags["parity"] == "passed" and mv.tags["parity_run_id"] == run_id
+    assert str(client.get_model_version_by_alias(name, "validated").version) == version
+
+    failed = checked(0.01)
+    fail_id = log_check(failed, target)
+    run = client.get_run(fail_id)
+    assert run.data.tags["parity.verdict"] == "fail"
+    assert run.data.metrics["passed"] == 0.0
+    assert run.data.metrics["sr.mismatched"] == 200
+    assert run.data.metrics["sr.max_abs_diff"] == pytest.approx(0.01, rel=1e-5)
+    assert run.data.tags["parity.reasons"].startswith("output 'sr': 200 of 200 elements")
+    mv = client.get_model_version(name, version)
+    assert mv.tags["parity"] == "failed" and mv.tags["parity_run_id"] == fail_id
+    # The alias still points where the last pass put it; a failure never moves it.
+    assert str(client.get_model_version_by_alias(name, "validated").version) == version
+
+
+@pytest.mark.slow
+def test_a_check_is_logged_to_the_projects_sqlite_store(tmp_path: Path) -> None:
+    uri = default_tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    exercise(uri, tmp_path)
+    assert (tmp_path / "mlflow.db").is_file()
+    # Artifacts live next to the database, not in the folder the check ran from.
+    assert list((tmp_path / "mlartifacts").rglob("report.json"))
+
+
+def test_an_unknown_model_version_is_refused_before_anything_is_logged(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = default_tracking_uri(tmp_path)
+    target = MlflowTarget(uri, model_name="nope", model_version="1")
+    with pytest.raises(TrackingError, match=r"MLflow at sqlite:///.*: .*nope"):
+        log_check(checked(0.0), target)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("parity")
+    assert experiment is not None
+    assert client.search_runs([experiment.experiment_id]) == []
+
+
+def test_credentials_in_a_tracking_uri_are_never_shown() -> None:
+    assert redacted("https://bot:s3cret@mlflow.example:8443/x") == (
+        "https://bot:***@mlflow.example:8443/x"
+    )
+    assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.slow
+def test_a_check_is_logged_to_an_mlflow_server(mlflow_server: str, tmp_path: Path) -> None:
+    exercise(mlflow_server, tmp_path)
+    assert list((tmp_path / "server-artifacts").rglob("report.json"))
