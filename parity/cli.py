@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -19,6 +21,7 @@ from parity.junit import render_junit
 from parity.markdown import render_markdown
 from parity.report import ParityReport
 from parity.terminal import progress_printer, render_terminal, stdout_console
+from parity.tracking import MlflowTarget, default_tracking_uri, log_check, redacted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,6 +108,31 @@ def main() -> None:
     help="Run each environment twice and report how much it disagrees with itself "
     "(default: the config's run.calibrate).",
 )
+@click.option(
+    "--mlflow",
+    "mlflow_log",
+    is_flag=True,
+    help="Log the check to MLflow: a run with params, a metric per output, the verdict "
+    "and the reports as artifacts.",
+)
+@click.option(
+    "--mlflow-uri",
+    metavar="URI",
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+    "next to the config). Implies --mlflow.",
+)
+@click.option(
+    "--model",
+    "model_ref",
+    metavar="NAME/VERSION",
+    help="The registered model version this check vouches for (or models:/NAME/VERSION): "
+    "tagged parity=passed|failed|error with the run id. Implies --mlflow.",
+)
+@click.option(
+    "--alias",
+    metavar="ALIAS",
+    help="On a pass, point this registered-model alias at --model's version.",
+)
 @quiet_option
 @domain_errors(ParityError, EnvlockError)
 def check_command(
@@ -118,6 +146,10 @@ def check_command(
     workdir: Path | None,
     cache_dir: Path | None,
     calibrate: bool | None,
+    mlflow_log: bool,
+    mlflow_uri: str | None,
+    model_ref: str | None,
+    alias: str | None,
     quiet: bool,
 ) -> None:
     """Check that two environments give the same outputs on the same seeded inputs.
@@ -133,29 +165,74 @@ def check_command(
     Example:
         parity check --config parity.toml --json report.json --junit parity.xml
         parity check --config parity.toml --against golden.tar.gz --env infer
+        parity check --config parity.toml --model espcn/3 --alias validated
     """
     if env_name is not None and against is None:
         raise click.UsageError(
             "--env names the environment to check against a bundle: add --against"
         )
+    target = _mlflow_target(config_path, mlflow_log, mlflow_uri, model_ref, alias)
     config = load_config(config_path)
     progress = progress_printer(quiet)
     if against is None:
         report = run_check(
             config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
         )
-        _write_report(report, json_path, junit_path, markdown_path, html_path)
-    with load_bundle(against) as bundle:
-        report = check_against(
-            config,
-            bundle,
-            env_name=env_name,
-            workdir=workdir,
-            cache_dir=cache_dir,
-            progress=progress,
-            calibrate=calibrate,
-        )
-        _write_report(report, json_path, junit_path, markdown_path, html_path)
+    else:
+        with load_bundle(against) as bundle:
+            report = check_against(
+                config,
+                bundle,
+                env_name=env_name,
+                workdir=workdir,
+                cache_dir=cache_dir,
+                progress=progress,
+                calibrate=calibrate,
+            )
+    written = _write_report(report, json_path, junit_path, markdown_path, html_path)
+    if target is not None:
+        _log_to_mlflow(report, target, written, progress)
+    raise SystemExit(report.exit_code)
+
+
+def _mlflow_target(
+    config_path: Path,
+    mlflow_log: bool,
+    uri: str | None,
+    model_ref: str | None,
+    alias: str | None,
+) -> MlflowTarget | None:
+    """Where to log the check, or None when logging was not asked for."""
+    if alias and not model_ref:
+        raise click.UsageError("--alias moves an alias to --model's version: add --model")
+    if not (mlflow_log or uri or model_ref):
+        return None
+    name = version = None
+    if model_ref:
+        name, _, version = model_ref.removeprefix("models:/").rpartition("/")
+        if not name or not version.isdigit():
+            raise click.BadParameter(
+                f"expected NAME/VERSION such as espcn/3, got {model_ref!r}", param_hint="--model"
+            )
+    uri = (
+        uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or default_tracking_uri(config_path.resolve().parent)
+    )
+    return MlflowTarget(uri, model_name=name, model_version=version, alias=alias)
+
+
+def _log_to_mlflow(
+    report: ParityReport, target: MlflowTarget, written: list[Path], say: Callable[[str], None]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="parity-mlflow-") as tmp:
+        files = list(written)
+        if not any(p.suffix == ".json" for p in files):
+            files.append(Path(tmp) / "report.json")
+            files[-1].write_text(report.to_json(), encoding="utf-8")
+        run_id = log_check(report, target, files)
+    model = f"; {target.model_name}/{target.model_version} tagged" if target.model_name else ""
+    say(f"logged to MLflow at {redacted(target.tracking_uri)}: run {run_id}{model}")
 
 
 def _write_report(
@@ -164,8 +241,8 @@ def _write_report(
     junit_path: Path | None,
     markdown_path: Path | None,
     html_path: Path | None,
-) -> NoReturn:
-    """Print the report, write the files asked for, and exit with the verdict's code."""
+) -> list[Path]:
+    """Print the report and write the files asked for; the files written."""
     if json_path is not None and str(json_path) == "-":
         click.echo(report.to_json(), nl=False)
     else:
@@ -176,11 +253,13 @@ def _write_report(
         (markdown_path, render_markdown),
         (html_path, render_html),
     ]
+    written = []
     for path, render in renderings:
         if path is not None and str(path) != "-":
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render(report), encoding="utf-8")
-    raise SystemExit(report.exit_code)
+            written.append(path)
+    return written
 
 
 @main.command("record")

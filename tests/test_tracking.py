@@ -7,12 +7,12 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN
+from conftest import BIN, LOCAL_CONFIG, run_cli
 
 from parity.compare import compare_arrays
 from parity.policy import TolerancePolicy
@@ -175,3 +175,49 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 def test_a_check_is_logged_to_an_mlflow_server(mlflow_server: str, tmp_path: Path) -> None:
     exercise(mlflow_server, tmp_path)
     assert list((tmp_path / "server-artifacts").rglob("report.json"))
+
+
+CLI_ADAPTER = """\
+import os
+import numpy as np
+
+def predict(inputs):
+    y = inputs["x"] * np.float32(2)
+    if os.environ.get("DRIFT"):
+        y = y + np.float32(1e-3)
+    return {"y": y}
+"""
+
+
+@pytest.mark.slow
+def test_parity_check_tags_the_model_version_it_vouches_for(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    cfg = write_project(CLI_ADAPTER, LOCAL_CONFIG.format(timeout=120))
+    uri = default_tracking_uri(tmp_path)  # the default: next to the config
+    name, version = registered(uri, tmp_path)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    args = ["check", "--config", str(cfg), "--model", f"models:/{name}/{version}"]
+
+    passed = run_cli("parity", *args, "--alias", "validated", "--markdown", str(tmp_path / "r.md"))
+    assert passed.returncode == 0, passed.stderr
+    run_id = client.get_model_version(name, version).tags["parity_run_id"]
+    assert f"logged to MLflow at {uri}: run {run_id}; {name}/{version} tagged" in passed.stderr
+    assert client.get_model_version(name, version).tags["parity"] == "passed"
+    assert str(client.get_model_version_by_alias(name, "validated").version) == version
+    logged = {a.path for a in client.list_artifacts(run_id, "parity")}
+    assert logged == {"parity/r.md", "parity/report.json"}
+
+    drifted = cfg.read_text() + '\n[environments.infer.env]\nDRIFT = "1"\n'
+    cfg.write_text(drifted)
+    failed = run_cli("parity", *args)
+    assert failed.returncode == 1, failed.stderr
+    tags = client.get_model_version(name, version).tags
+    assert tags["parity"] == "failed" and tags["parity_run_id"] != run_id
+    assert client.get_run(tags["parity_run_id"]).data.tags["parity.verdict"] == "fail"
+
+    bad = run_cli("parity", "check", "--config", str(cfg), "--alias", "validated")
+    assert bad.returncode == 2
+    assert "--alias moves an alias to --model's version: add --model" in bad.stderr
