@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ import click
 
 from envlock.clikit import domain_errors
 from envlock.errors import EnvlockError
-from parity.bundle import load_bundle, record_bundle
+from parity.bundle import Bundle, load_bundle, record_bundle
 from parity.check import check_against, run_check
 from parity.config import load_config
 from parity.errors import ParityError
@@ -21,7 +22,16 @@ from parity.junit import render_junit
 from parity.markdown import render_markdown
 from parity.report import ParityReport
 from parity.terminal import progress_printer, render_terminal, stdout_console
-from parity.tracking import MlflowTarget, default_tracking_uri, log_check, redacted
+from parity.tracking import (
+    BUNDLE_ARTIFACTS,
+    MlflowTarget,
+    default_tracking_uri,
+    download_bundle,
+    is_mlflow_uri,
+    log_bundle,
+    log_check,
+    redacted,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,7 +74,9 @@ def main() -> None:
     "--against",
     type=click.Path(path_type=Path),
     help="Compare with a golden bundle from `parity record` (a folder, .tar.gz, .tgz or "
-    ".zip) instead of running the reference environment.",
+    ".zip, or from MLflow: runs:/RUN_ID/parity-bundle, or models:/NAME/VERSION for the "
+    "bundle logged to that version's training run) instead of running the reference "
+    "environment.",
 )
 @click.option(
     "--env",
@@ -179,7 +191,7 @@ def check_command(
             config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
         )
     else:
-        with load_bundle(against) as bundle:
+        with _open_bundle(str(against), config_path, mlflow_uri) as bundle:
             report = check_against(
                 config,
                 bundle,
@@ -193,6 +205,21 @@ def check_command(
     if target is not None:
         _log_to_mlflow(report, target, written, progress)
     raise SystemExit(report.exit_code)
+
+
+@contextmanager
+def _open_bundle(against: str, config_path: Path, mlflow_uri: str | None) -> Iterator[Bundle]:
+    """The bundle at a path, or downloaded from an MLflow `runs:/` or `models:/` URI."""
+    if not is_mlflow_uri(against):
+        with load_bundle(Path(against)) as bundle:
+            yield bundle
+        return
+    target = _mlflow_target(config_path, True, mlflow_uri, None, None)
+    assert target is not None
+    with tempfile.TemporaryDirectory(prefix="parity-bundle-") as tmp:
+        folder = download_bundle(against, target.tracking_uri, Path(tmp))
+        with load_bundle(folder) as bundle:
+            yield bundle
 
 
 def _mlflow_target(
@@ -279,6 +306,24 @@ def _write_report(
     "--archive", is_flag=True, help="Write one archive file instead of a folder (by --out's name)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@click.option(
+    "--mlflow-run",
+    metavar="RUN_ID",
+    help="Log the bundle into this MLflow run (the training run, next to its model), with "
+    "the lock and input digests as params.",
+)
+@click.option(
+    "--mlflow",
+    "mlflow_log",
+    is_flag=True,
+    help="Log the bundle to MLflow (a new run unless --mlflow-run names one).",
+)
+@click.option(
+    "--mlflow-uri",
+    metavar="URI",
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+    "next to the config).",
+)
 @cache_dir_option
 @quiet_option
 @domain_errors(ParityError, EnvlockError)
@@ -288,6 +333,9 @@ def record_command(
     out: Path,
     archive: bool,
     overwrite: bool,
+    mlflow_run: str | None,
+    mlflow_log: bool,
+    mlflow_uri: str | None,
     cache_dir: Path | None,
     quiet: bool,
 ) -> None:
@@ -305,7 +353,10 @@ def record_command(
     Example:
         parity record --config parity.toml --env train --out golden.tar.gz --archive
         parity check --config parity.toml --against golden.tar.gz
+        parity record --out golden --mlflow-run 0b1c...   # next to the training run's model
+        parity check --against models:/espcn/3 --model espcn/3
     """
+    target = _mlflow_target(config_path, mlflow_log or bool(mlflow_run), mlflow_uri, None, None)
     config = load_config(config_path)
     name = env_name or config.reference
     with record_bundle(
@@ -321,3 +372,9 @@ def record_command(
             f"recorded {name!r}: {len(bundle.outputs)} outputs on {config.inputs.count} inputs "
             f"({bundle.input_digest[:19]}…) into {out} (manifest {bundle.manifest_digest})"
         )
+        if target is not None:
+            run_id = log_bundle(bundle, target, mlflow_run)
+            click.echo(
+                f"logged to MLflow at {redacted(target.tracking_uri)}: "
+                f"runs:/{run_id}/{BUNDLE_ARTIFACTS}"
+            )

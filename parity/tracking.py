@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from parity.errors import ParityError
 
 if TYPE_CHECKING:
+    from parity.bundle import Bundle
     from parity.report import ParityReport
 
 EXPERIMENT = "parity"
@@ -84,10 +85,7 @@ def log_check(
     except ParityError:
         raise
     except Exception as e:  # MLflow raises MlflowException, requests and sqlalchemy errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(
-            f"MLflow at {redacted(target.tracking_uri)}: {type(e).__name__}: {first}"
-        ) from None
+        raise _tracking_error(target.tracking_uri, e) from None
 
 
 def _log_check(report: ParityReport, target: MlflowTarget, artifacts: list[Path]) -> str:
@@ -173,3 +171,79 @@ def _metrics(report: ParityReport) -> dict[str, float]:
 
 def _key(name: str) -> str:
     return _METRIC_KEY.sub("_", name)[:200]
+
+
+BUNDLE_ARTIFACTS = "parity-bundle"  # where a bundle goes in its MLflow run
+
+
+def log_bundle(bundle: Bundle, target: MlflowTarget, run_id: str | None = None) -> str:
+    """Log a recorded bundle to MLflow, with its digests as params: into the training
+    run `run_id` (next to the model it logged), else into a new run; the run id."""
+    try:
+        return _log_bundle(bundle, target, run_id)
+    except ParityError:
+        raise
+    except Exception as e:
+        raise _tracking_error(target.tracking_uri, e) from None
+
+
+def _log_bundle(bundle: Bundle, target: MlflowTarget, run_id: str | None) -> str:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunTag
+
+    client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+    new = run_id is None
+    if run_id is None:
+        run_id = str(
+            client.create_run(
+                _experiment(client, target), run_name=f"parity record {bundle.environment.name}"
+            ).info.run_id
+        )
+    else:
+        client.get_run(run_id)  # fail early, naming the run, if it does not exist
+    params = {
+        "parity.environment": bundle.environment.name,
+        "parity.input_digest": bundle.input_digest,
+        "parity.manifest_digest": bundle.manifest_digest,
+    }
+    if bundle.environment.lock_digest:
+        params["parity.lock_digest"] = bundle.environment.lock_digest
+    tags = [RunTag("parity.bundle", f"runs:/{run_id}/{BUNDLE_ARTIFACTS}")]
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], tags=tags)
+    # The whole bundle, fingerprint.json included, exactly as its manifest describes it.
+    client.log_artifacts(run_id, str(bundle.root), artifact_path=BUNDLE_ARTIFACTS)
+    if new:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def is_mlflow_uri(value: str) -> bool:
+    """Whether `value` names an MLflow location rather than a file."""
+    return value.startswith(("runs:/", "models:/"))
+
+
+def download_bundle(uri: str, tracking_uri: str, dest: Path) -> Path:
+    """Fetch a bundle from MLflow into `dest`: `runs:/ID/PATH`, or `models:/NAME/VERSION`
+    for the bundle logged to the run that produced that model version; its folder."""
+    try:
+        from mlflow import MlflowClient
+        from mlflow.artifacts import download_artifacts
+
+        if uri.startswith("models:/"):
+            name, _, version = uri.removeprefix("models:/").rpartition("/")
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            mv = client.get_model_version(name, version)
+            if not mv.run_id:
+                raise TrackingError(f"{uri}: the model version names no run to find a bundle in")
+            uri = f"runs:/{mv.run_id}/{BUNDLE_ARTIFACTS}"
+        local = download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri)
+    except ParityError:
+        raise
+    except Exception as e:
+        raise _tracking_error(tracking_uri, e) from None
+    return Path(local)
+
+
+def _tracking_error(uri: str, e: Exception) -> TrackingError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return TrackingError(f"MLflow at {redacted(uri)}: {type(e).__name__}: {first}")

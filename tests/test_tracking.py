@@ -3,6 +3,7 @@ metrics and artifacts, and the registry tag (and alias) on the model version."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -40,6 +41,12 @@ def checked(drift: float) -> ParityReport:
 
 def registered(uri: str, tmp_path: Path) -> tuple[str, str]:
     """A registered model with one version, as training would have left it."""
+    name, version, _ = trained(uri, tmp_path)
+    return name, version
+
+
+def trained(uri: str, tmp_path: Path) -> tuple[str, str, str]:
+    """A training run that logged a model, registered as a version: name, version, run id."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -53,7 +60,7 @@ def registered(uri: str, tmp_path: Path) -> tuple[str, str]:
     version = client.create_model_version(
         "espcn", f"{training.info.artifact_uri}/model", run_id=training.info.run_id
     )
-    return "espcn", str(version.version)
+    return "espcn", str(version.version), training.info.run_id
 
 
 def exercise(uri: str, tmp_path: Path) -> None:
@@ -221,3 +228,34 @@ def test_parity_check_tags_the_model_version_it_vouches_for(
     bad = run_cli("parity", "check", "--config", str(cfg), "--alias", "validated")
     assert bad.returncode == 2
     assert "--alias moves an alias to --model's version: add --model" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_bundle_recorded_into_the_training_run_is_checked_from_the_registry(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    cfg = write_project(CLI_ADAPTER, LOCAL_CONFIG.format(timeout=120))
+    uri = default_tracking_uri(tmp_path)
+    name, version, run_id = trained(uri, tmp_path)
+    recorded = run_cli(
+        "parity", "record", "--config", str(cfg), "--out", str(tmp_path / "golden"),
+        "--mlflow-run", run_id,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    assert f"logged to MLflow at {uri}: runs:/{run_id}/parity-bundle" in recorded.stdout
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(run_id)
+    assert run.data.params["parity.input_digest"].startswith("sha256:")
+    logged = {a.path for a in client.list_artifacts(run_id, "parity-bundle")}
+    assert {"parity-bundle/fingerprint.json", "parity-bundle/manifest.json"} <= logged
+
+    checked = run_cli(
+        "parity", "check", "--config", str(cfg), "--against", f"models:/{name}/{version}",
+        "--model", f"{name}/{version}", "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert client.get_model_version(name, version).tags["parity"] == "passed"
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["against"]["environment"] == "train"
