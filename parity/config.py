@@ -130,8 +130,16 @@ def load_config(path: str | Path) -> ParityConfig:
     model = root.table("model")
     model.reject_unknown({"adapter", "paths"})
     adapter = model.get("adapter", str, what="'module:function'")
-    if not _ADAPTER.match(adapter):
-        raise model.fail("adapter", f"must look like 'package.module:function', got {adapter!r}")
+    if adapter.startswith("mlflow:"):
+        if len(adapter) == len("mlflow:"):
+            raise model.fail(
+                "adapter", "'mlflow:' needs a model URI, e.g. 'mlflow:models:/espcn/3'"
+            )
+    elif not _ADAPTER.match(adapter):
+        raise model.fail(
+            "adapter",
+            f"must look like 'package.module:function' or 'mlflow:<model URI>', got {adapter!r}",
+        )
     raw_paths = model.get("paths", list, ["."], what="a list of folders")
     model_paths = []
     for i, p in enumerate(raw_paths):

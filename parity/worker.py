@@ -16,11 +16,18 @@ Exit status: 0 done, 1 the model raised, 2 the job itself is unusable.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run by path, Python puts this file's folder first on sys.path: the parity package's own
+# modules (config, inputs, html, ...) would then shadow the model's imports of the same
+# names (stdlib `html` included). The model must see its environment, not this folder.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
 import importlib
 import importlib.util
 import json
-import os
-import sys
 import time
 import traceback
 from typing import Any
@@ -48,13 +55,38 @@ def _fail(outdir: str, stage: str, exc: BaseException) -> None:
     )
 
 
+MLFLOW_PREFIX = "mlflow:"
+
+
 def _load_callable(spec: str) -> Any:
+    if spec.startswith(MLFLOW_PREFIX):
+        return _mlflow_predict(spec.removeprefix(MLFLOW_PREFIX))
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
     try:
         return getattr(module, attr)
     except AttributeError:
         raise AttributeError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _mlflow_predict(uri: str) -> Any:
+    """A predict function over an MLflow pyfunc model (MLflow must be installed in this
+    environment: it is the model's own dependency). The model gets the batch as a dict
+    of arrays; an array it returns becomes the output `output`, a dict keeps its names,
+    a DataFrame gives one output per column."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(uri)
+
+    def predict(batch: dict[str, Any]) -> dict[str, Any]:
+        result = model.predict(batch)
+        if isinstance(result, dict):
+            return result
+        if hasattr(result, "columns") and hasattr(result, "to_numpy"):
+            return {str(c): result[c].to_numpy() for c in result.columns}
+        return {"output": result}
+
+    return predict
 
 
 def _load_probe(path: str) -> Any:

@@ -259,3 +259,44 @@ def test_a_bundle_recorded_into_the_training_run_is_checked_from_the_registry(
     assert client.get_model_version(name, version).tags["parity"] == "passed"
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["against"]["environment"] == "train"
+
+
+MODEL_FROM_CODE = """\
+import mlflow
+import numpy as np
+
+
+class Doubler(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return {"y": np.asarray(model_input["x"]) * np.float32(2)}
+
+
+mlflow.models.set_model(Doubler())
+"""
+
+
+@pytest.mark.slow
+def test_an_mlflow_pyfunc_model_is_the_adapter(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    import mlflow
+
+    uri = default_tracking_uri(tmp_path)
+    code = tmp_path / "doubler.py"
+    code.write_text(MODEL_FROM_CODE)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("models", (tmp_path / "models").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.pyfunc.log_model(name="model", python_model=str(code))
+    config = (
+        LOCAL_CONFIG.format(timeout=300).replace(
+            'adapter = "adapter:predict"', f'adapter = "mlflow:runs:/{run.info.run_id}/model"'
+        )
+        + f'\n[run.env]\nMLFLOW_TRACKING_URI = "{uri}"\n'
+    )
+    cfg = write_project("", config)
+    out = tmp_path / "r.json"
+    result = run_cli("parity", "check", "--config", str(cfg), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert [(o["name"], o["candidate_shape"]) for o in report["outputs"]] == [("y", [12, 3, 4])]

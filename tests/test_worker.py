@@ -237,3 +237,23 @@ def test_outputs_that_differ_fail_with_the_numbers(
     assert y["mismatched"] == y["total"] == 144
     assert y["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
     assert "output 'y': 144 of 144 elements beyond atol=0, rtol=0" in report["reasons"][0]
+
+
+def test_the_workers_folder_does_not_shadow_the_models_imports(
+    write_project: Callable[..., Path],
+) -> None:
+    # parity/ holds html.py, inputs.py, config.py, ...: run by path, the worker's folder
+    # must not stand in front of the standard library or the environment's packages.
+    cfg = write_project(
+        """\
+        import html.entities
+        import numpy as np
+
+        def predict(inputs):
+            assert len(html.entities.html5) > 2000
+            return {"y": inputs["x"]}
+        """,
+        LOCAL_CONFIG.format(timeout=120),
+    )
+    result = run_cli("parity", "check", "--config", str(cfg))
+    assert result.returncode == 0, result.stdout
