@@ -36,7 +36,14 @@ from typing import IO, Any
 
 from envlock.backends import VenvBackend
 from parity.arrays import OutputArray
-from parity.check import EnvRun, Progress, replay_environments, summary, work_folder
+from parity.check import (
+    EnvRun,
+    Progress,
+    describe_inputs,
+    replay_environments,
+    summary,
+    work_folder,
+)
 from parity.config import BACKENDS, ParityConfig
 from parity.errors import BundleError, ConfigError, HostileOutputError, ParityError
 from parity.outputs import MAX_JSON_BYTES, MAX_OUTPUT_BYTES, load_json, load_outputs
@@ -136,7 +143,8 @@ def record_bundle(
         try:
             shutil.copyfile(work / env_name / FINGERPRINT_FILE, staging / FINGERPRINT_FILE)
             shutil.copyfile(work / env_name / OUTPUTS_FILE, staging / OUTPUTS_FILE)
-            _write_json(staging / BUNDLE_FILE, _describe(config, run, digest))
+            inputs = describe_inputs(config, digest, say)
+            _write_json(staging / BUNDLE_FILE, _describe(config, run, inputs))
             _write_manifest(staging)
             if archive:
                 _pack(staging, out_dir)
@@ -245,14 +253,14 @@ def _replace(staging: Path, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _describe(config: ParityConfig, run: EnvRun, input_digest: str) -> dict[str, Any]:
+def _describe(config: ParityConfig, run: EnvRun, inputs: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": str(config.path),
         "adapter": config.adapter,
         "environment": asdict(summary(run)),
-        "inputs": {**config.inputs.describe(), "digest": input_digest},
+        "inputs": inputs,
         "tolerance": {
             "default": asdict(config.tolerance),
             "outputs": {k: asdict(v) for k, v in sorted(config.output_tolerances.items())},

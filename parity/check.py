@@ -29,6 +29,7 @@ from parity.errors import BundleError, ConfigError, ParityError, WorkerError
 from parity.inputs import digest, generate
 from parity.outputs import load_json, load_outputs
 from parity.report import BundleReference, EnvironmentSummary, ParityReport, Verdict, VersionDiff
+from parity.samples import SampleFolder, dvc_tracking, load_samples
 
 if TYPE_CHECKING:
     from parity.bundle import Bundle
@@ -87,12 +88,13 @@ def run_check(
         say(f"work folder kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    inputs = describe_inputs(config, input_digest, say)
     return ParityReport(
         verdict=verdict,
         config=str(config.path),
         reference=ref.spec.name,
         candidate=cand.spec.name,
-        inputs={**config.inputs.describe(), "digest": input_digest},
+        inputs=inputs,
         environments={r.spec.name: summary(r) for r in runs},
         outputs=outputs,
         version_diffs=diffs,
@@ -143,7 +145,7 @@ def check_against(
             shutil.rmtree(work, ignore_errors=True)
         raise
     generated = time.perf_counter()
-    say(f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, {input_digest[:19]}…")
+    say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
     if bundle.adapter != config.adapter:
         say(
             f"note: the bundle was recorded with adapter {bundle.adapter}, the config names "
@@ -160,12 +162,13 @@ def check_against(
         say(f"work folder kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    inputs = describe_inputs(config, input_digest, say)
     return ParityReport(
         verdict=verdict,
         config=str(config.path),
         reference=ref.spec.name,
         candidate=name,
-        inputs={**config.inputs.describe(), "digest": input_digest},
+        inputs=inputs,
         environments={
             ref.spec.name: dataclasses.replace(bundle.environment, name=ref.spec.name),
             name: summary(cand),
@@ -192,12 +195,36 @@ def check_against(
 
 def _different_inputs(config: ParityConfig, bundle: Bundle, input_digest: str) -> BundleError:
     recorded = bundle.inputs
+    if "folder" in recorded:
+        theirs = f"{recorded.get('count')} samples from {recorded.get('folder')}"
+    else:
+        theirs = f"seed {recorded.get('seed')}, {recorded.get('count')} samples"
+    if isinstance(config.inputs, SampleFolder):
+        ours = config.inputs.label
+    else:
+        ours = f"seed {config.inputs.seed}, {config.inputs.count} samples"
     return BundleError(
         f"{bundle.path} was recorded on a different input set: the bundle's "
-        f"{bundle.input_digest} (seed {recorded.get('seed')}, {recorded.get('count')} "
-        f"samples), the config's {input_digest} (seed {config.inputs.seed}, "
-        f"{config.inputs.count} samples)"
+        f"{bundle.input_digest} ({theirs}), the config's {input_digest} ({ours})"
     )
+
+
+def describe_inputs(config: ParityConfig, input_digest: str, say: Progress) -> dict[str, Any]:
+    """The input set as a report records it: its spec (or folder) and content digest, and
+    for a DVC-tracked folder its DVC hash, with a warning when the folder has changed
+    since `dvc add`."""
+    described = {**config.inputs.describe(), "digest": input_digest}
+    if isinstance(config.inputs, SampleFolder):
+        tracking = dvc_tracking(config.inputs)
+        if tracking is not None:
+            described["dvc"] = tracking.describe()
+            if tracking.modified:
+                say(
+                    f"warning: {config.inputs.shown} has changed since `dvc add` recorded "
+                    f"{tracking.md5} in {tracking.dvc_file.name}; run `dvc add "
+                    f"{config.inputs.shown}` to record it, or `dvc checkout` to restore it"
+                )
+    return described
 
 
 def _bundle_run(bundle: Bundle, cand: EnvRun) -> EnvRun:
@@ -271,10 +298,7 @@ def replay_environments(
             except BaseException:
                 (work / INPUTS / ABORT).touch()
                 raise
-            say(
-                f"inputs: {config.inputs.count} samples, seed {config.inputs.seed}, "
-                f"{input_digest[:19]}…"
-            )
+            say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
         generated = time.perf_counter()
         for future in futures:
             future.result()
@@ -302,10 +326,12 @@ def _judge(
 
 
 def _write_inputs(config: ParityConfig, folder: Path) -> str:
-    """Generate the input set into `folder` (atomically); return its digest."""
+    """Generate (or load from its folder) the input set into `folder`, atomically; return
+    its digest."""
     import numpy as np
 
-    inputs = generate(config.inputs)
+    spec = config.inputs
+    inputs = load_samples(spec) if isinstance(spec, SampleFolder) else generate(spec)
     tmp = folder / f".{INPUTS_FILE}.tmp.npz"
     np.savez(tmp, **inputs)  # type: ignore[arg-type]  # numpy stubs mistype **arrays
     tmp.replace(folder / INPUTS_FILE)

@@ -20,6 +20,7 @@ from parity.errors import ParityError
 from parity.html import render_html
 from parity.junit import render_junit
 from parity.markdown import render_markdown
+from parity.metrics import render_metrics
 from parity.report import ParityReport
 from parity.terminal import progress_printer, render_terminal, stdout_console
 from parity.tracking import (
@@ -109,6 +110,13 @@ def main() -> None:
     help="Also write one self-contained HTML page (histograms, heatmaps; no scripts).",
 )
 @click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a small flat metrics file (verdict, per-output differences) for "
+    "`dvc metrics show`.",
+)
+@click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep inputs, outputs, fingerprints and worker logs in this folder.",
@@ -155,6 +163,7 @@ def check_command(
     junit_path: Path | None,
     markdown_path: Path | None,
     html_path: Path | None,
+    metrics_path: Path | None,
     workdir: Path | None,
     cache_dir: Path | None,
     calibrate: bool | None,
@@ -201,7 +210,7 @@ def check_command(
                 progress=progress,
                 calibrate=calibrate,
             )
-    written = _write_report(report, json_path, junit_path, markdown_path, html_path)
+    written = _write_report(report, json_path, junit_path, markdown_path, html_path, metrics_path)
     if target is not None:
         _log_to_mlflow(report, target, written, progress)
     raise SystemExit(report.exit_code)
@@ -268,6 +277,7 @@ def _write_report(
     junit_path: Path | None,
     markdown_path: Path | None,
     html_path: Path | None,
+    metrics_path: Path | None,
 ) -> list[Path]:
     """Print the report and write the files asked for; the files written."""
     if json_path is not None and str(json_path) == "-":
@@ -279,6 +289,7 @@ def _write_report(
         (junit_path, render_junit),
         (markdown_path, render_markdown),
         (html_path, render_html),
+        (metrics_path, render_metrics),
     ]
     written = []
     for path, render in renderings:

@@ -17,6 +17,7 @@ from envlock import LockFileError, read_lock
 from parity.errors import ConfigError
 from parity.inputs import GENERATORS, ArraySpec, InputSpec
 from parity.policy import KINDS, SETTINGS, TolerancePolicy
+from parity.samples import SampleFolder, sample_folder
 
 BACKENDS = ("venv", "docker", "local")
 SEVERITIES = ("numerics", "runtime", "benign", "other")
@@ -47,7 +48,7 @@ class ParityConfig:
     path: Path
     adapter: str
     model_paths: tuple[Path, ...]
-    inputs: InputSpec
+    inputs: InputSpec | SampleFolder
     environments: tuple[EnvironmentSpec, ...]
     reference: str
     tolerance: TolerancePolicy
@@ -150,7 +151,7 @@ def load_config(path: str | Path) -> ParityConfig:
             raise model.fail(f"paths[{i}]", f"folder not found: {p}")
         model_paths.append(folder)
 
-    inputs = _read_inputs(root.table("inputs"))
+    inputs = _read_inputs(root.table("inputs"), base)
     environments = _read_environments(root.table("environments"), base)
 
     run = root.table("run", required=False)
@@ -199,17 +200,27 @@ def load_config(path: str | Path) -> ParityConfig:
     )
 
 
-def _read_inputs(t: _Table) -> InputSpec:
-    t.reject_unknown({"seed", "count", "batch_size", "arrays"})
+def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
+    t.reject_unknown({"seed", "count", "batch_size", "arrays", "folder"})
+    batch = t.get("batch_size", int, 64)
+    if batch <= 0:
+        raise t.fail("batch_size", "must be at least 1")
+    if "folder" in t.data:
+        for key in ("seed", "count", "arrays"):
+            if key in t.data:
+                raise t.fail(
+                    key,
+                    "cannot be combined with inputs.folder (the folder's samples are the "
+                    "input set)",
+                )
+        folder = t.get("folder", str, what="a path to a folder of .npz samples")
+        return sample_folder(t.path, base, folder, batch)
     seed = t.get("seed", int)
     if seed < 0:
         raise t.fail("seed", "must be 0 or more")
     count = t.get("count", int)
     if count <= 0:
         raise t.fail("count", "must be at least 1")
-    batch = t.get("batch_size", int, 64)
-    if batch <= 0:
-        raise t.fail("batch_size", "must be at least 1")
     arrays_t = t.table("arrays")
     if not arrays_t.data:
         raise ConfigError(

@@ -16,6 +16,7 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
+from parity.inputs import describe_label
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -142,8 +143,7 @@ def _header(report: ParityReport) -> str:
         ),
         (
             "inputs",
-            f"{_e(inputs.get('count', '-'))} samples, seed {_e(inputs.get('seed', '-'))}, "
-            f"digest <code>{_e(inputs.get('digest', '-'))}</code>",
+            f"{_e(describe_label(inputs))}, digest <code>{_e(inputs.get('digest', '-'))}</code>",
         ),
         (
             "calibrated",

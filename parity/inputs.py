@@ -38,6 +38,11 @@ class InputSpec:
     arrays: tuple[ArraySpec, ...]
     batch_size: int = 64
 
+    @property
+    def label(self) -> str:
+        """The input set in a few words, for progress lines."""
+        return f"{self.count} samples, seed {self.seed}"
+
     def describe(self) -> dict[str, Any]:
         """The spec as plain data, for reports."""
         return {
@@ -54,6 +59,19 @@ class InputSpec:
                 for a in self.arrays
             },
         }
+
+
+def describe_label(inputs: dict[str, Any]) -> str:
+    """A report's input set in a few words: `12 samples, seed 7`, or for a folder of
+    samples `12 samples from data/samples` plus its DVC hash when it is tracked."""
+    if "folder" not in inputs:
+        return f"{inputs.get('count')} samples, seed {inputs.get('seed')}"
+    words = f"{inputs.get('count')} samples from {inputs.get('folder')}"
+    dvc = inputs.get("dvc")
+    if isinstance(dvc, dict):
+        words += f" (DVC {str(dvc.get('md5', ''))[:12]}…"
+        words += ", modified since dvc add)" if dvc.get("modified") else ")"
+    return words
 
 
 def sample(spec: InputSpec, index: int) -> dict[str, np.ndarray]:

@@ -16,6 +16,12 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _inputs(inputs: dict[str, object]) -> str:
+    if "folder" in inputs:
+        return f"{inputs.get('count')} inputs from `{_cell(inputs.get('folder'))}`"
+    return f"{inputs.get('count')} seeded inputs (seed {inputs.get('seed')})"
+
+
 def render_markdown(report: ParityReport) -> str:
     """A Markdown summary: verdict, reasons, outputs table (with each failing output's worst
     element and each noisy output's noise below it), version differences table."""
@@ -23,7 +29,7 @@ def render_markdown(report: ParityReport) -> str:
         f"## Parity check: {_MARK[report.verdict]}",
         "",
         f"`{report.config}`: {report.candidate} against {report.reference}, "
-        f"{report.inputs.get('count')} seeded inputs (seed {report.inputs.get('seed')}).",
+        f"{_inputs(report.inputs)}.",
         "",
     ]
     if report.against is not None:

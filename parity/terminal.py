@@ -21,6 +21,8 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from parity.inputs import describe_label
+
 if TYPE_CHECKING:
     from parity.compare import OutputComparison
     from parity.report import ParityReport
@@ -70,10 +72,7 @@ def render_terminal(report: ParityReport, console: Console) -> None:
     )
     inputs = report.inputs
     console.print(
-        Text(
-            f"inputs: {inputs.get('count')} samples, seed {inputs.get('seed')}, "
-            f"{str(inputs.get('digest', ''))[:23]}…"
-        ),
+        Text(f"inputs: {describe_label(inputs)}, {str(inputs.get('digest', ''))[:23]}…"),
         soft_wrap=True,
     )
     if report.against is not None:
