@@ -81,32 +81,19 @@ def run_check(
     ref = next(r for r in runs if r.spec.name == config.reference)
     cand = next(r for r in runs if r.spec.name != config.reference)
     errors: list[str] = [r.error for r in runs if r.error]
-    finished = time.perf_counter()
-    outputs, diffs, reasons = _judge(config, ref, cand, say) if not errors else ([], [], [])
-    verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
-    if errors or keep:
-        say(f"work folder kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    inputs = describe_inputs(config, input_digest, say)
-    return ParityReport(
-        verdict=verdict,
-        config=str(config.path),
-        reference=ref.spec.name,
-        candidate=cand.spec.name,
-        inputs=inputs,
-        environments={r.spec.name: summary(r) for r in runs},
-        outputs=outputs,
-        version_diffs=diffs,
-        reasons=reasons,
-        errors=errors,
-        calibrated=calibrate,
-        seconds={
-            "inputs": round(generated - started, 3),
-            "environments": round(finished - started, 3),
-            "compare": round(time.perf_counter() - finished, 3),
-            "total": round(time.perf_counter() - started, 3),
-        },
+    return _conclude(
+        config,
+        ref,
+        cand,
+        errors,
+        {r.spec.name: summary(r) for r in runs},
+        work=work,
+        keep=keep,
+        input_digest=input_digest,
+        calibrate=calibrate,
+        say=say,
+        started=started,
+        generated=generated,
     )
 
 
@@ -155,6 +142,50 @@ def check_against(
     replay_environments(config, [cand], work, VenvBackend(cache_dir), say, calibrate, input_digest)
     ref = _bundle_run(bundle, cand)
     errors = [cand.error] if cand.error else []
+    report = _conclude(
+        config,
+        ref,
+        cand,
+        errors,
+        {
+            ref.spec.name: dataclasses.replace(bundle.environment, name=ref.spec.name),
+            name: summary(cand),
+        },
+        work=work,
+        keep=keep,
+        input_digest=input_digest,
+        calibrate=calibrate,
+        say=say,
+        started=started,
+        generated=generated,
+    )
+    return dataclasses.replace(
+        report,
+        against=BundleReference(
+            path=str(bundle.path),
+            manifest_digest=bundle.manifest_digest,
+            environment=bundle.environment.name,
+            created=bundle.created,
+        ),
+    )
+
+
+def _conclude(
+    config: ParityConfig,
+    ref: EnvRun,
+    cand: EnvRun,
+    errors: list[str],
+    environments: dict[str, EnvironmentSummary],
+    *,
+    work: Path,
+    keep: bool,
+    input_digest: str,
+    calibrate: bool,
+    say: Progress,
+    started: float,
+    generated: float,
+) -> ParityReport:
+    """Judge the replayed outputs, clean up the work folder, and make the report."""
     finished = time.perf_counter()
     outputs, diffs, reasons = _judge(config, ref, cand, say) if not errors else ([], [], [])
     verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
@@ -162,17 +193,13 @@ def check_against(
         say(f"work folder kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    inputs = describe_inputs(config, input_digest, say)
     return ParityReport(
         verdict=verdict,
         config=str(config.path),
         reference=ref.spec.name,
-        candidate=name,
-        inputs=inputs,
-        environments={
-            ref.spec.name: dataclasses.replace(bundle.environment, name=ref.spec.name),
-            name: summary(cand),
-        },
+        candidate=cand.spec.name,
+        inputs=describe_inputs(config, input_digest, say),
+        environments=environments,
         outputs=outputs,
         version_diffs=diffs,
         reasons=reasons,
@@ -184,12 +211,6 @@ def check_against(
             "compare": round(time.perf_counter() - finished, 3),
             "total": round(time.perf_counter() - started, 3),
         },
-        against=BundleReference(
-            path=str(bundle.path),
-            manifest_digest=bundle.manifest_digest,
-            environment=bundle.environment.name,
-            created=bundle.created,
-        ),
     )
 
 
