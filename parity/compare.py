@@ -445,6 +445,8 @@ class _Accumulator:
         median_rel: float,
         p99_rel: float,
     ) -> OutputComparison:
+        import numpy as np
+
         p = self.policy
         reasons = []
         cause = None
@@ -502,7 +504,7 @@ class _Accumulator:
             reasons.insert(0, f"nondeterministic, not drift: {noisy} disagree with themselves")
         worst = None
         if self.worst is not None and self.max_abs > 0:
-            worst = _unravel(self.worst, self.shape)
+            worst = tuple(int(i) for i in np.unravel_index(self.worst, self.shape))
         return OutputComparison(
             **base,  # type: ignore[arg-type]
             passed=passed,
@@ -571,11 +573,3 @@ class _Accumulator:
 
 def _real(value: object) -> float:
     return float(abs(value)) if isinstance(value, complex) else float(value)  # type: ignore[arg-type]
-
-
-def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    index = []
-    for dim in reversed(shape):
-        flat, i = divmod(flat, dim)
-        index.append(i)
-    return tuple(reversed(index))
