@@ -1,21 +1,43 @@
-"""Delta debugging (ddmin) over the packages two environments differ in.
+"""`parity bisect`: which of the packages two environments differ in change the outputs.
 
-The search behind `parity bisect` (issue 7; the environment building around it comes
-next): a *trial* takes a subset of the differing packages from the candidate side and the
-rest from the reference side, and says whether the divergence is reproduced (`fail`),
-not (`pass`), or the combination could not be built (`unresolved`: packages that cannot be
-installed together). `ddmin` finds a 1-minimal failing subset (Zeller and Hildebrandt,
-2002): removing any one package from it no longer reproduces the divergence. An
-unresolved trial never counts as failing, so it can never make a package a culprit.
-Every trial is asked once; for a single culprit among k packages that is about
-2 log2(k) trials.
+When the reference and candidate environments of a check diverge and their locks differ
+in k packages, `bisect_environments` builds intermediate venvs (envlock.combine): each
+takes a subset of the differing packages from the candidate lock and everything else
+from the reference lock, replays the input set there and compares with the reference
+outputs under the config's tolerances. A *trial* says whether the divergence is
+reproduced (`fail`), not (`pass`), or the combination could not be built or run
+(`unresolved`: packages that cannot be installed together, `uv pip check` finding a
+broken requirement, or a model that cannot run). `ddmin` finds a 1-minimal failing
+subset (Zeller and Hildebrandt, 2002): removing any one package from it no longer
+reproduces the divergence. An unresolved trial never counts as failing, so it can never
+make a package a culprit. Every trial is asked once, and every intermediate environment
+is cached by its combined lock; for a single culprit among k packages that is about
+2 log2(k) intermediate environments, plus the two the check itself uses.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from envlock.backends import VenvBackend
+from envlock.backends.venv import default_cache_dir
+from envlock.combine import PackageDifference, combine, differing_packages, incompatibilities
+from envlock.errors import EnvlockError
+from envlock.lockfile import MAIN
+from parity.config import ParityConfig
+from parity.errors import ConfigError
+
+if TYPE_CHECKING:
+    from parity.check import EnvRun
+
+Progress = Callable[[str], None]
 
 Outcome = Literal["fail", "pass", "unresolved"]
 
@@ -95,3 +117,341 @@ def _split(items: list[str], n: int) -> list[list[str]]:
         chunks.append(items[start:end])
         start = end
     return [c for c in chunks if c]
+
+
+# --- building and running the trials -------------------------------------------------
+
+BisectVerdict = Literal["culprits", "pass", "not_reproduced", "error"]
+CANDIDATE_ITSELF = "the candidate environment itself"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One combination as the report shows it: what was taken from the candidate, the
+    outcome and why, where it ran, and each output's largest difference."""
+
+    packages: tuple[str, ...]
+    outcome: Outcome
+    reason: str
+    environment: str
+    lock: str | None
+    built: bool  # this run built the environment (False: it came from the cache)
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BisectReport:
+    """What `parity bisect` found: the culprits, and every combination tried."""
+
+    verdict: BisectVerdict
+    message: str
+    config: str
+    reference: str
+    candidate: str
+    differing: list[PackageDifference]
+    culprits: list[str]
+    trials: list[TrialRecord]
+    environments: int  # environments used: the reference, the candidate, the intermediates
+    built: int  # how many of those this run built (the rest came from the cache)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 the outputs agree (nothing to bisect), 1 they diverge (culprits named, or the
+        packages alone do not reproduce it), 3 an environment failed."""
+        return {"pass": 0, "culprits": 1, "not_reproduced": 1, "error": 3}[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: `culprits` (package names), `trials` (each combination tried)."""
+        versions = {d.name: d for d in self.differing}
+        data = {
+            "schema_version": "1",
+            "command": "bisect",
+            "verdict": self.verdict,
+            "message": self.message,
+            "config": self.config,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "culprits": self.culprits,
+            "culprit_versions": [asdict(versions[c]) for c in self.culprits],
+            "differing": [asdict(d) for d in self.differing],
+            "trials": [asdict(t) for t in self.trials],
+            "environments": {"used": self.environments, "built": self.built},
+            "errors": self.errors,
+            "seconds": self.seconds,
+        }
+        return dict(_json_safe(data))
+
+    def to_json(self) -> str:
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def render_text(self) -> str:
+        """The report for people: the finding first, then the evidence."""
+        lines = [f"parity bisect: {self.message}"]
+        if self.differing:
+            lines.append(
+                f"{len(self.differing)} differing package(s), {self.reference} -> {self.candidate}:"
+            )
+            lines += [f"  {d.describe()}" for d in self.differing]
+        if self.trials:
+            lines.append("combinations tried (packages taken from the candidate):")
+            width = max(len(", ".join(t.packages)) for t in self.trials)
+            for i, t in enumerate(self.trials, 1):
+                diffs = ", ".join(f"{k} {v:.3g}" for k, v in t.max_abs_diff.items())
+                where = (
+                    t.environment
+                    if t.environment == CANDIDATE_ITSELF
+                    else ("built now" if t.built else "cached")
+                )
+                detail = f"max |diff|: {diffs}" if diffs and t.outcome != "unresolved" else t.reason
+                lines.append(
+                    f"  {i:>2}. {', '.join(t.packages):<{width}}  {t.outcome:<10} "
+                    f"[{where}] {detail}"
+                )
+        if self.environments:
+            lines.append(
+                f"environments: {self.environments} used ({self.reference}, {self.candidate} "
+                f"and {self.environments - 2} intermediate), {self.built} built by this run"
+            )
+        lines += [f"error: {e}" for e in self.errors]
+        return "\n".join(lines) + "\n"
+
+
+def bisect_environments(
+    config: ParityConfig,
+    *,
+    workdir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BisectReport:
+    """Find the packages that make the config's two environments diverge.
+
+    Raise `ConfigError` when an environment is not a venv built from a pylock; failures
+    inside the reference or candidate environment give an `error` report."""
+    from parity.check import EnvRun, replay_environments, work_folder
+
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    specs = {e.name: e for e in config.environments}
+    ref_spec = specs[config.reference]
+    cand_spec = next(e for e in config.environments if e.name != config.reference)
+    for spec in (ref_spec, cand_spec):
+        if spec.backend != "venv" or spec.lock is None or spec.lock.name.endswith(".yml"):
+            raise ConfigError(
+                config.path,
+                f"environments.{spec.name}",
+                f"bisecting builds venvs between the two locks, so both environments must be "
+                f"venvs built from a pylock.toml; {spec.name!r} uses backend {spec.backend!r}"
+                + ("" if spec.lock else " without a lock"),
+            )
+    keep = workdir is not None
+    work = work_folder(workdir)
+    cache_root = cache_dir or default_cache_dir()
+    backend = VenvBackend(cache_dir)
+    ref, cand = EnvRun(ref_spec), EnvRun(cand_spec)
+
+    def finish(verdict: BisectVerdict, message: str, **found: Any) -> BisectReport:
+        errors = [r.error for r in (ref, cand) if r.error]
+        if errors or keep:
+            say(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        trials: list[TrialRecord] = found.get("trials", [])
+        intermediate = [t for t in trials if t.environment != CANDIDATE_ITSELF and t.lock]
+        used = (2 + len({t.lock for t in intermediate})) if ref.environment else 0
+        built = sum(bool(r.environment and r.environment.created) for r in (ref, cand))
+        return BisectReport(
+            verdict=verdict,
+            message=message,
+            config=str(config.path),
+            reference=ref_spec.name,
+            candidate=cand_spec.name,
+            differing=found.get("differing", []),
+            culprits=found.get("culprits", []),
+            trials=trials,
+            environments=used,
+            built=built + sum(t.built for t in intermediate),
+            errors=errors,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    say(f"checking {ref_spec.name} against {cand_spec.name} first")
+    try:
+        input_digest, _ = replay_environments(config, [ref, cand], work, backend, say, False)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if ref.error or cand.error:
+        return finish("error", "an environment failed before any combination was tried")
+    failing, candidate_diffs = _judge_outputs(config, ref, cand)
+    if not failing:
+        return finish("pass", "the outputs agree within tolerance: nothing to bisect")
+    assert ref.lock is not None and cand.lock is not None
+    differing = differing_packages(ref.lock, ref_spec.group, cand.lock, cand_spec.group)
+    if not differing:
+        return finish(
+            "not_reproduced",
+            f"the outputs diverge ({failing[0]}), but both locks install the same package "
+            "versions: the cause is not a package (compare the environment variables, "
+            "interpreter and hardware in `parity check`'s report)",
+        )
+    say(f"{len(differing)} differing package(s): {', '.join(d.describe() for d in differing)}")
+    # Intermediate environments run with the reference's settings. When the candidate's
+    # are the same, taking every differing package gives the candidate environment itself.
+    candidate_is_full_set = ref_spec.env == cand_spec.env and (
+        ref.lock.requires_python == cand.lock.requires_python
+    )
+    records: dict[tuple[str, ...], TrialRecord] = {}
+    names = [d.name for d in differing]
+
+    def trial(subset: tuple[str, ...]) -> Outcome:
+        number = len(records) + 1
+        say(f"trial {number}: taking {', '.join(subset)} from {cand_spec.name}")
+        t0 = time.perf_counter()
+        if candidate_is_full_set and len(subset) == len(names):
+            record = TrialRecord(
+                subset,
+                "fail",
+                failing[0],
+                CANDIDATE_ITSELF,
+                None,
+                False,
+                candidate_diffs,
+            )
+        else:
+            record = _run_trial(
+                config,
+                subset,
+                ref,
+                cand,
+                number,
+                work,
+                backend,
+                cache_root,
+                input_digest,
+                keep,
+                say,
+            )
+            record = dataclasses.replace(record, seconds=round(time.perf_counter() - t0, 3))
+        records[subset] = record
+        say(f"trial {number}: {record.outcome}: {record.reason}")
+        return record.outcome
+
+    try:
+        found = ddmin(names, trial)
+    except NotReproduced:
+        return finish(
+            "not_reproduced",
+            f"taking all {len(names)} differing packages from {cand_spec.name} does not "
+            f"reproduce the divergence ({failing[0]}): it also depends on something besides "
+            "the packages (environment variables, interpreter)",
+            differing=differing,
+            trials=list(records.values()),
+        )
+    versions = {d.name: d for d in differing}
+    shown = ", ".join(versions[c].describe() for c in found.culprits)
+    if len(found.culprits) == 1:
+        message = f"{shown} alone reproduces the divergence"
+    else:
+        message = (
+            f"{shown} reproduce the divergence together; no one of them without the others does"
+        )
+    return finish(
+        "culprits",
+        message,
+        differing=differing,
+        culprits=list(found.culprits),
+        trials=[records[t.packages] for t in found.trials],
+    )
+
+
+def _judge_outputs(
+    config: ParityConfig, ref: EnvRun, run: EnvRun
+) -> tuple[list[str], dict[str, float]]:
+    """Why `run`'s outputs fail against `ref`'s (empty: they pass), and each output's
+    largest absolute difference."""
+    from parity.check import _compare_outputs
+
+    results, missing = _compare_outputs(config, ref, run, lambda _m: None)
+    reasons = missing + [f"output {o.name!r}: {o.reason}" for o in results if not o.passed]
+    return reasons, {o.name: o.max_abs_diff for o in results}
+
+
+def _run_trial(
+    config: ParityConfig,
+    subset: tuple[str, ...],
+    ref: EnvRun,
+    cand: EnvRun,
+    number: int,
+    work: Path,
+    backend: VenvBackend,
+    cache_root: Path,
+    input_digest: str,
+    keep: bool,
+    say: Progress,
+) -> TrialRecord:
+    """Build the combination taking `subset` from the candidate, replay the inputs in it,
+    and judge its outputs against the reference's."""
+    from parity.check import EnvRun, replay_environments
+
+    assert ref.lock is not None and cand.lock is not None
+    lock = combine(ref.lock, ref.spec.group, cand.lock, cand.spec.group, subset, cache_root)
+    shown = _shown(lock.path)
+
+    def unresolved(reason: str, built: bool = False) -> TrialRecord:
+        return TrialRecord(subset, "unresolved", reason, "venv", shown, built)
+
+    try:
+        environment = backend.materialize(
+            lock, MAIN, progress=lambda m: say(f"trial {number}: {m}")
+        )
+    except EnvlockError as e:
+        return unresolved(f"cannot be installed together: {_first_lines(str(e))}")
+    broken = incompatibilities(environment)
+    if broken:
+        return unresolved(f"installed, but inconsistent: {'; '.join(broken)}", environment.created)
+    name = f"trial-{number}"
+    spec = dataclasses.replace(ref.spec, name=name, lock=lock.path, group=MAIN)
+    run = EnvRun(spec)
+    replay_environments(config, [run], work, backend, say, False, input_digest)
+    try:
+        if run.error:
+            return unresolved(
+                f"the model cannot run in this combination: {_first_lines(run.error)}",
+                environment.created,
+            )
+        reasons, diffs = _judge_outputs(config, ref, run)
+        return TrialRecord(
+            subset,
+            "fail" if reasons else "pass",
+            reasons[0] if reasons else "the outputs agree with the reference within tolerance",
+            "venv",
+            shown,
+            environment.created,
+            diffs,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(work / name, ignore_errors=True)
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " / ".join(lines[-count:]) if lines else text
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _json_safe(value: Any) -> Any:
+    from parity.report import _json_safe as safe
+
+    return safe(value)

@@ -389,3 +389,58 @@ def record_command(
                 f"logged to MLflow at {redacted(target.tracking_uri)}: "
                 f"runs:/{run_id}/{BUNDLE_ARTIFACTS}"
             )
+
+
+@main.command("bisect")
+@config_option
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Also write the bisection as JSON (`-`: to stdout instead of the text).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep every environment's job, log and outputs here (default: a temporary folder).",
+)
+@cache_dir_option
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def bisect_command(
+    config_path: Path,
+    json_path: Path | None,
+    workdir: Path | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Name the packages that make the two environments' outputs diverge.
+
+    Builds venvs between the two locks, each taking some of the differing packages
+    from the candidate lock and the rest from the reference lock, and narrows them
+    down by delta debugging to a minimal set that reproduces the divergence. A
+    combination that cannot be installed together, or in which the model cannot
+    run, is unresolved and never blamed. Every environment is cached.
+
+    Exit status: 0 the outputs agree (nothing to bisect), 1 they diverge (the
+    culprits are named, or the packages alone do not reproduce it), 2 bad config,
+    3 the reference or candidate environment failed.
+
+    \b
+    Example:
+        parity bisect --config examples/numpy-drift/parity.toml --json bisect.json
+    """
+    from parity.bisect import bisect_environments
+
+    config = load_config(config_path)
+    report = bisect_environments(
+        config, workdir=workdir, cache_dir=cache_dir, progress=progress_printer(quiet)
+    )
+    if json_path is not None and str(json_path) == "-":
+        click.echo(report.to_json(), nl=False)
+    else:
+        click.echo(report.render_text(), nl=False)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(report.to_json(), encoding="utf-8")
+    raise SystemExit(report.exit_code)

@@ -1,6 +1,6 @@
 """ddmin over differing packages: minimal culprits, unresolved combinations never blamed,
-and about 2 log2(k) trials for a single culprit. (The venv-building part of `parity
-bisect` is not here yet; these test the search it will drive.)"""
+and about 2 log2(k) trials for a single culprit. These test the search alone, over
+made-up trials; tests/test_bisect_envs.py drives it with real venvs."""
 
 from __future__ import annotations
 
