@@ -175,7 +175,20 @@ def bisect(config: Path, cache: Path, *extra: str) -> tuple[int, dict[str, Any],
         timeout=600,
     )
     report = json.loads(out.read_text()) if out.exists() else {}
+    if report:
+        assert_valid(report)
     return result.returncode, report, result.stdout + result.stderr
+
+
+def assert_valid(report: dict[str, Any]) -> None:
+    """Fail unless `report` follows the bisect report's JSON Schema."""
+    from jsonschema import Draft202012Validator
+
+    from parity.bisect import SCHEMA_PATH
+
+    validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    errors = sorted(validator.iter_errors(report), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +299,7 @@ def test_numpy_drift_names_numpy_alone(repo: Path, shared_cache: Path, tmp_path:
         str(out),
     )
     report = json.loads(out.read_text())
+    assert_valid(report)
     assert result.returncode == 1, result.stderr
     assert report["culprits"] == ["numpy"]
     assert report["culprit_versions"] == [
