@@ -8,7 +8,7 @@ VENV := .venv
 SYNCED := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: parity drift test test-fast lint bench lock-check clean
+.PHONY: parity drift bisect test test-fast lint bench lock-check clean
 
 $(UV):
 	$(PYTHON) -m venv $(BOOT)
@@ -22,9 +22,13 @@ $(SYNCED): pyproject.toml uv.lock | $(UV)
 parity: $(SYNCED)
 	$(VENV)/bin/parity check --config parity.toml
 
-## The NumPy-drift example: must fail (exit 1) and name numpy.
+## The NumPy-drift example: must fail (exit 1), name numpy and localize it to preprocessing.
 drift: $(SYNCED)
-	$(VENV)/bin/parity check --config examples/numpy-drift/parity.toml
+	$(VENV)/bin/parity check --config examples/numpy-drift/parity.toml --localize
+
+## Which package makes the NumPy-drift example diverge (exit 1, names numpy).
+bisect: $(SYNCED)
+	$(VENV)/bin/parity bisect --config examples/numpy-drift/parity.toml
 
 ## The whole test suite, slow tests (real venvs with torch) included.
 test: $(SYNCED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +38,33 @@ def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ``inputs["lr"]`` is ``N x H x W`` uint8; both outputs are ``N x 2H x 2W``.
     ``sr_float`` is the raw network output, ``sr`` the postprocessed image.
     """
+    return outputs(run_network(network_input(inputs)))
+
+
+def stages() -> list[tuple[str, Any] | tuple[str, Any, Any]]:
+    """Give predict's stages for ``parity check --localize``, in order: preprocess (NumPy),
+    model (the network, whose modules parity hooks), postprocess (the outputs dict)."""
+    return [
+        ("preprocess", network_input),
+        ("model", run_network, load_network()),
+        ("postprocess", outputs),
+    ]
+
+
+def network_input(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Give the preprocessed batch, exactly as ``preprocess`` makes it (dtype included)."""
+    return preprocess(np.asarray(inputs["lr"]))
+
+
+def run_network(x: np.ndarray) -> np.ndarray:
+    """Give the network's ``N x 1 x 2H x 2W`` float32 output for a preprocessed batch."""
     torch.set_grad_enabled(False)
     network = load_network()
-    x = preprocess(np.asarray(inputs["lr"]))
-    y = network(torch.from_numpy(x).to(device=DEVICE, dtype=torch.float32)).cpu().numpy()
+    return network(torch.from_numpy(x).to(device=DEVICE, dtype=torch.float32)).cpu().numpy()
+
+
+def outputs(y: np.ndarray) -> dict[str, np.ndarray]:
+    """Give predict's outputs for a network output ``y``."""
     return {
         "sr": postprocess(y),
         "sr_float": np.ascontiguousarray(y[:, 0, :, :], dtype=np.float32),

@@ -63,12 +63,16 @@ def run_check(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     calibrate: bool | None = None,
+    localize: bool | None = None,
 ) -> ParityReport:
     """Run the parity check `config` describes and return its report (never raises for
     failures inside environments: they become the report's errors and an `error` verdict).
 
     With `calibrate` (default: the config's `run.calibrate`) each environment runs the
-    inputs twice, and how much it disagrees with itself is reported per output."""
+    inputs twice, and how much it disagrees with itself is reported per output. With
+    `localize` (default: the config's `run.localize`) a failing check runs the worst
+    sample through the adapter's stages in both environments and the report names the
+    first stage, and module, beyond tolerance (`parity.localize`)."""
     say = progress or (lambda _msg: None)
     calibrate = _calibration(config, calibrate)
     started = time.perf_counter()
@@ -94,6 +98,7 @@ def run_check(
         say=say,
         started=started,
         generated=generated,
+        localize=config.localize if localize is None else localize,
     )
 
 
@@ -106,6 +111,7 @@ def check_against(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     calibrate: bool | None = None,
+    localize: bool | None = None,
 ) -> ParityReport:
     """Check one environment of `config` (default: the one that is not the reference, i.e.
     the inference side) against a golden bundle, which stands in for the reference
@@ -158,6 +164,7 @@ def check_against(
         say=say,
         started=started,
         generated=generated,
+        localize=config.localize if localize is None else localize,
     )
     return dataclasses.replace(
         report,
@@ -184,11 +191,20 @@ def _conclude(
     say: Progress,
     started: float,
     generated: float,
+    localize: bool = False,
 ) -> ParityReport:
-    """Judge the replayed outputs, clean up the work folder, and make the report."""
+    """Judge the replayed outputs, localize a failure if asked, clean up the work folder,
+    and make the report."""
     finished = time.perf_counter()
     outputs, diffs, reasons = _judge(config, ref, cand, say) if not errors else ([], [], [])
     verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
+    compared = time.perf_counter()
+    localization = None
+    if localize and verdict == "fail":
+        from parity.localize import localize_failure
+
+        localization = localize_failure(config, ref, cand, outputs, work, say)
+    localized = time.perf_counter()
     if errors or keep:
         say(f"work folder kept: {work}")
     else:
@@ -208,9 +224,11 @@ def _conclude(
         seconds={
             "inputs": round(generated - started, 3),
             "environments": round(finished - started, 3),
-            "compare": round(time.perf_counter() - finished, 3),
+            "compare": round(compared - finished, 3),
+            **({"localize": round(localized - compared, 3)} if localization else {}),
             "total": round(time.perf_counter() - started, 3),
         },
+        localization=localization,
     )
 
 
@@ -435,6 +453,24 @@ def _docker_environment(
 
 def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
     """Run the worker once in `run`'s environment; its outputs (read lazily from outdir)."""
+    run_worker(run, config, outdir)
+    outputs = load_outputs(outdir / "outputs.npz")
+    if run.fingerprint:  # a calibration run: the first run's fingerprint and times stand
+        return dict(outputs)
+    run.fingerprint = load_json(outdir / "fingerprint.json")
+    result = load_json(outdir / "result.json")
+    seconds = result.get("seconds", {})
+    if isinstance(seconds, dict):
+        for k in ("load", "predict"):
+            if isinstance(seconds.get(k), int | float):
+                run.seconds[f"worker_{k}"] = float(seconds[k])
+    return dict(outputs)
+
+
+def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: Any) -> None:
+    """Run the worker once in `run`'s environment on the inputs file in
+    `outdir.parent / INPUTS`, writing into `outdir`; `job_fields` add to (or replace) the
+    job's fields, e.g. `mode`. Raise `WorkerError` when the worker fails or times out."""
     assert run.environment is not None
     name = run.spec.name
     outdir.mkdir(parents=True, exist_ok=True)
@@ -457,6 +493,7 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
         "batch_size": config.inputs.batch_size,
         "outdir": inside["out"],
         "probe": inside["probe"],
+        **job_fields,
     }
     (outdir / "job.json").write_text(json.dumps(job, indent=2))
     # The worker must not change the environment it runs in, not even with bytecode caches.
@@ -488,17 +525,6 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
     if status != 0:
         tail = _tail(log_path)
         raise WorkerError(name, f"worker exited with status {status}; last output:\n{tail}")
-    outputs = load_outputs(outdir / "outputs.npz")
-    if run.fingerprint:  # a calibration run: the first run's fingerprint and times stand
-        return dict(outputs)
-    run.fingerprint = load_json(outdir / "fingerprint.json")
-    result = load_json(outdir / "result.json")
-    seconds = result.get("seconds", {})
-    if isinstance(seconds, dict):
-        for k in ("load", "predict"):
-            if isinstance(seconds.get(k), int | float):
-                run.seconds[f"worker_{k}"] = float(seconds[k])
-    return dict(outputs)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

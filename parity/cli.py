@@ -129,6 +129,13 @@ def main() -> None:
     "(default: the config's run.calibrate).",
 )
 @click.option(
+    "--localize/--no-localize",
+    default=None,
+    help="On a failure, run the worst sample through the adapter's stages ([model] stages) "
+    "in both environments and name the first stage, and module, beyond tolerance "
+    "(default: the config's run.localize).",
+)
+@click.option(
     "--mlflow",
     "mlflow_log",
     is_flag=True,
@@ -167,6 +174,7 @@ def check_command(
     workdir: Path | None,
     cache_dir: Path | None,
     calibrate: bool | None,
+    localize: bool | None,
     mlflow_log: bool,
     mlflow_uri: str | None,
     model_ref: str | None,
@@ -187,6 +195,7 @@ def check_command(
         parity check --config parity.toml --json report.json --junit parity.xml
         parity check --config parity.toml --against golden.tar.gz --env infer
         parity check --config parity.toml --model espcn/3 --alias validated
+        parity check --config parity.toml --localize
     """
     if env_name is not None and against is None:
         raise click.UsageError(
@@ -197,7 +206,12 @@ def check_command(
     progress = progress_printer(quiet)
     if against is None:
         report = run_check(
-            config, workdir=workdir, cache_dir=cache_dir, progress=progress, calibrate=calibrate
+            config,
+            workdir=workdir,
+            cache_dir=cache_dir,
+            progress=progress,
+            calibrate=calibrate,
+            localize=localize,
         )
     else:
         with _open_bundle(str(against), config_path, mlflow_uri) as bundle:
@@ -209,6 +223,7 @@ def check_command(
                 cache_dir=cache_dir,
                 progress=progress,
                 calibrate=calibrate,
+                localize=localize,
             )
     written = _write_report(report, json_path, junit_path, markdown_path, html_path, metrics_path)
     if target is not None:

@@ -58,6 +58,8 @@ class ParityConfig:
     threads: int | None = 1
     env: dict[str, str] = field(default_factory=dict)
     calibrate: bool = False
+    stages: str | None = None  # module:function giving the adapter's stages (localization)
+    localize: bool = False  # after a failing check, find the first stage that diverges
 
     def tolerance_for(self, output: str) -> TolerancePolicy:
         """The tolerance policy of one output: its own, else the default."""
@@ -129,7 +131,7 @@ def load_config(path: str | Path) -> ParityConfig:
     root.reject_unknown({"model", "inputs", "environments", "run", "tolerance", "policy"})
 
     model = root.table("model")
-    model.reject_unknown({"adapter", "paths"})
+    model.reject_unknown({"adapter", "paths", "stages"})
     adapter = model.get("adapter", str, what="'module:function'")
     if adapter.startswith("mlflow:"):
         if len(adapter) == len("mlflow:"):
@@ -140,6 +142,13 @@ def load_config(path: str | Path) -> ParityConfig:
         raise model.fail(
             "adapter",
             f"must look like 'package.module:function' or 'mlflow:<model URI>', got {adapter!r}",
+        )
+    stages = model.get("stages", str, None, what="'module:function'")
+    if stages is not None and not _ADAPTER.match(stages):
+        raise model.fail(
+            "stages",
+            f"must look like 'package.module:function' (a function giving the adapter's "
+            f"stages), got {stages!r}",
         )
     raw_paths = model.get("paths", list, ["."], what="a list of folders")
     model_paths = []
@@ -155,7 +164,7 @@ def load_config(path: str | Path) -> ParityConfig:
     environments = _read_environments(root.table("environments"), base)
 
     run = root.table("run", required=False)
-    run.reject_unknown({"reference", "timeout", "threads", "env", "calibrate"})
+    run.reject_unknown({"reference", "timeout", "threads", "env", "calibrate", "localize"})
     names = [e.name for e in environments]
     reference = run.get("reference", str, names[0])
     if reference not in names:
@@ -167,6 +176,7 @@ def load_config(path: str | Path) -> ParityConfig:
     if threads < 0:
         raise run.fail("threads", "must be 0 or more")
     calibrate = run.get("calibrate", bool, False, what="true or false")
+    localize = run.get("localize", bool, False, what="true or false")
     env_table = run.table("env", required=False)
     env = {}
     for k in env_table.data:
@@ -197,6 +207,8 @@ def load_config(path: str | Path) -> ParityConfig:
         threads=threads or None,
         env=env,
         calibrate=calibrate,
+        stages=stages,
+        localize=localize,
     )
 
 

@@ -21,6 +21,7 @@ from parity.report import ParityReport
 
 if TYPE_CHECKING:
     from parity.compare import Heatmap, Histogram, OutputComparison
+    from parity.localize import Localization
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 _VERDICT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
@@ -90,6 +91,7 @@ def render_html(report: ParityReport) -> str:
         f"<h2>Outputs ({_e(report.candidate)} against {_e(report.reference)})</h2>",
         *(_output(i, o, report) for i, o in enumerate(report.outputs)),
         "" if report.outputs else '<p class="muted">No outputs were compared.</p>',
+        _localization(report, report.localization) if report.localization else "",
         _version_diffs(report),
         "</main>",
     ]
@@ -475,6 +477,54 @@ def _png(rows: list[bytes], width: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw, 9))
         + chunk(b"IEND", b"")
     )
+
+
+def _localization(report: ParityReport, loc: Localization) -> str:
+    """The localization: its summary, then a table of every captured value in order."""
+    heading = "Localization"
+    if loc.sample is not None:
+        heading += f" (sample {loc.sample}, the worst of output <code>{_e(loc.output)}</code>)"
+    parts = [
+        f"<h2>{heading}</h2>",
+        f'<p class="{"reason" if loc.error else "summary"}">{_e(loc.summary)}</p>',
+    ]
+    if not loc.entries:
+        return "\n".join(parts)
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "value",
+            "stage",
+            "module",
+            "result",
+            "max abs diff",
+            _e(report.reference),
+            _e(report.candidate),
+        )
+    )
+    rows = []
+    for e in loc.entries:
+        sides = "".join(
+            f"<td><code>{_e(dtype)} {_e('x'.join(map(str, shape or ())) or 'scalar')}</code></td>"
+            if dtype is not None
+            else '<td class="muted">absent</td>'
+            for dtype, shape in (
+                (e.reference_dtype, e.reference_shape),
+                (e.candidate_dtype, e.candidate_shape),
+            )
+        )
+        result = "pass" if e.passed else f"<b>beyond</b> ({_e(e.cause)})"
+        cls = "" if e.passed else ' class="fails"'
+        rows.append(
+            f"<tr{cls}><td><code>{_e(e.name)}</code></td><td>{_e(e.stage)}</td>"
+            f"<td>{_e(e.module_class or '-')}</td><td>{result}</td>"
+            f'<td class="num">{_num(e.max_abs_diff)}</td>{sides}</tr>'
+        )
+    parts.append(
+        '<table class="localization">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    return "\n".join(parts)
 
 
 def _version_diffs(report: ParityReport) -> str:

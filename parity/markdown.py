@@ -8,6 +8,7 @@ from parity.report import ParityReport
 
 if TYPE_CHECKING:
     from parity.compare import OutputComparison
+    from parity.localize import Localization
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 
@@ -43,6 +44,8 @@ def render_markdown(report: ParityReport) -> str:
         lines += [f"- {_cell(r)}" for r in [*report.errors, *report.reasons]] + [""]
     if report.outputs:
         lines += [*_outputs(report), ""]
+    if report.localization is not None:
+        lines += [*_localization(report, report.localization), ""]
     if report.version_diffs:
         names = list(report.environments)
         lines += [
@@ -123,6 +126,37 @@ def _outputs(report: ParityReport) -> list[str]:
             if n.mismatched
         ]
     return lines + (["", *notes] if notes else [])
+
+
+def _localization(report: ParityReport, loc: Localization) -> list[str]:
+    """The localization: its summary, then a table of every captured value in order."""
+    heading = "### Localization"
+    if loc.sample is not None:
+        heading += f" (sample {loc.sample}, the worst of output `{_cell(loc.output)}`)"
+    lines = [heading, "", _cell(loc.summary)]
+    if not loc.entries:
+        return lines
+    lines += [
+        "",
+        f"| value | stage | module | result | max abs diff | {_cell(report.reference)} "
+        f"| {_cell(report.candidate)} |",
+        "|---|---|---|---|---:|---|---|",
+    ]
+    for e in loc.entries:
+        result = "pass" if e.passed else f"**beyond** ({_cell(e.cause)})"
+        sides = [
+            "absent" if dtype is None else f"{dtype} {'x'.join(map(str, shape or ())) or 'scalar'}"
+            for dtype, shape in (
+                (e.reference_dtype, e.reference_shape),
+                (e.candidate_dtype, e.candidate_shape),
+            )
+        ]
+        diff = "-" if e.max_abs_diff is None else f"{e.max_abs_diff:.4g}"
+        lines.append(
+            f"| `{_cell(e.name)}` | {_cell(e.stage)} | {_cell(e.module_class or '-')} | "
+            f"{result} | {diff} | {sides[0]} | {sides[1]} |"
+        )
+    return lines
 
 
 def _measure(o: OutputComparison) -> str | None:

@@ -19,6 +19,7 @@ from parity.terminal import WIDTH, render_terminal
 
 if TYPE_CHECKING:
     from parity.compare import OutputComparison
+    from parity.localize import Localization
 
 SCHEMA_VERSION = "1"
 # The JSON Schema of `ParityReport.to_dict()`; it ships with the package.
@@ -85,6 +86,8 @@ class ParityReport:
     seconds: dict[str, float] = field(default_factory=dict)
     calibrated: bool = False  # each environment ran twice; outputs carry their noise
     against: BundleReference | None = None  # the reference is a recorded golden bundle
+    # the first stage and module beyond tolerance on the worst sample (`--localize`)
+    localization: Localization | None = None
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -116,6 +119,8 @@ class ParityReport:
         }
         if self.against is not None:  # absent, not null, in a check of two environments
             data["against"] = asdict(self.against)
+        if self.localization is not None:  # absent, not null, when localization did not run
+            data["localization"] = asdict(self.localization)
         safe: dict[str, Any] = _json_safe(data)
         return safe
 

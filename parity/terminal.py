@@ -25,9 +25,11 @@ from parity.inputs import describe_label
 
 if TYPE_CHECKING:
     from parity.compare import OutputComparison
+    from parity.localize import Localization
     from parity.report import ParityReport
 
 WIDTH = 120  # where no terminal says otherwise (logs, pipes, strings)
+LOCALIZATION_ROWS = 40  # values of a localization shown; the JSON report has them all
 _VERDICT = {
     "pass": ("PASS", "bold green"),
     "fail": ("FAIL", "bold red"),
@@ -101,6 +103,9 @@ def render_terminal(report: ParityReport, console: Console) -> None:
                 Text("noise (each environment against a second run of itself):", style="bold")
             )
             console.print(_Trimmed(_noise(report)))
+    if report.localization is not None:
+        console.print()
+        _localization(report, report.localization, console)
     console.print()
     if report.version_diffs:
         console.print(Text("version differences:", style="bold"))
@@ -287,6 +292,63 @@ def _output_notes(report: ParityReport, console: Console) -> None:
         console.print()
         for line in lines:
             console.print(line, soft_wrap=True)
+
+
+def _localization(report: ParityReport, loc: Localization, console: Console) -> None:
+    """Where the sample first diverges: the summary line, then each captured value."""
+    heading = "localization"
+    if loc.sample is not None:
+        heading += f" (sample {loc.sample}, the worst of output {loc.output!r})"
+    console.print(Text(heading + ":", style="bold"))
+    style = "yellow" if loc.error else ""
+    console.print(Text("  ") + _literal(loc.summary), style=style, soft_wrap=True)
+    if not loc.entries:
+        return
+    table = _table(
+        "value",
+        "stage",
+        "module",
+        "max abs",
+        report.reference,
+        report.candidate,
+        "cause",
+        right=("max abs",),
+    )
+    marked: set[str] = set()  # the first stage and the first module get the mark once
+    for e in loc.entries[:LOCALIZATION_ROWS]:
+        first = not e.passed and e.kind not in marked
+        first = first and (
+            e.stage == loc.first_stage if e.kind == "stage" else e.module == loc.first_module
+        )
+        if first:
+            marked.add(e.kind)
+        table.add_row(
+            Text.assemble(
+                ("✓ ", "green") if e.passed else ("✗ ", "bold red"),
+                _literal(e.name),
+                (" ◀ first", "bold") if first else "",
+            ),
+            _literal(e.stage),
+            _literal(e.module_class or "-"),
+            Text("-" if e.max_abs_diff is None else f"{e.max_abs_diff:.3g}"),
+            _literal(_side(e.reference_dtype, e.reference_shape)),
+            _literal(_side(e.candidate_dtype, e.candidate_shape)),
+            _literal(e.cause or "-"),
+        )
+    console.print(_Trimmed(table))
+    more = len(loc.entries) - LOCALIZATION_ROWS
+    if more > 0:
+        console.print(Text(f"  … {more} more in the JSON report", style="dim"))
+    if loc.dropped:
+        console.print(
+            Text(f"  {loc.dropped} values past the worker's limit were not captured", style="dim")
+        )
+
+
+def _side(dtype: str | None, shape: tuple[int, ...] | None) -> str:
+    if dtype is None or shape is None:
+        return "absent"
+    return f"{dtype} {'x'.join(map(str, shape)) or 'scalar'}"
 
 
 def _version_diffs(report: ParityReport) -> Table:

@@ -11,6 +11,14 @@ It writes into the job's output folder:
     result.json        status, timings and the outputs' shapes and dtypes
     error.json         instead of outputs, when the model or the job failed
 
+With `"mode": "stages"` the job's inputs hold one sample, which runs through the adapter
+module's stages (`stages()`: `(name, fn)` or `(name, fn, module)` tuples, see
+`run_stages`), and the worker writes instead of outputs and fingerprint:
+
+    stages.npz         one array per captured value: each stage's result and, for a stage
+                       with a torch module, each submodule's output, in execution order
+    stages.json        what each array is: stage, kind (stage or module), module name
+
 Exit status: 0 done, 1 the model raised, 2 the job itself is unusable.
 """
 
@@ -114,6 +122,8 @@ def run(job: dict[str, Any]) -> int:
     """Run one job; return the process exit status."""
     import numpy as np
 
+    if job.get("mode", "predict") == "stages":
+        return run_stages(job)
     outdir = job["outdir"]
     for p in reversed(job.get("paths", [])):
         sys.path.insert(0, p)
@@ -190,6 +200,221 @@ def run(job: dict[str, Any]) -> int:
         },
     )
     return 0
+
+
+STAGE_ENTRIES = 1000  # captured arrays at most: the host reads at most 1024 from one .npz
+
+
+def run_stages(job: dict[str, Any]) -> int:
+    """Run the job's one sample through the adapter's stages, recording each stage's result
+    and each hooked module's output (`stages.npz`, `stages.json`); the exit status.
+
+    The job's `stages` (module:function) gives an ordered list of `(name, fn)` or
+    `(name, fn, module)`: the first fn takes the batch dict, each next fn the previous
+    one's result, and the last returns the outputs dict, as predict does. While a stage
+    with a module runs, a forward hook on each of the module's submodules records what it
+    returns, in execution order. torch is never imported here: the module is duck-typed
+    (`named_modules`, `register_forward_hook`) and tensors are read with
+    `.detach().cpu().numpy()`."""
+    import numpy as np
+
+    outdir = job["outdir"]
+    for p in reversed(job.get("paths", [])):
+        sys.path.insert(0, p)
+    started = time.perf_counter()
+    try:
+        if not job.get("stages"):
+            raise ValueError("the job names no stages function (module:function)")
+        stages = _stage_list(_load_callable(job["stages"])())
+        loaded = time.perf_counter()
+        wait = float(job.get("inputs_wait", 600))
+        if not _wait_for(job["inputs"], job.get("inputs_abort"), wait):
+            sys.stderr.write("parity-worker: the host gave up before writing the inputs\n")
+            return 2
+        with np.load(job["inputs"], allow_pickle=False) as data:
+            value: Any = {name: data[name] for name in data.files}
+    except Exception as exc:  # every failure goes to error.json for the host
+        _fail(outdir, "load", exc)
+        return 1
+    ready = time.perf_counter()
+    recorder = _Recorder(int(job.get("max_entries", STAGE_ENTRIES)))
+    try:
+        for i, (name, fn, module) in enumerate(stages):
+            handles = recorder.hook(name, module) if module is not None else []
+            try:
+                value = fn(value)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if i == len(stages) - 1:
+                recorder.outputs(name, value)
+            else:
+                recorder.add({"stage": name, "kind": "stage", "name": name}, value)
+            sys.stderr.write(f"parity-worker: stage {name!r} done\n")
+            sys.stderr.flush()
+    except Exception as exc:
+        _fail(outdir, "stages", exc)
+        return 1
+    ran = time.perf_counter()
+
+    tmp = os.path.join(outdir, "stages.tmp.npz")
+    np.savez(tmp, **recorder.arrays)
+    os.replace(tmp, os.path.join(outdir, "stages.npz"))
+    _write_json(
+        os.path.join(outdir, "stages.json"),
+        {
+            "status": "ok",
+            "stages": [name for name, _fn, _module in stages],
+            "entries": recorder.entries,
+            "dropped": recorder.dropped,
+            "seconds": {
+                "load": round(loaded - started, 4),
+                "stages": round(ran - ready, 4),
+                "total": round(time.perf_counter() - started, 4),
+            },
+        },
+    )
+    return 0
+
+
+def _stage_list(stages: Any) -> list[tuple[str, Any, Any]]:
+    """The adapter's stages as (name, fn, module or None); raise on anything else."""
+    if not isinstance(stages, list | tuple) or not stages:
+        raise TypeError(
+            f"stages() must return a non-empty list of (name, fn) or (name, fn, module) "
+            f"tuples, got {type(stages).__name__}"
+        )
+    checked: list[tuple[str, Any, Any]] = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, list | tuple) or len(stage) not in (2, 3):
+            raise TypeError(f"stage {i} must be (name, fn) or (name, fn, module), got {stage!r}")
+        name, fn = stage[0], stage[1]
+        module = stage[2] if len(stage) == 3 else None
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"stage {i}: its name must be a non-empty string, got {name!r}")
+        if name in (s[0] for s in checked):
+            raise ValueError(f"stage {i}: the name {name!r} is used twice")
+        if not callable(fn):
+            raise TypeError(f"stage {name!r}: {fn!r} is not callable")
+        if module is not None and not (
+            hasattr(module, "named_modules") and hasattr(module, "register_forward_hook")
+        ):
+            raise TypeError(
+                f"stage {name!r}: its third element must be a torch module (with "
+                f"named_modules and register_forward_hook), got {type(module).__name__}"
+            )
+        checked.append((name, fn, module))
+    return checked
+
+
+class _Recorder:
+    """The arrays captured so far (`e0000`, `e0001`, ...) and what each one is."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.arrays: dict[str, Any] = {}
+        self.entries: list[dict[str, Any]] = []
+        self.dropped = 0  # values past the limit, not recorded
+
+    def add(self, entry: dict[str, Any], value: Any) -> None:
+        """Record each numeric array in `value` (nested tuples, lists and dicts are
+        flattened into `name[i]`, `name[key]`); other values are skipped."""
+        for suffix, leaf in _leaves(value):
+            try:
+                arr = _as_array(leaf)
+            except Exception:  # a value numpy cannot hold says nothing comparable
+                continue
+            if arr.dtype.kind not in ALLOWED_KINDS:
+                continue
+            self._keep({**entry, "name": entry["name"] + suffix}, arr)
+
+    def outputs(self, stage: str, value: Any) -> None:
+        """Record the last stage's outputs dict, checked as predict's outputs are."""
+        if not isinstance(value, dict) or not value:
+            raise TypeError(
+                f"the last stage ({stage!r}) must return a non-empty dict of arrays, got "
+                f"{type(value).__name__}"
+            )
+        for name, leaf in value.items():
+            arr = _as_array(leaf)
+            if arr.dtype.kind not in ALLOWED_KINDS:
+                raise TypeError(
+                    f"output {name!r} has dtype {arr.dtype}; outputs must be numeric arrays"
+                )
+            if arr.ndim == 0 or arr.shape[0] != 1:
+                raise ValueError(
+                    f"output {name!r} has shape {arr.shape}; its first axis must be the batch "
+                    "(1 sample)"
+                )
+            self._keep(
+                {"stage": stage, "kind": "stage", "name": f"{stage}[{name}]", "output": name}, arr
+            )
+
+    def hook(self, stage: str, module: Any) -> list[Any]:
+        """Forward hooks on each submodule of `module` (on itself, when it has none) that
+        record their outputs; the handles, to remove once the stage has run."""
+        subs = [(q, m) for q, m in module.named_modules() if q] or [("", module)]
+        calls: dict[str, int] = {}
+        return [sub.register_forward_hook(self._recording(stage, q, sub, calls)) for q, sub in subs]
+
+    def _recording(self, stage: str, qname: str, sub: Any, calls: dict[str, int]) -> Any:
+        """The forward hook of one submodule; a module run twice records `name#2`."""
+        cls = type(sub).__name__
+        shown = qname or cls
+
+        def record(_module: Any, _args: Any, output: Any) -> None:
+            calls[shown] = calls.get(shown, 0) + 1
+            call = calls[shown]
+            entry = {
+                "stage": stage,
+                "kind": "module",
+                "name": shown if call == 1 else f"{shown}#{call}",
+                "module": shown,
+                "class": cls,
+                "call": call,
+            }
+            self.add(entry, output)
+
+        return record
+
+    def _keep(self, entry: dict[str, Any], arr: Any) -> None:
+        if len(self.arrays) >= self.limit:
+            self.dropped += 1
+            return
+        key = f"e{len(self.arrays):04d}"
+        self.arrays[key] = arr
+        self.entries.append(
+            {"key": key, **entry, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        )
+
+
+def _leaves(value: Any, suffix: str = "") -> Any:
+    """(suffix, value) for each tensor or array in `value`, tuples, lists and dicts
+    flattened: `[0]`, `[key]`."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        yield suffix, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{suffix}[{k}]")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{suffix}[{i}]")
+    elif value is not None:
+        yield suffix, value
+
+
+def _as_array(value: Any) -> Any:
+    """A tensor or array-like as a numpy array (bfloat16 and other dtypes numpy lacks are
+    widened to float32 first)."""
+    import numpy as np
+
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        tensor = value.detach().cpu()
+        try:
+            return tensor.numpy()
+        except TypeError:
+            return tensor.float().numpy()
+    return np.asarray(value)
 
 
 def main(argv: list[str]) -> int:
