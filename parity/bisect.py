@@ -24,18 +24,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from envlock.backends import VenvBackend
 from envlock.backends.venv import default_cache_dir
 from envlock.combine import PackageDifference, combine, differing_packages, incompatibilities
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
+from parity.check import EnvRun, _compare_outputs, _shown, replay_environments, work_folder
 from parity.config import ParityConfig
 from parity.errors import ConfigError
-
-if TYPE_CHECKING:
-    from parity.check import EnvRun
+from parity.report import _json_safe
 
 Progress = Callable[[str], None]
 
@@ -233,8 +232,6 @@ def bisect_environments(
 
     Raise `ConfigError` when an environment is not a venv built from a pylock; failures
     inside the reference or candidate environment give an `error` report."""
-    from parity.check import EnvRun, replay_environments, work_folder
-
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     specs = {e.name: e for e in config.environments}
@@ -376,8 +373,6 @@ def _judge_outputs(
 ) -> tuple[list[str], dict[str, float]]:
     """Why `run`'s outputs fail against `ref`'s (empty: they pass), and each output's
     largest absolute difference."""
-    from parity.check import _compare_outputs
-
     results, missing = _compare_outputs(config, ref, run, lambda _m: None)
     reasons = missing + [f"output {o.name!r}: {o.reason}" for o in results if not o.passed]
     return reasons, {o.name: o.max_abs_diff for o in results}
@@ -398,8 +393,6 @@ def _run_trial(
 ) -> TrialRecord:
     """Build the combination taking `subset` from the candidate, replay the inputs in it,
     and judge its outputs against the reference's."""
-    from parity.check import EnvRun, replay_environments
-
     assert ref.lock is not None and cand.lock is not None
     lock = combine(ref.lock, ref.spec.group, cand.lock, cand.spec.group, subset, cache_root)
     shown = _shown(lock.path)
@@ -444,16 +437,3 @@ def _run_trial(
 def _first_lines(text: str, count: int = 3) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " / ".join(lines[-count:]) if lines else text
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _json_safe(value: Any) -> Any:
-    from parity.report import _json_safe as safe
-
-    return safe(value)
