@@ -459,3 +459,91 @@ def bisect_command(
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(report.to_json(), encoding="utf-8")
     raise SystemExit(report.exit_code)
+
+
+@main.command("search")
+@config_option
+@click.option(
+    "--examples",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="How many inputs to try (each runs in both environments).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The search's seed: the same seed gives the same search.",
+)
+@click.option(
+    "--output",
+    "output_name",
+    help="The output whose max abs diff to maximize (default: the one whose worst seeded "
+    "sample is furthest beyond its tolerance).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("parity-search-case"),
+    show_default=True,
+    help="Save the worst input here as a case: inputs/worst.npz, a parity.toml that "
+    "replays it, and case.json (an earlier case there is replaced).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Also write the result as JSON here ('-' for stdout, which then holds only the JSON).",
+)
+@cache_dir_option
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def search_command(
+    config_path: Path,
+    examples: int,
+    seed: int,
+    output_name: str | None,
+    out: Path,
+    json_path: Path | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Search for the input the two environments disagree on most.
+
+    Replays the seeded input set through both environments, then runs a targeted
+    search (hypothesis) within the input spec's bounds for the input that maximizes
+    one output's max abs diff, starting from the seeded set's worst samples. The worst
+    input is saved as a case that `parity check` replays. Needs the `search` extra:
+    pip install 'envlock-parity[search]'.
+
+    Exit status: 0 the worst input found is within tolerance, 1 it is beyond (a
+    failing case), 2 bad config or usage (or hypothesis missing), 3 an environment
+    could not be built or its worker failed.
+
+    \b
+    Example:
+        parity search --config parity.toml --examples 500 --output sr_float
+        parity check --config parity-search-case/parity.toml
+    """
+    from parity.search import render_summary, search
+
+    config = load_config(config_path)
+    result = search(
+        config,
+        examples=examples,
+        seed=seed,
+        output=output_name,
+        out=out,
+        cache_dir=cache_dir,
+        progress=progress_printer(quiet),
+    )
+    if json_path is not None and str(json_path) == "-":
+        click.echo(result.to_json(), nl=False)
+    else:
+        click.echo(render_summary(result), nl=False)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(result.to_json(), encoding="utf-8")
+    raise SystemExit(result.exit_code)

@@ -19,6 +19,16 @@ module's stages (`stages()`: `(name, fn)` or `(name, fn, module)` tuples, see
                        with a torch module, each submodule's output, in execution order
     stages.json        what each array is: stage, kind (stage or module), module name
 
+With `"mode": "serve"` (for `parity search`) the worker loads the model once, writes
+`fingerprint.json`, then answers requests until the host writes the `stop` file: for each
+`request-<n>.npz` (n = 1, 2, ...) that appears whole in the `requests` folder it writes
+
+    response-<n>.npz   the outputs for that request's batch, as outputs.npz holds them
+    error-<n>.json     instead, when the model raised on it (the worker serves on)
+
+It exits 0 on `stop` (at once, even inside a prediction), 2 when no request comes for
+`inputs_wait` seconds.
+
 Exit status: 0 done, 1 the model raised, 2 the job itself is unusable.
 """
 
@@ -124,6 +134,8 @@ def run(job: dict[str, Any]) -> int:
 
     if job.get("mode", "predict") == "stages":
         return run_stages(job)
+    if job.get("mode") == "serve":
+        return serve(job)
     outdir = job["outdir"]
     for p in reversed(job.get("paths", [])):
         sys.path.insert(0, p)
@@ -415,6 +427,91 @@ def _as_array(value: Any) -> Any:
         except TypeError:
             return tensor.float().numpy()
     return np.asarray(value)
+
+
+def serve(job: dict[str, Any]) -> int:
+    """Load the model once and answer the host's requests until it says stop; the exit
+    status (see the module docstring)."""
+    import numpy as np
+
+    outdir = job["outdir"]
+    requests = job["requests"]
+    stop = job["stop"]
+    for p in reversed(job.get("paths", [])):
+        sys.path.insert(0, p)
+    _exit_on(stop)
+    try:
+        predict = _load_callable(job["adapter"])
+        fingerprint = _load_probe(job["probe"]).collect()
+    except Exception as exc:
+        _fail(outdir, "load", exc)
+        return 1
+    _write_json(os.path.join(outdir, "fingerprint.json"), fingerprint)
+    wait = float(job.get("inputs_wait", 600))
+    n = 1
+    while _wait_for(os.path.join(requests, f"request-{n}.npz"), stop, wait):
+        try:
+            with np.load(os.path.join(requests, f"request-{n}.npz"), allow_pickle=False) as data:
+                batch = {name: data[name] for name in data.files}
+            count = min((len(v) for v in batch.values()), default=0)
+            outputs = _checked_outputs(predict(batch), count)
+            tmp = os.path.join(outdir, f"response-{n}.tmp.npz")
+            np.savez(tmp, **outputs)
+            os.replace(tmp, os.path.join(outdir, f"response-{n}.npz"))
+        except Exception as exc:  # the host decides what a failing request means
+            _write_json(
+                os.path.join(outdir, f"error-{n}.json"),
+                {
+                    "stage": "predict",
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(),
+                },
+            )
+        n += 1
+    if os.path.exists(stop):
+        return 0
+    sys.stderr.write(f"parity-worker: no request for {wait:g}s; the host is gone\n")
+    return 2
+
+
+def _exit_on(stop: str) -> None:
+    """Exit the process as soon as `stop` appears, even while the model is predicting: the
+    host that wrote it wants nothing more, and must not wait on a slow or hung model."""
+    import threading
+
+    def watch() -> None:
+        while not os.path.exists(stop):
+            time.sleep(0.05)
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parity-stop", daemon=True).start()
+
+
+def _checked_outputs(result: Any, count: int) -> dict[str, Any]:
+    """The adapter's result as named numeric arrays of `count` samples each; raise
+    TypeError or ValueError naming the output that is not."""
+    import numpy as np
+
+    if not isinstance(result, dict) or not result:
+        raise TypeError(
+            f"adapter must return a non-empty dict of arrays, got {type(result).__name__}"
+        )
+    outputs = {}
+    for name, value in result.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind not in ALLOWED_KINDS:
+            raise TypeError(
+                f"output {name!r} has dtype {arr.dtype}; outputs must be numeric arrays"
+            )
+        if arr.ndim == 0 or arr.shape[0] != count:
+            raise ValueError(
+                f"output {name!r} has shape {arr.shape}; its first axis must be the batch "
+                f"({count} samples)"
+            )
+        outputs[str(name)] = arr
+    return outputs
 
 
 def main(argv: list[str]) -> int:
