@@ -200,6 +200,7 @@ def test_parity_fails_on_the_drift_pair_naming_numpy(
         "check",
         "--config",
         "examples/docker-numpy-drift/parity.toml",
+        "--localize",
         "--json",
         str(report_path),
     )
@@ -208,6 +209,36 @@ def test_parity_fails_on_the_drift_pair_naming_numpy(
     numpy_diff = next(d for d in report["version_diffs"] if d["name"] == "numpy")
     assert numpy_diff["versions"] == {"train": "2.4.6", "infer": "1.26.4"}
     assert not next(o for o in report["outputs"] if o["name"] == "sr")["passed"]
+    # The stages run in the images too (worker stages mode, hooks inside the container).
+    where = report["localization"]
+    assert where["first_stage"] == "preprocess" and where["first_module"] == "conv1", where
+
+
+def test_search_serves_inside_the_drift_images(
+    reference_build: dict[str, Any], drift_build: dict[str, Any], tmp_path: Path
+) -> None:
+    # Serve mode in containers: requests and responses cross the mounts, the workers stop.
+    case = tmp_path / "case"
+    result = run_cli(
+        "parity",
+        "search",
+        "--config",
+        "examples/docker-numpy-drift/parity.toml",
+        "--output",
+        "sr_float",
+        "--examples",
+        "20",
+        "--out",
+        str(case),
+        "--json",
+        str(tmp_path / "search.json"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads((tmp_path / "search.json").read_text())
+    assert found["examples"] == 20 and found["verdict"] == "pass", found
+    # The first example is the seeded set's worst sample, so the search is never below it.
+    assert found["worst"]["max_abs_diff"] >= found["seeded"]["max_abs_diff"] > 0, found
+    assert (case / "inputs" / "worst.npz").is_file()
 
 
 @pytest.fixture(scope="module")
