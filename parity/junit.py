@@ -105,6 +105,9 @@ def _evidence(report: ParityReport, o: OutputComparison) -> str:
         for env, n in o.noise.items()
         if n.mismatched
     ]
+    where = report.localization
+    if where is not None and not o.passed and where.output in (o.name, None):
+        lines.append(f"localized: {where.summary}")
     return "\n".join(lines)
 
 

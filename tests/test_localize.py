@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -294,8 +295,9 @@ def test_a_drift_inside_the_model_names_the_module(
     cfg = write_project(STAGED_ADAPTER, staged_config('DRIFT_LAYER = "second"'))
     markdown = tmp_path / "summary.md"
     html = tmp_path / "report.html"
+    junit = tmp_path / "parity.xml"
     code, report, output = check(
-        cfg, "--localize", "--markdown", str(markdown), "--html", str(html)
+        cfg, "--localize", "--markdown", str(markdown), "--html", str(html), "--junit", str(junit)
     )
     assert code == 1, output
     loc = report["localization"]
@@ -317,6 +319,10 @@ def test_a_drift_inside_the_model_names_the_module(
     assert "| `second` | model | Layer | **beyond** (tolerance) | 0.001 |" in md
     page = html.read_text()
     assert "<h2>Localization (sample" in page and '<table class="localization">' in page
+    # CI shows the JUnit failure: the output the sample came from carries where it diverged.
+    cases = {c.get("name"): c for c in ElementTree.parse(junit).getroot().iter("testcase")}
+    failure = cases[loc["output"]].find("failure")
+    assert failure is not None and f"localized: {loc['summary']}" in (failure.text or "")
 
 
 def test_the_last_stage_outputs_are_judged_by_their_own_tolerance(
