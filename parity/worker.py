@@ -61,9 +61,9 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _fail(outdir: str, stage: str, exc: BaseException) -> None:
+def _fail(outdir: str, stage: str, exc: BaseException, name: str = "error.json") -> None:
     _write_json(
-        os.path.join(outdir, "error.json"),
+        os.path.join(outdir, name),
         {
             "stage": stage,
             "type": type(exc).__name__,
@@ -162,23 +162,8 @@ def run(job: dict[str, Any]) -> int:
         for start in range(0, count, batch_size):
             batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
             n = min(batch_size, count - start)
-            result = predict(batch)
-            if not isinstance(result, dict) or not result:
-                raise TypeError(
-                    f"adapter must return a non-empty dict of arrays, got {type(result).__name__}"
-                )
-            for name, value in result.items():
-                arr = np.asarray(value)
-                if arr.dtype.kind not in ALLOWED_KINDS:
-                    raise TypeError(
-                        f"output {name!r} has dtype {arr.dtype}; outputs must be numeric arrays"
-                    )
-                if arr.ndim == 0 or arr.shape[0] != n:
-                    raise ValueError(
-                        f"output {name!r} has shape {arr.shape}; its first axis must be the "
-                        f"batch ({n} samples)"
-                    )
-                collected.setdefault(str(name), []).append(arr)
+            for name, arr in _checked_outputs(predict(batch), n).items():
+                collected.setdefault(name, []).append(arr)
             sys.stderr.write(f"parity-worker: {min(start + batch_size, count)}/{count}\n")
             sys.stderr.flush()
     except Exception as exc:
@@ -459,15 +444,7 @@ def serve(job: dict[str, Any]) -> int:
             np.savez(tmp, **outputs)
             os.replace(tmp, os.path.join(outdir, f"response-{n}.npz"))
         except Exception as exc:  # the host decides what a failing request means
-            _write_json(
-                os.path.join(outdir, f"error-{n}.json"),
-                {
-                    "stage": "predict",
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": traceback.format_exc(),
-                },
-            )
+            _fail(outdir, "predict", exc, f"error-{n}.json")
         n += 1
     if os.path.exists(stop):
         return 0
