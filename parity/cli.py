@@ -480,8 +480,9 @@ def bisect_command(
 @click.option(
     "--output",
     "output_name",
-    help="The output whose max abs diff to maximize (default: the one whose worst seeded "
-    "sample is furthest beyond its tolerance).",
+    help="The output whose max abs diff to maximize (default: of the outputs that pass on "
+    "the seeded set but differ, the one closest to its tolerance; else the one furthest "
+    "beyond it).",
 )
 @click.option(
     "--out",

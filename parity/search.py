@@ -6,7 +6,8 @@ predictions one request at a time (`parity.serving`). The seeded input set
 (or the folder of real samples) is replayed through both first, batch by batch, giving
 each sample's differences. Then hypothesis runs `examples` examples, one sample each; the
 score it maximizes (`hypothesis.target`) is the max abs diff of one output: `output`, by
-default the output whose worst seeded sample is furthest beyond its tolerance (`excess`).
+default the passing output closest to its tolerance, else the output furthest beyond it
+(`excess`, `_default_output`).
 
 Each example starts from one of the seeded set's `STARTS` worst samples (worst first, so
 hypothesis's first, simplest example is the seeded worst itself) or, as one more choice,
@@ -283,7 +284,7 @@ def _search(
     if output is not None and output not in samples[0][1]:
         have = ", ".join(sorted(samples[0][1]))
         raise SearchError(f"no output {output!r} (the model returns: {have})")
-    name = output or _most_failing(config, samples)
+    name = output or _default_output(config, samples)
     # The first of the worst: max() keeps the first of equals.
     seeded_index = max(range(len(samples)), key=lambda i: _order(samples[i][1][name]))
     outputs = samples[seeded_index][1]
@@ -422,17 +423,22 @@ def excess(c: OutputComparison, policy: TolerancePolicy) -> float:
     return max(ratio, 1.0) if not c.passed else min(ratio, 1.0)
 
 
-def _most_failing(
+def _default_output(
     config: ParityConfig, samples: list[tuple[_Sample, dict[str, OutputComparison]]]
 ) -> str:
-    """The output whose worst seeded sample is furthest beyond its tolerance (the first
-    by name among equals)."""
+    """The output to search when none is named. Of the outputs that pass on every seeded
+    sample but differ somewhere, the one closest to its tolerance: the question before
+    shipping is whether some input makes a passing output fail. When none is such, the
+    output furthest beyond its tolerance. The first by name among equals."""
     names = sorted(samples[0][1])
     worst = {
         name: max(excess(outputs[name], config.tolerance_for(name)) for _, outputs in samples)
         for name in names
     }
-    return max(names, key=lambda n: worst[n])
+    passing = [
+        n for n in names if worst[n] > 0 and all(outputs[n].passed for _, outputs in samples)
+    ]
+    return max(passing or names, key=lambda n: worst[n])
 
 
 def _spaces(config: ParityConfig, seeded: Arrays) -> list[Space]:

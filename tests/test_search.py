@@ -457,3 +457,32 @@ def test_help_names_the_extra() -> None:
     result = CliRunner().invoke(main, ["search", "--help"])
     assert result.exit_code == 0
     assert "pip install 'envlock-parity[search]'" in " ".join(result.output.split())
+
+
+def test_the_default_output_is_the_passing_one_closest_to_failing(
+    project: Path, tmp_path: Path
+) -> None:
+    # `mean` already fails on the seeded set (atol 0): searching it would find nothing new.
+    # `y` passes there: whether some input makes it fail is the open question.
+    config = project / "mean-fails.toml"
+    config.write_text(
+        CONFIG.replace(
+            "[tolerance.outputs.mean]\natol = 1e-3", "[tolerance.outputs.mean]\natol = 0"
+        )
+    )
+    report = tmp_path / "search.json"
+    args = ["search", "--config", config.name, "--examples", "5", "--out", str(tmp_path / "c")]
+    result = run_cli("parity", *args, "--json", str(report), cwd=project)
+    data = json.loads(report.read_text())
+    assert not data["seeded"]["outputs"]["mean"]["passed"], data["seeded"]
+    assert data["seeded"]["outputs"]["y"]["passed"], data["seeded"]
+    assert data["output"] == "y", result.stderr
+    # Once every output fails on the seeded set, the one furthest beyond its tolerance.
+    both = project / "both-fail.toml"
+    both.write_text(
+        config.read_text().replace("[tolerance]\natol = 1e-4", "[tolerance]\natol = 1e-9")
+    )
+    result = run_cli("parity", *args[:2], both.name, *args[3:], "--json", str(report), cwd=project)
+    data = json.loads(report.read_text())
+    assert not data["seeded"]["outputs"]["y"]["passed"], data["seeded"]
+    assert data["output"] == "mean", result.stderr  # atol 0: infinitely far
