@@ -451,13 +451,7 @@ def bisect_command(
     report = bisect_environments(
         config, workdir=workdir, cache_dir=cache_dir, progress=progress_printer(quiet)
     )
-    if json_path is not None and str(json_path) == "-":
-        click.echo(report.to_json(), nl=False)
-    else:
-        click.echo(report.render_text(), nl=False)
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(report.to_json(), encoding="utf-8")
+    _emit(report.render_text(), report.to_json(), json_path)
     raise SystemExit(report.exit_code)
 
 
@@ -540,11 +534,16 @@ def search_command(
         cache_dir=cache_dir,
         progress=progress_printer(quiet),
     )
-    if json_path is not None and str(json_path) == "-":
-        click.echo(result.to_json(), nl=False)
-    else:
-        click.echo(render_summary(result), nl=False)
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(result.to_json(), encoding="utf-8")
+    _emit(render_summary(result), result.to_json(), json_path)
     raise SystemExit(result.exit_code)
+
+
+def _emit(text: str, json_text: str, json_path: Path | None) -> None:
+    """Print `text`, and write `json_text` to `json_path`; `-` prints the JSON instead."""
+    if json_path is not None and str(json_path) == "-":
+        click.echo(json_text, nl=False)
+        return
+    click.echo(text, nl=False)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json_text, encoding="utf-8")

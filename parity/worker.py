@@ -128,6 +128,18 @@ def _wait_for(path: str, abort: Any, limit: float) -> bool:
     return True
 
 
+def _read_inputs(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's inputs once the host has written them (never unpickled); None when the
+    host gave up first or the wait ran out."""
+    import numpy as np
+
+    if not _wait_for(job["inputs"], job.get("inputs_abort"), float(job.get("inputs_wait", 600))):
+        sys.stderr.write("parity-worker: the host gave up before writing the inputs\n")
+        return None
+    with np.load(job["inputs"], allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
 def run(job: dict[str, Any]) -> int:
     """Run one job; return the process exit status."""
     import numpy as np
@@ -144,12 +156,9 @@ def run(job: dict[str, Any]) -> int:
         # The model loads while the host is still writing the inputs.
         predict = _load_callable(job["adapter"])
         loaded = time.perf_counter()
-        wait = float(job.get("inputs_wait", 600))
-        if not _wait_for(job["inputs"], job.get("inputs_abort"), wait):
-            sys.stderr.write("parity-worker: the host gave up before writing the inputs\n")
+        inputs = _read_inputs(job)
+        if inputs is None:
             return 2
-        with np.load(job["inputs"], allow_pickle=False) as data:
-            inputs = {name: data[name] for name in data.files}
     except Exception as exc:  # every failure goes to error.json for the host
         _fail(outdir, "load", exc)
         return 1
@@ -224,12 +233,9 @@ def run_stages(job: dict[str, Any]) -> int:
             raise ValueError("the job names no stages function (module:function)")
         stages = _stage_list(_load_callable(job["stages"])())
         loaded = time.perf_counter()
-        wait = float(job.get("inputs_wait", 600))
-        if not _wait_for(job["inputs"], job.get("inputs_abort"), wait):
-            sys.stderr.write("parity-worker: the host gave up before writing the inputs\n")
+        value: Any = _read_inputs(job)
+        if value is None:
             return 2
-        with np.load(job["inputs"], allow_pickle=False) as data:
-            value: Any = {name: data[name] for name in data.files}
     except Exception as exc:  # every failure goes to error.json for the host
         _fail(outdir, "load", exc)
         return 1
