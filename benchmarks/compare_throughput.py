@@ -126,9 +126,9 @@ def measure(
 ) -> Measurement:
     """`variant` run --repeat times on the two archives' arrays, in this process."""
     from parity.arrays import MemoryArray
-    from parity.compare import compare_arrays
+    from parity.judging.compare import compare_arrays
     from parity.outputs import load_outputs
-    from parity.policy import TolerancePolicy
+    from parity.policies import TolerancePolicy
 
     ref_out, cand_out = load_outputs(reference)["y"], load_outputs(candidate)["y"]
     if variant == "archive":

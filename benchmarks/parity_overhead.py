@@ -29,7 +29,7 @@ from envlock import read_lock
 from envlock.backends import VenvBackend
 from parity.check import THREAD_VARS
 from parity.config import load_config
-from parity.inputs import generate
+from parity.inputs.seeded import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = """

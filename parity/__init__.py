@@ -22,8 +22,8 @@ _EXPORTS = {
     "ParityConfig": "parity.config",
     "load_config": "parity.config",
     "ParityReport": "parity.report",
-    "TolerancePolicy": "parity.policy",
-    "compare_arrays": "parity.compare",
+    "TolerancePolicy": "parity.policies",
+    "compare_arrays": "parity.judging.compare",
     "run_check": "parity.check",
 }
 __all__ = sorted(_EXPORTS)

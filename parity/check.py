@@ -21,15 +21,15 @@ from envlock.diff import Side, from_fingerprint
 from envlock.diff import diff as diff_environments
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
-from parity import worker as worker_module
 from parity.arrays import OutputArray
-from parity.compare import Noise, OutputComparison
 from parity.config import EnvironmentSpec, ParityConfig
 from parity.errors import BundleError, ConfigError, ParityError, WorkerError
-from parity.inputs import digest, generate
+from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
+from parity.inputs.seeded import digest, generate
+from parity.judging.compare import Noise, OutputComparison
 from parity.outputs import load_json, load_outputs
 from parity.report import BundleReference, EnvironmentSummary, ParityReport, Verdict, VersionDiff
-from parity.samples import SampleFolder, dvc_tracking, load_samples
+from parity.runs import worker as worker_module
 
 if TYPE_CHECKING:
     from parity.bundle import Bundle
@@ -72,7 +72,7 @@ def run_check(
     inputs twice, and how much it disagrees with itself is reported per output. With
     `localize` (default: the config's `run.localize`) a failing check runs the worst
     sample through the adapter's stages in both environments and the report names the
-    first stage, and module, beyond tolerance (`parity.localize`)."""
+    first stage, and module, beyond tolerance (`parity.investigations.localize`)."""
     say = progress or (lambda _msg: None)
     calibrate = _calibration(config, calibrate)
     started = time.perf_counter()
@@ -201,7 +201,7 @@ def _conclude(
     compared = time.perf_counter()
     localization = None
     if localize and verdict == "fail":
-        from parity.localize import localize_failure
+        from parity.investigations.localize import localize_failure
 
         localization = localize_failure(config, ref, cand, outputs, work, say)
     localized = time.perf_counter()
@@ -535,7 +535,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _compare_outputs(
     config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress
 ) -> tuple[list[OutputComparison], list[str]]:
-    from parity.compare import compare_arrays, measure_noise
+    from parity.judging.compare import compare_arrays, measure_noise
 
     results = []
     problems = []

@@ -17,13 +17,7 @@ from parity.bundle import Bundle, load_bundle, record_bundle
 from parity.check import check_against, run_check
 from parity.config import load_config
 from parity.errors import ParityError
-from parity.html import render_html
-from parity.junit import render_junit
-from parity.markdown import render_markdown
-from parity.metrics import render_metrics
-from parity.report import ParityReport
-from parity.terminal import progress_printer, render_terminal, stdout_console
-from parity.tracking import (
+from parity.integrations.mlflow import (
     BUNDLE_ARTIFACTS,
     MlflowTarget,
     default_tracking_uri,
@@ -33,6 +27,12 @@ from parity.tracking import (
     log_check,
     redacted,
 )
+from parity.render.html import render_html
+from parity.render.junit import render_junit
+from parity.render.markdown import render_markdown
+from parity.render.metrics import render_metrics
+from parity.render.terminal import progress_printer, render_terminal, stdout_console
+from parity.report import ParityReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -445,7 +445,7 @@ def bisect_command(
     Example:
         parity bisect --config examples/numpy-drift/parity.toml --json bisect.json
     """
-    from parity.bisect import bisect_environments
+    from parity.investigations.bisect import bisect_environments
 
     config = load_config(config_path)
     report = bisect_environments(
@@ -522,7 +522,7 @@ def search_command(
         parity search --config parity.toml --examples 500 --output sr_float
         parity check --config parity-search-case/parity.toml
     """
-    from parity.search import render_summary, search
+    from parity.investigations.search import render_summary, search
 
     config = load_config(config_path)
     result = search(

@@ -15,9 +15,9 @@ from typing import Any
 
 from envlock import LockFileError, read_lock
 from parity.errors import ConfigError
-from parity.inputs import GENERATORS, ArraySpec, InputSpec
-from parity.policy import KINDS, SETTINGS, TolerancePolicy
-from parity.samples import SampleFolder, sample_folder
+from parity.inputs.samples import SampleFolder, sample_folder
+from parity.inputs.seeded import GENERATORS, ArraySpec, InputSpec
+from parity.policies import KINDS, SETTINGS, TolerancePolicy
 
 BACKENDS = ("venv", "docker", "local")
 SEVERITIES = ("numerics", "runtime", "benign", "other")

@@ -9,17 +9,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rich.console import Console
-
-from parity.terminal import WIDTH, render_terminal
-
 if TYPE_CHECKING:
-    from parity.compare import OutputComparison
-    from parity.localize import Localization
+    from parity.investigations.localize import Localization
+    from parity.judging.compare import OutputComparison
 
 SCHEMA_VERSION = "1"
 # The JSON Schema of `ParityReport.to_dict()`; it ships with the package.
@@ -137,19 +132,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def render_text(report: ParityReport, color: bool | None = None) -> str:
-    """The terminal rendering (`parity.terminal`) as a string: coloured when `color` is
-    True, plain when False, and when None as the environment says (FORCE_COLOR, NO_COLOR;
-    a string is no terminal, so plain unless forced)."""
-    out = StringIO()
-    console = Console(
-        file=out,
-        width=WIDTH,
-        force_terminal=color,
-        no_color=None if color is None else not color,
-        highlight=False,
-    )
-    render_terminal(report, console)
-    return out.getvalue()

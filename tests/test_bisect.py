@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parity.bisect import NotReproduced, Outcome, ddmin
+from parity.investigations.bisect import NotReproduced, Outcome, ddmin
 
 names = st.lists(
     st.text("abcdefghij", min_size=1, max_size=6), min_size=1, max_size=24, unique=True

@@ -184,7 +184,7 @@ def assert_valid(report: dict[str, Any]) -> None:
     """Fail unless `report` follows the bisect report's JSON Schema."""
     from jsonschema import Draft202012Validator
 
-    from parity.bisect import SCHEMA_PATH
+    from parity.investigations.bisect import SCHEMA_PATH
 
     validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
     errors = sorted(validator.iter_errors(report), key=lambda e: list(e.path))

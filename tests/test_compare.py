@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from parity.arrays import NpzMember
-from parity.compare import Noise, OutputComparison, compare_arrays, measure_noise
-from parity.policy import KINDS, TolerancePolicy
+from parity.judging.compare import Noise, OutputComparison, compare_arrays, measure_noise
+from parity.policies import KINDS, TolerancePolicy
 
 floats = hnp.arrays(
     dtype=st.sampled_from([np.float16, np.float32, np.float64]),

@@ -149,7 +149,7 @@ def test_unknown_group_in_a_real_lock_exits_2_before_building(tmp_path: Path, re
 
 def test_policies_per_output_inherit_the_default_table(tmp_path: Path) -> None:
     from parity.config import load_config
-    from parity.policy import TolerancePolicy
+    from parity.policies import TolerancePolicy
 
     (tmp_path / "pylock.toml").write_text(FAKE_LOCK)
     cfg = tmp_path / "parity.toml"

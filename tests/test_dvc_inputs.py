@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import BIN, ROOT, assert_valid_report, run_cli
 
-from parity.inputs import InputSpec, describe_label, digest, generate, sample
-from parity.metrics import flat_metrics
-from parity.metrics import main as metrics_main
+from parity.inputs.seeded import InputSpec, describe_label, digest, generate, sample
+from parity.render.metrics import flat_metrics
+from parity.render.metrics import main as metrics_main
 
 ADAPTER = """\
 import numpy as np
@@ -51,7 +51,7 @@ timeout = 120
 
 
 def seeded_spec() -> InputSpec:
-    from parity.inputs import ArraySpec
+    from parity.inputs.seeded import ArraySpec
 
     return InputSpec(seed=5, count=7, arrays=(ArraySpec("x", (3, 4), "float32"),), batch_size=3)
 
@@ -378,7 +378,7 @@ def test_the_example_stage_depends_on_samples_model_and_config(tmp_path: Path) -
     import yaml
 
     from parity.config import load_config
-    from parity.samples import SampleFolder
+    from parity.inputs.samples import SampleFolder
 
     example = ROOT / "examples" / "dvc"
     stage = yaml.safe_load((example / "dvc.yaml").read_text())["stages"]["parity"]

@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 
 from parity.cli import main as parity_main
-from parity.compare import Noise, OutputComparison, compare_arrays
-from parity.html import render_html
-from parity.policy import TolerancePolicy
+from parity.judging.compare import Noise, OutputComparison, compare_arrays
+from parity.policies import TolerancePolicy
+from parity.render.html import render_html
 from parity.report import EnvironmentSummary, ParityReport, VersionDiff
 
 # What a hostile environment could put in a package name or a worker's message.
@@ -452,7 +452,7 @@ def test_check_writes_the_page_with_html(
     # The check itself is replaced: this tests the option's wiring, not the environments.
     monkeypatch.setattr("parity.cli.load_config", lambda path: path)
     monkeypatch.setattr("parity.cli.run_check", lambda config, **kwargs: report)
-    target = tmp_path / "out" / "parity.html"
+    target = tmp_path / "out" / "parity.render.html"
     result = CliRunner().invoke(parity_main, ["check", "-q", "--html", str(target)])
     assert result.exit_code == 1, result.output
     assert target.read_text(encoding="utf-8") == render_html(report)

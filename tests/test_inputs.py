@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parity.inputs import ArraySpec, InputSpec, digest, generate, sample
+from parity.inputs.seeded import ArraySpec, InputSpec, digest, generate, sample
 
 SPEC = InputSpec(
     seed=42,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import xmlschema
 
-from parity.compare import Noise, OutputComparison, compare_arrays
-from parity.junit import render_junit
-from parity.policy import TolerancePolicy
+from parity.judging.compare import Noise, OutputComparison, compare_arrays
+from parity.policies import TolerancePolicy
+from parity.render.junit import render_junit
 from parity.report import ParityReport, VersionDiff
 
 XSD = Path(__file__).resolve().parent / "data" / "junit" / "junit-10.xsd"

@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy  # imported before the baseline: parity imports it lazily
 
-from parity.compare import compare_arrays
+from parity.judging.compare import compare_arrays
 from parity.outputs import load_outputs
-from parity.policy import TolerancePolicy
+from parity.policies import TolerancePolicy
 
 
 def peak_bytes():

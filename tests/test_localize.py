@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from conftest import LOCAL_CONFIG, ROOT, assert_valid_report, run_cli
 
-from parity import worker as worker_module
 from parity.outputs import load_outputs
+from parity.runs import worker as worker_module
 
 STAGED_ADAPTER = '''\
 import os

@@ -121,7 +121,7 @@ def test_seeded_inputs_are_byte_identical_under_numpy_1(repo: Path, shared_cache
     python = _python(repo, shared_cache, "examples/numpy-drift/locks/pylock.toml")
     code = (
         "import importlib.util, sys\n"
-        "spec = importlib.util.spec_from_file_location('inputs', 'parity/inputs.py')\n"
+        "spec = importlib.util.spec_from_file_location('inputs', 'parity/inputs/seeded.py')\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['inputs'] = m\n"
         "spec.loader.exec_module(m)\n"
         "S = m.InputSpec(seed=42, count=8, arrays=(\n"

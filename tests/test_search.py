@@ -27,8 +27,8 @@ from conftest import BIN, run_cli
 
 from parity.cli import main
 from parity.config import load_config
-from parity.inputs import generate
-from parity.search import search
+from parity.inputs.seeded import generate
+from parity.investigations.search import search
 
 ADAPTER = """\
 import os
@@ -341,7 +341,7 @@ def test_ctrl_c_stops_the_workers(project: Path, tmp_path: Path) -> None:
 def serve_job(tmp_path: Path, project: Path, wait: float) -> tuple[Path, Path, Path]:
     """A serve-mode job for the worker, run by hand: its file, requests and out folders."""
     import envlock.probe
-    from parity import worker
+    from parity.runs import worker
 
     requests, out = tmp_path / "requests", tmp_path / "out"
     requests.mkdir()
@@ -364,7 +364,7 @@ def serve_job(tmp_path: Path, project: Path, wait: float) -> tuple[Path, Path, P
 def test_a_serving_worker_answers_each_request_and_serves_on_after_a_model_error(
     project: Path, tmp_path: Path
 ) -> None:
-    from parity import worker
+    from parity.runs import worker
 
     job, requests, out = serve_job(tmp_path, project, wait=60)
     proc = subprocess.Popen(
@@ -392,7 +392,7 @@ def test_a_serving_worker_answers_each_request_and_serves_on_after_a_model_error
 
 
 def test_a_serving_worker_gives_up_when_no_request_comes(project: Path, tmp_path: Path) -> None:
-    from parity import worker
+    from parity.runs import worker
 
     job, _, out = serve_job(tmp_path, project, wait=0.3)
     result = subprocess.run(

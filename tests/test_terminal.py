@@ -11,11 +11,11 @@ import re
 import numpy as np
 import pytest
 
-from parity.compare import Noise, OutputComparison, compare_arrays
-from parity.markdown import render_markdown
-from parity.policy import TolerancePolicy
-from parity.report import EnvironmentSummary, ParityReport, VersionDiff, render_text
-from parity.terminal import WIDTH, progress_printer, stdout_console
+from parity.judging.compare import Noise, OutputComparison, compare_arrays
+from parity.policies import TolerancePolicy
+from parity.render.markdown import render_markdown
+from parity.render.terminal import WIDTH, progress_printer, render_text, stdout_console
+from parity.report import EnvironmentSummary, ParityReport, VersionDiff
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 REF = np.ones((4, 25))

@@ -15,10 +15,16 @@ import numpy as np
 import pytest
 from conftest import BIN, LOCAL_CONFIG, run_cli
 
-from parity.compare import compare_arrays
-from parity.policy import TolerancePolicy
+from parity.integrations.mlflow import (
+    MlflowTarget,
+    TrackingError,
+    default_tracking_uri,
+    log_check,
+    redacted,
+)
+from parity.judging.compare import compare_arrays
+from parity.policies import TolerancePolicy
 from parity.report import ParityReport
-from parity.tracking import MlflowTarget, TrackingError, default_tracking_uri, log_check, redacted
 
 REF = np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20)
 

@@ -2,7 +2,7 @@
 most, found by hypothesis's targeted search and saved as a replayable case.
 
 Both environments are materialized as `parity check` does, and in each a worker serves
-predictions one request at a time (`parity.serving`). The seeded input set
+predictions one request at a time (`parity.runs.serving`). The seeded input set
 (or the folder of real samples) is replayed through both first, batch by batch, giving
 each sample's differences. Then hypothesis runs `examples` examples, one sample each; the
 score it maximizes (`hypothesis.target`) is the max abs diff of one output: `output`, by
@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any
 from envlock.backends import VenvBackend
 from envlock.errors import EnvlockError
 from parity.check import EnvRun, _shown, work_folder
-from parity.compare import OutputComparison, compare_arrays
 from parity.config import ParityConfig
 from parity.errors import ParityError, WorkerError
-from parity.inputs import ArraySpec, InputSpec, _range, generate
-from parity.policy import TolerancePolicy
+from parity.inputs.samples import load_samples
+from parity.inputs.seeded import ArraySpec, InputSpec, _range, generate
+from parity.judging.compare import OutputComparison, compare_arrays
+from parity.policies import TolerancePolicy
 from parity.report import _json_safe
-from parity.samples import load_samples
-from parity.serving import Session, materialize_all, serving
+from parity.runs.serving import Session, materialize_all, serving
 
 if TYPE_CHECKING:
     import numpy as np

@@ -3,7 +3,7 @@
 Each file holds the named input arrays of one sample (`np.savez("0001.npz", lr=img)`);
 every file must hold the same names with the same shapes and dtypes. The host stacks
 them into the same `(count, *shape)` arrays a seeded input set gives, so workers and the
-input digest (`parity.inputs.digest`) cannot tell the two kinds apart. Files are opened
+input digest (`parity.inputs.seeded.digest`) cannot tell the two kinds apart. Files are opened
 with `allow_pickle=False` after their sizes are checked; dotfiles are skipped.
 
 When the folder is tracked by DVC (`dvc add samples` writes `samples.dvc` beside it),

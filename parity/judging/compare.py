@@ -2,9 +2,9 @@
 
 The candidate `a` is compared with the reference `b` block by block (`BLOCK_ELEMENTS`
 elements at a time, whole rows of the last axis), so memory stays bounded whatever the
-output's size; the policies are described in `parity.policy`. Besides the verdict every
+output's size; the policies are described in `parity.policies`. Besides the verdict every
 comparison gives the evidence to set a tolerance from: max, mean, median and p99 of the
-absolute and relative difference (exact, see `parity.quantiles`), the mismatched count,
+absolute and relative difference (exact, see `parity.judging.quantiles`), the mismatched count,
 the worst element, and the smallest atol and rtol that would pass. Differences are
 computed in float64 (complex128 for complex outputs), so integers compare exactly up to
 2**53. Relative difference is |a - b| / |b|: 0 where equal, inf where b is 0 and a is not.
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from parity.arrays import OutputArray, as_output_array
-from parity.policy import TolerancePolicy
-from parity.quantiles import KEEP_LIMIT, QuantileSketch, resolve
+from parity.judging.quantiles import KEEP_LIMIT, QuantileSketch, resolve
+from parity.policies import TolerancePolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from envlock.errors import EnvlockError
 from parity.check import INPUTS, INPUTS_FILE, EnvRun, Progress, run_worker
-from parity.compare import OutputComparison, compare_arrays
 from parity.errors import HostileOutputError, ParityError
+from parity.judging.compare import OutputComparison, compare_arrays
 from parity.outputs import load_json, load_outputs
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ compares across commits, nested by output name:
      "version_diffs": 0}
 
 Written by `parity check --metrics metrics.json`, or from a saved report with
-`python -m parity.metrics report.json metrics.json`.
+`python -m parity.render.metrics report.json metrics.json`.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def write_metrics(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m parity.metrics REPORT.json METRICS.json`; exit 2 on a bad report."""
+    """`python -m parity.render.metrics REPORT.json METRICS.json`; exit 2 on a bad report."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m parity.metrics REPORT.json METRICS.json", file=sys.stderr)
+        print("usage: python -m parity.render.metrics REPORT.json METRICS.json", file=sys.stderr)
         return 2
     source, target = Path(args[0]), Path(args[1])
     try:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(report, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
-        print(f"parity.metrics: {source}: not a parity report ({e})", file=sys.stderr)
+        print(f"parity.render.metrics: {source}: not a parity report ({e})", file=sys.stderr)
         return 2
     write_metrics(report, target)
     return 0

@@ -121,7 +121,7 @@ def _split(items: list[str], n: int) -> list[list[str]]:
 # --- building and running the trials -------------------------------------------------
 
 # The JSON Schema of `BisectReport.to_dict()`; it ships with the package.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "bisect.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "bisect.schema.json"
 BisectVerdict = Literal["culprits", "pass", "not_reproduced", "error"]
 CANDIDATE_ITSELF = "the candidate environment itself"
 

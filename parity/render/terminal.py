@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from io import StringIO
 from typing import TYPE_CHECKING
 
 import click
@@ -21,11 +22,11 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from parity.inputs import describe_label
+from parity.inputs.seeded import describe_label
 
 if TYPE_CHECKING:
-    from parity.compare import OutputComparison
-    from parity.localize import Localization
+    from parity.investigations.localize import Localization
+    from parity.judging.compare import OutputComparison
     from parity.report import ParityReport
 
 WIDTH = 120  # where no terminal says otherwise (logs, pipes, strings)
@@ -384,3 +385,19 @@ def _literal(text: str) -> Text:
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
     return Text(_UNPRINTABLE.sub(escaped, text))
+
+
+def render_text(report: ParityReport, color: bool | None = None) -> str:
+    """The terminal rendering as a string: coloured when `color` is True, plain when
+    False, and when None as the environment says (FORCE_COLOR, NO_COLOR;
+    a string is no terminal, so plain unless forced)."""
+    out = StringIO()
+    console = Console(
+        file=out,
+        width=WIDTH,
+        force_terminal=color,
+        no_color=None if color is None else not color,
+        highlight=False,
+    )
+    render_terminal(report, console)
+    return out.getvalue()

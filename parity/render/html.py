@@ -16,12 +16,12 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
-from parity.inputs import describe_label
+from parity.inputs.seeded import describe_label
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
-    from parity.compare import Heatmap, Histogram, OutputComparison
-    from parity.localize import Localization
+    from parity.investigations.localize import Localization
+    from parity.judging.compare import Heatmap, Histogram, OutputComparison
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 _VERDICT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
-    from parity.compare import OutputComparison
-    from parity.localize import Localization
+    from parity.investigations.localize import Localization
+    from parity.judging.compare import OutputComparison
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 import envlock.probe
 from envlock.backends import Mount, RunTimeout, VenvBackend
-from parity import worker as worker_module
 from parity.check import INPUTS, THREAD_VARS, EnvRun, _materialize, _tail
 from parity.config import ParityConfig
 from parity.errors import WorkerError
 from parity.outputs import load_json, load_outputs
+from parity.runs import worker as worker_module
 
 if TYPE_CHECKING:
     import numpy as np

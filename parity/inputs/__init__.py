@@ -1,0 +1,1 @@
+"""What is replayed: seeded input sets (`seeded`) and folders of real samples (`samples`)."""

@@ -1,0 +1,1 @@
+"""Integrations with the tools around a model: MLflow tracking and the model registry."""

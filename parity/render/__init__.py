@@ -1,0 +1,1 @@
+"""Renderers: each formats a report it is given and computes nothing."""
