@@ -27,9 +27,9 @@ import numpy as np
 
 from envlock import read_lock
 from envlock.backends import VenvBackend
-from parity.check import THREAD_VARS
 from parity.config import load_config
 from parity.inputs.seeded import generate
+from parity.runs.job import THREAD_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = """

@@ -34,20 +34,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from envlock.backends import VenvBackend
+from envlock.environments import BACKENDS
+from envlock.progress import Progress, quiet
 from parity.arrays import OutputArray
-from parity.check import (
+from parity.config import ParityConfig
+from parity.errors import BundleError, ConfigError, HostileOutputError, ParityError
+from parity.outputs import MAX_JSON_BYTES, MAX_OUTPUT_BYTES, load_json, load_outputs
+from parity.runs.replay import (
+    EnvironmentSummary,
     EnvRun,
-    Progress,
+    WorkFolder,
     describe_inputs,
     replay_environments,
     summary,
-    work_folder,
 )
-from parity.config import BACKENDS, ParityConfig
-from parity.errors import BundleError, ConfigError, HostileOutputError, ParityError
-from parity.outputs import MAX_JSON_BYTES, MAX_OUTPUT_BYTES, load_json, load_outputs
-from parity.report import EnvironmentSummary
 
 SCHEMA_VERSION = "1"
 BUNDLE_FILE = "bundle.json"
@@ -116,33 +116,30 @@ def record_bundle(
 
     Raise `BundleError` when `out_dir` holds something and `overwrite` is false, and the
     environment's failure (exit code 3) when it cannot run the model."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     spec = _environment(config, env_name)
     out_dir = Path(out_dir)
     if archive:
         _check_archive_target(out_dir, overwrite)
     else:
         _check_target(out_dir, overwrite)
-    work = work_folder(None)
-    try:
+    with WorkFolder(None, say) as work:
         run = EnvRun(spec)
-        digest, _ = replay_environments(
-            config, [run], work, VenvBackend(cache_dir), say, calibrate=False
-        )
+        digest, _ = replay_environments(config, [run], work.path, cache_dir, say, calibrate=False)
         if run.error:
             prefix = f"environment {env_name!r}"
             message = run.error if run.error.startswith(prefix) else f"{prefix}: {run.error}"
             raise ParityError(message)
         if archive:
-            staging = work / "bundle"
+            staging = work.path / "bundle"
             staging.mkdir()
         else:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
             staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         try:
-            shutil.copyfile(work / env_name / FINGERPRINT_FILE, staging / FINGERPRINT_FILE)
-            shutil.copyfile(work / env_name / OUTPUTS_FILE, staging / OUTPUTS_FILE)
+            shutil.copyfile(work.path / env_name / FINGERPRINT_FILE, staging / FINGERPRINT_FILE)
+            shutil.copyfile(work.path / env_name / OUTPUTS_FILE, staging / OUTPUTS_FILE)
             inputs = describe_inputs(config, digest, say)
             _write_json(staging / BUNDLE_FILE, _describe(config, run, inputs))
             _write_manifest(staging)
@@ -153,8 +150,6 @@ def record_bundle(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     say(f"bundle written: {out_dir}")
     return load_bundle(out_dir)
 

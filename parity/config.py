@@ -6,7 +6,6 @@ Every mistake is reported as `ConfigError` naming the file and the key, e.g.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -14,31 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from envlock import LockFileError, read_lock
+from envlock.environments import BACKENDS, EnvironmentSpec
 from parity.errors import ConfigError
 from parity.inputs.samples import SampleFolder, sample_folder
 from parity.inputs.seeded import GENERATORS, ArraySpec, InputSpec
-from parity.policies import KINDS, SETTINGS, TolerancePolicy
+from parity.policies import POLICIES, TolerancePolicy, all_settings
+from parity.policies.base import SettingError
 
-BACKENDS = ("venv", "docker", "local")
 SEVERITIES = ("numerics", "runtime", "benign", "other")
 _ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME = re.compile(r"^[A-Za-z_][\w-]*$")
-
-
-@dataclass(frozen=True)
-class EnvironmentSpec:
-    """One environment to check: where it comes from (backend, lock, group)."""
-
-    name: str
-    backend: str
-    lock: Path | None = None
-    group: str = "main"
-    python: str | None = None
-    image: str | None = None
-    gpus: bool = False
-    memory: str = "4g"
-    pids: int = 512
-    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -334,48 +318,35 @@ def _read_tolerances(t: _Table) -> tuple[TolerancePolicy, dict[str, TolerancePol
     return default, per_output
 
 
-_NUMBERS = {
-    "atol": (0.0, math.inf),
-    "rtol": (0.0, math.inf),
-    "noise_factor": (0.0, math.inf),
-    "min_agreement": (0.0, 1.0),
-    "min_db": (-math.inf, math.inf),
-    "data_range": (0.0, math.inf),
-}
-
-
 def _policy(
     t: _Table, default: TolerancePolicy, extra: frozenset[str] = frozenset()
 ) -> TolerancePolicy:
-    """A policy table: `policy` names the kind, the other keys are that kind's settings.
+    """A policy table: `policy` names the policy, the other keys are its settings.
 
-    A table without `policy` keeps the default's kind; settings it does not write are
+    A table without `policy` keeps the default's policy; settings it does not write are
     inherited from the default table."""
-    all_settings = {k for keys in SETTINGS.values() for k in keys}
-    t.reject_unknown({"policy", *all_settings, *extra})
-    kind = t.get("policy", str, default.kind, what=f"one of {', '.join(KINDS)}")
-    if kind not in KINDS:
-        raise t.fail("policy", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    known = all_settings()
+    names = ", ".join(POLICIES)
+    t.reject_unknown({"policy", *known, *extra})
+    kind = t.get("policy", str, default.kind, what=f"one of {names}")
+    if kind not in POLICIES:
+        raise t.fail("policy", f"must be one of {names}, got {kind!r}")
+    specs = POLICIES[kind].setting_specs()
+    own = {s.name for s in specs}
     for key in t.data:
-        if key in all_settings and key not in SETTINGS[kind]:
-            owners = [k for k, keys in SETTINGS.items() if key in keys]
-            raise t.fail(key, f"only applies to policy = {owners[0]!r} (this is {kind!r})")
+        if key in known and key not in own:
+            owner = next(
+                p for p in POLICIES.values() if any(s.name == key for s in p.setting_specs())
+            )
+            raise t.fail(key, f"only applies to policy = {owner.name!r} (this is {kind!r})")
     values: dict[str, Any] = {}
-    for key, (low, high) in _NUMBERS.items():
-        if key in t.data:
-            value = float(t.get(key, (int, float), what="a number"))
-            if not low <= value <= high or math.isnan(value):
-                bound = f"between {low:g} and {high:g}" if high < math.inf else f"{low:g} or more"
-                raise t.fail(key, f"must be {bound}, got {value:g}")
-            values[key] = value
-    for key, low in (("max_ulp", 0), ("top_k", 1)):
-        if key in t.data:
-            value = t.get(key, int)
-            if value < low:
-                raise t.fail(key, f"must be {low} or more, got {value}")
-            values[key] = value
-    if "data_range" in values and values["data_range"] <= 0:
-        raise t.fail("data_range", "must be positive")
+    # Numbers before integers: of two wrong settings, the one always reported first.
+    for spec in sorted(specs, key=lambda s: s.integer):
+        if spec.name in t.data:
+            try:
+                values[spec.name] = spec.check(t.get(spec.name, spec.types, what=spec.what))
+            except SettingError as e:
+                raise t.fail(spec.name, str(e)) from None
     return replace(default, kind=kind, **values)
 
 

@@ -1,57 +1,27 @@
 """`ParityReport`: the one value every rendering (terminal, JSON) is made from.
 
-Renderers format; they never compute. The JSON form is the contract of DESIGN.md and
+Renderers format; they never compute. The JSON form is a contract (docs/ARCHITECTURE.md) and
 carries `schema_version`; add fields freely, never change the meaning of one.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from parity.investigations.localize import Localization
-    from parity.judging.compare import OutputComparison
+from parity.investigations.localize import Localization
+from parity.jsontext import json_safe, json_text
+from parity.judging.compare import OutputComparison
+from parity.judging.versions import VersionDiff
+from parity.runs.replay import EnvironmentSummary
+
+__all__ = ["BundleReference", "EnvironmentSummary", "ParityReport", "Verdict", "VersionDiff"]
 
 SCHEMA_VERSION = "1"
 # The JSON Schema of `ParityReport.to_dict()`; it ships with the package.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "report.schema.json"
 Verdict = Literal["pass", "fail", "error"]
-
-
-@dataclass(frozen=True)
-class EnvironmentSummary:
-    """Where one environment came from and what it holds."""
-
-    name: str
-    backend: str
-    description: str
-    lock: str | None
-    lock_digest: str | None
-    group: str | None
-    python: str | None
-    platform: str | None
-    packages: dict[str, str]
-    env: dict[str, str]
-    libraries: dict[str, Any]
-    cpu: dict[str, Any]
-    created: bool
-    seconds: dict[str, float]
-
-
-@dataclass(frozen=True)
-class VersionDiff:
-    """One package (or the interpreter) whose version differs between the environments."""
-
-    name: str
-    versions: dict[str, str | None]
-    severity: str
-    expected: bool
-    note: str
-    fails: bool = False  # whether the policy counts it against the check
 
 
 @dataclass(frozen=True)
@@ -87,7 +57,7 @@ class ParityReport:
 
     @property
     def exit_code(self) -> int:
-        """0 pass, 1 fail, 3 error (see DESIGN.md)."""
+        """0 pass, 1 fail, 3 error (the exit codes every command shares)."""
         return {"pass": 0, "fail": 1, "error": 3}[self.verdict]
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,19 +86,9 @@ class ParityReport:
             data["against"] = asdict(self.against)
         if self.localization is not None:  # absent, not null, when localization did not run
             data["localization"] = asdict(self.localization)
-        safe: dict[str, Any] = _json_safe(data)
+        safe: dict[str, Any] = json_safe(data)
         return safe
 
     def to_json(self) -> str:
         """The report as JSON text."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
+        return json_text(self.to_dict())

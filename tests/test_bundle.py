@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 from conftest import LOCAL_CONFIG, assert_valid_report, run_cli
 
+from envlock.environments import EnvironmentSpec
 from envlock.lockfile import LockedEnv, LockedPackage
 from parity.bundle import Bundle, load_bundle
-from parity.check import EnvRun, _bundle_run, version_diffs
-from parity.config import EnvironmentSpec
+from parity.check import _bundle_run
 from parity.errors import BundleError
+from parity.judging.versions import version_diffs
 from parity.report import EnvironmentSummary
+from parity.runs.replay import EnvRun
 
 ADAPTER = """\
 import os

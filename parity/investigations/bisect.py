@@ -18,7 +18,6 @@ is cached by its combined lock; for a single culprit among k packages that is ab
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -29,14 +28,16 @@ from typing import Any, Literal
 from envlock.backends import VenvBackend
 from envlock.backends.venv import default_cache_dir
 from envlock.combine import PackageDifference, combine, differing_packages, incompatibilities
+from envlock.environments import EnvironmentSpec
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
-from parity.check import EnvRun, _compare_outputs, _shown, replay_environments, work_folder
+from envlock.names import shown_path
+from envlock.progress import Progress, quiet
 from parity.config import ParityConfig
 from parity.errors import ConfigError
-from parity.report import _json_safe
-
-Progress = Callable[[str], None]
+from parity.jsontext import json_safe, json_text
+from parity.judging.judge import judge_outputs
+from parity.runs.replay import EnvRun, WorkFolder, replay_environments
 
 Outcome = Literal["fail", "pass", "unresolved"]
 
@@ -183,11 +184,11 @@ class BisectReport:
             "errors": self.errors,
             "seconds": self.seconds,
         }
-        return dict(_json_safe(data))
+        return dict(json_safe(data))
 
     def to_json(self) -> str:
         """The report as JSON text."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        return json_text(self.to_dict())
 
     def render_text(self) -> str:
         """The report for people: the finding first, then the evidence."""
@@ -226,13 +227,13 @@ def bisect_environments(
     *,
     workdir: Path | None = None,
     cache_dir: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> BisectReport:
     """Find the packages that make the config's two environments diverge.
 
     Raise `ConfigError` when an environment is not a venv built from a pylock; failures
     inside the reference or candidate environment give an `error` report."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     started = time.perf_counter()
     specs = {e.name: e for e in config.environments}
     ref_spec = specs[config.reference]
@@ -246,18 +247,26 @@ def bisect_environments(
                 f"venvs built from a pylock.toml; {spec.name!r} uses backend {spec.backend!r}"
                 + ("" if spec.lock else " without a lock"),
             )
-    keep = workdir is not None
-    work = work_folder(workdir)
+    with WorkFolder(workdir, say) as work:
+        return _bisect(config, ref_spec, cand_spec, work, cache_dir, say, started)
+
+
+def _bisect(
+    config: ParityConfig,
+    ref_spec: EnvironmentSpec,
+    cand_spec: EnvironmentSpec,
+    work: WorkFolder,
+    cache_dir: Path | None,
+    say: Progress,
+    started: float,
+) -> BisectReport:
     cache_root = cache_dir or default_cache_dir()
     backend = VenvBackend(cache_dir)
     ref, cand = EnvRun(ref_spec), EnvRun(cand_spec)
 
     def finish(verdict: BisectVerdict, message: str, **found: Any) -> BisectReport:
         errors = [r.error for r in (ref, cand) if r.error]
-        if errors or keep:
-            say(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        work.keep = work.keep or bool(errors)
         trials: list[TrialRecord] = found.get("trials", [])
         intermediate = [t for t in trials if t.environment != CANDIDATE_ITSELF and t.lock]
         used = (2 + len({t.lock for t in intermediate})) if ref.environment else 0
@@ -278,12 +287,7 @@ def bisect_environments(
         )
 
     say(f"checking {ref_spec.name} against {cand_spec.name} first")
-    try:
-        input_digest, _ = replay_environments(config, [ref, cand], work, backend, say, False)
-    except BaseException:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
+    input_digest, _ = replay_environments(config, [ref, cand], work.path, cache_dir, say, False)
     if ref.error or cand.error:
         return finish("error", "an environment failed before any combination was tried")
     failing, candidate_diffs = _judge_outputs(config, ref, cand)
@@ -328,11 +332,11 @@ def bisect_environments(
                 ref,
                 cand,
                 number,
-                work,
+                work.path,
                 backend,
                 cache_root,
                 input_digest,
-                keep,
+                work.given,
                 say,
             )
             record = dataclasses.replace(record, seconds=round(time.perf_counter() - t0, 3))
@@ -373,9 +377,8 @@ def _judge_outputs(
 ) -> tuple[list[str], dict[str, float]]:
     """Why `run`'s outputs fail against `ref`'s (empty: they pass), and each output's
     largest absolute difference."""
-    results, missing = _compare_outputs(config, ref, run, lambda _m: None)
-    reasons = missing + [f"output {o.name!r}: {o.reason}" for o in results if not o.passed]
-    return reasons, {o.name: o.max_abs_diff for o in results}
+    judged = judge_outputs(config, ref.outputs, run.outputs, (ref.name, run.name))
+    return judged.reasons, {o.name: o.max_abs_diff for o in judged.comparisons}
 
 
 def _run_trial(
@@ -395,7 +398,7 @@ def _run_trial(
     and judge its outputs against the reference's."""
     assert ref.lock is not None and cand.lock is not None
     lock = combine(ref.lock, ref.spec.group, cand.lock, cand.spec.group, subset, cache_root)
-    shown = _shown(lock.path)
+    shown = shown_path(lock.path)
 
     def unresolved(reason: str, built: bool = False) -> TrialRecord:
         return TrialRecord(subset, "unresolved", reason, "venv", shown, built)
@@ -412,7 +415,7 @@ def _run_trial(
     name = f"trial-{number}"
     spec = dataclasses.replace(ref.spec, name=name, lock=lock.path, group=MAIN)
     run = EnvRun(spec)
-    replay_environments(config, [run], work, backend, say, False, input_digest)
+    replay_environments(config, [run], work, cache_root, say, False, input_digest)
     try:
         if run.error:
             return unresolved(

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envlock.errors import EnvlockError
-from parity.check import INPUTS, INPUTS_FILE, EnvRun, Progress, run_worker
+from envlock.progress import Progress
 from parity.errors import HostileOutputError, ParityError
 from parity.judging.compare import OutputComparison, compare_arrays
 from parity.outputs import load_json, load_outputs
+from parity.runs.job import INPUTS, INPUTS_FILE
+from parity.runs.replay import EnvRun, run_worker
 
 if TYPE_CHECKING:
     from parity.arrays import OutputArray

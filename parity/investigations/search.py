@@ -31,36 +31,36 @@ and absolute paths, so `parity check --config <case>/parity.toml` replays it) an
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envlock.backends import VenvBackend
 from envlock.errors import EnvlockError
-from parity.check import EnvRun, _shown, work_folder
+from envlock.names import shown_path
+from envlock.progress import Progress, quiet
 from parity.config import ParityConfig
 from parity.errors import ParityError, WorkerError
 from parity.inputs.samples import load_samples
 from parity.inputs.seeded import ArraySpec, InputSpec, _range, generate
-from parity.judging.compare import OutputComparison, compare_arrays
+from parity.jsontext import json_safe, json_text
+from parity.judging.compare import OutputComparison
+from parity.judging.judge import judge_outputs
 from parity.policies import TolerancePolicy
-from parity.report import _json_safe
-from parity.runs.serving import Session, materialize_all, serving
+from parity.runs.replay import EnvRun, WorkFolder, materialize_all
+from parity.runs.serving import Session, serving
 
 if TYPE_CHECKING:
     import numpy as np
     from hypothesis.strategies import DrawFn, SearchStrategy
 
-Progress = Callable[[str], None]
 Arrays = dict[str, "np.ndarray"]
 
 CASE_SCHEMA = 1
@@ -170,12 +170,12 @@ class SearchResult:
             "replay": f"parity check --config {Path(self.case) / CASE_CONFIG}",
             "seconds": round(self.seconds, 3),
         }
-        safe: dict[str, Any] = _json_safe(data)
+        safe: dict[str, Any] = json_safe(data)
         return safe
 
     def to_json(self) -> str:
         """The result as JSON text."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        return json_text(self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -236,37 +236,27 @@ def search(
     Raise `SearchError` (hypothesis missing, an unknown `output`, an `out` that is not a
     case folder), and `WorkerError` or `EnvlockError` when an environment cannot be built
     or its worker fails; the workers are stopped whatever happens."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     _require_hypothesis()
     _check_out(out)
     started = time.perf_counter()
-    work = work_folder(None)
     runs = sorted(
         (EnvRun(spec) for spec in config.environments),
         key=lambda r: r.spec.name != config.reference,
     )
-    keep = True  # the workers' logs, for an error inside an environment
-    try:
-        materialize_all(runs, VenvBackend(cache_dir), say)
+    # The workers' logs are kept for whatever went wrong inside an environment.
+    with WorkFolder(None, say, keep_on=(BaseException,), drop_on=(SearchError,)) as work:
+        materialize_all(runs, cache_dir, say)
         seeded_inputs = _seeded_inputs(config)
         batches = math.ceil(_count(seeded_inputs) / config.inputs.batch_size)
         # Each worker ends itself when told to or when no request comes for
         # `config.timeout`: this limit on its whole run only guards against one that hangs.
         limit = config.timeout * (batches + 2 * examples + 2)
-        with serving(runs, config, work, limit, say) as session, _hypothesis_home(work):
+        with serving(runs, config, work.path, limit, say) as session, _hypothesis_home(work.path):
             result, best = _search(session, config, seeded_inputs, examples, seed, output, say)
         result = dataclasses.replace(result, case=str(out), seconds=time.perf_counter() - started)
         save_case(config, best, out, result)
-        keep = False
         return result
-    except SearchError:
-        keep = False
-        raise
-    finally:
-        if keep:
-            say(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _search(
@@ -300,7 +290,7 @@ def _search(
     hunt.run(_strategy(spaces, starts, name), seed)
     assert hunt.best is not None and hunt.best_inputs is not None
     result = SearchResult(
-        config=_shown(config.path),
+        config=shown_path(config.path),
         environments={s.name: s.description for s in (session.reference, session.candidate)},
         reference=config.reference,
         output=name,
@@ -365,10 +355,8 @@ def _count(inputs: Arrays) -> int:
 
 def _judge(config: ParityConfig, ref: Arrays, cand: Arrays) -> dict[str, OutputComparison]:
     """Each output compared under its tolerance, by name."""
-    return {
-        name: compare_arrays(name, ref[name], cand[name], config.tolerance_for(name))
-        for name in sorted(ref)
-    }
+    names = (config.reference, *(e.name for e in config.environments if e.name != config.reference))
+    return judge_outputs(config, ref, cand, (names[0], names[1])).by_name()
 
 
 def _replay_seeded(
@@ -406,19 +394,14 @@ def _order(c: OutputComparison) -> float:
 def excess(c: OutputComparison, policy: TolerancePolicy) -> float:
     """How far beyond its tolerance one output is: above 1 it fails, 0 is no difference.
 
-    allclose: the atol it would need over the atol it has (rtol when atol is 0); ulp: the
-    ULP distance over max_ulp; a zero tolerance (exact, allclose 0/0, ulp 0) or a policy
-    without a distance of its own (decision, psnr): infinite with a failure, else 0 when
-    nothing differs and 1 when something does."""
-    if c.policy == "allclose" and c.atol > 0:
-        ratio = c.atol_to_pass / c.atol
-    elif c.policy == "allclose" and c.rtol > 0:
-        ratio = c.rtol_to_pass / c.rtol
-    elif c.policy == "ulp" and policy.max_ulp > 0 and c.max_ulp_diff is not None:
-        ratio = c.max_ulp_diff / policy.max_ulp
-    elif not c.passed:
+    The policy's own distance where it has one (`Policy.distance`: allclose's atol needed
+    over atol had, ulp's ULP distance over max_ulp); without one (a zero tolerance, or a
+    policy that only passes or fails): infinite with a failure, else 0 when nothing
+    differs and 1 when something does."""
+    ratio = policy.rule.distance(c)
+    if ratio is None and not c.passed:
         ratio = math.inf
-    else:
+    elif ratio is None:
         ratio = 1.0 if c.max_abs_diff > 0 or c.mismatched else 0.0
     return max(ratio, 1.0) if not c.passed else min(ratio, 1.0)
 
@@ -669,7 +652,7 @@ def case_config(config: ParityConfig) -> str:
     raw["inputs"] = {"folder": CASE_INPUTS, "batch_size": 1}
     header = (
         f"# The worst input `parity search` found (see {CASE_FILE}), written from "
-        f"{_shown(config.path)}.\n# Replay it: parity check --config <this file>\n\n"
+        f"{shown_path(config.path)}.\n# Replay it: parity check --config <this file>\n\n"
     )
     return header + tomli_w.dumps(raw)
 

@@ -10,29 +10,26 @@ which ends each worker at once, even inside a prediction, and waits for them to 
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import envlock.probe
-from envlock.backends import Mount, RunTimeout, VenvBackend
-from parity.check import INPUTS, THREAD_VARS, EnvRun, _materialize, _tail
+from envlock.backends import RunTimeout
+from envlock.progress import Progress
 from parity.config import ParityConfig
 from parity.errors import WorkerError
-from parity.outputs import load_json, load_outputs
-from parity.runs import worker as worker_module
+from parity.outputs import load_outputs
+from parity.runs.job import INPUTS, exited, model_failure, prepare_job
+from parity.runs.replay import EnvRun
 
 if TYPE_CHECKING:
     import numpy as np
 
-Progress = Callable[[str], None]
 Arrays = dict[str, "np.ndarray"]
 
 STOP = "stop"  # written into the requests folder: the workers exit
@@ -87,26 +84,6 @@ def _cancel_on_ctrl_c(cancelled: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def materialize_all(runs: list[EnvRun], backend: VenvBackend, say: Progress) -> None:
-    """Make both environments exist (at once); raise the first failure."""
-
-    def make(run: EnvRun) -> None:
-        def tell(msg: str) -> None:
-            say(f"[{run.spec.name}] {msg}")
-
-        try:
-            run.environment = _materialize(run, backend, tell)
-        except OSError as e:
-            raise WorkerError(run.spec.name, str(e)) from None
-
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        futures = [pool.submit(make, r) for r in runs]
-        errors = [f.exception() for f in futures]
-    for e in errors:
-        if e is not None:
-            raise e
-
-
 class Server:
     """One environment's worker in serve mode, run by a thread, answering numbered
     requests from the shared requests folder into its own output folder."""
@@ -121,39 +98,26 @@ class Server:
         self.status: int | None = None
         self.failure: BaseException | None = None
         environment = run.environment
-        mounts = {
-            "worker": Mount(Path(worker_module.__file__)),
-            "probe": Mount(Path(envlock.probe.__file__)),
-            "inputs": Mount(work / INPUTS),
-            "out": Mount(self.outdir, writable=True),
-            **{f"path{i}": Mount(p) for i, p in enumerate(config.model_paths)},
-        }
-        inside = environment.layout(mounts)
-        job = {
-            "schema": worker_module.JOB_SCHEMA,
-            "mode": "serve",
-            "adapter": config.adapter,
-            "paths": [inside[f"path{i}"] for i in range(len(config.model_paths))],
-            "requests": inside["inputs"],
-            "stop": f"{inside['inputs']}/{STOP}",
-            "inputs_wait": config.timeout,
-            "outdir": inside["out"],
-            "probe": inside["probe"],
-        }
-        (self.outdir / "job.json").write_text(json.dumps(job, indent=2))
-        # As in a check: no bytecode written into the environment, the same thread counts.
-        env = {"PYTHONDONTWRITEBYTECODE": "1", **config.env, **run.spec.env}
-        if config.threads:
-            for var in THREAD_VARS:
-                env.setdefault(var, str(config.threads))
+        job = prepare_job(
+            environment,
+            config,
+            run.spec.env,
+            self.outdir,
+            work / INPUTS,
+            lambda inside: {
+                "mode": "serve",
+                "requests": inside["inputs"],
+                "stop": f"{inside['inputs']}/{STOP}",
+            },
+        )
 
         def serve() -> None:
             try:
                 self.status = environment.run_python(
-                    inside["worker"],
-                    [f"{inside['out']}/job.json"],
-                    mounts=mounts,
-                    env=env,
+                    job.script,
+                    job.args,
+                    mounts=job.mounts,
+                    env=job.env,
                     log=self.log,
                     timeout=limit,
                 )
@@ -177,13 +141,9 @@ class Server:
                 arrays = {k: v.load() for k, v in load_outputs(response).items()}
                 response.unlink()
                 return arrays
-            if error.exists():
-                err = load_json(error)
-                raise WorkerError(
-                    self.name,
-                    f"the model failed on request {n}: {err.get('type')}: {err.get('message')}"
-                    f"\n{str(err.get('traceback', '')).strip()}",
-                )
+            failure = model_failure(self.name, error, f"on request {n}")
+            if failure is not None:
+                raise failure
             if not self.thread.is_alive() and not response.exists():
                 raise self._died()
             if time.monotonic() > deadline:
@@ -195,22 +155,14 @@ class Server:
 
     def _died(self) -> WorkerError:
         """Why the worker is gone, as an error naming its environment."""
-        error = self.outdir / "error.json"
-        if error.exists():
-            err = load_json(error)
-            return WorkerError(
-                self.name,
-                f"the model failed in the worker ({err.get('stage')}): {err.get('type')}: "
-                f"{err.get('message')}\n{str(err.get('traceback', '')).strip()}",
-            )
+        failure = model_failure(self.name, self.outdir / "error.json", "in the worker ({stage})")
+        if failure is not None:
+            return failure
         if isinstance(self.failure, RunTimeout):
             return WorkerError(self.name, f"worker {self.failure} (log: {self.log})")
         if self.failure is not None:
             return WorkerError(self.name, f"worker could not run: {self.failure}")
-        tail = _tail(self.log) if self.log.exists() else "(no output)"
-        return WorkerError(
-            self.name, f"worker exited with status {self.status}; last output:\n{tail}"
-        )
+        return exited(self.name, self.status, self.log)
 
 
 class Session:

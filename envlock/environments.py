@@ -1,0 +1,154 @@
+"""Environments from specs: the one place that turns "where an environment lives" into an
+environment that can run a script and be fingerprinted.
+
+An `EnvironmentSpec` names a backend and what it needs (a lock and a group, an image, an
+interpreter); `open_environment` hands it to that backend and returns a ready
+`Environment` (`envlock.backends.base`). Callers never branch on the backend's kind: what
+differs between backends is asked of the backend (`installs_groups`). To add a backend,
+write a class with `kind`, `installs_groups` and `open()` and list it in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from envlock.backends.base import Environment, LocalEnvironment
+from envlock.backends.docker import DockerEnvironment, docker_client
+from envlock.backends.venv import VenvBackend
+from envlock.errors import EnvlockError
+from envlock.images import default_repository, image_tag, role_for
+from envlock.lockfile import MAIN, LockedEnv, read_lock
+from envlock.names import shown_path
+from envlock.progress import Progress, quiet
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """One environment: its name, the backend it lives in and what that backend needs."""
+
+    name: str
+    backend: str
+    lock: Path | None = None
+    group: str = MAIN
+    python: str | None = None
+    image: str | None = None
+    gpus: bool = False
+    memory: str = "4g"
+    pids: int = 512
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Where environments live: makes the environment a spec describes exist."""
+
+    kind: ClassVar[str]
+    installs_groups: ClassVar[bool]  # whether the spec's lock group says what is installed
+
+    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
+        """The ready environment for `spec` (`lock` is the spec's lock, read)."""
+        ...
+
+
+class LocalBackend:
+    """This interpreter, or another one already installed: nothing is built."""
+
+    kind: ClassVar[str] = "local"
+    installs_groups: ClassVar[bool] = False
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        del cache_dir  # nothing is cached
+
+    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
+        """The interpreter `spec.python` (default: the one running envlock)."""
+        return LocalEnvironment(spec.python)
+
+
+class LockedVenvBackend:
+    """A uv venv installed from the spec's lock and group, cached by lock digest."""
+
+    kind: ClassVar[str] = "venv"
+    installs_groups: ClassVar[bool] = True
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.venvs = VenvBackend(cache_dir)
+
+    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
+        """The cached venv for the lock and group, built first if it is not there yet."""
+        if lock is None:
+            raise EnvlockError(f"environment {spec.name!r}: the venv backend needs a lock")
+        return self.venvs.materialize(lock, spec.group, progress=say)
+
+
+class ImageBackend:
+    """An image envlock built from the lock (`envlock build`), or one named outright; each
+    script runs in a fresh locked-down container of it."""
+
+    kind: ClassVar[str] = "docker"
+    installs_groups: ClassVar[bool] = True
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        del cache_dir  # images live in the Docker daemon
+
+    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
+        """The image for `spec` (its `image`, else the one `envlock build` tags for the
+        lock and group); raise `EnvlockError` when it has not been built."""
+        import docker
+
+        if spec.image:
+            tag = spec.image
+        elif lock is not None:
+            tag = image_tag(default_repository(lock), role_for(spec.group), lock)
+        else:
+            raise EnvlockError(f"environment {spec.name!r}: the docker backend needs an image")
+        try:
+            image = docker_client().images.get(tag)
+        except docker.errors.ImageNotFound:
+            hint = f" --lock {shown_path(lock.path)}" if lock else ""
+            raise EnvlockError(
+                f"image {tag} not found: build it with `envlock build{hint}`"
+            ) from None
+        say(f"image {tag} ({image.short_id})")
+        return DockerEnvironment(
+            kind="docker",
+            python=Path("python"),
+            description=f"image {tag}",
+            image=tag,
+            gpus=spec.gpus,
+            memory=spec.memory,
+            pids=spec.pids,
+        )
+
+
+BACKENDS: dict[str, type[LocalBackend | LockedVenvBackend | ImageBackend]] = {
+    b.kind: b for b in (LockedVenvBackend, ImageBackend, LocalBackend)
+}
+
+
+def backend_for(kind: str, cache_dir: Path | None = None) -> Backend:
+    """The backend called `kind`; raise `EnvlockError` for one envlock does not have."""
+    try:
+        return BACKENDS[kind](cache_dir)
+    except KeyError:
+        raise EnvlockError(f"no backend {kind!r} (have: {', '.join(BACKENDS)})") from None
+
+
+def read_spec_lock(spec: EnvironmentSpec) -> LockedEnv | None:
+    """The lock `spec` installs from, read, or None when it names none."""
+    return read_lock(spec.lock) if spec.lock else None
+
+
+def open_environment(
+    spec: EnvironmentSpec,
+    lock: LockedEnv | None = None,
+    *,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Environment:
+    """The ready environment `spec` describes (`lock`: its lock, already read, if the
+    caller has it); raise `EnvlockError` when it cannot be made."""
+    if lock is None:
+        lock = read_spec_lock(spec)
+    return backend_for(spec.backend, cache_dir).open(spec, lock, progress or quiet)
+

@@ -1,0 +1,109 @@
+"""Version differences between two environments, judged: every way envlock's diff says
+their fingerprints differ, with whether the locks explain it (a group-only package) and
+whether the config's policy counts it against the check."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from envlock.diff import Side, from_fingerprint
+from envlock.diff import diff as diff_environments
+from envlock.lockfile import MAIN
+from envlock.names import shown_path
+from parity.config import ParityConfig
+from parity.runs.replay import EnvRun
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """One package (or the interpreter) whose version differs between the environments."""
+
+    name: str
+    versions: dict[str, str | None]
+    severity: str
+    expected: bool
+    note: str
+    fails: bool = False  # whether the policy counts it against the check
+
+    def reason(self) -> str:
+        """Why it fails the check, as the report's reasons say it."""
+        shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in self.versions.items())
+        return f"{self.name} differs: {shown} [{self.severity}]"
+
+
+def judge_versions(config: ParityConfig, ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
+    """Every version difference, each marked `fails` when it is unexpected and of a
+    severity the config fails on (`fail_on_version_diffs`)."""
+    return [
+        dataclasses.replace(d, fails=not d.expected and d.severity in config.fail_on_version_diffs)
+        for d in version_diffs(ref, cand)
+    ]
+
+
+def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
+    """Every way the two environments differ (packages first), classified by envlock's diff."""
+    differences = diff_environments(
+        Side(ref.spec.name, from_fingerprint(ref.fingerprint), "fingerprint"),
+        Side(cand.spec.name, from_fingerprint(cand.fingerprint), "fingerprint"),
+    )
+    diffs = []
+    for d in differences:
+        section, _, key = d.component.partition(" ")
+        name = (
+            key
+            if section == "package"
+            else ("python" if d.component == "python version" else d.component)
+        )
+        expected, note = (False, None)
+        if section == "package":
+            expected, note = _explain(name, (ref, d.a), (cand, d.b))
+        why = d.explanation.split("; ", 1)[-1]
+        diffs.append(
+            VersionDiff(
+                name=name,
+                versions={ref.spec.name: d.a, cand.spec.name: d.b},
+                severity=d.severity,
+                expected=expected,
+                note=f"{note}; {why}" if note and not expected else (note or why),
+            )
+        )
+    # Packages first, then the interpreter and the rest: the order people read causes in.
+    return sorted(diffs, key=lambda v: (" " in v.name, v.name))
+
+
+def _explain(
+    name: str, left: tuple[EnvRun, str | None], right: tuple[EnvRun, str | None]
+) -> tuple[bool, str | None]:
+    """Whether the locks explain the difference (a group-only package), and a one-line why."""
+    (ra, va), (rb, vb) = left, right
+    if ra.lock is None or rb.lock is None:
+        return False, None
+    la = ra.lock.versions(ra.spec.group)
+    lb = rb.lock.versions(rb.spec.group)
+    for run, installed, locked in ((ra, va, la), (rb, vb, lb)):
+        if installed is not None and name in locked and _norm(locked[name]) != _norm(installed):
+            return False, f"{run.spec.name} has {installed} but its lock pins {locked[name]}"
+    if (va is None) != (vb is None):
+        present, absent = (ra, rb) if vb is None else (rb, ra)
+        assert present.lock is not None and absent.lock is not None
+        group = present.lock.group_of(name)
+        in_absent = name in absent.lock.versions(absent.spec.group)
+        if group not in (None, MAIN) and not in_absent:
+            return True, f"only in the {group!r} group, which {absent.spec.name} does not install"
+        return False, f"installed in {present.spec.name} only"
+    if name in la and name in lb and la[name] != lb[name]:
+        return False, (
+            f"the locks pin different versions ({shown_path(ra.lock.path)} vs "
+            f"{shown_path(rb.lock.path)})"
+        )
+    return False, None
+
+
+def _norm(version: str) -> str:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return str(Version(version))
+    except InvalidVersion:
+        return version

@@ -1,0 +1,325 @@
+"""Replaying the input set in environments: every command that runs the model goes
+through here (check, bundle, bisect, localize, search).
+
+- `WorkFolder`: where a command works (a context manager), kept when asked (`--workdir`)
+  or when something failed inside an environment (its logs are the evidence), deleted
+  otherwise.
+- `EnvRun`: what happened in one environment.
+- `materialize` / `materialize_all`: the environment a spec describes, through envlock.
+- `replay_environments`: materialize each environment and run the worker there, all at
+  once, while the host makes the inputs.
+- `run_worker`: one worker run in `predict` (or another) mode (the job protocol is
+  `parity.runs.job`).
+- `summary`: what a report says about one environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envlock import LockedEnv
+from envlock.backends import Environment, RunTimeout
+from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
+from envlock.errors import EnvlockError
+from envlock.names import shown_path
+from envlock.progress import Progress
+from parity.arrays import OutputArray
+from parity.config import ParityConfig
+from parity.errors import ParityError, WorkerError
+from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
+from parity.inputs.seeded import digest, generate
+from parity.outputs import load_json, load_outputs
+from parity.runs.job import ABORT, INPUTS, INPUTS_FILE, exited, model_failure, prepare_job
+
+
+@dataclass(frozen=True)
+class EnvironmentSummary:
+    """Where one environment came from and what it holds."""
+
+    name: str
+    backend: str
+    description: str
+    lock: str | None
+    lock_digest: str | None
+    group: str | None
+    python: str | None
+    platform: str | None
+    packages: dict[str, str]
+    env: dict[str, str]
+    libraries: dict[str, Any]
+    cpu: dict[str, Any]
+    created: bool
+    seconds: dict[str, float]
+
+
+@dataclass
+class EnvRun:
+    """What happened in one environment: where it lives, what it returned, how long it took."""
+
+    spec: EnvironmentSpec
+    lock: LockedEnv | None = None
+    environment: Environment | None = None
+    outputs: dict[str, OutputArray] = field(default_factory=dict)
+    repeat: dict[str, OutputArray] = field(default_factory=dict)  # a second run (calibration)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The environment's name in the config."""
+        return self.spec.name
+
+
+class WorkFolder:
+    """The folder a command works in: `workdir` when given (then always kept), else a new
+    temporary folder, deleted on leaving unless `keep` was set (something failed inside an
+    environment and its logs are the evidence) or an exception of a `keep_on` type (and
+    not of a `drop_on` type) left it. Made with its inputs folder inside."""
+
+    def __init__(
+        self,
+        workdir: Path | None,
+        say: Progress,
+        keep_on: tuple[type[BaseException], ...] = (),
+        drop_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.given = workdir is not None
+        self.path = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="parity-"))
+        (self.path / INPUTS).mkdir(parents=True, exist_ok=True)
+        self.keep = False
+        self._say = say
+        self._keep_on = keep_on
+        self._drop_on = drop_on
+
+    def __enter__(self) -> WorkFolder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        failed = (
+            kind is not None
+            and issubclass(kind, self._keep_on)
+            and not issubclass(kind, self._drop_on)
+        )
+        if self.given or self.keep or failed:
+            self._say(f"work folder kept: {self.path}")
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def materialize(run: EnvRun, cache_dir: Path | None, say: Progress) -> Environment:
+    """Make `run`'s environment exist (its lock read into `run.lock` first) and return it."""
+    run.lock = read_spec_lock(run.spec)
+    run.environment = open_environment(run.spec, run.lock, cache_dir=cache_dir, progress=say)
+    return run.environment
+
+
+def materialize_all(runs: list[EnvRun], cache_dir: Path | None, say: Progress) -> None:
+    """Make every run's environment exist (at once); raise the first failure."""
+
+    def make(run: EnvRun) -> None:
+        try:
+            materialize(run, cache_dir, _told(run, say))
+        except OSError as e:
+            raise WorkerError(run.name, str(e)) from None
+
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = [pool.submit(make, r) for r in runs]
+        errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+
+
+def replay_environments(
+    config: ParityConfig,
+    runs: list[EnvRun],
+    work: Path,
+    cache_dir: Path | None,
+    say: Progress,
+    calibrate: bool,
+    input_digest: str | None = None,
+) -> tuple[str, float]:
+    """Materialize each run's environment and replay the input set in it, all at once; the
+    input set's digest and when it was ready (`time.perf_counter()`).
+
+    Failures inside an environment become that run's `error`. With `input_digest`, the
+    inputs file is already in `work/inputs` and is not made again."""
+    # Workers start first and import the model while the inputs are made here; each waits
+    # for the inputs file, which appears whole (written aside, then renamed).
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = [
+            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate) for r in runs
+        ]
+        if input_digest is None:
+            try:
+                input_digest = write_inputs(config, work / INPUTS)
+            except BaseException:
+                (work / INPUTS / ABORT).touch()
+                raise
+            say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
+        generated = time.perf_counter()
+        for future in futures:
+            future.result()
+    return input_digest, generated
+
+
+def write_inputs(config: ParityConfig, folder: Path) -> str:
+    """Generate (or load from its folder) the input set into `folder`, atomically; return
+    its digest."""
+    import numpy as np
+
+    spec = config.inputs
+    inputs = load_samples(spec) if isinstance(spec, SampleFolder) else generate(spec)
+    tmp = folder / f".{INPUTS_FILE}.tmp.npz"
+    np.savez(tmp, **inputs)  # type: ignore[arg-type]  # numpy stubs mistype **arrays
+    tmp.replace(folder / INPUTS_FILE)
+    return digest(inputs)
+
+
+def describe_inputs(config: ParityConfig, input_digest: str, say: Progress) -> dict[str, Any]:
+    """The input set as a report records it: its spec (or folder) and content digest, and
+    for a DVC-tracked folder its DVC hash, with a warning when the folder has changed
+    since `dvc add`."""
+    described = {**config.inputs.describe(), "digest": input_digest}
+    if isinstance(config.inputs, SampleFolder):
+        tracking = dvc_tracking(config.inputs)
+        if tracking is not None:
+            described["dvc"] = tracking.describe()
+            if tracking.modified:
+                say(
+                    f"warning: {config.inputs.shown} has changed since `dvc add` recorded "
+                    f"{tracking.md5} in {tracking.dvc_file.name}; run `dvc add "
+                    f"{config.inputs.shown}` to record it, or `dvc checkout` to restore it"
+                )
+    return described
+
+
+def _told(run: EnvRun, say: Progress) -> Progress:
+    """`say`, each message prefixed with the run's environment name."""
+    return lambda msg: say(f"[{run.name}] {msg}")
+
+
+def _run_environment(
+    run: EnvRun,
+    config: ParityConfig,
+    cache_dir: Path | None,
+    work: Path,
+    say: Progress,
+    calibrate: bool,
+) -> None:
+    tell = _told(run, say)
+    try:
+        t0 = time.perf_counter()
+        environment = materialize(run, cache_dir, tell)
+        t1 = time.perf_counter()
+        run.seconds["materialize"] = round(t1 - t0, 3)
+        tell(f"running {config.inputs.count} inputs in {environment.description}")
+        run.outputs = _replay(run, config, work / run.name)
+        run.seconds["run"] = round(time.perf_counter() - t1, 3)
+        tell(f"done in {run.seconds['run']:.1f}s")
+        if calibrate:
+            t2 = time.perf_counter()
+            tell("calibrating: running the same inputs a second time")
+            run.repeat = _replay(run, config, work / f"{run.name}.repeat")
+            run.seconds["repeat"] = round(time.perf_counter() - t2, 3)
+    except (EnvlockError, ParityError, OSError) as e:
+        run.error = str(e)
+        tell(f"error: {str(e).splitlines()[0]}")
+
+
+def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
+    """Run the worker once in `run`'s environment; its outputs (read lazily from outdir)."""
+    run_worker(run, config, outdir)
+    outputs = load_outputs(outdir / "outputs.npz")
+    if run.fingerprint:  # a calibration run: the first run's fingerprint and times stand
+        return dict(outputs)
+    run.fingerprint = load_json(outdir / "fingerprint.json")
+    result = load_json(outdir / "result.json")
+    seconds = result.get("seconds", {})
+    if isinstance(seconds, dict):
+        for k in ("load", "predict"):
+            if isinstance(seconds.get(k), int | float):
+                run.seconds[f"worker_{k}"] = float(seconds[k])
+    return dict(outputs)
+
+
+def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: Any) -> None:
+    """Run the worker once in `run`'s environment on the inputs file in
+    `outdir.parent / INPUTS`, writing into `outdir`; `job_fields` add to (or replace) the
+    job's fields, e.g. `mode`. Raise `WorkerError` when the worker fails or times out."""
+    assert run.environment is not None
+    job = prepare_job(
+        run.environment,
+        config,
+        run.spec.env,
+        outdir,
+        outdir.parent / INPUTS,
+        lambda inside: {
+            "inputs": f"{inside['inputs']}/{INPUTS_FILE}",
+            "inputs_abort": f"{inside['inputs']}/{ABORT}",
+            "count": config.inputs.count,
+            "batch_size": config.inputs.batch_size,
+            **job_fields,
+        },
+    )
+    try:
+        status = run.environment.run_python(
+            job.script,
+            job.args,
+            mounts=job.mounts,
+            env=job.env,
+            log=job.log,
+            timeout=config.timeout,
+        )
+    except RunTimeout as e:
+        raise WorkerError(run.name, f"worker {e} (log: {job.log})") from None
+    failure = model_failure(run.name, outdir / "error.json", "in the worker ({stage})")
+    if failure is not None:
+        raise failure
+    if status != 0:
+        raise exited(run.name, status, job.log)
+
+
+def summary(run: EnvRun) -> EnvironmentSummary:
+    """What the report says about one environment: where it came from, what it holds."""
+    fp = run.fingerprint
+    python = fp.get("python", {}) if isinstance(fp.get("python"), dict) else {}
+    plat = fp.get("platform", {}) if isinstance(fp.get("platform"), dict) else {}
+    env_vars = fp.get("env", {}) if isinstance(fp.get("env"), dict) else {}
+    versions = _versions(fp)
+    versions.pop("python", None)
+    return EnvironmentSummary(
+        name=run.name,
+        backend=run.spec.backend,
+        description=run.environment.description if run.environment else run.spec.backend,
+        lock=shown_path(run.spec.lock) if run.spec.lock else None,
+        lock_digest=run.lock.digest if run.lock else None,
+        group=run.spec.group if backend_for(run.spec.backend).installs_groups else None,
+        python=python.get("version"),
+        platform=f"{plat.get('system')}-{plat.get('machine')}" if plat else None,
+        packages=versions,
+        env={str(k): str(v) for k, v in env_vars.items()},
+        libraries={k: fp[k] for k in ("numpy", "torch") if isinstance(fp.get(k), dict)},
+        cpu=fp["cpu"] if isinstance(fp.get("cpu"), dict) else {},
+        created=bool(run.environment and run.environment.created),
+        seconds=run.seconds,
+    )
+
+
+def _versions(fp: dict[str, Any]) -> dict[str, str]:
+    """Each distribution's version in a fingerprint, and the interpreter's as `python`."""
+    versions = {}
+    for d in fp.get("distributions", []):
+        if isinstance(d, dict) and isinstance(d.get("name"), str):
+            versions[d["name"]] = str(d.get("version"))
+    python = fp.get("python", {})
+    if isinstance(python, dict) and python.get("version"):
+        versions["python"] = str(python["version"])
+    return versions
