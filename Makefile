@@ -38,10 +38,13 @@ test: $(SYNCED)
 test-fast: $(SYNCED)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
+## ruff, mypy, and the layers of docs/ARCHITECTURE.md: import contracts and no import cycles.
 lint: $(SYNCED)
-	$(VENV)/bin/ruff check envlock parity model tests benchmarks
-	$(VENV)/bin/ruff format --check envlock parity model tests benchmarks
+	$(VENV)/bin/ruff check envlock parity model tests benchmarks scripts
+	$(VENV)/bin/ruff format --check envlock parity model tests benchmarks scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/python scripts/import_cycles.py
 
 lock-check: $(SYNCED)
 	$(VENV)/bin/envlock lock --check --spec locks/pyproject.toml

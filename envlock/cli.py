@@ -386,7 +386,7 @@ def diff_command(a: str, b: str, as_json: bool) -> None:
     """
     differences = diff_sides(load_side(a), load_side(b))
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(d) for d in differences], indent=2))
+        click.echo(json.dumps([d.to_json() for d in differences], indent=2))
     elif not differences:
         click.echo(f"no differences between {a} and {b}")
     else:

@@ -12,7 +12,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CommandError(click.ClickException):
-    """A domain error shown as `Error: ...` with the exit code DESIGN.md gives it."""
+    """A domain error shown as `Error: ...` with the exit code docs/ARCHITECTURE.md gives it."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from envlock.errors import LockFileError
-from envlock.lockfile import MAIN, LockedEnv, LockedFile, LockedPackage
+from envlock.locked import MAIN, LockedEnv, LockedFile, LockedPackage
 from envlock.names import canonical
 
 PLATFORM_MARKERS = {

@@ -26,13 +26,52 @@ ABSENT = None
 
 @dataclass(frozen=True)
 class Difference:
-    """One way two environments differ, with how much it matters and what to do."""
+    """One way two environments differ, with how much it matters and what to do.
 
-    component: str  # "package numpy", "python", "cpu avx512f", "env OMP_NUM_THREADS", ...
+    Structured, so that a program reads `section`, `key` and `why` rather than parsing the
+    `component` and `explanation` lines, which are for people (and `envlock diff`).
+    """
+
+    section: str  # "package", "python", "platform", "cpu", "env", "numpy", "torch", "threads"
+    key: str  # "numpy", "version", "avx512f", "OMP_NUM_THREADS", ...; "" for a whole section
     a: str | None
     b: str | None
     severity: Severity
-    explanation: str
+    why: str  # why it matters and what to do; "" when there is nothing to say
+
+    @property
+    def component(self) -> str:
+        """`section key` ("package numpy", "cpu avx512f"), or the section alone."""
+        return f"{self.section} {self.key}" if self.key else self.section
+
+    @property
+    def explanation(self) -> str:
+        """One line a person can act on: what differs, then why it matters."""
+        what = self._what()
+        return f"{what}; {self.why}" if self.why else f"{what}."
+
+    def _what(self) -> str:
+        """What differs, as the start of an explanation: `numpy: version differs (1 vs 2)`."""
+        shown = f"{self.a or 'absent'} vs {self.b or 'absent'}"
+        if self.section == "package":
+            if self.a is None or self.b is None:
+                where = "the second" if self.a is None else "the first"
+                return f"{self.key}: installed only in {where} environment"
+            major = "major " if _major(self.a) != _major(self.b) else ""
+            return f"{self.key}: {major}version differs ({shown})"
+        if self.section == "cpu":
+            return f"CPU feature {self.key}: {shown}"
+        return f"{self.component}: {shown}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The difference as `envlock diff --json` has always printed it."""
+        return {
+            "component": self.component,
+            "a": self.a,
+            "b": self.b,
+            "severity": self.severity,
+            "explanation": self.explanation,
+        }
 
 
 @dataclass(frozen=True)
@@ -145,28 +184,28 @@ def diff(a: Side, b: Side) -> list[Difference]:
         lock_side = a.data if a.kind == "lock" else b.data
         left = _only(left, lock_side)
         right = _only(right, lock_side)
-    found: dict[str, tuple[str | None, str | None]] = {}
+    found: dict[tuple[str, str], tuple[str | None, str | None]] = {}
     tree = DeepDiff(left, right, view="tree")
     for levels in tree.values():
         for level in levels:
             path = level.path(output_format="list")
             section = str(path[0])
             if len(path) >= 2:
-                component = f"{section} {path[1]}"
+                key = str(path[1])
                 va = None if isinstance(level.t1, NotPresent) else str(level.t1)
                 vb = None if isinstance(level.t2, NotPresent) else str(level.t2)
             else:  # a whole section on one side only
-                component = section
+                key = ""
                 va = None if isinstance(level.t1, NotPresent) else "present"
                 vb = None if isinstance(level.t2, NotPresent) else "present"
-            found[component] = (va, vb)
+            found[section, key] = (va, vb)
     differences = []
-    for component in sorted(found):
-        va, vb = found[component]
-        if component == "python version" and _satisfies(va, vb):
+    for (section, key), (va, vb) in found.items():
+        if (section, key) == ("python", "version") and _satisfies(va, vb):
             continue  # a lock's requires-python that the interpreter meets
-        sev, why = classify(component, va, vb)
-        differences.append(Difference(component, va, vb, sev, why))
+        sev, why = classify(section, key)
+        differences.append(Difference(section, key, va, vb, sev, why))
+    differences.sort(key=lambda d: d.component)
     return differences
 
 
@@ -198,51 +237,40 @@ _PACKAGE_NOTES = {
 }
 
 
-def classify(component: str, a: str | None, b: str | None) -> tuple[Severity, str]:
-    """Severity and a one-line, actionable explanation of one difference."""
-    section, _, key = component.partition(" ")
-    shown = f"{a or 'absent'} vs {b or 'absent'}"
+def classify(section: str, key: str) -> tuple[Severity, str]:
+    """Severity of a difference in `section` `key`, and why it matters: what to do, in one line."""
     if section == "package":
         sev = severity(key)
-        if a is None or b is None:
-            where = "the second" if a is None else "the first"
-            action = f"installed only in {where} environment"
-        else:
-            major = _major(a) != _major(b)
-            action = f"{'major ' if major else ''}version differs ({shown})"
-        note = _PACKAGE_NOTES.get(key)
         if sev == "numerics":
-            why = note or "it can change computed values"
-            return sev, f"{key}: {action}; {why}. Install the same version in both (one lock)."
+            note = _PACKAGE_NOTES.get(key) or "it can change computed values"
+            return sev, f"{note}. Install the same version in both (one lock)."
         if sev == "benign":
-            return sev, f"{key}: {action}; tooling, does not reach a model's numbers."
-        return sev, f"{key}: {action}; check whether the model uses it."
+            return sev, "tooling, does not reach a model's numbers."
+        return sev, "check whether the model uses it."
     if section in ("python", "platform"):
-        return "runtime", (
-            f"{component}: {shown}; build both environments from the same base and interpreter."
-        )
+        return "runtime", "build both environments from the same base and interpreter."
     if section == "cpu":
         return "numerics", (
-            f"CPU feature {key}: {shown}; numpy, BLAS and torch pick kernels by CPU feature, "
-            f"so results can differ in the last bits across these machines."
+            "numpy, BLAS and torch pick kernels by CPU feature, "
+            "so results can differ in the last bits across these machines."
         )
     if section == "threads" or (section == "torch" and key == "threads") or "THREADS" in key:
         return "numerics", (
-            f"{component}: {shown}; thread counts change summation order. Pin them (parity's "
-            f"run.threads, or OMP/MKL/OPENBLAS_NUM_THREADS) to the same value."
+            "thread counts change summation order. Pin them (parity's run.threads, "
+            "or OMP/MKL/OPENBLAS_NUM_THREADS) to the same value."
         )
     if section == "torch" and key.startswith("tf32"):
         return "numerics", (
-            f"{component}: {shown}; TF32 rounds GPU matmul/conv inputs to 10 mantissa bits. "
-            f"Set torch.backends flags (or NVIDIA_TF32_OVERRIDE=0) the same on both sides."
+            "TF32 rounds GPU matmul/conv inputs to 10 mantissa bits. "
+            "Set torch.backends flags (or NVIDIA_TF32_OVERRIDE=0) the same on both sides."
         )
     if section in ("torch", "numpy"):
-        return "numerics", f"{component}: {shown}; this changes which kernels compute the numbers."
+        return "numerics", "this changes which kernels compute the numbers."
     if section == "env":
         if key in ("CUDA_VISIBLE_DEVICES",):
-            return "runtime", f"{component}: {shown}; a different set of GPUs is visible."
-        return "numerics", f"{component}: {shown}; set it the same in both environments."
-    return "other", f"{component}: {shown}."
+            return "runtime", "a different set of GPUs is visible."
+        return "numerics", "set it the same in both environments."
+    return "other", ""
 
 
 def _major(version: str) -> str:

@@ -10,6 +10,7 @@ write a class with `kind`, `installs_groups` and `open()` and list it in `BACKEN
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -41,10 +42,20 @@ class EnvironmentSpec:
 
 
 class Backend(Protocol):
-    """Where environments live: makes the environment a spec describes exist."""
+    """Where environments live: makes the environment a spec describes exist.
+
+    `options` are the spec's settings only this backend reads (name -> type; their
+    defaults are `EnvironmentSpec`'s); `needs_lock(keys)` says whether a spec written with
+    those keys must name a lock."""
 
     kind: ClassVar[str]
     installs_groups: ClassVar[bool]  # whether the spec's lock group says what is installed
+    options: ClassVar[dict[str, type]]
+
+    @staticmethod
+    def needs_lock(keys: Collection[str]) -> bool:
+        """Whether a spec that sets `keys` must name a lock."""
+        ...
 
     def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
         """The ready environment for `spec` (`lock` is the spec's lock, read)."""
@@ -56,6 +67,12 @@ class LocalBackend:
 
     kind: ClassVar[str] = "local"
     installs_groups: ClassVar[bool] = False
+    options: ClassVar[dict[str, type]] = {}
+
+    @staticmethod
+    def needs_lock(keys: Collection[str]) -> bool:
+        """Never: the interpreter is already installed."""
+        return False
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         del cache_dir  # nothing is cached
@@ -70,6 +87,12 @@ class LockedVenvBackend:
 
     kind: ClassVar[str] = "venv"
     installs_groups: ClassVar[bool] = True
+    options: ClassVar[dict[str, type]] = {}
+
+    @staticmethod
+    def needs_lock(keys: Collection[str]) -> bool:
+        """Always: the venv is installed from it."""
+        return True
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.venvs = VenvBackend(cache_dir)
@@ -87,6 +110,12 @@ class ImageBackend:
 
     kind: ClassVar[str] = "docker"
     installs_groups: ClassVar[bool] = True
+    options: ClassVar[dict[str, type]] = {"image": str, "gpus": bool, "memory": str, "pids": int}
+
+    @staticmethod
+    def needs_lock(keys: Collection[str]) -> bool:
+        """Unless the spec names its image: the image's tag comes from the lock's digest."""
+        return "image" not in keys or "lock" in keys
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         del cache_dir  # images live in the Docker daemon
@@ -151,4 +180,3 @@ def open_environment(
     if lock is None:
         lock = read_spec_lock(spec)
     return backend_for(spec.backend, cache_dir).open(spec, lock, progress or quiet)
-

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +27,7 @@ from packaging.utils import parse_wheel_filename
 
 from envlock.errors import EnvlockError, LockFileError
 from envlock.lockfile import MAIN, LockedEnv, LockedFile, LockedPackage
-
-Progress = Callable[[str], None]
+from envlock.progress import Progress
 
 
 class HashMismatchError(EnvlockError):
@@ -67,11 +66,8 @@ class Wheelhouse:
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file."""
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def target_tags(requires_python: str | None) -> list[Tag]:

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +27,8 @@ from envlock.errors import EnvlockError, LockFileError
 from envlock.fetch import fetch, verify_wheelhouse
 from envlock.lockfile import MAIN, LockedEnv
 from envlock.locking import read_spec
+from envlock.progress import Progress
 
-Progress = Callable[[str], None]
 DEFAULT_BASE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 # role -> (Dockerfile, lock group)
 ROLES = {"train": ("Dockerfile.train", "train"), "infer": ("Dockerfile.infer", MAIN)}

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,8 @@ import tomli_w
 
 from envlock.errors import LockFileError, MaterializeError, StaleLockError
 from envlock.lockfile import MAIN, TOOL_TABLE, read_lock
+from envlock.progress import Progress
 from envlock.uvtool import find_uv, uv_version
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,11 @@ the lock group, or with a fingerprint recorded at training time, and raises
 from __future__ import annotations
 
 import json
-import os
-import sys
 import warnings
 from pathlib import Path
 
 from envlock.errors import EnvlockError
+from envlock.installed import installed_versions
 from envlock.names import canonical
 from envlock.verify import Mismatch, compare_versions
 
@@ -35,36 +34,6 @@ class EnvironmentDrift(EnvlockError):
 
 class EnvironmentDriftWarning(UserWarning):
     """The running environment differs from its lock; the service starts anyway."""
-
-
-def installed_versions(paths: list[str] | None = None) -> dict[str, str]:
-    """Name -> version of every distribution importable from `paths` (default: sys.path).
-
-    The first distribution of a name on the path wins, as for imports.
-    """
-    found: dict[str, str] = {}
-    for entry in paths if paths is not None else sys.path:
-        try:
-            names = os.listdir(entry or ".")
-        except OSError:
-            continue
-        for folder in names:
-            if folder.endswith(".dist-info"):
-                name, sep, version = folder[: -len(".dist-info")].partition("-")
-                if sep:
-                    found.setdefault(canonical(name), version)
-            elif folder.endswith(".egg-info"):
-                _egg_info(os.path.join(entry, folder), found)
-    return found
-
-
-def _egg_info(path: str, found: dict[str, str]) -> None:
-    from importlib.metadata import PathDistribution
-
-    dist = PathDistribution(Path(path))
-    name = dist.metadata["Name"]
-    if name:
-        found.setdefault(canonical(name), dist.version)
 
 
 def guard(

@@ -130,8 +130,8 @@ def verify_conda_prefix(prefix: Path, lock: LockedEnv, group: str) -> list[Misma
     Conda packages are checked by name, version and build; pip packages by name and version
     against the environment's site-packages.
     """
+    from envlock.installed import installed_versions
     from envlock.probe import conda_packages
-    from envlock.runtime import installed_versions
 
     records = conda_packages(str(prefix))
     if records is None:

@@ -1,7 +1,8 @@
 """parity: replay seeded inputs through two environments and prove they give the same answers.
 
-Import the API from here; the `parity` command is a thin layer over it. Names are loaded
-on first use, so reading a config does not pay for NumPy.
+Import the API from here; the `parity` command is a thin layer over it, and every
+function it calls is exported here (docs/ARCHITECTURE.md shows where each lives). Names
+are loaded on first use, so reading a config does not pay for NumPy.
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ _EXPORTS = {
     "TolerancePolicy": "parity.policies",
     "compare_arrays": "parity.judging.compare",
     "run_check": "parity.check",
+    "BisectReport": "parity.investigations.bisect",
+    "bisect_environments": "parity.investigations.bisect",
+    "Localization": "parity.investigations.localize",
+    "SearchError": "parity.investigations.search",
+    "SearchResult": "parity.investigations.search",
+    "search": "parity.investigations.search",
+    "OutputComparison": "parity.comparison",
+    "download_bundle": "parity.integrations.mlflow",
+    "log_bundle": "parity.integrations.mlflow",
+    "log_check": "parity.integrations.mlflow",
+    "render_html": "parity.render.html",
+    "render_junit": "parity.render.junit",
+    "render_markdown": "parity.render.markdown",
+    "render_metrics": "parity.render.metrics",
+    "render_terminal": "parity.render.terminal",
+    "render_text": "parity.render.terminal",
+    "render_bisect": "parity.render.text",
+    "render_search": "parity.render.text",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -257,8 +257,8 @@ def _describe(config: ParityConfig, run: EnvRun, inputs: dict[str, Any]) -> dict
         "environment": asdict(summary(run)),
         "inputs": inputs,
         "tolerance": {
-            "default": asdict(config.tolerance),
-            "outputs": {k: asdict(v) for k, v in sorted(config.output_tolerances.items())},
+            "default": config.tolerance.to_dict(),
+            "outputs": {k: v.to_dict() for k, v in sorted(config.output_tolerances.items())},
         },
     }
 
@@ -275,11 +275,8 @@ def _write_manifest(folder: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # Reading -------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
+from rich.console import Console
 
 from envlock.clikit import domain_errors
 from envlock.errors import EnvlockError
@@ -295,18 +296,14 @@ def _write_report(
     metrics_path: Path | None,
 ) -> list[Path]:
     """Print the report and write the files asked for; the files written."""
-    if json_path is not None and str(json_path) == "-":
-        click.echo(report.to_json(), nl=False)
-    else:
-        render_terminal(report, stdout_console())
+    _emit(report, render_terminal, json_path)
+    written = [json_path] if json_path is not None and str(json_path) != "-" else []
     renderings: list[tuple[Path | None, Callable[[ParityReport], str]]] = [
-        (json_path, ParityReport.to_json),
         (junit_path, render_junit),
         (markdown_path, render_markdown),
         (html_path, render_html),
         (metrics_path, render_metrics),
     ]
-    written = []
     for path, render in renderings:
         if path is not None and str(path) != "-":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -446,12 +443,13 @@ def bisect_command(
         parity bisect --config examples/numpy-drift/parity.toml --json bisect.json
     """
     from parity.investigations.bisect import bisect_environments
+    from parity.render.text import render_bisect
 
     config = load_config(config_path)
     report = bisect_environments(
         config, workdir=workdir, cache_dir=cache_dir, progress=progress_printer(quiet)
     )
-    _emit(report.render_text(), report.to_json(), json_path)
+    _emit(report, render_bisect, json_path)
     raise SystemExit(report.exit_code)
 
 
@@ -522,7 +520,8 @@ def search_command(
         parity search --config parity.toml --examples 500 --output sr_float
         parity check --config parity-search-case/parity.toml
     """
-    from parity.investigations.search import render_summary, search
+    from parity.investigations.search import search
+    from parity.render.text import render_search
 
     config = load_config(config_path)
     result = search(
@@ -534,16 +533,24 @@ def search_command(
         cache_dir=cache_dir,
         progress=progress_printer(quiet),
     )
-    _emit(render_summary(result), result.to_json(), json_path)
+    _emit(result, render_search, json_path)
     raise SystemExit(result.exit_code)
 
 
-def _emit(text: str, json_text: str, json_path: Path | None) -> None:
-    """Print `text`, and write `json_text` to `json_path`; `-` prints the JSON instead."""
+class _Result(Protocol):
+    def to_json(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+def _emit(result: R, render: Callable[[R, Console], None], json_path: Path | None) -> None:
+    """Every command's output, one way: `render` prints `result` on stdout (colour only on
+    a terminal), and its JSON goes to `json_path`; `-` prints the JSON instead."""
     if json_path is not None and str(json_path) == "-":
-        click.echo(json_text, nl=False)
+        click.echo(result.to_json(), nl=False)
         return
-    click.echo(text, nl=False)
+    render(result, stdout_console())
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json_text, encoding="utf-8")
+        json_path.write_text(result.to_json(), encoding="utf-8")

@@ -20,6 +20,9 @@ from parity.inputs.seeded import GENERATORS, ArraySpec, InputSpec
 from parity.policies import POLICIES, TolerancePolicy, all_settings
 from parity.policies.base import SettingError
 
+# The settings some backends read: image, gpus, memory, pids (docker).
+_ALL_OPTIONS = tuple(dict.fromkeys(o for b in BACKENDS.values() for o in b.options))
+_OPTION_WORDS = {"memory": "a size such as '4g'"}
 SEVERITIES = ("numerics", "runtime", "benign", "other")
 _ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME = re.compile(r"^[A-Za-z_][\w-]*$")
@@ -270,15 +273,13 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
         if not _NAME.match(name):
             raise t.fail(name, "environment names must be identifiers")
         e = t.table(name)
-        e.reject_unknown(
-            {"backend", "lock", "group", "python", "image", "gpus", "memory", "pids", "env"}
-        )
+        e.reject_unknown({"backend", "lock", "group", "python", "env", *_ALL_OPTIONS})
         backend = e.get("backend", str, "venv")
         if backend not in BACKENDS:
             raise e.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        kind = BACKENDS[backend]
         lock = None
-        image = e.get("image", str, None) if backend == "docker" else None
-        if backend == "venv" or (backend == "docker" and (image is None or "lock" in e.data)):
+        if kind.needs_lock(e.data.keys()):
             lock_s = e.get("lock", str, what="a path to a pylock.toml")
             lock = (base / lock_s).resolve()
             if not lock.is_file():
@@ -296,15 +297,13 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
         python = e.get("python", str, None)
         env_t = e.table("env", required=False)
         extra: dict[str, Any] = {"env": {k: env_t.get(k, str) for k in env_t.data}}
-        if backend == "docker":
-            extra["image"] = image
-            extra["gpus"] = e.get("gpus", bool, False)
-            extra["memory"] = e.get("memory", str, "4g", what="a size such as '4g'")
-            extra["pids"] = e.get("pids", int, 512)
-        else:
-            for key in ("image", "gpus", "memory", "pids"):
-                if key in e.data:
-                    raise e.fail(key, 'only applies to backend = "docker"')
+        for key, kind_of in kind.options.items():
+            default = getattr(EnvironmentSpec, key)
+            extra[key] = e.get(key, kind_of, default, what=_OPTION_WORDS.get(key, ""))
+        for key in _ALL_OPTIONS:
+            if key in e.data and key not in kind.options:
+                owner = next(b for b, k in BACKENDS.items() if key in k.options)
+                raise e.fail(key, f'only applies to backend = "{owner}"')
         envs.append(EnvironmentSpec(name, backend, lock, group, python, **extra))
     return envs
 

@@ -1,4 +1,5 @@
-"""Errors parity raises; each carries the exit code the CLI maps it to (see DESIGN.md)."""
+"""Errors parity raises; each carries the exit code the CLI maps it to (the contracts of
+docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from parity.comparison import OutputComparison
 from parity.investigations.localize import Localization
 from parity.jsontext import json_safe, json_text
-from parity.judging.compare import OutputComparison
 from parity.judging.versions import VersionDiff
 from parity.runs.replay import EnvironmentSummary
 

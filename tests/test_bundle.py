@@ -288,6 +288,10 @@ def test_an_archive_member_escaping_its_folder_is_refused(project: Path, tmp_pat
         ("bundle.json", tarfile.SYMTYPE, "/etc/passwd", "a link or device"),
         ("bundle.json", tarfile.LNKTYPE, "manifest.json", "a link or device"),
         ("dev", tarfile.CHRTYPE, "", "a link or device"),
+        # Stricter than tarfile's "data" filter, which lets both of these through: a `..`
+        # that stays inside, and a symbolic link to a file of the bundle.
+        ("a/../bundle.json", tarfile.REGTYPE, "", "absolute or escaping path"),
+        ("bundle.json", tarfile.SYMTYPE, "manifest.json", "a link or device"),
     ],
 )
 def test_unsafe_archive_members_are_refused(
@@ -440,3 +444,42 @@ def test_a_train_only_package_is_expected_when_the_bundle_shares_the_lock(
     ]
     if expected:
         assert diffs[0].note.startswith("only in the 'train' group, which infer does not install")
+
+
+def test_version_diffs_take_envlocks_reason_whatever_the_values_hold() -> None:
+    def run(name: str, numpy: str, python: str, threads: str) -> EnvRun:
+        return EnvRun(
+            EnvironmentSpec(name, "venv", Path("pylock.toml"), "main"),
+            fingerprint={
+                "distributions": [{"name": "numpy", "version": numpy}],
+                "python": {"version": python},
+                "env": {"OMP_NUM_THREADS": threads},
+            },
+        )
+
+    diffs = version_diffs(
+        run("train", "2.4.6", "3.11.7", "1; 2"), run("infer", "1.26.4", "3.11.2", "4")
+    )
+    assert [(d.name, d.versions, d.severity, d.note) for d in diffs] == [
+        (
+            "numpy",
+            {"train": "2.4.6", "infer": "1.26.4"},
+            "numerics",
+            "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer downcast to an "
+            "array's float32, so preprocessing can change dtype and last bits. Install the same "
+            "version in both (one lock).",
+        ),
+        (
+            "python",
+            {"train": "3.11.7", "infer": "3.11.2"},
+            "runtime",
+            "build both environments from the same base and interpreter.",
+        ),
+        (
+            "env OMP_NUM_THREADS",
+            {"train": "1; 2", "infer": "4"},
+            "numerics",
+            "thread counts change summation order. Pin them (parity's run.threads, or "
+            "OMP/MKL/OPENBLAS_NUM_THREADS) to the same value.",
+        ),
+    ]

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from parity.arrays import NpzMember
-from parity.judging.compare import Noise, OutputComparison, compare_arrays, measure_noise
+from parity.comparison import Noise, OutputComparison
+from parity.judging.compare import compare_arrays, measure_noise
 from parity.policies import KINDS, TolerancePolicy
 
 floats = hnp.arrays(

@@ -182,6 +182,48 @@ def test_every_difference_is_explained_in_one_line() -> None:
     assert "summation order" in found["env OMP_NUM_THREADS"].explanation
 
 
+def test_each_difference_gives_its_section_key_and_reason_apart() -> None:
+    a = {
+        "distributions": [{"name": "numpy", "version": "2.4.6"}],
+        "cpu": {"flags": ["avx512f"]},
+        "env": {"OMP_NUM_THREADS": "1; 2"},
+    }
+    b = {
+        "distributions": [{"name": "numpy", "version": "1.26.4"}],
+        "cpu": {"flags": []},
+        "env": {"OMP_NUM_THREADS": "4"},
+    }
+    found = {(d.section, d.key): d for d in diff(side(a, "a"), side(b, "b"))}
+    assert sorted(found) == [("cpu", "avx512f"), ("env", "OMP_NUM_THREADS"), ("package", "numpy")]
+    numpy = found["package", "numpy"]
+    assert (numpy.component, numpy.a, numpy.b) == ("package numpy", "2.4.6", "1.26.4")
+    assert numpy.why.startswith("NumPy 2 changed type promotion (NEP 50)")
+    assert numpy.explanation == f"numpy: major version differs (2.4.6 vs 1.26.4); {numpy.why}"
+    cpu = found["cpu", "avx512f"]
+    assert cpu.explanation == f"CPU feature avx512f: yes vs absent; {cpu.why}"
+    threads = found["env", "OMP_NUM_THREADS"]
+    assert threads.why.startswith("thread counts change summation order.")
+    assert threads.explanation == f"env OMP_NUM_THREADS: 1; 2 vs 4; {threads.why}"
+
+
+def test_diff_json_keeps_its_shape(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"distributions": [{"name": "pip", "version": "24"}]}))
+    b.write_text(json.dumps({"distributions": [{"name": "pip", "version": "25"}]}))
+    result = run_cli("envlock", "diff", str(a), str(b), "--json")
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout) == [
+        {
+            "component": "package pip",
+            "a": "24",
+            "b": "25",
+            "severity": "benign",
+            "explanation": "pip: major version differs (24 vs 25); "
+            "tooling, does not reach a model's numbers.",
+        }
+    ]
+
+
 # --- the CLI on real locks and real environments ------------------------------------------
 
 

@@ -28,7 +28,8 @@ import pytest
 from click.testing import CliRunner
 
 from parity.cli import main as parity_main
-from parity.judging.compare import Noise, OutputComparison, compare_arrays
+from parity.comparison import Noise, OutputComparison
+from parity.judging.compare import compare_arrays
 from parity.policies import TolerancePolicy
 from parity.render.html import render_html
 from parity.report import EnvironmentSummary, ParityReport, VersionDiff

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import xmlschema
 
-from parity.judging.compare import Noise, OutputComparison, compare_arrays
+from parity.comparison import Noise, OutputComparison
+from parity.judging.compare import compare_arrays
 from parity.policies import TolerancePolicy
 from parity.render.junit import render_junit
 from parity.report import ParityReport, VersionDiff

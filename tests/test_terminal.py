@@ -11,7 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from parity.judging.compare import Noise, OutputComparison, compare_arrays
+from parity.comparison import Noise, OutputComparison
+from parity.judging.compare import compare_arrays
 from parity.policies import TolerancePolicy
 from parity.render.markdown import render_markdown
 from parity.render.terminal import WIDTH, progress_printer, render_text, stdout_console

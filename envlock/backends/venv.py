@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -30,13 +29,13 @@ from filelock import FileLock
 from envlock.backends.base import Environment
 from envlock.errors import LockFileError, MaterializeError
 from envlock.lockfile import MAIN, LockedEnv
+from envlock.progress import Progress
 from envlock.uvtool import find_uv, uv_version
 
 MARKER = ".envlock.json"
 # Part of every cache key: bump it when the way environments are built changes, so that
 # environments built the old way are never reused.
 RECIPE = "r2"
-Progress = Callable[[str], None]
 
 
 def default_cache_dir() -> Path:

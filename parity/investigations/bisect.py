@@ -190,37 +190,6 @@ class BisectReport:
         """The report as JSON text."""
         return json_text(self.to_dict())
 
-    def render_text(self) -> str:
-        """The report for people: the finding first, then the evidence."""
-        lines = [f"parity bisect: {self.message}"]
-        if self.differing:
-            lines.append(
-                f"{len(self.differing)} differing package(s), {self.reference} -> {self.candidate}:"
-            )
-            lines += [f"  {d.describe()}" for d in self.differing]
-        if self.trials:
-            lines.append("combinations tried (packages taken from the candidate):")
-            width = max(len(", ".join(t.packages)) for t in self.trials)
-            for i, t in enumerate(self.trials, 1):
-                diffs = ", ".join(f"{k} {v:.3g}" for k, v in t.max_abs_diff.items())
-                where = (
-                    t.environment
-                    if t.environment == CANDIDATE_ITSELF
-                    else ("built now" if t.built else "cached")
-                )
-                detail = f"max |diff|: {diffs}" if diffs and t.outcome != "unresolved" else t.reason
-                lines.append(
-                    f"  {i:>2}. {', '.join(t.packages):<{width}}  {t.outcome:<10} "
-                    f"[{where}] {detail}"
-                )
-        if self.environments:
-            lines.append(
-                f"environments: {self.environments} used ({self.reference}, {self.candidate} "
-                f"and {self.environments - 2} intermediate), {self.built} built by this run"
-            )
-        lines += [f"error: {e}" for e in self.errors]
-        return "\n".join(lines) + "\n"
-
 
 def bisect_environments(
     config: ParityConfig,

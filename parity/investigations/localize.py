@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
+from parity.comparison import OutputComparison
 from parity.errors import HostileOutputError, ParityError
-from parity.judging.compare import OutputComparison, compare_arrays
+from parity.judging.compare import compare_arrays
 from parity.outputs import load_json, load_outputs
 from parity.runs.job import INPUTS, INPUTS_FILE
 from parity.runs.replay import EnvRun, run_worker

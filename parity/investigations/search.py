@@ -46,12 +46,12 @@ from typing import TYPE_CHECKING, Any
 from envlock.errors import EnvlockError
 from envlock.names import shown_path
 from envlock.progress import Progress, quiet
+from parity.comparison import OutputComparison
 from parity.config import ParityConfig
 from parity.errors import ParityError, WorkerError
 from parity.inputs.samples import load_samples
 from parity.inputs.seeded import ArraySpec, InputSpec, _range, generate
 from parity.jsontext import json_safe, json_text
-from parity.judging.compare import OutputComparison
 from parity.judging.judge import judge_outputs
 from parity.policies import TolerancePolicy
 from parity.runs.replay import EnvRun, WorkFolder, materialize_all
@@ -655,25 +655,3 @@ def case_config(config: ParityConfig) -> str:
         f"{shown_path(config.path)}.\n# Replay it: parity check --config <this file>\n\n"
     )
     return header + tomli_w.dumps(raw)
-
-
-def render_summary(result: SearchResult) -> str:
-    """The result in a few lines of text, for the terminal."""
-    seeded = result.seeded.score
-    ratio = f", {result.worst.score / seeded:.3g}x" if seeded > 0 else ""
-    lines = [
-        f"parity search: {result.verdict.upper()}  ({result.config})",
-        f"output {result.output!r} ({result.policy}): search worst {result.worst.score:.6g} "
-        f"(example {result.worst_example} of {result.examples}, seed {result.seed}) vs seeded "
-        f"set worst {seeded:.6g} (sample {result.seeded_index} of {result.seeded_count}){ratio}",
-        "at the worst input:",
-    ]
-    for name, c in result.worst.outputs.items():
-        mark = "✓" if c.passed else "✗"
-        why = f": {c.reason}" if c.reason else ""
-        lines.append(f"  {mark} {name}: max abs diff {c.max_abs_diff:.6g}{why}")
-    lines.append(
-        f"case saved: {result.case} (replay: parity check --config "
-        f"{Path(result.case) / CASE_CONFIG})"
-    )
-    return "\n".join(lines) + "\n"

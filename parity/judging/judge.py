@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from envlock.progress import Progress, quiet
+from parity.comparison import Noise, OutputComparison
 from parity.config import ParityConfig
-from parity.judging.compare import Noise, OutputComparison, compare_arrays, measure_noise
+from parity.judging.compare import compare_arrays, measure_noise
 from parity.judging.versions import VersionDiff, judge_versions
 from parity.runs.replay import EnvRun
 

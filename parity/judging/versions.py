@@ -49,16 +49,15 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     )
     diffs = []
     for d in differences:
-        section, _, key = d.component.partition(" ")
-        name = (
-            key
-            if section == "package"
-            else ("python" if d.component == "python version" else d.component)
-        )
         expected, note = (False, None)
-        if section == "package":
+        if d.section == "package":
+            name = d.key
             expected, note = _explain(name, (ref, d.a), (cand, d.b))
-        why = d.explanation.split("; ", 1)[-1]
+        elif (d.section, d.key) == ("python", "version"):
+            name = "python"
+        else:
+            name = d.component
+        why = d.why or d.explanation  # a difference envlock has no reason for: its whole line
         diffs.append(
             VersionDiff(
                 name=name,

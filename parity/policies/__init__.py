@@ -1,70 +1,151 @@
 """Tolerance policies: the rule one output of the candidate must meet against the reference.
 
-- `exact`: every element bitwise identical (so -0.0 differs from 0.0, as do NaN payloads).
-- `ulp`: floating-point elements at most `max_ulp` units in the last place apart (0.0 and
-  -0.0 are 0 ULP apart); integers at most `max_ulp` apart.
-- `allclose`: `|a - b| <= atol + rtol * |b|` element by element, `b` from the reference
-  environment (as `numpy.isclose`, so deliberately not symmetric). With `noise_factor = k`
-  and a calibrated check (`--calibrate`), atol becomes at least k times the largest
-  difference either environment shows between two runs of itself.
-- `decision`: the top-k indices along the last axis agree (argmax when k = 1) in at least
-  `min_agreement` of the rows: for classifiers, whose scores may move while the answer
-  stays.
-- `psnr`: peak signal-to-noise ratio of the candidate against the reference at least
-  `min_db`; `data_range` defaults to the dtype's range for integers (255 for uint8) and
-  to the reference's max - min for floats.
+One module per policy states its rule: `exact`, `ulp`, `allclose`, `decision` and
+`psnr`. Under every policy shapes and dtypes must be equal (a dtype change is how NumPy's
+NEP 50 promotion drift shows), and NaN and infinities must sit at the same positions with
+the same signs; `parity.judging.compare` enforces those rules and asks the policy about
+the rest.
 
-Under every policy shapes and dtypes must be equal (a dtype change is how NumPy's NEP 50
-promotion drift shows), and NaN and infinities must sit at the same positions with the
-same signs.
+To add a policy, write a module with a `Policy` subclass (`parity.policies.base` says
+what it implements) and add the class to `BUILT_IN` below. A policy defined outside this
+package (a plugin, a test) is added with `register`; either way configs accept it as
+`policy = "<its name>"` with its settings, and `TolerancePolicy(kind="<its name>")` holds it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, TypeVar
 
-PolicyKind = Literal["exact", "ulp", "allclose", "decision", "psnr"]
-KINDS: tuple[PolicyKind, ...] = ("exact", "ulp", "allclose", "decision", "psnr")
-# The settings each policy reads (anything else in its config table is a mistake).
-SETTINGS: dict[str, tuple[str, ...]] = {
-    "exact": (),
-    "ulp": ("max_ulp",),
-    "allclose": ("atol", "rtol", "noise_factor"),
-    "decision": ("top_k", "min_agreement"),
-    "psnr": ("min_db", "data_range"),
-}
+from parity.policies.allclose import Allclose
+from parity.policies.base import Policy, Setting, Value
+from parity.policies.decision import Decision
+from parity.policies.exact import Exact
+from parity.policies.psnr import Psnr
+from parity.policies.ulp import Ulp
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from parity.comparison import OutputComparison
+
+__all__ = [
+    "BUILT_IN",
+    "KINDS",
+    "POLICIES",
+    "Policy",
+    "TolerancePolicy",
+    "all_settings",
+    "measure",
+    "register",
+    "unregister",
+]
+
+# The order is the one error messages list policies in, and a setting two policies share
+# is reported as the first one's.
+BUILT_IN: tuple[type[Policy], ...] = (Exact, Ulp, Allclose, Decision, Psnr)
+
+POLICIES: dict[str, type[Policy]] = {}  # every registered policy by name
+_P = TypeVar("_P", bound=type[Policy])
 
 
-@dataclass(frozen=True)
+def register(policy: _P) -> _P:
+    """Make `policy` known by its name to configs and to `TolerancePolicy`; returns it, so
+    it also works as a class decorator. A setting named like another registered policy's
+    must be the same setting (one value serves both)."""
+    if policy.name in POLICIES:
+        raise ValueError(f"a policy named {policy.name!r} is already registered")
+    known = all_settings()
+    for s in policy.setting_specs():
+        if s.name in known and known[s.name] != s:
+            raise ValueError(
+                f"{policy.name}.{s.name} differs from the registered setting {known[s.name]}"
+            )
+    POLICIES[policy.name] = policy
+    return policy
+
+
+def unregister(name: str) -> None:
+    """Forget the policy called `name` (for plugins' and tests' cleanup)."""
+    del POLICIES[name]
+
+
+def measure(c: OutputComparison) -> tuple[str, str] | None:
+    """The measure of the policy that judged `c` as (label, value), where it has one, e.g.
+    ULP distance, agreement or PSNR (renderers lay the two out as they like)."""
+    policy = POLICIES.get(c.policy)
+    return policy.measure(c) if policy is not None else None
+
+
+def all_settings() -> dict[str, Setting]:
+    """Every registered policy's settings by name, in registration order."""
+    known: dict[str, Setting] = {}
+    for policy in POLICIES.values():
+        for s in policy.setting_specs():
+            known.setdefault(s.name, s)
+    return known
+
+
+for _policy in BUILT_IN:
+    register(_policy)
+
+KINDS: tuple[str, ...] = tuple(POLICIES)  # the built-in policies' names
+
+
+@dataclass(frozen=True, init=False)
 class TolerancePolicy:
-    """The rule one output must meet; only the settings of `kind` matter."""
+    """The rule one output must meet, as a config writes it: a policy's name and settings.
 
-    kind: PolicyKind = "allclose"
-    atol: float = 0.0
-    rtol: float = 0.0
-    noise_factor: float | None = None
-    max_ulp: int = 0
-    top_k: int = 1
-    min_agreement: float = 1.0
-    min_db: float = 60.0
-    data_range: float | None = None
+    Any registered policy's settings may be given, `TolerancePolicy(kind="exact", atol=1)`
+    included: only `kind`'s are used, the others are kept so that a table that switches
+    policy still inherits them. Settings read as attributes (`policy.atol`), those not set
+    as their defaults; `rule` is the registered policy that judges with them."""
+
+    kind: str
+    # The settings that differ from their defaults, sorted by name: so two policies with
+    # the same settings are equal however they were written.
+    values: tuple[tuple[str, Value], ...]
+
+    def __init__(
+        self, kind: str = "allclose", values: Iterable[tuple[str, Value]] = (), **given: Value
+    ) -> None:
+        if kind not in POLICIES:
+            raise ValueError(f"no policy {kind!r} (registered: {', '.join(POLICIES)})")
+        known = all_settings()
+        merged = dict(values)
+        for name, value in given.items():
+            if name not in known:
+                raise TypeError(f"TolerancePolicy() got an unexpected keyword argument {name!r}")
+            merged[name] = value
+        # A setting of a policy unregistered since `values` was made has no default to drop.
+        kept = tuple(
+            sorted((k, v) for k, v in merged.items() if k not in known or v != known[k].default)
+        )
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "values", kept)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names that are not attributes: the settings.
+        if name not in ("kind", "values"):
+            spec = all_settings().get(name)
+            if spec is not None:
+                return dict(self.values).get(name, spec.default)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def rule(self) -> Policy:
+        """The registered policy called `kind`, with these settings."""
+        policy = POLICIES[self.kind]
+        return policy(**{s.name: getattr(self, s.name) for s in policy.setting_specs()})
 
     def describe(self) -> str:
         """The policy as a user would write it, e.g. `allclose(atol=1e-06, rtol=0)`."""
-        values = {
-            "atol": f"{self.atol:g}",
-            "rtol": f"{self.rtol:g}",
-            "noise_factor": None if self.noise_factor is None else f"{self.noise_factor:g}",
-            "max_ulp": str(self.max_ulp),
-            "top_k": str(self.top_k),
-            "min_agreement": f"{self.min_agreement:g}",
-            "min_db": f"{self.min_db:g}",
-            "data_range": None if self.data_range is None else f"{self.data_range:g}",
-        }
-        shown = [f"{k}={values[k]}" for k in SETTINGS[self.kind] if values[k] is not None]
-        return f"{self.kind}({', '.join(shown)})" if shown else self.kind
+        return self.rule.describe()
 
-    def settings(self) -> dict[str, float | int | None]:
+    def settings(self) -> dict[str, Value]:
         """The settings of this policy's kind, by name (for reports)."""
-        return {k: getattr(self, k) for k in SETTINGS[self.kind]}
+        return self.rule.settings()
+
+    def to_dict(self) -> dict[str, Value]:
+        """`kind` and every registered setting's value, as a bundle records the policy."""
+        return {"kind": self.kind, **{name: getattr(self, name) for name in all_settings()}}

@@ -20,8 +20,8 @@ from parity.inputs.seeded import describe_label
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
+    from parity.comparison import Heatmap, Histogram, OutputComparison
     from parity.investigations.localize import Localization
-    from parity.judging.compare import Heatmap, Histogram, OutputComparison
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 _VERDICT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
-    from parity.judging.compare import OutputComparison
+    from parity.comparison import OutputComparison
 
 # Characters XML 1.0 forbids even as references. A worker's log tail (in an error message)
 # can hold them: the ESC of a coloured traceback, which ElementTree writes through so the

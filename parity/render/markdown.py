@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from parity.policies import measure as policy_measure
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
+    from parity.comparison import OutputComparison
     from parity.investigations.localize import Localization
-    from parity.judging.compare import OutputComparison
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 
@@ -160,5 +161,5 @@ def _localization(report: ParityReport, loc: Localization) -> list[str]:
 
 
 def _measure(o: OutputComparison) -> str | None:
-    measure = o.measure()
+    measure = policy_measure(o)
     return " ".join(measure) if measure else None

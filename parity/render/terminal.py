@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from io import StringIO
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from rich import box
@@ -23,12 +23,14 @@ from rich.table import Table
 from rich.text import Text
 
 from parity.inputs.seeded import describe_label
+from parity.policies import measure as policy_measure
 
 if TYPE_CHECKING:
+    from parity.comparison import OutputComparison
     from parity.investigations.localize import Localization
-    from parity.judging.compare import OutputComparison
     from parity.report import ParityReport
 
+T = TypeVar("T")
 WIDTH = 120  # where no terminal says otherwise (logs, pipes, strings)
 LOCALIZATION_ROWS = 40  # values of a localization shown; the JSON report has them all
 _VERDICT = {
@@ -60,7 +62,7 @@ def progress_printer(quiet: bool) -> Callable[[str], None]:
         return lambda message: click.echo(f"parity: {message}", err=True)
 
     def show(message: str) -> None:
-        line = Text.assemble((time.strftime("%H:%M:%S"), "dim"), " parity: ", _literal(message))
+        line = Text.assemble((time.strftime("%H:%M:%S"), "dim"), " parity: ", literal(message))
         console.print(line, soft_wrap=True)
 
     return show
@@ -70,7 +72,7 @@ def render_terminal(report: ParityReport, console: Console) -> None:
     """Print `report` on `console`: verdict first, then the evidence, then the reasons."""
     word, style = _VERDICT[report.verdict]
     console.print(
-        Text.assemble("parity check: ", (word, style), "  (", _literal(report.config), ")"),
+        Text.assemble("parity check: ", (word, style), "  (", literal(report.config), ")"),
         soft_wrap=True,
     )
     inputs = report.inputs
@@ -83,7 +85,7 @@ def render_terminal(report: ParityReport, console: Console) -> None:
         console.print(
             Text.assemble(
                 "against: bundle ",
-                _literal(a.path),
+                literal(a.path),
                 f" ({a.environment}, recorded {a.created}, manifest {a.manifest_digest[:23]}…)",
             ),
             soft_wrap=True,
@@ -117,12 +119,12 @@ def render_terminal(report: ParityReport, console: Console) -> None:
         console.print()
         console.print(Text("errors:", style="bold red"))
         for error in report.errors:
-            console.print(Text("  ") + _literal(error), soft_wrap=True)
+            console.print(Text("  ") + literal(error), soft_wrap=True)
     if report.reasons:
         console.print()
         console.print(Text("why:", style="bold"))
         for reason in report.reasons:
-            console.print(Text("  - ") + _literal(reason), soft_wrap=True)
+            console.print(Text("  - ") + literal(reason), soft_wrap=True)
 
 
 def _table(*headers: str, right: tuple[str, ...] = (), no_wrap: tuple[str, ...] = ()) -> Table:
@@ -180,13 +182,13 @@ def _environments(report: ParityReport) -> Table:
             if env.lock_digest:
                 lock += f" {env.lock_digest[:19]}…"
         table.add_row(
-            _literal(env.name) + Text(f" ({role})", style="dim"),
-            _literal(env.backend),
-            _literal(env.python or "-"),
-            _literal(env.platform or "-"),
+            literal(env.name) + Text(f" ({role})", style="dim"),
+            literal(env.backend),
+            literal(env.python or "-"),
+            literal(env.platform or "-"),
             Text(str(len(env.packages))),
-            _literal(lock),
-            _literal(env.description),
+            literal(lock),
+            literal(env.description),
         )
     return table
 
@@ -206,9 +208,9 @@ def _outputs(report: ParityReport) -> Table:
     )
     for o in report.outputs:
         table.add_row(
-            Text.assemble(("✓ ", "green") if o.passed else ("✗ ", "bold red"), _literal(o.name)),
+            Text.assemble(("✓ ", "green") if o.passed else ("✗ ", "bold red"), literal(o.name)),
             # one setting a line keeps the column narrow enough for the numbers beside it
-            _literal(o.policy_description.replace(", ", ",\n")),
+            literal(o.policy_description.replace(", ", ",\n")),
             Text(f"{o.mismatched}/{o.total} {o.unit}\n({100 * o.mismatched_fraction:.3g}%)"),
             Text(f"{o.max_abs_diff:.3g}"),
             Text(f"{o.median_abs_diff:.3g}"),
@@ -239,12 +241,12 @@ def _noise(report: ParityReport) -> Table:
                 )
             else:
                 cells.append(Text("bitwise identical", style="dim"))
-        table.add_row(_literal(o.name), *cells)
+        table.add_row(literal(o.name), *cells)
     return table
 
 
 def _measure(o: OutputComparison) -> str | None:
-    measure = o.measure()
+    measure = policy_measure(o)
     return "\n".join(measure) if measure else None
 
 
@@ -263,10 +265,10 @@ def _output_notes(report: ParityReport, console: Console) -> None:
         if not o.passed:
             line = Text.assemble(
                 ("  ✗ ", "bold red"),
-                _literal(o.name),
+                literal(o.name),
                 f" ({o.cause})" if o.cause else "",
                 ": ",
-                _literal(o.reason or "beyond tolerance"),
+                literal(o.reason or "beyond tolerance"),
             )
             lines.append(line)
             if o.worst_index is not None:
@@ -280,7 +282,7 @@ def _output_notes(report: ParityReport, console: Console) -> None:
             lines += [
                 Text.assemble(
                     ("  ~ ", "yellow"),
-                    _literal(
+                    literal(
                         f"{o.name}: nondeterministic: {env} disagrees with itself (max abs "
                         f"diff {n.max_abs_diff:.3g} between two runs, {n.mismatched}/{n.total} "
                         "elements)"
@@ -302,7 +304,7 @@ def _localization(report: ParityReport, loc: Localization, console: Console) -> 
         heading += f" (sample {loc.sample}, the worst of output {loc.output!r})"
     console.print(Text(heading + ":", style="bold"))
     style = "yellow" if loc.error else ""
-    console.print(Text("  ") + _literal(loc.summary), style=style, soft_wrap=True)
+    console.print(Text("  ") + literal(loc.summary), style=style, soft_wrap=True)
     if not loc.entries:
         return
     table = _table(
@@ -326,15 +328,15 @@ def _localization(report: ParityReport, loc: Localization, console: Console) -> 
         table.add_row(
             Text.assemble(
                 ("✓ ", "green") if e.passed else ("✗ ", "bold red"),
-                _literal(e.name),
+                literal(e.name),
                 (" ◀ first", "bold") if first else "",
             ),
-            _literal(e.stage),
-            _literal(e.module_class or "-"),
+            literal(e.stage),
+            literal(e.module_class or "-"),
             Text("-" if e.max_abs_diff is None else f"{e.max_abs_diff:.3g}"),
-            _literal(_side(e.reference_dtype, e.reference_shape)),
-            _literal(_side(e.candidate_dtype, e.candidate_shape)),
-            _literal(e.cause or "-"),
+            literal(_side(e.reference_dtype, e.reference_shape)),
+            literal(_side(e.candidate_dtype, e.candidate_shape)),
+            literal(e.cause or "-"),
         )
     console.print(_Trimmed(table))
     more = len(loc.entries) - LOCALIZATION_ROWS
@@ -367,17 +369,17 @@ def _version_diffs(report: ParityReport) -> Table:
         else:
             style, counts = "", Text("reported", style="yellow")
         table.add_row(
-            _literal(v.name),
-            *(_literal(v.versions.get(n) or "-") for n in names),
-            _literal(v.severity),
+            literal(v.name),
+            *(literal(v.versions.get(n) or "-") for n in names),
+            literal(v.severity),
             counts,
-            _literal(v.note),
+            literal(v.note),
             style=style,
         )
     return table
 
 
-def _literal(text: str) -> Text:
+def literal(text: str) -> Text:
     """`text` exactly as written: no markup, no emoji codes, control characters escaped."""
 
     def escaped(match: re.Match[str]) -> str:
@@ -388,9 +390,14 @@ def _literal(text: str) -> Text:
 
 
 def render_text(report: ParityReport, color: bool | None = None) -> str:
-    """The terminal rendering as a string: coloured when `color` is True, plain when
-    False, and when None as the environment says (FORCE_COLOR, NO_COLOR;
-    a string is no terminal, so plain unless forced)."""
+    """The check's terminal rendering as a string (see `as_text`)."""
+    return as_text(render_terminal, report, color)
+
+
+def as_text(render: Callable[[T, Console], None], value: T, color: bool | None = None) -> str:
+    """What `render` prints for `value`, as a string: coloured when `color` is True, plain
+    when False, and when None as the environment says (FORCE_COLOR, NO_COLOR; a string is
+    no terminal, so plain unless forced)."""
     out = StringIO()
     console = Console(
         file=out,
@@ -399,5 +406,5 @@ def render_text(report: ParityReport, color: bool | None = None) -> str:
         no_color=None if color is None else not color,
         highlight=False,
     )
-    render_terminal(report, console)
+    render(value, console)
     return out.getvalue()

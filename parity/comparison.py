@@ -1,0 +1,126 @@
+"""What comparing one output found: `OutputComparison` (the verdict, the statistics and
+the evidence to set a tolerance from), with its `Histogram`, `Heatmap` and `Noise`; and
+`BlockDiff`, the difference of one block that every policy's judge is shown.
+
+Values only: `parity.judging.compare` computes them, the policies (`parity.policies`)
+read them, the report carries them and the renderers format them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """How many elements' absolute differences fall in each power-of-two range."""
+
+    zero: int  # elements with no difference
+    bins: tuple[tuple[float, float, int], ...]  # [low, high) and count, contiguous
+    inf: int  # infinite differences (NaN or infinity on one side only)
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Where an image-like output differs: the largest |a - b| in each cell of a grid over
+    its last two axes (height, width), taken over all leading axes (samples, channels)."""
+
+    height: int
+    width: int
+    values: tuple[tuple[float, ...], ...]  # rows x columns
+
+
+@dataclass(frozen=True)
+class Noise:
+    """How much one environment disagrees with itself between two runs of one output."""
+
+    max_abs_diff: float
+    mismatched: int  # elements not bitwise identical between the runs
+    total: int
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """How one output of the candidate environment compares with the reference."""
+
+    name: str
+    passed: bool
+    reason: str | None
+    reference_dtype: str
+    candidate_dtype: str
+    reference_shape: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    atol: float
+    rtol: float
+    total: int
+    mismatched: int
+    nan_mismatched: int = 0
+    max_abs_diff: float = 0.0
+    mean_abs_diff: float = 0.0
+    median_abs_diff: float = 0.0
+    p99_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    mean_rel_diff: float = 0.0
+    median_rel_diff: float = 0.0
+    p99_rel_diff: float = 0.0
+    worst_index: tuple[int, ...] | None = None
+    worst_reference: float | None = None
+    worst_candidate: float | None = None
+    atol_to_pass: float = 0.0  # the smallest atol that passes with this rtol
+    rtol_to_pass: float = 0.0  # the smallest rtol that passes with this atol
+    policy: str = "allclose"
+    policy_description: str = "allclose(atol=0, rtol=0)"
+    # Why it failed: shape, dtype, nan_inf, tolerance, or nondeterministic (the
+    # environments disagree with themselves, so the difference is not drift).
+    cause: str | None = None
+    unit: str = "elements"  # what total and mismatched count: elements, or the policy's unit
+    max_ulp_diff: int | None = None
+    agreement: float | None = None
+    psnr_db: float | None = None
+    histogram: Histogram | None = None
+    heatmap: Heatmap | None = None
+    noise: dict[str, Noise] = field(default_factory=dict)
+    nondeterministic: bool = False
+
+    @property
+    def mismatched_fraction(self) -> float:
+        """Mismatched elements (or rows) as a fraction of all of them."""
+        return self.mismatched / self.total if self.total else 0.0
+
+
+class BlockDiff:
+    """|a - b| and |a - b| / |b| of one block, with the NaN and infinity rules applied
+    (`bad`: where they fail; there `diff` is infinite), as every policy's judge sees it."""
+
+    def __init__(self, rb: np.ndarray, cb: np.ndarray, work: np.dtype) -> None:
+        import numpy as np
+
+        b = rb.astype(work, copy=False)
+        a = cb.astype(work, copy=False)
+        with np.errstate(all="ignore"):
+            self.diff = np.abs(a - b)
+            self.abs_b = np.abs(b)
+            self.bad: np.ndarray | None = None
+            self.nan_bad = 0
+            # |a - b| is finite unless a or b is NaN or infinite (or it overflows): the
+            # masks below are needed only then.
+            self.all_finite = bool(np.isfinite(self.diff).all())
+            if not self.all_finite:
+                nan_a, nan_b = np.isnan(a), np.isnan(b)
+                special = nan_a | nan_b | np.isinf(a) | np.isinf(b)
+                if special.any():
+                    # NaN matches only NaN; an infinity only the same infinity.
+                    same = (nan_a & nan_b) | (special & (a == b))
+                    self.bad = special & ~same
+                    self.nan_bad = int(np.count_nonzero(self.bad & (nan_a | nan_b)))
+                    self.diff[same] = 0.0
+                    self.diff[self.bad] = np.inf
+                    self.abs_b[~np.isfinite(self.abs_b)] = 0.0
+            # abs_b is finite here: x / 0 is inf, inf / x is inf; only 0 / 0 needs fixing.
+            self.rel = self.diff / self.abs_b
+            self.rel[self.diff == 0] = 0.0
+        self.a, self.b = a, b
