@@ -81,6 +81,8 @@ class OutputComparison:
     max_ulp_diff: int | None = None
     agreement: float | None = None
     psnr_db: float | None = None
+    # Measures of policies beyond the fields above, by name (e.g. cosine's min_cosine).
+    measures: dict[str, float] = field(default_factory=dict)
     histogram: Histogram | None = None
     heatmap: Heatmap | None = None
     noise: dict[str, Noise] = field(default_factory=dict)

@@ -66,6 +66,8 @@ class ParityReport:
         for o in self.outputs:
             d = asdict(o)
             d["mismatched_fraction"] = o.mismatched_fraction
+            if not o.measures:  # absent, not empty, for the policies with fields of their own
+                del d["measures"]
             outputs.append(d)
         data = {
             "schema_version": self.schema_version,

@@ -68,7 +68,8 @@ lock = "pylock.toml"
         ),
         (
             ('group = "train"\n', 'group = "train"\n[tolerance]\npolicy = "fuzzy"\n'),
-            "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, got 'fuzzy'",
+            "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, cosine, got "
+            "'fuzzy'",
         ),
         (
             (

@@ -115,7 +115,7 @@ def test_a_policy_reads_back_from_the_config_as_described(
 
 
 def test_the_built_in_policies_are_registered_in_order() -> None:
-    assert KINDS == ("exact", "ulp", "allclose", "decision", "psnr")
+    assert KINDS == ("exact", "ulp", "allclose", "decision", "psnr", "cosine")
     assert tuple(POLICIES) == KINDS
     assert parity.TolerancePolicy is TolerancePolicy
 
@@ -138,7 +138,7 @@ def test_the_built_in_policies_are_registered_in_order() -> None:
             "max_ulp = 1",
             "tolerance.max_ulp: only applies to policy = 'ulp' (this is 'allclose')",
         ),
-        ("policy = 3", "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr"),
+        ("policy = 3", "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, cosine"),
         ("atl = 1", "tolerance.atl: unknown key (expected one of: atol, data_range,"),
     ],
 )
@@ -271,7 +271,7 @@ def test_a_registered_policys_settings_are_checked_and_kept_to_it(
         "tolerance.atol: only applies to policy = 'allclose' (this is 'max_abs')"
     )
     assert config_error(tmp_path, "[tolerance]\npolicy = 'fuzzy'\n") == (
-        "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, max_abs, "
+        "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, cosine, max_abs, "
         "got 'fuzzy'"
     )
 
@@ -281,7 +281,8 @@ def test_once_unregistered_a_policy_is_unknown_again(tmp_path: Path) -> None:
     unregister("max_abs")
     assert "limit" not in all_settings()
     assert config_error(tmp_path, "[tolerance]\npolicy = 'max_abs'\n").startswith(
-        "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, got 'max_abs'"
+        "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, cosine, got "
+        "'max_abs'"
     )
 
 

@@ -297,6 +297,7 @@ class _Accumulator:
             max_ulp_diff=verdict.max_ulp_diff,
             agreement=verdict.agreement,
             psnr_db=verdict.psnr_db,
+            measures=dict(verdict.measures),
             histogram=self._histogram(),
             heatmap=self._heatmap(),
         )

@@ -1,7 +1,7 @@
 """Tolerance policies: the rule one output of the candidate must meet against the reference.
 
-One module per policy states its rule: `exact`, `ulp`, `allclose`, `decision` and
-`psnr`. Under every policy shapes and dtypes must be equal (a dtype change is how NumPy's
+One module per policy states its rule: `exact`, `ulp`, `allclose`, `decision`, `psnr`
+and `cosine`. Under every policy shapes and dtypes must be equal (a dtype change is how NumPy's
 NEP 50 promotion drift shows), and NaN and infinities must sit at the same positions with
 the same signs; `parity.judging.compare` enforces those rules and asks the policy about
 the rest.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from parity.policies.allclose import Allclose
 from parity.policies.base import Policy, Setting, Value
+from parity.policies.cosine import Cosine
 from parity.policies.decision import Decision
 from parity.policies.exact import Exact
 from parity.policies.psnr import Psnr
@@ -43,7 +44,7 @@ __all__ = [
 
 # The order is the one error messages list policies in, and a setting two policies share
 # is reported as the first one's.
-BUILT_IN: tuple[type[Policy], ...] = (Exact, Ulp, Allclose, Decision, Psnr)
+BUILT_IN: tuple[type[Policy], ...] = (Exact, Ulp, Allclose, Decision, Psnr, Cosine)
 
 POLICIES: dict[str, type[Policy]] = {}  # every registered policy by name
 _P = TypeVar("_P", bound=type[Policy])

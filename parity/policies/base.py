@@ -140,6 +140,8 @@ class Verdict:
     max_ulp_diff: int | None = None
     agreement: float | None = None
     psnr_db: float | None = None
+    # Any other measure by name, reported in the comparison's `measures`.
+    measures: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def elementwise(tally: Tally, beyond: str, **measures: Any) -> Verdict:

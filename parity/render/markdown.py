@@ -63,7 +63,9 @@ def render_markdown(report: ParityReport) -> str:
 
 def _outputs(report: ParityReport) -> list[str]:
     """The outputs table, then a note for each failing or nondeterministic output."""
-    measured = any(_measure(o) for o in report.outputs)
+    # The measures' own names as the column's title, e.g. `ULP / agreement / PSNR`.
+    measures = list(dict.fromkeys(m[0] for o in report.outputs if (m := policy_measure(o))))
+    measured = bool(measures)
     noisy_envs = list(dict.fromkeys(env for o in report.outputs for env in o.noise))
     noise_envs = noisy_envs if report.calibrated else []
     headers = [
@@ -77,7 +79,7 @@ def _outputs(report: ParityReport) -> list[str]:
         "max rel diff",
         "atol to pass",
         "rtol to pass",
-        *(["ULP / agreement / PSNR"] if measured else []),
+        *([" / ".join(measures)] if measures else []),
         *(f"noise in {_cell(env)}" for env in noise_envs),
     ]
     lines = [
