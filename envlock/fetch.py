@@ -27,7 +27,7 @@ from packaging.utils import parse_wheel_filename
 
 from envlock.errors import EnvlockError, LockFileError
 from envlock.lockfile import MAIN, LockedEnv, LockedFile, LockedPackage
-from envlock.progress import Progress
+from envlock.progress import Progress, quiet
 
 
 class HashMismatchError(EnvlockError):
@@ -127,7 +127,7 @@ def fetch(
     progress: Progress | None = None,
 ) -> Wheelhouse:
     """Fetch every wheel the lock's groups install into `dest`, checking each sha256."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     tags = target_tags(lock.requires_python)
     wanted = list(groups) if groups is not None else list(lock.groups)
     mirror_list = list(mirrors) if mirrors is not None else default_mirrors()

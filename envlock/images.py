@@ -27,7 +27,7 @@ from envlock.errors import EnvlockError, LockFileError
 from envlock.fetch import fetch, verify_wheelhouse
 from envlock.lockfile import MAIN, LockedEnv
 from envlock.locking import read_spec
-from envlock.progress import Progress
+from envlock.progress import Progress, quiet
 
 DEFAULT_BASE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 # role -> (Dockerfile, lock group)
@@ -170,7 +170,7 @@ def build_images(
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build (or find, unchanged) the training and inference images of `lock`."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     if lock.flavor != "pylock":
         raise LockFileError(lock.path, "envlock build installs PEP 751 locks (pylock.toml) only")
     client = docker_client()

@@ -24,7 +24,7 @@ import tomli_w
 
 from envlock.errors import LockFileError, MaterializeError, StaleLockError
 from envlock.lockfile import MAIN, TOOL_TABLE, read_lock
-from envlock.progress import Progress
+from envlock.progress import Progress, quiet
 from envlock.uvtool import find_uv, uv_version
 
 
@@ -94,7 +94,7 @@ def lock(
     progress: Progress | None = None,
 ) -> LockResult:
     """Solve `spec` with uv and write the shared `pylock.toml` (atomically) next to it."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     spec = spec.resolve()
     out = (out or spec.with_name("pylock.toml")).resolve()
     data = read_spec(spec)

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from envlock.clikit import domain_errors
 from envlock.errors import EnvlockError
+from envlock.progress import Progress
 from parity.bundle import Bundle, load_bundle, record_bundle
 from parity.check import check_against, run_check
 from parity.config import load_config
@@ -275,7 +276,7 @@ def _mlflow_target(
 
 
 def _log_to_mlflow(
-    report: ParityReport, target: MlflowTarget, written: list[Path], say: Callable[[str], None]
+    report: ParityReport, target: MlflowTarget, written: list[Path], say: Progress
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="parity-mlflow-") as tmp:
         files = list(written)

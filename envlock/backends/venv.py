@@ -29,7 +29,7 @@ from filelock import FileLock
 from envlock.backends.base import Environment
 from envlock.errors import LockFileError, MaterializeError
 from envlock.lockfile import MAIN, LockedEnv
-from envlock.progress import Progress
+from envlock.progress import Progress, quiet
 from envlock.uvtool import find_uv, uv_version
 
 MARKER = ".envlock.json"
@@ -82,7 +82,7 @@ class VenvBackend:
         cached = self.find(lock, group)
         if cached is not None:
             return cached
-        say = progress or (lambda _msg: None)
+        say = progress or quiet
         key = self.key(lock, group)
         locks = self.cache_dir / ".locks"
         locks.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from envlock.progress import Progress
+from envlock.progress import quiet as say_nothing
 from parity.inputs.seeded import describe_label
 from parity.policies import measure as policy_measure
 
@@ -52,11 +54,11 @@ def stdout_console() -> Console:
     return console
 
 
-def progress_printer(quiet: bool) -> Callable[[str], None]:
+def progress_printer(quiet: bool) -> Progress:
     """A progress callback writing `parity: message` lines to stderr (nothing when quiet);
     on a terminal each line starts with a dim timestamp."""
     if quiet:
-        return lambda _message: None
+        return say_nothing
     console = Console(stderr=True, highlight=False)
     if not console.is_terminal:
         return lambda message: click.echo(f"parity: {message}", err=True)
