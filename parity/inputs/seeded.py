@@ -109,7 +109,9 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _range(a: ArraySpec) -> tuple[float, float]:
+def value_range(a: ArraySpec) -> tuple[float, float]:
+    """The range a `uniform` or `image` array spans: its `low` and `high`, else 0 to 1 for
+    floats, 0 to 255 for bytes and -1000 to 1000 for wider integers."""
     import numpy as np
 
     dtype = np.dtype(a.dtype)
@@ -136,10 +138,10 @@ def _draw(rng: np.random.Generator, a: ArraySpec) -> np.ndarray:
         values = values.reshape(a.shape)
     elif a.generator == "image":
         unit = _image(rng, a.shape)
-        lo, hi = _range(a)
+        lo, hi = value_range(a)
         values = lo + unit * (hi - lo)
     else:
-        lo, hi = _range(a)
+        lo, hi = value_range(a)
         values = lo + rng.random(a.shape) * (hi - lo)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)

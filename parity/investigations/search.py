@@ -50,7 +50,7 @@ from parity.comparison import OutputComparison
 from parity.config import ParityConfig
 from parity.errors import ParityError, WorkerError
 from parity.inputs.samples import load_samples
-from parity.inputs.seeded import ArraySpec, InputSpec, _range, generate
+from parity.inputs.seeded import ArraySpec, InputSpec, generate, value_range
 from parity.jsontext import json_safe, json_text
 from parity.judging.judge import judge_outputs
 from parity.policies import TolerancePolicy
@@ -459,7 +459,7 @@ def _bounds(a: ArraySpec) -> tuple[float, float]:
     if a.generator == "normal":
         mean, std = a.params.get("mean", 0.0), a.params.get("std", 1.0)
         return mean - NORMAL_REACH * std, mean + NORMAL_REACH * std
-    return _range(a)
+    return value_range(a)
 
 
 def _focus(
