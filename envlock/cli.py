@@ -31,7 +31,7 @@ from envlock.images import (
 )
 from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
-from envlock.verify import verify_conda_prefix, verify_fingerprint
+from envlock.verify import failures, verify_conda_prefix, verify_fingerprint
 
 lock_option = click.option(
     "--lock",
@@ -286,6 +286,11 @@ def build_command(
     type=click.Path(path_type=Path, file_okay=False),
     help="Also check installed files against these locked wheels (from `envlock fetch`).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Count installer tooling the lock does not name (pip, setuptools, wheel) as extra.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @domain_errors(EnvlockError)
 def verify_command(
@@ -296,12 +301,14 @@ def verify_command(
     lock_path: Path,
     group: str | None,
     wheelhouse: Path | None,
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Check an environment against a lock group; exit 1 listing every differing package.
 
     Missing, extra and wrong-version packages, and (with --wheelhouse) installed files
-    whose RECORD hashes are not the locked wheel's.
+    whose RECORD hashes are not the locked wheel's. Installer tooling the lock does not
+    name (the pip `python -m venv` seeds) is listed apart and does not fail, unless --strict.
 
     \b
     Example:
@@ -318,7 +325,7 @@ def verify_command(
         target = str(prefix)
         group = group or MAIN
         lock.check_group(group)
-        problems = verify_conda_prefix(prefix, lock, group)
+        problems = verify_conda_prefix(prefix, lock, group, strict=strict)
         fingerprint: dict[str, Any] = {}
     elif python is not None:
         fingerprint = _probe_interpreter(python, imports=False)
@@ -336,22 +343,28 @@ def verify_command(
     group = group or labels.get(LABEL_GROUP) or MAIN
     lock.check_group(group)
     if problems is None:
-        problems = verify_fingerprint(fingerprint, lock, group, wheelhouse)
+        problems = verify_fingerprint(fingerprint, lock, group, wheelhouse, strict=strict)
+    failing = failures(problems)
     if as_json:
+        # One list, as always; benign entries (installer tooling) say so in their own field.
         click.echo(json.dumps([dataclasses.asdict(p) for p in problems], indent=2))
-    elif problems:
+    elif failing:
         click.echo(f"{target} differs from {lock_path} [{group}]:")
-        width = max(len(p.name) for p in problems)
-        for p in problems:
+        width = max(len(p.name) for p in failing)
+        for p in failing:
             locked, installed = p.locked or "-", p.installed or "-"
             click.echo(
                 f"  {p.name:<{width}}  {p.problem:<7}  locked {locked:<12} installed {installed}"
             )
     else:
         click.echo(f"{target} matches {lock_path} [{group}]: {len(lock.versions(group))} packages")
+    tooling = [p for p in problems if p.benign]
+    if tooling and not as_json:
+        shown = ", ".join(f"{p.name} {p.installed}" for p in tooling)
+        click.echo(f"installer tooling, not in the lock: {shown}")
     if labels.get(LABEL_LOCK) not in (None, lock.digest):
         _progress(f"note: {target} was built from another lock ({labels.get(LABEL_LOCK)})")
-    if problems:
+    if failing:
         raise SystemExit(1)
 
 

@@ -1,10 +1,10 @@
 """Diff two environments (fingerprints or locks), classify every difference, explain it.
 
-Both sides are first normalized into one shape (packages, interpreter, platform, CPU
-features, numerics environment variables, numpy/torch/thread-pool settings); deepdiff
-finds what differs; each difference gets a severity (`numerics`, `runtime`, `benign`,
-`other`) and one line a person can act on. A lock has only packages and the interpreter
-it pins, so a lock compared with a fingerprint is compared on those alone.
+Both sides are first normalized into one shape, two levels deep (packages, interpreter,
+platform, CPU features, numerics environment variables, numpy/torch/thread-pool settings)
+and compared key by key; each difference gets a severity (`numerics`, `runtime`,
+`benign`, `other`) and one line a person can act on. A lock has only packages and the
+interpreter it pins, so a lock compared with a fingerprint is compared on those alone.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class Difference:
     def _what(self) -> str:
         """What differs, as the start of an explanation: `numpy: version differs (1 vs 2)`."""
         shown = f"{self.a or 'absent'} vs {self.b or 'absent'}"
+        if not self.key:  # a whole section, recorded on one side only
+            return f"{self.section}: {shown}"
         if self.section == "package":
             if self.a is None or self.b is None:
                 where = "the second" if self.a is None else "the first"
@@ -174,39 +176,66 @@ def _stringify(norm: dict[str, Any]) -> dict[str, Any]:
 
 
 def diff(a: Side, b: Side) -> list[Difference]:
-    """Every classified difference between two sides, in component order."""
-    from deepdiff import DeepDiff
-    from deepdiff.helper import NotPresent
+    """Every classified difference between two sides, in component order.
 
+    Each key of each section is compared on its own, so every package that differs is
+    listed, however few names the two sides share (a lock of ten packages against the
+    fingerprint of an environment of three hundred).
+    """
     left, right = a.data, b.data
     if "lock" in (a.kind, b.kind):
         # A lock knows packages and the interpreter; nothing else can be compared.
         lock_side = a.data if a.kind == "lock" else b.data
         left = _only(left, lock_side)
         right = _only(right, lock_side)
-    found: dict[tuple[str, str], tuple[str | None, str | None]] = {}
-    tree = DeepDiff(left, right, view="tree")
-    for levels in tree.values():
-        for level in levels:
-            path = level.path(output_format="list")
-            section = str(path[0])
-            if len(path) >= 2:
-                key = str(path[1])
-                va = None if isinstance(level.t1, NotPresent) else str(level.t1)
-                vb = None if isinstance(level.t2, NotPresent) else str(level.t2)
-            else:  # a whole section on one side only
-                key = ""
-                va = None if isinstance(level.t1, NotPresent) else "present"
-                vb = None if isinstance(level.t2, NotPresent) else "present"
-            found[section, key] = (va, vb)
     differences = []
-    for (section, key), (va, vb) in found.items():
+    for section, key, va, vb in _differing(left, right):
         if (section, key) == ("python", "version") and _satisfies(va, vb):
             continue  # a lock's requires-python that the interpreter meets
         sev, why = classify(section, key)
         differences.append(Difference(section, key, va, vb, sev, why))
     differences.sort(key=lambda d: d.component)
     return differences
+
+
+def _differing(
+    left: dict[str, Any], right: dict[str, Any]
+) -> list[tuple[str, str, str | None, str | None]]:
+    """(section, key, left value, right value) for every normalized value that differs.
+
+    A section one side lacks altogether (a probe run without imports has no `numpy`) is one
+    difference, "present" against absent: that side did not record it, which says nothing
+    about each of its keys.
+    """
+    found = []
+    for section in sorted(set(left) | set(right)):
+        one, two = left.get(section), right.get(section)
+        if one is None or two is None:
+            found.append(
+                (
+                    section,
+                    "",
+                    None if one is None else "present",
+                    None if two is None else "present",
+                )
+            )
+        elif not (isinstance(one, dict) and isinstance(two, dict)):
+            if one != two:
+                found.append((section, "", _text(one), _text(two)))
+        else:
+            for key in sorted(set(one) | set(two)):
+                va, vb = _text(one.get(key)), _text(two.get(key))
+                if va != vb:
+                    found.append((section, key, va, vb))
+    return found
+
+
+def _text(value: Any) -> str | None:
+    """A normalized value as one string (None for absent): leaves are strings already, but a
+    fingerprint is not trusted to nest only where the probe does."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _only(norm: dict[str, Any], lock: dict[str, Any]) -> dict[str, Any]:

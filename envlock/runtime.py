@@ -7,6 +7,8 @@ It reads the installed distributions from the `*.dist-info` folder names on sys.
 metadata parsing, so a few hundred distributions cost milliseconds), compares them with
 the lock group, or with a fingerprint recorded at training time, and raises
 `EnvironmentDrift` (strict) or warns `EnvironmentDriftWarning` listing every difference.
+Installer tooling the lock does not name (pip in a `python -m venv` environment) is not
+drift, strict or not, as for `envlock verify`: `strict` here chooses raising over warning.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from envlock.errors import EnvlockError
 from envlock.installed import installed_versions
 from envlock.names import canonical
-from envlock.verify import Mismatch, compare_versions
+from envlock.verify import Mismatch, compare_versions, failures
 
 
 class EnvironmentDrift(EnvlockError):
@@ -48,7 +50,8 @@ def guard(
     """Compare the running environment with a lock group or a recorded fingerprint.
 
     Returns the differences. With `strict`, raises `EnvironmentDrift` if there are any;
-    otherwise warns with `EnvironmentDriftWarning`. Names in `ignore` are not compared.
+    otherwise warns with `EnvironmentDriftWarning`. Names in `ignore` are not compared, nor
+    installer tooling (pip, setuptools, wheel) that the lock or fingerprint does not name.
     `paths` (default sys.path) lets a process check another environment's site-packages.
     """
     if (lock is None) == (fingerprint is None):
@@ -66,7 +69,9 @@ def guard(
         source = f"{lock} [{group}]"
     skip = {canonical(n) for n in ignore}
     installed = {k: v for k, v in installed_versions(paths).items() if k not in skip}
-    mismatches = compare_versions({k: v for k, v in expected.items() if k not in skip}, installed)
+    mismatches = failures(
+        compare_versions({k: v for k, v in expected.items() if k not in skip}, installed)
+    )
     if mismatches:
         if strict:
             raise EnvironmentDrift(source, mismatches)

@@ -1,4 +1,9 @@
-"""Check an environment's fingerprint against a lock group: missing, extra, wrong version."""
+"""Check an environment's fingerprint against a lock group: missing, extra, wrong version.
+
+Installer tooling that the lock does not name (the pip that `python -m venv` seeds) is
+reported as benign rather than extra: it is how the environment was made, not drift. A
+lock that pins it still gets it checked, and `strict` counts unnamed tooling as extra.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ if TYPE_CHECKING:
 
 Problem = Literal["missing", "extra", "version", "files", "build"]
 
+# What installers seed into an environment whatever the lock says: `python -m venv` seeds pip
+# (and setuptools before Python 3.12); virtualenv and `uv venv --seed` also setuptools and
+# wheel on older Pythons; distribute is setuptools' old fork.
+INSTALLER_TOOLING = frozenset({"pip", "setuptools", "wheel", "distribute"})
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -23,9 +33,13 @@ class Mismatch:
     problem: Problem
     locked: str | None
     installed: str | None
+    # Installer tooling the lock does not name: listed, but not a failure.
+    benign: bool = False
 
     def describe(self) -> str:
         """One line a person can act on."""
+        if self.benign:
+            return f"{self.name}: installed {self.installed}, installer tooling not in the lock"
         if self.problem == "missing":
             return f"{self.name}: locked {self.locked}, not installed"
         if self.problem == "extra":
@@ -69,11 +83,14 @@ def verify_fingerprint(
     lock: LockedEnv,
     group: str,
     wheelhouse: Path | None = None,
+    *,
+    strict: bool = False,
 ) -> list[Mismatch]:
     """Every difference between the installed distributions and the lock's `group`.
 
     With a wheelhouse (`envlock fetch`), installed files are also checked against the
-    locked wheels' RECORD hashes.
+    locked wheels' RECORD hashes. Installer tooling the lock does not name comes last,
+    `benign` (not a failure; see `failures`), unless `strict`.
     """
     locked: dict[str, str] = lock.versions(group)
     digests: dict[str, Any] = {
@@ -87,27 +104,43 @@ def verify_fingerprint(
         for d in fingerprint.get("distributions", [])
         if isinstance(d, dict) and "name" in d and "version" in d
     }
-    problems = compare_versions(locked, installed)
+    problems = compare_versions(locked, installed, strict=strict)
     for name in sorted(set(locked) & set(installed)):
         if name in wheels and digests.get(name) and _same(locked[name], installed[name]):
             expected = wheel_files_digest(wheels[name])
             if expected is not None and expected != digests[name]:
                 problems.append(Mismatch(name, "files", locked[name], installed[name]))
-    return sorted(problems, key=lambda p: p.name)
+    return _ordered(problems)
 
 
-def compare_versions(expected: dict[str, str], installed: dict[str, str]) -> list[Mismatch]:
-    """Missing, extra and wrong-version packages between what is expected and installed."""
+def compare_versions(
+    expected: dict[str, str], installed: dict[str, str], *, strict: bool = False
+) -> list[Mismatch]:
+    """Missing, extra and wrong-version packages between what is expected and installed.
+
+    An extra package that is installer tooling is `benign` unless `strict`.
+    """
     problems = []
     for name in sorted(set(expected) | set(installed)):
         want, have = expected.get(name), installed.get(name)
         if have is None:
             problems.append(Mismatch(name, "missing", want, None))
         elif want is None:
-            problems.append(Mismatch(name, "extra", None, have))
+            tooling = not strict and canonical(name) in INSTALLER_TOOLING
+            problems.append(Mismatch(name, "extra", None, have, benign=tooling))
         elif not _same(want, have):
             problems.append(Mismatch(name, "version", want, have))
     return problems
+
+
+def failures(mismatches: list[Mismatch]) -> list[Mismatch]:
+    """The mismatches that fail verification: all but the benign ones."""
+    return [m for m in mismatches if not m.benign]
+
+
+def _ordered(mismatches: list[Mismatch]) -> list[Mismatch]:
+    """Failures by name, then the benign ones by name: listed apart, as they are reported."""
+    return sorted(mismatches, key=lambda m: (m.benign, m.name))
 
 
 def _wheels(folder: Path) -> dict[str, Path]:
@@ -124,11 +157,13 @@ def _wheels(folder: Path) -> dict[str, Path]:
     return found
 
 
-def verify_conda_prefix(prefix: Path, lock: LockedEnv, group: str) -> list[Mismatch]:
+def verify_conda_prefix(
+    prefix: Path, lock: LockedEnv, group: str, *, strict: bool = False
+) -> list[Mismatch]:
     """Differences between a conda environment (its conda-meta) and a conda-lock group.
 
     Conda packages are checked by name, version and build; pip packages by name and version
-    against the environment's site-packages.
+    against the environment's site-packages. Installer tooling is as in `verify_fingerprint`.
     """
     from envlock.installed import installed_versions
     from envlock.probe import conda_packages
@@ -144,6 +179,7 @@ def verify_conda_prefix(prefix: Path, lock: LockedEnv, group: str) -> list[Misma
     problems = compare_versions(
         {n: p.version for n, p in conda_want.items()},
         {n: str(r.get("version")) for n, r in conda_have.items()},
+        strict=strict,
     )
     for name in sorted(set(conda_want) & set(conda_have)):
         want, have = conda_want[name].build, conda_have[name].get("build")
@@ -158,8 +194,8 @@ def verify_conda_prefix(prefix: Path, lock: LockedEnv, group: str) -> list[Misma
     pip_have = installed_versions(site)
     pip_want = {p.name: p.version for p in wanted if p.manager == "pip"}
     conda_names = {canonical(n) for n in conda_have}
-    for m in compare_versions(pip_want, pip_have):
+    for m in compare_versions(pip_want, pip_have, strict=strict):
         if m.problem == "extra" and m.name in conda_names:
             continue  # a Python package conda installed, checked above
         problems.append(m)
-    return sorted(problems, key=lambda m: m.name)
+    return _ordered(problems)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-# First calls import heavy modules (deepdiff, numpy paths); time is not what these test.
+# First calls import heavy modules (numpy paths); time is not what these test.
 settings.register_profile("project", deadline=None)
 settings.load_profile("project")
 

@@ -483,3 +483,21 @@ def test_version_diffs_take_envlocks_reason_whatever_the_values_hold() -> None:
             "OMP/MKL/OPENBLAS_NUM_THREADS) to the same value.",
         ),
     ]
+
+
+def test_version_diffs_list_every_package_however_few_the_environments_share() -> None:
+    def run(name: str, packages: dict[str, str]) -> EnvRun:
+        return EnvRun(
+            EnvironmentSpec(name, "venv", Path("pylock.toml"), "main"),
+            fingerprint={"distributions": [{"name": n, "version": v} for n, v in packages.items()]},
+        )
+
+    others = {f"pkg-{i:02d}": "1.0" for i in range(58)}
+    diffs = version_diffs(
+        run("train", {"numpy": "2.4.6", "six": "1.17.0", **others}),
+        run("infer", {"numpy": "1.26.4", "six": "1.17.0", "iniconfig": "2.1.0"}),
+    )
+    assert [d.name for d in diffs] == ["iniconfig", "numpy", *others]
+    numpy = diffs[1]
+    assert (numpy.versions, numpy.severity) == ({"train": "2.4.6", "infer": "1.26.4"}, "numerics")
+    assert diffs[0].versions == {"train": None, "infer": "2.1.0"}

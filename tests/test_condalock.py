@@ -78,7 +78,13 @@ def test_verify_a_conda_environment(tmp_path: Path) -> None:
     )
     assert train.returncode == 1
     assert json.loads(train.stdout) == [
-        {"name": "tqdm", "problem": "missing", "locked": "4.66.5", "installed": None}
+        {
+            "name": "tqdm",
+            "problem": "missing",
+            "locked": "4.66.5",
+            "installed": None,
+            "benign": False,
+        }
     ]
     bad = make_prefix(
         tmp_path / "bad",

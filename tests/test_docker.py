@@ -176,7 +176,13 @@ def test_verify_image_against_its_lock_group(reference_build: dict[str, Any]) ->
     )
     assert drift.returncode == 1
     assert json.loads(drift.stdout) == [
-        {"name": "numpy", "problem": "version", "locked": "1.26.4", "installed": "2.4.6"}
+        {
+            "name": "numpy",
+            "problem": "version",
+            "locked": "1.26.4",
+            "installed": "2.4.6",
+            "benign": False,
+        }
     ]
 
 

@@ -152,6 +152,66 @@ def test_classification_does_not_depend_on_order(
     assert one == two
 
 
+@given(fingerprints, fingerprints)
+def test_every_package_that_differs_is_listed_whatever_the_overlap(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    va = {d["name"]: d["version"] for d in a["distributions"]}
+    vb = {d["name"]: d["version"] for d in b["distributions"]}
+    listed = {d.key: (d.a, d.b) for d in diff(side(a, "a"), side(b, "b")) if d.section == "package"}
+    assert listed == {
+        n: (va.get(n), vb.get(n)) for n in va.keys() | vb.keys() if va.get(n) != vb.get(n)
+    }
+
+
+def test_a_small_lock_against_a_large_environment_lists_each_package() -> None:
+    # 2 names shared out of 61: a diff that compared whole sections would say one line.
+    lock = Side(
+        "pylock.toml",
+        {"package": {"numpy": "1.26.4", "six": "1.17.0", "iniconfig": "2.1.0"}},
+        "lock",
+    )
+    others = {f"pkg-{i:02d}": "1.0" for i in range(58)}
+    large = side(
+        {
+            "distributions": [
+                {"name": n, "version": v}
+                for n, v in {"numpy": "2.4.6", "six": "1.17.0", **others}.items()
+            ]
+        },
+        "fp",
+    )
+    found = {d.component: d for d in diff(lock, large)}
+    assert len(found) == 60
+    assert sorted(found) == sorted(
+        ["package numpy", "package iniconfig", *(f"package {n}" for n in others)]
+    )
+    numpy = found["package numpy"]
+    assert (numpy.a, numpy.b, numpy.severity) == ("1.26.4", "2.4.6", "numerics")
+    assert numpy.explanation.startswith("numpy: major version differs (1.26.4 vs 2.4.6); NumPy 2")
+    assert found["package pkg-00"].explanation == (
+        "pkg-00: installed only in the second environment; check whether the model uses it."
+    )
+    nothing_shared = diff(
+        side({"distributions": [{"name": "numpy", "version": "2.4.6"}]}, "a"),
+        side({"distributions": [{"name": "six", "version": "1.17.0"}]}, "b"),
+    )
+    assert [(d.component, d.a, d.b, d.severity) for d in nothing_shared] == [
+        ("package numpy", "2.4.6", None, "numerics"),
+        ("package six", None, "1.17.0", "other"),
+    ]
+
+
+def test_a_section_recorded_on_one_side_only_is_one_line() -> None:
+    # A probe run with --no-import records no numpy section: that is not one difference per key.
+    with_numpy = {"distributions": [], "numpy": {"blas": {"name": "openblas", "version": "0.3"}}}
+    found = diff(side(with_numpy, "a"), side({"distributions": []}, "b"))
+    assert [(d.component, d.a, d.b) for d in found] == [("numpy", "present", None)]
+    assert found[0].explanation == (
+        "numpy: present vs absent; this changes which kernels compute the numbers."
+    )
+
+
 def test_every_difference_is_explained_in_one_line() -> None:
     a = {
         "distributions": [{"name": "numpy", "version": "2.4.6"}, {"name": "pip", "version": "24"}],
@@ -241,6 +301,41 @@ def test_diff_two_locks(repo: Path) -> None:
     ]
     same = run_cli("envlock", "diff", "locks/pylock.toml", "locks/pylock.toml#main")
     assert same.returncode == 0 and "no differences" in same.stdout
+
+
+def test_diff_of_a_lock_and_a_much_larger_environment_lists_every_package(
+    repo: Path, tmp_path: Path
+) -> None:
+    from envlock import read_lock
+
+    probe = run_cli("envlock", "fingerprint", "--python", str(BIN / "python"), "--no-import")
+    assert probe.returncode == 0, probe.stderr
+    fp = tmp_path / "fp.json"
+    fp.write_text(probe.stdout)
+    installed = {d["name"]: d["version"] for d in json.loads(probe.stdout)["distributions"]}
+    lock = "examples/numpy-drift/locks/pylock.toml"
+    locked = read_lock(repo / lock).versions("train")
+    shared = set(installed) & set(locked)
+    # Few names shared: the case where comparing whole sections hid every package.
+    assert "numpy" in shared and len(shared) < len(installed) / 3
+    differing = sorted(
+        f"package {n}"
+        for n in installed.keys() | locked.keys()
+        if installed.get(n) != locked.get(n)
+    )
+    result = run_cli("envlock", "diff", f"{lock}#train", str(fp), "--json")
+    assert result.returncode == 1, result.stderr
+    found = {d["component"]: d for d in json.loads(result.stdout)}
+    assert sorted(found) == differing
+    numpy = found["package numpy"]
+    assert (numpy["a"], numpy["b"], numpy["severity"]) == ("1.26.4", installed["numpy"], "numerics")
+    assert f"version differs (1.26.4 vs {installed['numpy']}); NumPy 2" in numpy["explanation"]
+    text = run_cli("envlock", "diff", f"{lock}#train", str(fp))
+    assert text.returncode == 1
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(f"{len(differing)} differences (")
+    assert len(lines) == 1 + len(differing)
+    assert f"  [numerics] {numpy['explanation']}" in lines
 
 
 @pytest.mark.slow
