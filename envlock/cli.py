@@ -18,7 +18,7 @@ from envlock.clikit import CommandError, domain_errors
 from envlock.diff import diff as diff_sides
 from envlock.diff import load_side, summarize
 from envlock.errors import EnvlockError
-from envlock.fetch import default_mirrors, fetch, verify_wheelhouse
+from envlock.fetch import default_mirrors, fetch, verify_wheel_files, verify_wheelhouse
 from envlock.images import (
     DEFAULT_BASE,
     LABEL_GROUP,
@@ -122,12 +122,16 @@ def materialize_command(lock_path: Path, group: str, cache_dir: Path | None) -> 
 def show_command(lock_path: Path, group: str, as_json: bool) -> None:
     """Read a lock (pylock.toml or conda-lock.yml), validate it, list what a group installs here.
 
+    Source trees the lock names (a project's own directory entry) are listed apart:
+    envlock does not install them. With PEP 751 default-groups, main is those groups.
+
     \b
     Example:
         envlock show locks/pylock.toml --group train
     """
     lock = read_lock(lock_path)
     packages = lock.packages_in(group)
+    sources = lock.sources_in(group)
     if as_json:
         click.echo(
             json.dumps(
@@ -136,22 +140,32 @@ def show_command(lock_path: Path, group: str, as_json: bool) -> None:
                     "flavor": lock.flavor,
                     "digest": lock.digest,
                     "groups": list(lock.groups),
+                    "default_groups": list(lock.default_groups),
                     "group": group,
                     "packages": [
                         {"name": p.name, "version": p.version, "manager": p.manager}
                         for p in packages
+                    ],
+                    "not_installed": [
+                        {"name": s.name, "kind": s.kind, "location": s.location} for s in sources
                     ],
                 },
                 indent=2,
             )
         )
         return
-    click.echo(
-        f"{lock_path} ({lock.flavor}, groups: {', '.join(lock.groups)}, {lock.digest[:19]}…)"
-    )
+    groups = [
+        f"{g} (default-groups: {', '.join(lock.default_groups)})"
+        if g == MAIN and lock.default_groups
+        else g
+        for g in lock.groups
+    ]
+    click.echo(f"{lock_path} ({lock.flavor}, groups: {', '.join(groups)}, {lock.digest[:19]}…)")
     for p in packages:
         build = f" {p.build}" if p.build else ""
         click.echo(f"  {p.name} {p.version}{build} [{p.manager}]")
+    for s in sources:
+        click.echo(s.describe())
 
 
 @main.command("fetch")
@@ -174,7 +188,7 @@ def show_command(lock_path: Path, group: str, as_json: bool) -> None:
 def fetch_command(
     lock_path: Path, dest: Path | None, mirrors: tuple[Path, ...], offline: bool
 ) -> None:
-    """Fetch every wheel of a lock into a wheelhouse, checking each file's sha256.
+    """Fetch every wheel of a lock into a wheelhouse, checking each file's hash.
 
     Local mirrors are tried before the network. Prints the wheelhouse folder.
 
@@ -306,9 +320,11 @@ def verify_command(
 ) -> None:
     """Check an environment against a lock group; exit 1 listing every differing package.
 
-    Missing, extra and wrong-version packages, and (with --wheelhouse) installed files
-    whose RECORD hashes are not the locked wheel's. Installer tooling the lock does not
-    name (the pip `python -m venv` seeds) is listed apart and does not fail, unless --strict.
+    Missing, extra and wrong-version packages, and (with --wheelhouse, whose wheels are
+    first checked against the lock's hashes) installed files whose RECORD hashes are not
+    the locked wheel's. Installer tooling the lock does not name (the pip `python -m venv`
+    seeds) is listed apart and does not fail, unless --strict. A source tree the lock names
+    (the project) may be installed or not.
 
     \b
     Example:
@@ -319,6 +335,8 @@ def verify_command(
     if sum(x is not None for x in (image, role, python, prefix)) != 1:
         raise click.UsageError("give exactly one of --image, --role, --python and --prefix")
     lock = read_lock(lock_path)
+    if wheelhouse is not None:  # before probing anything: a wheel not as locked ends it here
+        verify_wheel_files(wheelhouse, lock)
     labels: dict[str, str] = {}
     problems = None
     if prefix is not None:

@@ -48,9 +48,14 @@ class PackageDifference:
 
 
 def _selected(lock: LockedEnv, group: str) -> dict[str, int]:
-    """Package name -> its index in `lock.packages`, for what `group` installs here."""
+    """Package name -> its index in the file's `[[packages]]`, for what `group` installs
+    here (source trees, which are not in `lock.packages`, keep the indices apart)."""
     chosen = {id(p) for p in lock.packages_in(group)}
-    return {p.name: i for i, p in enumerate(lock.packages) if id(p) in chosen}
+    return {
+        p.name: i if p.index is None else p.index
+        for i, p in enumerate(lock.packages)
+        if id(p) in chosen
+    }
 
 
 def differing_packages(
@@ -142,7 +147,7 @@ def combine(
 def _raw_packages(lock: LockedEnv) -> list[dict[str, Any]]:
     """The lock's `[[packages]]` tables as written, in the order `read_lock` read them."""
     raw = tomllib.loads(lock.path.read_text(encoding="utf-8")).get("packages", [])
-    if len(raw) != len(lock.packages):  # the file changed since it was read
+    if len(raw) != len(lock.packages) + len(lock.sources):  # the file changed since it was read
         raise LockFileError(lock.path, "changed while being read", where="packages")
     return list(raw)
 

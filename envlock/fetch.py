@@ -1,9 +1,11 @@
-"""A wheelhouse built from a lock: every file checked by sha256, local mirrors before the network.
+"""A wheelhouse built from a lock: every file checked by hash, local mirrors before the network.
 
-Layout (content-addressed by the lock's digest, so two locks never mix):
+Each file is checked by the strongest hash the lock gives it (`LockedFile.digest`: sha512
+before sha384 before sha256, ...). Layout (content-addressed by the lock's digest, so two
+locks never mix):
 
     <wheelhouse>/<lock digest>/<group>/<wheel files>
-    <wheelhouse>/<lock digest>/<group>/requirements.txt   name==version --hash=sha256:...
+    <wheelhouse>/<lock digest>/<group>/requirements.txt   name==version --hash=<algorithm>:...
 
 `main` holds what every environment installs; every other group holds only what it adds.
 Images install from these folders with no network and hashes required.
@@ -26,22 +28,26 @@ from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import parse_wheel_filename
 
 from envlock.errors import EnvlockError, LockFileError
+from envlock.locked import finish_digest, hexdigest_of
 from envlock.lockfile import MAIN, LockedEnv, LockedFile, LockedPackage
 from envlock.progress import Progress, quiet
 
 
 class HashMismatchError(EnvlockError):
-    """A file's sha256 is not the one the lock pins."""
+    """A file's hash is not the one the lock pins."""
 
     exit_code = 3
 
-    def __init__(self, path: Path | str, expected: str, actual: str) -> None:
+    def __init__(
+        self, path: Path | str, expected: str, actual: str, algorithm: str = "sha256"
+    ) -> None:
         self.path = str(path)
         self.expected = expected
         self.actual = actual
+        self.algorithm = algorithm
         super().__init__(
-            f"{path}: sha256 mismatch: the lock pins sha256:{expected}, the file has "
-            f"sha256:{actual}"
+            f"{path}: {algorithm} mismatch: the lock pins {algorithm}:{expected}, the file has "
+            f"{algorithm}:{actual}"
         )
 
 
@@ -126,7 +132,7 @@ def fetch(
     allow_network: bool = True,
     progress: Progress | None = None,
 ) -> Wheelhouse:
-    """Fetch every wheel the lock's groups install into `dest`, checking each sha256."""
+    """Fetch every wheel the lock's groups install into `dest`, checking each one's hash."""
     say = progress or quiet
     tags = target_tags(lock.requires_python)
     wanted = list(groups) if groups is not None else list(lock.groups)
@@ -143,40 +149,69 @@ def fetch(
         files = []
         for i, pkg in enumerate(packages, 1):
             wheel = choose_wheel(pkg, tags)
-            assert wheel.sha256 is not None  # read_lock refuses files without one
+            algorithm, expected = _digest(wheel)
             target = folder / wheel.filename
             source = _place(wheel, target, mirror_list, allow_network, say)
             say(f"[{group}] {i}/{len(packages)} {wheel.filename} ({source})")
             files.append(target)
-            lines.append(f"{pkg.name}=={pkg.version} --hash=sha256:{wheel.sha256}")
+            lines.append(f"{pkg.name}=={pkg.version} --hash={algorithm}:{expected}")
         (folder / "requirements.txt").write_text("\n".join(sorted(lines)) + "\n")
         result[group] = files
     return Wheelhouse(root, lock.digest, result)
 
 
 def verify_wheelhouse(house: Wheelhouse, lock: LockedEnv) -> None:
-    """Raise `HashMismatchError` naming the first file whose sha256 is not the locked one."""
-    pinned = {w.filename: w.sha256 for p in lock.packages for w in p.wheels}
+    """Raise `HashMismatchError` naming the first file whose hash is not the locked one."""
+    pinned = {w.filename: w for p in lock.packages for w in p.wheels}
     for files in house.groups.values():
         for path in files:
-            expected = pinned.get(path.name)
-            if expected is None:
+            wheel = pinned.get(path.name)
+            if wheel is None:
                 raise LockFileError(lock.path, f"{path.name} is in the wheelhouse but not locked")
-            actual = sha256_of(path)
-            if actual != expected:
-                raise HashMismatchError(path, expected, actual)
+            _check(path, wheel)
+
+
+def verify_wheel_files(folder: Path, lock: LockedEnv) -> int:
+    """Check every wheel under `folder` that the lock names against its locked hash (raise
+    `HashMismatchError` at the first that differs); how many were checked. Wheels the lock
+    does not name are left alone: `envlock verify --wheelhouse` only reads locked ones."""
+    pinned = {w.filename: w for p in lock.packages for w in p.wheels}
+    checked = 0
+    for path in sorted(folder.rglob("*.whl")):
+        wheel = pinned.get(path.name)
+        if wheel is not None:
+            _check(path, wheel)
+            checked += 1
+    return checked
+
+
+def _digest(wheel: LockedFile) -> tuple[str, str]:
+    digest = wheel.digest
+    if digest is None:  # read_lock refuses such pylock files; a conda pip entry may have md5 only
+        raise FetchError(f"{wheel.filename}: the lock gives no hash envlock can check it by")
+    return digest
+
+
+def _check(path: Path, wheel: LockedFile) -> None:
+    algorithm, expected = _digest(wheel)
+    actual = hexdigest_of(path, algorithm, len(expected))
+    if actual != expected:
+        raise HashMismatchError(path, expected, actual, algorithm)
 
 
 def _place(
     wheel: LockedFile, target: Path, mirrors: Sequence[Path], network: bool, say: Progress
 ) -> str:
     """Put the wheel at `target`, verified; say where it came from."""
-    expected = wheel.sha256 or ""
+    algorithm, expected = _digest(wheel)
     if target.is_file():
-        actual = sha256_of(target)
+        actual = hexdigest_of(target, algorithm, len(expected))
         if actual == expected:
             return "already fetched"
-        say(f"{target}: sha256:{actual} is not the locked sha256:{expected}; fetching again")
+        say(
+            f"{target}: {algorithm}:{actual} is not the locked {algorithm}:{expected}; "
+            "fetching again"
+        )
         target.unlink()
     candidates: list[tuple[str, Path]] = [(f"mirror {m}", m / wheel.filename) for m in mirrors]
     if wheel.path:
@@ -188,11 +223,11 @@ def _place(
     for label, path in candidates:
         if not path.is_file():
             continue
-        actual = sha256_of(path)
+        actual = hexdigest_of(path, algorithm, len(expected))
         if actual == expected:
             _copy(path, target)
             return label
-        rejected = rejected or HashMismatchError(path, expected, actual)
+        rejected = rejected or HashMismatchError(path, expected, actual, algorithm)
         say(f"refusing {path}: {rejected}")
     remote = wheel.url if wheel.url and not wheel.url.startswith("file://") else None
     if remote is None or not network:
@@ -200,10 +235,10 @@ def _place(
             raise rejected
         why = "network disabled" if remote else "no download URL in the lock"
         raise FetchError(
-            f"{wheel.filename}: not found with the locked sha256 in any mirror "
+            f"{wheel.filename}: not found with the locked {algorithm} in any mirror "
             f"({', '.join(str(m) for m in mirrors) or 'none configured'}) and {why}"
         )
-    _download(remote, target, expected)
+    _download(remote, target, algorithm, expected)
     return "downloaded"
 
 
@@ -216,17 +251,18 @@ def _copy(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _download(url: str, target: Path, expected: str) -> None:
+def _download(url: str, target: Path, algorithm: str, expected: str) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        h = hashlib.sha256()
+        h = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
-        if h.hexdigest() != expected:
-            raise HashMismatchError(_redact(url), expected, h.hexdigest())
+        actual = finish_digest(h, len(expected))
+        if actual != expected:
+            raise HashMismatchError(_redact(url), expected, actual, algorithm)
         os.replace(tmp, target)
     except OSError as e:
         raise FetchError(f"could not download {_redact(url)}: {e}") from None

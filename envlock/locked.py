@@ -8,6 +8,7 @@ conda reader, so that the conda reader need not import it back.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +21,86 @@ from envlock.errors import LockFileError
 
 MAIN = "main"
 
+# The algorithms a file is checked by, strongest first: PEP 751 allows any that `hashlib`
+# guarantees, and a lock may give several; envlock checks the strongest one given.
+HASH_PREFERENCE = (
+    "sha512",
+    "sha3_512",
+    "blake2b",
+    "sha384",
+    "sha3_384",
+    "sha256",
+    "sha3_256",
+    "blake2s",
+    "sha224",
+    "sha3_224",
+    "shake_256",
+    "shake_128",
+)
+# Guaranteed by hashlib, but broken: a file pinned by these alone is not trusted.
+WEAK_HASHES = frozenset({"md5", "sha1"})
+
 
 @dataclass(frozen=True)
 class LockedFile:
-    """One distribution file a lock names: where it lives and the hash it must have."""
+    """One distribution file a lock names: where it lives and the hashes it must have."""
 
     filename: str
     url: str | None
     path: str | None
     sha256: str | None
     size: int | None
+    # Every hash the lock gives (algorithm -> lowercase hex); `digest` picks the one to check.
+    hashes: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def digest(self) -> tuple[str, str] | None:
+        """`(algorithm, hex)`: the strongest hash the lock gives, the one envlock checks."""
+        known = {**({"sha256": self.sha256.lower()} if self.sha256 else {}), **self.hashes}
+        for algorithm in HASH_PREFERENCE:
+            if known.get(algorithm):
+                return algorithm, known[algorithm]
+        return None
+
+
+def hexdigest_of(path: Path, algorithm: str, hex_length: int = 0) -> str:
+    """Hex digest of a file's bytes; `hex_length` sizes the variable-length shake digests."""
+    with path.open("rb") as f:
+        return finish_digest(hashlib.file_digest(f, algorithm), hex_length)
+
+
+def finish_digest(h: Any, hex_length: int = 0) -> str:
+    """The hex digest of a hash object; shake digests are as long as `hex_length` says."""
+    if h.name.startswith("shake_"):
+        return str(h.hexdigest(hex_length // 2))
+    return str(h.hexdigest())
+
+
+@dataclass(frozen=True)
+class LockedSource:
+    """A package the lock takes from a source tree: a local directory (most often the
+    locked project itself), a VCS checkout, or an archive without a version.
+
+    Nothing pins what such a tree builds into (PEP 751 forbids a version for it, and a
+    directory has no hash), so envlock never installs one: an environment cached by the
+    lock's digest could not tell that the tree changed. They are listed apart.
+    """
+
+    name: str
+    kind: str  # "directory", "vcs" or "archive"
+    location: str  # a path (joined to the lock's folder) or a URL
+    marker: str | None
+    index: int  # its place in the file's [[packages]]
+    editable: bool = False
+
+    def applies(self, groups: Iterable[str], environment: Mapping[str, str] | None = None) -> bool:
+        """Whether an environment that installs `groups` would get this source tree."""
+        return _applies(self.marker, groups, environment)
+
+    def describe(self) -> str:
+        """One line for people: what it is, that envlock does not install it, and where."""
+        what = "project (source tree" if self.kind == "directory" else f"{self.kind} source ("
+        return f"{what}, not installed): {self.name} at {self.location}"
 
 
 @dataclass(frozen=True)
@@ -44,21 +115,21 @@ class LockedPackage:
     manager: str = "pip"  # "pip" (PyPI) or "conda"
     build: str | None = None  # conda build string
     channel: str | None = None  # conda channel
+    index: int | None = None  # its place in a pylock's [[packages]], for tools that rewrite it
 
     def applies(self, groups: Iterable[str], environment: Mapping[str, str] | None = None) -> bool:
         """Whether an environment that installs `groups` gets this package."""
-        if self.marker is None:
-            return True
-        base: Mapping[str, str] = environment or cast(Mapping[str, str], default_environment())
-        env: dict[str, str | frozenset[str]] = dict(base)
-        env["dependency_groups"] = frozenset(g for g in groups if g != MAIN)
-        env["extras"] = frozenset()
-        return _marker(self.marker).evaluate(env, context="lock_file")
+        return _applies(self.marker, groups, environment)
 
 
 @dataclass(frozen=True)
 class LockedEnv:
-    """A lock file, normalized: the packages it pins and the groups that select them."""
+    """A lock file, normalized: the packages it pins and the groups that select them.
+
+    `main` is what every environment installs: with PEP 751 `default-groups` (PDM writes
+    them), the packages those groups select; a named group adds to it. `groups` lists
+    `main` and the groups a user can name, never the default groups themselves.
+    """
 
     path: Path
     digest: str
@@ -68,14 +139,28 @@ class LockedEnv:
     packages: tuple[LockedPackage, ...]
     created_by: str | None = None
     tool: Mapping[str, Any] = field(default_factory=dict)
+    default_groups: tuple[str, ...] = ()
+    sources: tuple[LockedSource, ...] = ()
+
+    def selected_groups(self, group: str = MAIN) -> list[str]:
+        """The PEP 751 dependency groups an environment of `group` installs: the lock's
+        default groups, plus `group` unless it is `main`."""
+        self.check_group(group)
+        return [*self.default_groups, *([group] if group != MAIN else [])]
 
     def packages_in(
         self, group: str = MAIN, environment: Mapping[str, str] | None = None
     ) -> list[LockedPackage]:
         """Packages an environment of `group` (always plus `main`) installs on `environment`."""
-        self.check_group(group)
-        selected = [MAIN] if group == MAIN else [MAIN, group]
+        selected = self.selected_groups(group)
         return [p for p in self.packages if p.applies(selected, environment)]
+
+    def sources_in(
+        self, group: str = MAIN, environment: Mapping[str, str] | None = None
+    ) -> list[LockedSource]:
+        """Source trees the lock gives `group` on `environment` (envlock installs none)."""
+        selected = self.selected_groups(group)
+        return [s for s in self.sources if s.applies(selected, environment)]
 
     def versions(
         self, group: str = MAIN, environment: Mapping[str, str] | None = None
@@ -94,7 +179,10 @@ class LockedEnv:
         """Raise `LockFileError` unless the lock defines `group`."""
         if group not in self.groups:
             known = ", ".join(self.groups)
-            raise LockFileError(self.path, f"no group {group!r} in this lock (it has: {known})")
+            why = f"no group {group!r} in this lock (it has: {known})"
+            if group in self.default_groups:
+                why = f"{group!r} is one of the lock's default-groups, which {MAIN!r} installs"
+            raise LockFileError(self.path, why)
 
     @property
     def spec_sha256(self) -> str | None:
@@ -107,6 +195,18 @@ class LockedEnv:
         """The spec this lock was written from, if `envlock lock` recorded it."""
         value = self.tool.get("spec")
         return (self.path.parent / value) if isinstance(value, str) else None
+
+
+def _applies(
+    marker: str | None, groups: Iterable[str], environment: Mapping[str, str] | None
+) -> bool:
+    if marker is None:
+        return True
+    base: Mapping[str, str] = environment or cast(Mapping[str, str], default_environment())
+    env: dict[str, str | frozenset[str]] = dict(base)
+    env["dependency_groups"] = frozenset(g for g in groups if g != MAIN)
+    env["extras"] = frozenset()
+    return _marker(marker).evaluate(env, context="lock_file")
 
 
 @functools.lru_cache(maxsize=1024)

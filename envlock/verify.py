@@ -90,7 +90,8 @@ def verify_fingerprint(
 
     With a wheelhouse (`envlock fetch`), installed files are also checked against the
     locked wheels' RECORD hashes. Installer tooling the lock does not name comes last,
-    `benign` (not a failure; see `failures`), unless `strict`.
+    `benign` (not a failure; see `failures`), unless `strict`. A source tree the lock names
+    (the project itself) may be installed or not.
     """
     locked: dict[str, str] = lock.versions(group)
     digests: dict[str, Any] = {
@@ -104,6 +105,10 @@ def verify_fingerprint(
         for d in fingerprint.get("distributions", [])
         if isinstance(d, dict) and "name" in d and "version" in d
     }
+    # envlock installs no source tree; an environment that has the project installed (its
+    # own development venv) is still what the lock describes.
+    for source in lock.sources_in(group):
+        installed.pop(canonical(source.name), None)
     problems = compare_versions(locked, installed, strict=strict)
     for name in sorted(set(locked) & set(installed)):
         if name in wheels and digests.get(name) and _same(locked[name], installed[name]):

@@ -158,7 +158,8 @@ def test_failed_build_leaves_nothing_in_place(tmp_path: Path) -> None:
         (
             'lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = "1"\n'
             '[[packages.wheels]]\nurl = "https://x/a-1-py3-none-any.whl"\nhashes = {md5 = "00"}\n',
-            "(packages[0].wheels): no sha256 hash for this file",
+            "(packages[0].wheels[0].hashes): no hash envlock can check this file by: "
+            "md5 is too weak",
         ),
         (
             'lock-version = "1.0"\ncreated-by = "x"\n[[packages]]\nname = "a"\nversion = "1"\n'

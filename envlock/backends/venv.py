@@ -4,6 +4,8 @@ Cache layout (`$ENVLOCK_CACHE_DIR`, default `~/.cache/envlock`):
 
     venvs/<lock digest>-<group>-<recipe>/      a finished environment (never modified later)
     venvs/<lock digest>-<group>-<recipe>/.envlock.json   written last: it is complete
+    venvs/<lock digest>-<group>-<recipe>/pylock.envlock-install.toml   what uv installed,
+        when it could not be the lock itself (see `install_request`)
     venvs/.building/<key>-<random>/   work in progress, renamed into place when done
     venvs/.locks/<key>.lock           serializes concurrent builds of the same key
 
@@ -14,6 +16,7 @@ that dies leaves only a `.building` folder, never a half-installed environment i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,9 +24,12 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from pathlib import Path
+from typing import Any
 
+import tomli_w
 from filelock import FileLock
 
 from envlock.backends.base import Environment
@@ -34,8 +40,10 @@ from envlock.uvtool import find_uv, uv_version
 
 MARKER = ".envlock.json"
 # Part of every cache key: bump it when the way environments are built changes, so that
-# environments built the old way are never reused.
-RECIPE = "r2"
+# environments built the old way are never reused. r3: source trees are not installed and
+# a named group gets the lock's default-groups too (r2 environments of such locks lacked them).
+RECIPE = "r3"
+INSTALL_LOCK = "pylock.envlock-install.toml"
 
 
 def default_cache_dir() -> Path:
@@ -104,6 +112,7 @@ class VenvBackend:
                             "lock": str(lock.path),
                             "lock_digest": lock.digest,
                             "group": group,
+                            "not_installed": [s.name for s in lock.sources_in(group)],
                             "uv": uv_version(find_uv()),
                             "seconds": round(time.monotonic() - started, 2),
                         },
@@ -127,10 +136,13 @@ class VenvBackend:
         # Bytecode is compiled now, so running code never writes into the cached environment.
         cmd = [uv, "pip", "install", "--no-progress", "--compile-bytecode"]
         cmd += ["--python", str(target / "bin" / "python")]
-        cmd += ["-r", str(lock.path)]
-        if group != MAIN:
-            cmd += ["--group", group]
+        requirements, groups = install_request(lock, group, target)
+        cmd += ["-r", str(requirements)]
+        for name in groups:
+            cmd += ["--group", name]
         say(f"installing {len(lock.packages_in(group))} locked packages")
+        for source in lock.sources_in(group):
+            say(source.describe())
         self._uv(cmd)
 
     def _uv(self, cmd: list[str]) -> None:
@@ -143,6 +155,60 @@ class VenvBackend:
     @staticmethod
     def _describe(lock: LockedEnv, group: str) -> str:
         return f"venv from {lock.path} [{group}]"
+
+
+def install_request(lock: LockedEnv, group: str, folder: Path) -> tuple[Path, list[str]]:
+    """What uv is asked to install for `group`: a pylock file and the `--group`s to pass.
+
+    uv installs a lock's source trees (the project's own directory entry), which envlock
+    leaves out (`LockedSource`); and given `--group G` it installs G alone, not the lock's
+    default-groups with it, and ignores a default group the lock does not also list in
+    `dependency-groups`. So when the lock has either, uv gets a copy written into `folder`:
+    no source trees, default groups listed, relative paths made absolute; and the default
+    groups are passed with G. Otherwise the lock itself, as envlock always did.
+    """
+    selected = lock.selected_groups(group)
+    if not lock.sources and not lock.default_groups:
+        return lock.path, selected
+    raw = lock.path.read_bytes()
+    if "sha256:" + hashlib.sha256(raw).hexdigest() != lock.digest:
+        raise LockFileError(lock.path, "changed while being materialized")
+    document = tomllib.loads(raw.decode("utf-8"))
+    skipped = {s.index for s in lock.sources}
+    base = lock.path.resolve().parent
+    document["packages"] = [
+        _absolute_paths(p, base)
+        for i, p in enumerate(document.get("packages", []))
+        if i not in skipped
+    ]
+    if lock.default_groups:
+        listed = document.get("dependency-groups") or []
+        document["dependency-groups"] = list(dict.fromkeys([*listed, *lock.default_groups]))
+    path = folder / INSTALL_LOCK
+    path.write_text(
+        f"# What envlock asked uv to install for [{group}] from {lock.path} ({lock.digest}).\n"
+        + tomli_w.dumps(document),
+        encoding="utf-8",
+    )
+    # With no group named, uv installs the default groups itself.
+    return path, (selected if group != MAIN else [])
+
+
+def _absolute_paths(package: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A package table whose relative file paths (relative to its lock) are absolute."""
+
+    def absolute(entry: Any) -> Any:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            return {**entry, "path": str(base / entry["path"])}
+        return entry
+
+    copy = dict(package)
+    for key in ("sdist", "archive"):
+        if key in copy:
+            copy[key] = absolute(copy[key])
+    if isinstance(copy.get("wheels"), list):
+        copy["wheels"] = [absolute(w) for w in copy["wheels"]]
+    return copy
 
 
 def _python_request(requires_python: str | None) -> str:
