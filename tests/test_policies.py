@@ -138,7 +138,10 @@ def test_the_built_in_policies_are_registered_in_order() -> None:
             "max_ulp = 1",
             "tolerance.max_ulp: only applies to policy = 'ulp' (this is 'allclose')",
         ),
-        ("policy = 3", "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, cosine"),
+        (
+            "policy = 3",
+            "tolerance.policy: must be one of exact, ulp, allclose, decision, psnr, cosine",
+        ),
         ("atl = 1", "tolerance.atl: unknown key (expected one of: atol, data_range,"),
     ],
 )
