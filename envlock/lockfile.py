@@ -50,20 +50,20 @@ def read_lock(path: str | Path) -> LockedEnv:
     `pylock.<name>.toml`, `conda-lock.yml`, `<name>.conda-lock.yml`); any other name (conda-lock
     writes whatever `--lockfile` says) is read by its content.
     """
-    import re
-
-    from envlock import condalock
-
     path = Path(path)
     if not path.is_file():
         raise LockFileError(path, "lock file not found")
     name = path.name
     if name == "pylock.toml" or (name.startswith("pylock.") and name.endswith(".toml")):
         return _read_pylock(path)
+    import re
+
+    from envlock import condalock
+
     if name in condalock.FILE_NAMES or name.endswith(condalock.FILE_SUFFIXES):
         return condalock.read_conda_lock(path)
     raw = path.read_bytes()
-    # A PEP 751 lock sets `lock-version` at the top level: a line of its own, in any TOML.
+    # A PEP 751 lock sets `lock-version`, on a line of its own: a file that does is read as one.
     if re.search(rb"^[ \t]*[\"']?lock-version[\"']?[ \t]*=", raw, re.MULTILINE):
         return _read_pylock(path)
     expected = (
