@@ -58,21 +58,40 @@ def file_digest(path: Path) -> str:
 
 
 def read_lock(path: str | Path) -> LockedEnv:
-    """Read and validate a lock file; raise `LockFileError` naming the file and the place."""
+    """Read and validate a lock file; raise `LockFileError` naming the file and the place.
+
+    The name picks the reader when it is one the tools write by default (`pylock.toml`,
+    `pylock.<name>.toml`, `conda-lock.yml`, `<name>.conda-lock.yml`); any other name (conda-lock
+    writes whatever `--lockfile` says) is read by its content.
+    """
     path = Path(path)
     if not path.is_file():
         raise LockFileError(path, "lock file not found")
     name = path.name
     if name == "pylock.toml" or (name.startswith("pylock.") and name.endswith(".toml")):
         return _read_pylock(path)
-    if name == "conda-lock.yml" or name.endswith((".conda-lock.yml", ".conda-lock.yaml")):
-        from envlock.condalock import read_conda_lock
+    import re
 
-        return read_conda_lock(path)
-    raise LockFileError(
-        path,
-        "unsupported lock file name (expected pylock.toml, pylock.<name>.toml or conda-lock.yml)",
+    from envlock import condalock
+
+    if name in condalock.FILE_NAMES or name.endswith(condalock.FILE_SUFFIXES):
+        return condalock.read_conda_lock(path)
+    raw = path.read_bytes()
+    # A PEP 751 lock sets `lock-version`, on a line of its own: a file that does is read as one.
+    if re.search(rb"^[ \t]*[\"']?lock-version[\"']?[ \t]*=", raw, re.MULTILINE):
+        return _read_pylock(path)
+    expected = (
+        "not a lock file envlock reads: expected a PEP 751 lock (TOML with lock-version) "
+        f"or {condalock.EXPECTED}"
     )
+    try:
+        data = condalock.parse_yaml(path, raw)
+    except LockFileError as e:
+        place = f"{e.where}: " if e.where else ""
+        raise LockFileError(path, f"{expected}; {place}{e.detail}") from None
+    if not condalock.looks_like_conda_lock(data):
+        raise LockFileError(path, expected)
+    return condalock.conda_lock_from(path, raw, data)
 
 
 # Deeper than any lock a tool writes (a few levels: packages, wheels, hashes), shallow

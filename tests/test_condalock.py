@@ -141,3 +141,44 @@ def test_conda_locks_are_not_materialized_as_venvs(tmp_path: Path) -> None:
     result = run_cli("envlock", "materialize", str(lock), "--cache-dir", str(tmp_path / "c"))
     assert result.returncode == 2
     assert "the venv backend installs PEP 751 locks (pylock.toml) only" in result.stderr
+
+
+def test_a_package_in_several_categories_is_one_package_in_all_of_them(tmp_path: Path) -> None:
+    # conda-lock writes such a package once per category (here libblas in main and dev).
+    libblas = conda("libblas", "3.9.0", "20_linux64_openblas", "linux-64")
+    libblas.categories = {"main", "dev"}
+    pytest_ = conda("pytest", "8.3.3", "pyhd8ed1ab_0", "linux-64")
+    pytest_.categories = {"dev", "test"}
+    path = write_lock(tmp_path / "conda-lock.yml", [*reference_packages(), libblas, pytest_])
+    assert path.read_text().count("- name: libblas\n") == 2
+    lock = read_lock(path)
+    assert lock.groups == ("main", "dev", "test", "train")
+    linux = {"sys_platform": "linux", "platform_machine": "x86_64"}
+    assert lock.versions("main", linux)["libblas"] == "3.9.0"
+    assert "pytest" not in lock.versions("main", linux)
+    assert lock.versions("dev", linux)["pytest"] == lock.versions("test", linux)["pytest"]
+    shown = run_cli("envlock", "show", str(path), "--group", "dev")
+    assert shown.returncode == 0, shown.stderr
+    assert "  libblas 3.9.0 20_linux64_openblas [conda]\n" in shown.stdout
+
+
+def test_entries_of_one_package_that_differ_beyond_category_are_refused(tmp_path: Path) -> None:
+    main = conda("libblas", "3.9.0", "20_linux64_openblas", "linux-64")
+    dev = conda("libblas", "3.9.0", "21_linux64_mkl", "linux-64", category="dev")
+    path = write_lock(tmp_path / "conda-lock.yml", [*reference_packages(), main, dev])
+    result = run_cli("envlock", "show", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"Error: {path} (package[1]): conda package 'libblas' is locked twice for linux-64 "
+        "(also package[0]): build 21_linux64_mkl here, 20_linux64_openblas there; "
+        "a different url\n"
+    )
+
+
+def test_a_package_listed_twice_in_one_category_is_refused(tmp_path: Path) -> None:
+    # conda-lock's own parser fails on this (an assertion); envlock says what is wrong.
+    twice = [*reference_packages(), conda("numpy", "2.1.3", "py311_0", "linux-64")]
+    path = write_lock(tmp_path / "conda-lock.yml", twice)
+    result = run_cli("envlock", "show", str(path))
+    assert result.returncode == 2
+    assert "conda package 'numpy' is locked twice for linux-64 in category 'main'" in result.stderr
