@@ -225,10 +225,13 @@ def test_verify_says_what_another_group_lacks(tmp_path: Path) -> None:
     result = run_cli("envlock", "verify", *args)
     assert result.returncode == 1
     assert json.loads(result.stdout) == [
-        {"name": "attrs", "problem": "missing", "locked": "24.2.0", "installed": None},
-        {"name": "coverage", "problem": "missing", "locked": "7.6.1", "installed": None},
-        {"name": "hypothesis", "problem": "missing", "locked": "6.112.1", "installed": None},
-        {"name": "ruff", "problem": "extra", "locked": None, "installed": "0.6.9"},
+        {"name": n, "problem": p, "locked": locked, "installed": installed, "benign": False}
+        for n, p, locked, installed in [
+            ("attrs", "missing", "24.2.0", None),
+            ("coverage", "missing", "7.6.1", None),
+            ("hypothesis", "missing", "6.112.1", None),
+            ("ruff", "extra", None, "0.6.9"),
+        ]
     ]
 
 
