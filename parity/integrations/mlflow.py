@@ -103,6 +103,7 @@ def _check_model_version(target: MlflowTarget) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    assert target.model_name and target.model_version  # check_model_version made sure
     client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
     where = f"in MLflow at {redacted(target.tracking_uri)}"
     ref = f"--model {target.model_name}/{target.model_version}"
