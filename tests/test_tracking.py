@@ -296,13 +296,16 @@ mlflow.models.set_model(Doubler())
 
 @pytest.mark.slow
 def test_an_mlflow_pyfunc_model_is_the_adapter(
-    write_project: Callable[..., Path], tmp_path: Path
+    write_project: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 
     uri = default_tracking_uri(tmp_path)
     code = tmp_path / "doubler.py"
     code.write_text(MODEL_FROM_CODE)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; without this the `parity` processes
+    # of the tests after this one would log to this test's store, not their own.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("models", (tmp_path / "models").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
