@@ -303,9 +303,9 @@ def test_an_mlflow_pyfunc_model_is_the_adapter(
     uri = default_tracking_uri(tmp_path)
     code = tmp_path / "doubler.py"
     code.write_text(MODEL_FROM_CODE)
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI; without this the `parity` processes
-    # of the tests after this one would log to this test's store, not their own.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; set through monkeypatch, it is undone
+    # after the test, else the `parity` processes of later tests would log to this store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("models", (tmp_path / "models").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
