@@ -403,11 +403,11 @@ def _summary(path: Path, data: dict[str, Any]) -> EnvironmentSummary:
     """The recorded environment summary, type-checked; fields a later schema adds are
     ignored."""
     values = {k: v for k, v in data.items() if k in _SUMMARY_TYPES}
-    missing = sorted(set(_SUMMARY_TYPES) - set(values))
+    missing = sorted(set(_SUMMARY_TYPES) - _SUMMARY_LATER - set(values))
     if missing:
         raise BundleError(f"{path}: {BUNDLE_FILE}: environment lacks {', '.join(missing)}")
     for key, kinds in _SUMMARY_TYPES.items():
-        if not isinstance(values[key], kinds):
+        if key in values and not isinstance(values[key], kinds):
             raise BundleError(f"{path}: {BUNDLE_FILE}: environment.{key} has the wrong type")
     if not _NAME.match(values["name"]):
         raise BundleError(f"{path}: {BUNDLE_FILE}: environment.name must be an identifier")
@@ -435,7 +435,10 @@ _SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "cpu": (dict,),
     "created": (bool,),
     "seconds": (dict,),
+    "fingerprinted": (bool,),
 }
+# Fields added after bundles were first written: an older bundle lacks them (their defaults).
+_SUMMARY_LATER = {"fingerprinted"}
 assert set(_SUMMARY_TYPES) == {f.name for f in fields(EnvironmentSummary)}
 
 

@@ -22,6 +22,7 @@ from parity.errors import ParityError
 from parity.integrations.mlflow import (
     BUNDLE_ARTIFACTS,
     MlflowTarget,
+    check_model_version,
     default_tracking_uri,
     download_bundle,
     is_mlflow_uri,
@@ -160,7 +161,8 @@ def main() -> None:
 @click.option(
     "--alias",
     metavar="ALIAS",
-    help="On a pass, point this registered-model alias at --model's version.",
+    help="On a pass, point this registered-model alias at --model's version; on a failure "
+    "or error, take it off that version if it points there.",
 )
 @quiet_option
 @domain_errors(ParityError, EnvlockError)
@@ -205,6 +207,8 @@ def check_command(
         )
     target = _mlflow_target(config_path, mlflow_log, mlflow_uri, model_ref, alias)
     config = load_config(config_path)
+    if target is not None:
+        check_model_version(target)  # a mistyped --model is refused before anything runs
     progress = progress_printer(quiet)
     if against is None:
         report = run_check(
@@ -283,7 +287,7 @@ def _log_to_mlflow(
         if not any(p.suffix == ".json" for p in files):
             files.append(Path(tmp) / "report.json")
             files[-1].write_text(report.to_json(), encoding="utf-8")
-        run_id = log_check(report, target, files)
+        run_id = log_check(report, target, files, say)
     model = f"; {target.model_name}/{target.model_version} tagged" if target.model_name else ""
     say(f"logged to MLflow at {redacted(target.tracking_uri)}: run {run_id}{model}")
 

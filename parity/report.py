@@ -60,6 +60,23 @@ class ParityReport:
         """0 pass, 1 fail, 3 error (the exit codes every command shares)."""
         return {"pass": 0, "fail": 1, "error": 3}[self.verdict]
 
+    @property
+    def versions_known(self) -> bool:
+        """Whether the environments' versions were compared: not when one failed, since the
+        versions are judged only after both replays finished (an empty `version_diffs`
+        then means "unknown", never "none")."""
+        return not self.errors
+
+    @property
+    def versions_unknown_why(self) -> str:
+        """Why the versions are unknown, for the renderers ("" when they are known)."""
+        if self.versions_known:
+            return ""
+        missing = [n for n, e in self.environments.items() if not e.fingerprinted]
+        if missing:
+            return " and ".join(missing) + " failed before its fingerprint was taken"
+        return "an environment failed, so the versions were not compared"
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract, with every float JSON-safe (non-finite numbers as strings)."""
         outputs = []
@@ -80,6 +97,7 @@ class ParityReport:
             "inputs": self.inputs,
             "environments": {k: asdict(v) for k, v in self.environments.items()},
             "version_diffs": [asdict(v) for v in self.version_diffs],
+            "versions_known": self.versions_known,
             "outputs": outputs,
             "calibrated": self.calibrated,
             "seconds": self.seconds,

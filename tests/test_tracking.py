@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from conftest import BIN, LOCAL_CONFIG, run_cli
 from parity.integrations.mlflow import (
     MlflowTarget,
     TrackingError,
+    UnknownModelVersionError,
+    check_model_version,
     default_tracking_uri,
     log_check,
     redacted,
@@ -121,12 +124,22 @@ def test_an_unknown_model_version_is_refused_before_anything_is_logged(tmp_path:
 
     uri = default_tracking_uri(tmp_path)
     target = MlflowTarget(uri, model_name="nope", model_version="1")
-    with pytest.raises(TrackingError, match=r"MLflow at sqlite:///.*: .*nope"):
+    with pytest.raises(UnknownModelVersionError, match=r"no registered model 'nope'") as e:
         log_check(checked(0.0), target)
+    assert e.value.exit_code == 2  # the user's mistake, not the registry's
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("parity")
-    assert experiment is not None
-    assert client.search_runs([experiment.experiment_id]) == []
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []
+
+
+def test_an_unreachable_registry_is_still_an_infrastructure_error(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    target = MlflowTarget(f"http://127.0.0.1:{port}", model_name="segclf", model_version="1")
+    with pytest.raises(TrackingError) as e:
+        check_model_version(target)
+    assert e.value.exit_code == 3
 
 
 def test_credentials_in_a_tracking_uri_are_never_shown() -> None:
@@ -283,13 +296,16 @@ mlflow.models.set_model(Doubler())
 
 @pytest.mark.slow
 def test_an_mlflow_pyfunc_model_is_the_adapter(
-    write_project: Callable[..., Path], tmp_path: Path
+    write_project: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 
     uri = default_tracking_uri(tmp_path)
     code = tmp_path / "doubler.py"
     code.write_text(MODEL_FROM_CODE)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; set through monkeypatch, it is undone
+    # after the test, else the `parity` processes of later tests would log to this store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("models", (tmp_path / "models").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
@@ -306,3 +322,100 @@ def test_an_mlflow_pyfunc_model_is_the_adapter(
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert [(o["name"], o["candidate_shape"]) for o in report["outputs"]] == [("y", [12, 3, 4])]
+
+
+GATE_ADAPTER = """\
+import os
+import numpy as np
+
+def predict(inputs):
+    if os.environ.get("BOOM"):
+        raise RuntimeError("no weights")
+    y = inputs["x"] * np.float32(2)
+    if os.environ.get("DRIFT"):
+        y = y + np.float32(1e-3)
+    return {"y": y}
+"""
+
+
+def two_versions(uri: str) -> Any:
+    """A registered model `segclf` with versions 1 and 2, as two trainings would leave it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("segclf")
+    for _ in range(2):
+        client.create_model_version("segclf", "file:///nowhere/model")
+    return client
+
+
+@pytest.mark.slow
+def test_the_alias_is_the_gate_a_failing_or_erroring_check_closes(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    cfg = write_project(GATE_ADAPTER, LOCAL_CONFIG.format(timeout=120))
+    good = cfg.read_text()
+    drifted = good + '\n[environments.infer.env]\nDRIFT = "1"\n'
+    erroring = good + '\n[environments.infer.env]\nBOOM = "1"\n'
+    client = two_versions(default_tracking_uri(tmp_path))
+
+    def check(config: str, version: str) -> subprocess.CompletedProcess[str]:
+        cfg.write_text(config)
+        args = ["--config", str(cfg), "--model", f"segclf/{version}", "--alias", "validated"]
+        return run_cli("parity", "check", *args)
+
+    def alias() -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(client.get_model_version_by_alias("segclf", "validated").version)
+        except MlflowException:
+            return None
+
+    assert check(good, "1").returncode == 0
+    assert alias() == "1"
+
+    # A failing check of another version says nothing about version 1: the alias stays.
+    other = check(drifted, "2")
+    assert other.returncode == 1, other.stderr
+    assert client.get_model_version("segclf", "2").tags["parity"] == "failed"
+    assert alias() == "1"
+    assert "removed alias" not in other.stderr
+
+    failed = check(drifted, "1")
+    assert failed.returncode == 1, failed.stderr
+    assert alias() is None
+    assert "removed alias 'validated' from segclf/1: the check failed" in failed.stderr
+
+    assert check(good, "1").returncode == 0
+    assert alias() == "1"
+    errored = check(erroring, "1")
+    assert errored.returncode == 3, errored.stderr
+    assert client.get_model_version("segclf", "1").tags["parity"] == "error"
+    assert alias() is None
+    assert "removed alias 'validated' from segclf/1: the check ended in an error" in (
+        errored.stderr
+    )
+
+
+@pytest.mark.slow
+def test_an_unknown_model_or_version_is_a_usage_error_before_the_check_runs(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    cfg = write_project(GATE_ADAPTER, LOCAL_CONFIG.format(timeout=120))
+    uri = default_tracking_uri(tmp_path)
+    client = two_versions(uri)
+    workdir = tmp_path / "work"
+    for ref, message in [
+        ("segclf/9", f"--model segclf/9: registered model 'segclf' has no version 9 "
+         f"in MLflow at {uri}"),
+        ("nope/1", f"--model nope/1: no registered model 'nope' in MLflow at {uri}"),
+    ]:  # fmt: skip
+        result = run_cli(
+            "parity", "check", "--config", str(cfg), "--model", ref, "--workdir", str(workdir)
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"Error: {message}\n"
+        assert not workdir.exists()  # nothing ran
+    experiment = client.get_experiment_by_name("parity")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []

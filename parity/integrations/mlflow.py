@@ -5,6 +5,8 @@ a metric per output and statistic, the verdict as a tag, the rendered reports as
 artifacts. When the check names a registered model version, that version gets the tag
 `parity` = `passed` / `failed` / `error` and `parity_run_id`; on a pass an alias (for
 example `validated`) can be moved to it, so deployment can ask for `models:/name@alias`.
+On a failure or an error that alias is taken off the version if it points there: the
+alias is the gate deployment trusts, so it must never outlive a failed check.
 
 The default store is a SQLite database next to the parity config (`mlflow.db`, artifacts
 in `mlartifacts/`); any tracking URI MLflow understands works the same, a server on
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from envlock.progress import Progress
 from parity.errors import ParityError
 
 if TYPE_CHECKING:
@@ -46,6 +49,12 @@ class TrackingError(ParityError):
     """MLflow could not be reached or refused what was logged."""
 
     exit_code = 3
+
+
+class UnknownModelVersionError(ParityError):
+    """`--model` names a registered model or version the registry does not have."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -75,28 +84,74 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
 
 
+def check_model_version(target: MlflowTarget) -> None:
+    """Fail (exit 2, naming both) unless the registry has `target`'s model and version.
+
+    A mistyped `--model` is the user's error, not the registry's: it is refused before the
+    check runs, so nothing is replayed or logged for a version that does not exist."""
+    if not (target.model_name and target.model_version):
+        return
+    try:
+        _check_model_version(target)
+    except ParityError:
+        raise
+    except Exception as e:
+        raise _tracking_error(target.tracking_uri, e) from None
+
+
+def _check_model_version(target: MlflowTarget) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    assert target.model_name and target.model_version  # check_model_version made sure
+    client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+    where = f"in MLflow at {redacted(target.tracking_uri)}"
+    ref = f"--model {target.model_name}/{target.model_version}"
+    try:
+        client.get_registered_model(target.model_name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UnknownModelVersionError(
+            f"{ref}: no registered model {target.model_name!r} {where}"
+        ) from None
+    try:
+        client.get_model_version(target.model_name, target.model_version)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UnknownModelVersionError(
+            f"{ref}: registered model {target.model_name!r} has no version "
+            f"{target.model_version} {where}"
+        ) from None
+
+
 def log_check(
-    report: ParityReport, target: MlflowTarget, artifacts: list[Path] | None = None
+    report: ParityReport,
+    target: MlflowTarget,
+    artifacts: list[Path] | None = None,
+    say: Progress | None = None,
 ) -> str:
     """Log `report` as an MLflow run (and tag the model version, if named); its run id.
-    `artifacts` (the rendered reports) go under `parity/` in the run."""
+    `artifacts` (the rendered reports) go under `parity/` in the run; `say` hears when the
+    alias is taken off the version."""
+    check_model_version(target)
     try:
-        return _log_check(report, target, artifacts or [])
+        return _log_check(report, target, artifacts or [], say or (lambda _: None))
     except ParityError:
         raise
     except Exception as e:  # MLflow raises MlflowException, requests and sqlalchemy errors
         raise _tracking_error(target.tracking_uri, e) from None
 
 
-def _log_check(report: ParityReport, target: MlflowTarget, artifacts: list[Path]) -> str:
+def _log_check(
+    report: ParityReport, target: MlflowTarget, artifacts: list[Path], say: Progress
+) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
     client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
     experiment_id = _experiment(client, target)
-    if target.model_name and target.model_version:
-        # Fail before logging anything if the version the check vouches for does not exist.
-        client.get_model_version(target.model_name, target.model_version)
     run = client.create_run(
         experiment_id,
         run_name=f"parity {report.candidate} vs {report.reference}",
@@ -120,7 +175,28 @@ def _log_check(report: ParityReport, target: MlflowTarget, artifacts: list[Path]
         )
         if report.verdict == "pass" and target.alias:
             client.set_registered_model_alias(target.model_name, target.alias, target.model_version)
+        elif target.alias:
+            _withdraw_alias(client, target, report.verdict, say)
     return run_id
+
+
+def _withdraw_alias(client: Any, target: MlflowTarget, verdict: str, say: Progress) -> None:
+    """Take `target.alias` off the checked version if it points there; an alias on another
+    version says nothing about this check, so it stays where it is."""
+    from mlflow.exceptions import MlflowException
+
+    assert target.model_name and target.model_version and target.alias
+    try:
+        current = client.get_model_version_by_alias(target.model_name, target.alias)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return  # no such alias yet: nothing to take back
+        raise
+    if str(current.version) != str(target.model_version):
+        return
+    client.delete_registered_model_alias(target.model_name, target.alias)
+    why = "the check failed" if verdict == "fail" else "the check ended in an error"
+    say(f"removed alias {target.alias!r} from {target.model_name}/{target.model_version}: {why}")
 
 
 def _experiment(client: Any, target: MlflowTarget) -> str:

@@ -201,7 +201,8 @@ def _environments(report: ParityReport) -> str:
             lock,
         ]
         row = "".join(f"<td>{c}</td>" for c in cells)
-        rows.append(f'<tr>{row}<td class="num">{len(env.packages)}</td></tr>')
+        count = str(len(env.packages)) if env.fingerprinted else "unknown"
+        rows.append(f'<tr>{row}<td class="num">{count}</td></tr>')
     head = "".join(
         f"<th>{h}</th>"
         for h in ("name", "backend", "description", "python", "platform", "lock", "packages")
@@ -528,6 +529,9 @@ def _localization(report: ParityReport, loc: Localization) -> str:
 
 
 def _version_diffs(report: ParityReport) -> str:
+    if not report.versions_known:
+        why = _e(report.versions_unknown_why)
+        return f'<h2>Version differences</h2><p class="muted">Unknown ({why}).</p>'
     if not report.version_diffs:
         return '<h2>Version differences</h2><p class="muted">None.</p>'
     names = list(

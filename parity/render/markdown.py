@@ -58,6 +58,8 @@ def render_markdown(report: ParityReport) -> str:
             verdict = "**fails**" if d.fails else ("expected" if d.expected else "reported")
             lines.append(f"| `{d.name}` | {values} | {d.severity} | {verdict} | {_cell(d.note)} |")
         lines.append("")
+    elif not report.versions_known:
+        lines += [f"Version differences: unknown ({_cell(report.versions_unknown_why)}).", ""]
     return "\n".join(lines)
 
 

@@ -44,7 +44,12 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, Any]:
         "passed": int(report.get("verdict") == "pass"),
         "inputs": {"count": inputs.get("count")} if isinstance(inputs, dict) else {},
         "outputs": outputs,
-        "version_diffs": len(report.get("version_diffs", [])),
+        # "unknown" when an environment failed: an empty list then is no evidence of none
+        "version_diffs": (
+            len(report.get("version_diffs", []))
+            if report.get("versions_known", True)
+            else "unknown"
+        ),
     }
 
 

@@ -115,6 +115,10 @@ def render_terminal(report: ParityReport, console: Console) -> None:
     if report.version_diffs:
         console.print(Text("version differences:", style="bold"))
         console.print(_Trimmed(_version_diffs(report)))
+    elif not report.versions_known:
+        console.print(
+            Text("version differences: unknown (") + literal(report.versions_unknown_why) + ")"
+        )
     else:
         console.print(Text("version differences: none"))
     if report.errors:
@@ -188,7 +192,7 @@ def _environments(report: ParityReport) -> Table:
             literal(env.backend),
             literal(env.python or "-"),
             literal(env.platform or "-"),
-            Text(str(len(env.packages))),
+            Text(str(len(env.packages)) if env.fingerprinted else "unknown"),
             literal(lock),
             literal(env.description),
         )

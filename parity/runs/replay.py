@@ -56,6 +56,9 @@ class EnvironmentSummary:
     cpu: dict[str, Any]
     created: bool
     seconds: dict[str, float]
+    # False when the environment failed before its fingerprint was taken: `packages` is then
+    # empty because nothing is known, and reports must say "unknown", never 0.
+    fingerprinted: bool = True
 
 
 @dataclass
@@ -310,6 +313,7 @@ def summary(run: EnvRun) -> EnvironmentSummary:
         cpu=fp["cpu"] if isinstance(fp.get("cpu"), dict) else {},
         created=bool(run.environment and run.environment.created),
         seconds=run.seconds,
+        fingerprinted=bool(fp),
     )
 
 
