@@ -73,7 +73,8 @@ def trained(uri: str, tmp_path: Path) -> tuple[str, str, str]:
 
 
 def exercise(uri: str, tmp_path: Path) -> None:
-    """The whole loop against one store: a pass tags and aliases, a fail only tags."""
+    """The whole loop against one store: a pass tags and aliases, a fail tags and takes the
+    alias back."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -105,8 +106,11 @@ def exercise(uri: str, tmp_path: Path) -> None:
     assert run.data.tags["parity.reasons"].startswith("output 'sr': 200 of 200 elements")
     mv = client.get_model_version(name, version)
     assert mv.tags["parity"] == "failed" and mv.tags["parity_run_id"] == fail_id
-    # The alias still points where the last pass put it; a failure never moves it.
-    assert str(client.get_model_version_by_alias(name, "validated").version) == version
+    # A failure of the version the alias points at takes the alias off it (issue 14).
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="alias validated not found"):
+        client.get_model_version_by_alias(name, "validated")
 
 
 @pytest.mark.slow
