@@ -97,13 +97,14 @@ class ParityReport:
             "inputs": self.inputs,
             "environments": {k: asdict(v) for k, v in self.environments.items()},
             "version_diffs": [asdict(v) for v in self.version_diffs],
-            "versions_known": self.versions_known,
             "outputs": outputs,
             "calibrated": self.calibrated,
             "seconds": self.seconds,
         }
         if self.against is not None:  # absent, not null, in a check of two environments
             data["against"] = asdict(self.against)
+        if not self.versions_known:  # absent when known, as in reports made before it existed
+            data["versions_known"] = False
         if self.localization is not None:  # absent, not null, when localization did not run
             data["localization"] = asdict(self.localization)
         safe: dict[str, Any] = json_safe(data)
