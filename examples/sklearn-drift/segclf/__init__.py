@@ -1,0 +1,1 @@
+"""segclf: a small scikit-learn project, as users write them (see examples/sklearn-drift)."""

@@ -1,0 +1,41 @@
+"""The parity adapter for segclf: the batch's `x` (N x 8 float64) in, three outputs out.
+
+    proba     N x 3 float64   the classifier's class probabilities
+    label     N     int64     the classifier's predicted class
+    segment   N     int32     the KMeans segment (cluster index)
+
+The models are the joblib files `segclf.train` wrote into `artifacts/` beside this file
+(or the folder named by SEGCLF_ARTIFACTS), loaded once, in whatever scikit-learn this
+environment has.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+ARTIFACTS = Path(os.environ.get("SEGCLF_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
+
+_models: dict[str, Any] = {}
+
+
+def models() -> dict[str, Any]:
+    """Give the loaded `classifier` and `segmenter` (loaded on first use)."""
+    if not _models:
+        _models["classifier"] = joblib.load(ARTIFACTS / "classifier.joblib")
+        _models["segmenter"] = joblib.load(ARTIFACTS / "segmenter.joblib")
+    return _models
+
+
+def predict(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    x = np.asarray(batch["x"], dtype=np.float64)
+    m = models()
+    return {
+        "proba": m["classifier"].predict_proba(x),
+        "label": m["classifier"].predict(x).astype(np.int64),
+        "segment": m["segmenter"].predict(x).astype(np.int32),
+    }
