@@ -4,6 +4,9 @@
     label     N     int64     the classifier's predicted class
     segment   N     int32     the KMeans segment (cluster index)
 
+`predict_scores` gives the `scorer` pipeline's `scores` (N x 3 float64) instead: its first
+step is NumPy-version dependent (see `segclf.features`), so it drifts where `predict` does not.
+
 The models are the joblib files `segclf.train` wrote into `artifacts/` beside this file
 (or the folder named by SEGCLF_ARTIFACTS), loaded once, in whatever scikit-learn this
 environment has.
@@ -24,10 +27,11 @@ _models: dict[str, Any] = {}
 
 
 def models() -> dict[str, Any]:
-    """Give the loaded `classifier` and `segmenter` (loaded on first use)."""
+    """Give the loaded `classifier`, `segmenter` and `scorer` (loaded on first use)."""
     if not _models:
         _models["classifier"] = joblib.load(ARTIFACTS / "classifier.joblib")
         _models["segmenter"] = joblib.load(ARTIFACTS / "segmenter.joblib")
+        _models["scorer"] = joblib.load(ARTIFACTS / "scorer.joblib")
     return _models
 
 
@@ -39,3 +43,8 @@ def predict(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "label": m["classifier"].predict(x).astype(np.int64),
         "segment": m["segmenter"].predict(x).astype(np.int32),
     }
+
+
+def predict_scores(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The `scorer` pipeline's decision function (N x 3): it drifts under NumPy 2."""
+    return {"scores": models()["scorer"].decision_function(np.asarray(batch["x"]))}

@@ -5,7 +5,8 @@
 Run inside the training environment (scikit-learn 1.3.2 in examples/sklearn-drift): the
 pickles record that version, and loading them under another one is what the example is about.
 Writes `classifier.joblib` (StandardScaler + LogisticRegression) and `segmenter.joblib`
-(KMeans, 4 clusters) into ARTIFACTS_DIR (default: `artifacts/` beside this file).
+(KMeans, 4 clusters) and `scorer.joblib` (a Pipeline whose first step, `features.rescale`,
+is NumPy-version dependent) into ARTIFACTS_DIR (default: `artifacts/` beside this file).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from segclf.features import rescale
 
 FEATURES = 8
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -40,9 +43,18 @@ def train(out: Path) -> None:
     )
     classifier.fit(x, y)
     segmenter = KMeans(n_clusters=4, n_init=4, random_state=0).fit(x)
+    scorer = Pipeline(
+        [
+            ("rescale", FunctionTransformer(rescale)),
+            ("scale", StandardScaler()),
+            ("logreg", LogisticRegression(C=0.5, max_iter=500)),
+        ]
+    )
+    scorer.fit(x, y)
     out.mkdir(parents=True, exist_ok=True)
     joblib.dump(classifier, out / "classifier.joblib")
     joblib.dump(segmenter, out / "segmenter.joblib")
+    joblib.dump(scorer, out / "scorer.joblib")
 
 
 if __name__ == "__main__":
