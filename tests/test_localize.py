@@ -768,3 +768,113 @@ def test_predict_is_the_composition_of_the_stages(shared_cache: Path) -> None:
         [python, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == "same", done.stderr
+
+
+SKLEARN_DRIFT_CONFIG = """\
+[model]
+adapter = "segclf.adapter:predict_scores"
+stages = "segclf.adapter:stages_scores"
+paths = ["."]
+
+[inputs]
+seed = 20261129
+count = 64
+batch_size = 32
+
+[inputs.arrays.x]
+shape = [8]
+dtype = "float64"
+generator = "normal"
+
+[environments.train]
+backend = "venv"
+lock = "locks/train/pylock.toml"
+
+[environments.infer]
+backend = "venv"
+lock = "locks/infer/pylock.toml"
+
+[run]
+reference = "train"
+threads = 1
+timeout = 600
+
+[tolerance]
+atol = 0
+rtol = 0
+
+[policy]
+fail_on_version_diffs = []
+"""
+
+
+@pytest.mark.slow
+def test_the_sklearn_drift_is_localized_to_the_pipelines_rescale_step(
+    shared_cache: Path, tmp_path: Path
+) -> None:
+    import os
+    import shutil
+
+    from envlock import read_lock
+    from envlock.backends import VenvBackend
+
+    project = tmp_path / "sklearn-drift"
+    shutil.copytree(
+        ROOT / "examples" / "sklearn-drift",
+        project,
+        ignore=shutil.ignore_patterns("artifacts", "__pycache__"),
+    )
+    # the artifacts, as the project makes them: trained inside the training environment
+    train = VenvBackend(shared_cache).materialize(
+        read_lock(project / "locks" / "train" / "pylock.toml"), "main"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(train.python), "-m", "segclf.train"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (project / "segclf" / "artifacts" / "scorer.joblib").exists()
+    cfg = project / "localize.toml"
+    cfg.write_text(SKLEARN_DRIFT_CONFIG)
+
+    code, report, output = check(cfg, "--localize", "--cache-dir", str(shared_cache))
+    assert code == 1, output
+    scores = next(o for o in report["outputs"] if o["name"] == "scores")
+    assert not scores["passed"] and 0 < scores["max_abs_diff"] < 1e-5
+    loc = report["localization"]
+    assert loc["error"] is None
+    assert (loc["output"], loc["sample"]) == ("scores", scores["worst_index"][0])
+    assert loc["stages"] == ["model"]
+    assert loc["first_stage"] == "model"
+    assert (loc["first_step"], loc["first_step_class"], loc["first_step_stage"]) == (
+        "rescale",
+        "FunctionTransformer",
+        "model",
+    )
+    assert loc["first_module"] is None
+    names = [(e["name"], e["kind"], e["module_class"]) for e in loc["entries"]]
+    assert names == [
+        ("rescale", "step", "FunctionTransformer"),
+        ("scale", "step", "StandardScaler"),
+        ("logreg", "step", "LogisticRegression"),
+        ("model[scores]", "stage", None),
+    ]
+    rescale = loc["entries"][0]
+    # NumPy 1.26 keeps float32 * float64-scalar in float32; NumPy 2 (NEP 50) gives float64
+    assert (rescale["passed"], rescale["cause"]) == (False, "dtype")
+    assert (rescale["reference_dtype"], rescale["candidate_dtype"]) == ("float32", "float64")
+    assert rescale["reference_shape"] == rescale["candidate_shape"] == [1, 8]
+    assert 0 < rescale["max_abs_diff"] < 1e-6
+    assert (
+        "; within stage 'model', first at step 'rescale' (FunctionTransformer: dtype float32 "
+        "in train vs float64 in infer, max abs diff "
+    ) in loc["summary"]
+    assert loc["summary"] in output
+    assert "rescale ◀ first" in output
+    assert "parity: localize: outputs first diverge in stage 'model'" in output
