@@ -221,7 +221,9 @@ def test_the_worker_caps_what_it_records(tmp_path: Path) -> None:
         (
             "def stages():\n    return [('a', len, object())]\n",
             "load",
-            "must be a torch module",
+            "stage 'a': its third element must be a torch module (with named_modules and "
+            "register_forward_hook) or a scikit-learn Pipeline (with steps, a list of (name, "
+            "estimator) pairs), got object",
         ),
         (
             "def stages():\n    return [('a', lambda b: b['x']), ('a', lambda x: x)]\n",
@@ -249,6 +251,144 @@ def test_unusable_stages_go_to_error_json(
     error = json.loads((out / "error.json").read_text())
     assert error["stage"] == where
     assert message in error["message"]
+
+
+PIPELINE_ADAPTER = """\
+import os
+
+import numpy as np
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+
+SERVING = []  # the drift is in serving only: fitted with it, the scaler would absorb it
+
+
+def shift(x):
+    if os.environ.get("DRIFT_STEP") and SERVING:
+        x = x + np.float32(1e-3)
+    return x
+
+
+rng = np.random.RandomState(0)
+X = rng.normal(size=(80, 12)).astype(np.float32)
+y = (X[:, 0] + X[:, 5] > 0).astype(int)
+PIPE = Pipeline(
+    [
+        (
+            "cols",
+            ColumnTransformer(
+                [
+                    ("head", StandardScaler(), [0, 1, 2, 3]),
+                    ("tail", FunctionTransformer(), list(range(4, 12))),
+                ]
+            ),
+        ),
+        (
+            "union",
+            FeatureUnion(
+                [
+                    ("pca", PCA(n_components=2, random_state=0)),
+                    (
+                        "inner",
+                        Pipeline(
+                            [("shift", FunctionTransformer(shift)), ("scale", StandardScaler())]
+                        ),
+                    ),
+                ]
+            ),
+        ),
+        ("skip", "passthrough"),
+        ("clf", LogisticRegression()),
+    ]
+).fit(X, y)
+SERVING.append(True)
+
+
+def prepare(batch):
+    return batch["x"].reshape(len(batch["x"]), -1)
+
+
+def model(x):
+    return {"proba": PIPE.predict_proba(x), "label": PIPE.predict(x)}
+
+
+def estimators(est):
+    yield est
+    for attr in ("steps", "transformer_list", "transformers_"):
+        for part in getattr(est, attr, ()):
+            if not isinstance(part[1], str):
+                yield from estimators(part[1])
+
+
+def finish(outputs):
+    for est in estimators(PIPE):
+        left = set(vars(est)) & {"transform", "predict", "predict_proba", "decision_function"}
+        assert not left, f"the worker left {left} on {type(est).__name__}"
+    return outputs
+
+
+def stages():
+    return [("prepare", prepare), ("model", model, PIPE), ("finish", finish)]
+
+
+def predict(batch):
+    return finish(model(prepare(batch)))
+"""
+
+PIPELINE_STEPS = [
+    ("cols/head", "StandardScaler"),
+    ("cols/tail", "FunctionTransformer"),
+    ("cols", "ColumnTransformer"),
+    ("union/pca", "PCA"),
+    ("union/inner/shift", "FunctionTransformer"),
+    ("union/inner/scale", "StandardScaler"),
+    ("union", "FeatureUnion"),
+]
+
+
+def test_the_worker_records_each_pipeline_step_in_execution_order(tmp_path: Path) -> None:
+    status, out = run_worker(tmp_path, PIPELINE_ADAPTER)
+    assert status == 0, (out / "error.json").read_text() if (out / "error.json").exists() else ""
+    meta = json.loads((out / "stages.json").read_text())
+    assert meta["stages"] == ["prepare", "model", "finish"]
+    got = [(e["name"], e["kind"], e["stage"], e.get("class")) for e in meta["entries"]]
+    steps = [("step", "model", cls) for _, cls in PIPELINE_STEPS]
+    assert got == [
+        ("prepare", "stage", "prepare", None),
+        # predict_proba: each step's transform, then the classifier's predict_proba
+        *[(name, *rest) for (name, _), rest in zip(PIPELINE_STEPS, steps, strict=True)],
+        ("clf", "step", "model", "LogisticRegression"),
+        # predict: the same steps again, `#2`; predict's own decision_function is not recorded
+        *[(f"{name}#2", *rest) for (name, _), rest in zip(PIPELINE_STEPS, steps, strict=True)],
+        ("clf#2", "step", "model", "LogisticRegression"),
+        ("model[proba]", "stage", "model", None),
+        ("model[label]", "stage", "model", None),
+        ("finish[proba]", "stage", "finish", None),
+        ("finish[label]", "stage", "finish", None),
+    ]
+    steps_only = [e for e in meta["entries"] if e["kind"] == "step"]
+    assert [e["module"] for e in steps_only[:8]] == [n for n, _ in PIPELINE_STEPS] + ["clf"]
+    assert [e["method"] for e in steps_only] == ["transform"] * 7 + ["predict_proba"] + [
+        "transform"
+    ] * 7 + ["predict"]
+    assert {e["call"] for e in steps_only[:8]} == {1} and {e["call"] for e in steps_only[8:]} == {2}
+
+    arrays = {k: v.load() for k, v in load_outputs(out / "stages.npz").items()}
+    by_name = {e["name"]: arrays[e["key"]] for e in meta["entries"]}
+    x = (np.arange(12, dtype=np.float32) / 7).reshape(1, 12)
+    np.testing.assert_array_equal(by_name["prepare"], x)
+    np.testing.assert_array_equal(by_name["cols"], np.hstack([by_name["cols/head"], x[:, 4:]]))
+    np.testing.assert_array_equal(
+        by_name["union"], np.hstack([by_name["union/pca"], by_name["union/inner/scale"]])
+    )
+    np.testing.assert_array_equal(by_name["union/inner/shift"], by_name["cols"])
+    np.testing.assert_array_equal(by_name["clf"], by_name["model[proba]"])
+    np.testing.assert_array_equal(by_name["clf#2"], by_name["model[label]"])
+    assert by_name["clf"].shape == (1, 2) and by_name["clf#2"].dtype.kind == "i"
 
 
 def test_a_job_without_a_stages_function_is_an_error(tmp_path: Path) -> None:
@@ -417,6 +557,43 @@ def test_a_bad_stages_setting_exits_2(write_project: Callable[..., Path]) -> Non
     assert result.stderr == (
         f"Error: {cfg}: model.stages: must look like 'package.module:function' (a function "
         "giving the adapter's stages), got 'adapter.stages'\n"
+    )
+
+
+def test_a_drift_inside_a_pipeline_names_the_step(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = staged_config('DRIFT_STEP = "1"')
+    cfg = write_project(PIPELINE_ADAPTER, config)
+    markdown = tmp_path / "summary.md"
+    code, report, output = check(cfg, "--localize", "--markdown", str(markdown))
+    assert code == 1, output
+    loc = report["localization"]
+    assert loc["error"] is None
+    assert loc["first_stage"] == "model"
+    assert (loc["first_step"], loc["first_step_class"], loc["first_step_stage"]) == (
+        "union/inner/shift",
+        "FunctionTransformer",
+        "model",
+    )
+    assert loc["first_module"] is None
+    passed = {e["name"]: e["passed"] for e in loc["entries"]}
+    assert passed["prepare"] and passed["cols/head"] and passed["cols"] and passed["union/pca"]
+    assert not passed["union/inner/shift"] and not passed["union"]
+    shifted = next(e for e in loc["entries"] if e["name"] == "union/inner/shift")
+    assert (shifted["kind"], shifted["module"], shifted["cause"]) == (
+        "step",
+        "union/inner/shift",
+        "tolerance",
+    )
+    assert shifted["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+    assert (
+        "; within stage 'model', first at step 'union/inner/shift' (FunctionTransformer: "
+        in (loc["summary"])
+    )
+    assert loc["summary"] in output and "union/inner/shift ◀ first" in output
+    assert "| `union/inner/shift` | model | FunctionTransformer | **beyond** (tolerance) |" in (
+        markdown.read_text()
     )
 
 
@@ -591,3 +768,113 @@ def test_predict_is_the_composition_of_the_stages(shared_cache: Path) -> None:
         [python, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == "same", done.stderr
+
+
+SKLEARN_DRIFT_CONFIG = """\
+[model]
+adapter = "segclf.adapter:predict_scores"
+stages = "segclf.adapter:stages_scores"
+paths = ["."]
+
+[inputs]
+seed = 20261129
+count = 64
+batch_size = 32
+
+[inputs.arrays.x]
+shape = [8]
+dtype = "float64"
+generator = "normal"
+
+[environments.train]
+backend = "venv"
+lock = "locks/train/pylock.toml"
+
+[environments.infer]
+backend = "venv"
+lock = "locks/infer/pylock.toml"
+
+[run]
+reference = "train"
+threads = 1
+timeout = 600
+
+[tolerance]
+atol = 0
+rtol = 0
+
+[policy]
+fail_on_version_diffs = []
+"""
+
+
+@pytest.mark.slow
+def test_the_sklearn_drift_is_localized_to_the_pipelines_rescale_step(
+    shared_cache: Path, tmp_path: Path
+) -> None:
+    import os
+    import shutil
+
+    from envlock import read_lock
+    from envlock.backends import VenvBackend
+
+    project = tmp_path / "sklearn-drift"
+    shutil.copytree(
+        ROOT / "examples" / "sklearn-drift",
+        project,
+        ignore=shutil.ignore_patterns("artifacts", "__pycache__"),
+    )
+    # the artifacts, as the project makes them: trained inside the training environment
+    train = VenvBackend(shared_cache).materialize(
+        read_lock(project / "locks" / "train" / "pylock.toml"), "main"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(train.python), "-m", "segclf.train"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (project / "segclf" / "artifacts" / "scorer.joblib").exists()
+    cfg = project / "localize.toml"
+    cfg.write_text(SKLEARN_DRIFT_CONFIG)
+
+    code, report, output = check(cfg, "--localize", "--cache-dir", str(shared_cache))
+    assert code == 1, output
+    scores = next(o for o in report["outputs"] if o["name"] == "scores")
+    assert not scores["passed"] and 0 < scores["max_abs_diff"] < 1e-5
+    loc = report["localization"]
+    assert loc["error"] is None
+    assert (loc["output"], loc["sample"]) == ("scores", scores["worst_index"][0])
+    assert loc["stages"] == ["model"]
+    assert loc["first_stage"] == "model"
+    assert (loc["first_step"], loc["first_step_class"], loc["first_step_stage"]) == (
+        "rescale",
+        "FunctionTransformer",
+        "model",
+    )
+    assert loc["first_module"] is None
+    names = [(e["name"], e["kind"], e["module_class"]) for e in loc["entries"]]
+    assert names == [
+        ("rescale", "step", "FunctionTransformer"),
+        ("scale", "step", "StandardScaler"),
+        ("logreg", "step", "LogisticRegression"),
+        ("model[scores]", "stage", None),
+    ]
+    rescale = loc["entries"][0]
+    # NumPy 1.26 keeps float32 * float64-scalar in float32; NumPy 2 (NEP 50) gives float64
+    assert (rescale["passed"], rescale["cause"]) == (False, "dtype")
+    assert (rescale["reference_dtype"], rescale["candidate_dtype"]) == ("float32", "float64")
+    assert rescale["reference_shape"] == rescale["candidate_shape"] == [1, 8]
+    assert 0 < rescale["max_abs_diff"] < 1e-6
+    assert (
+        "; within stage 'model', first at step 'rescale' (FunctionTransformer: dtype float32 "
+        "in train vs float64 in infer, max abs diff "
+    ) in loc["summary"]
+    assert loc["summary"] in output
+    assert "rescale ◀ first" in output
+    assert "parity: localize: outputs first diverge in stage 'model'" in output

@@ -1,13 +1,15 @@
 """Localize a failing check: the first stage, and module, whose output is beyond tolerance.
 
 An adapter module may expose its stages (`[model] stages = "pkg.adapter:stages"`): an
-ordered list of `(name, fn)` or `(name, fn, torch_module)` whose composition is predict.
-After a check fails, the worst sample of the failing output runs through them once in
-each environment (the worker's `stages` mode). The worker records each stage's result
-and, while a stage with a module runs, each submodule's output through forward hooks, in
-execution order. Here every captured value is compared with the reference's under the
-default tolerance (the last stage's outputs under their own), and the first stage and
-the first module beyond it are named. Nothing here raises: a failure becomes the
+ordered list of `(name, fn)` or `(name, fn, model)` whose composition is predict, the
+model a torch module or a scikit-learn Pipeline. After a check fails, the worst sample of
+the failing output runs through them once in each environment (the worker's `stages`
+mode). The worker records each stage's result and, while a stage with a model runs, each
+submodule's output through forward hooks (kind "module") or each Pipeline step's output
+(kind "step", nested steps named `outer/inner`), in execution order. Here every captured
+value is compared with the reference's under the default tolerance (the last stage's
+outputs under their own), and the first stage and the first module or step beyond it are
+named. Nothing here raises: a failure becomes the
 localization's `error`, and the check's own result stands.
 """
 
@@ -33,15 +35,17 @@ if TYPE_CHECKING:
     from parity.config import ParityConfig
 
 FOLDER = "localize"  # inside the check's work folder
+INNER = ("module", "step")  # the kinds of value captured inside a stage's model
 
 
 @dataclass(frozen=True)
 class StageEntry:
     """One value captured on the sample, compared between the environments: a stage's
-    result (`kind` "stage") or a hooked module's output (`kind` "module")."""
+    result (`kind` "stage"), a hooked module's output (`kind` "module") or a Pipeline
+    step's output (`kind` "step")."""
 
-    name: str  # "preprocess", "postprocess[sr]" (an output), "conv1", "block.0.conv#2"
-    kind: str  # "stage" or "module"
+    name: str  # "preprocess", "postprocess[sr]" (an output), "conv1", "block.0.conv#2", "union/pca"
+    kind: str  # "stage", "module" or "step"
     stage: str
     passed: bool
     cause: str | None  # shape, dtype, nan_inf, tolerance, policy, or missing (one side only)
@@ -52,8 +56,8 @@ class StageEntry:
     candidate_shape: tuple[int, ...] | None = None
     reference_dtype: str | None = None
     candidate_dtype: str | None = None
-    module: str | None = None  # the module's qualified name in the stage's model
-    module_class: str | None = None
+    module: str | None = None  # the module's (or step's) qualified name in the stage's model
+    module_class: str | None = None  # its class: "Conv2d", "FunctionTransformer"
     output: str | None = None  # the output this value is, for the last stage's outputs
 
 
@@ -72,6 +76,9 @@ class Localization:
     summary: str
     error: str | None = None  # why localization could not run; the check's result stands
     dropped: int = 0  # values the worker captured past its limit and did not record
+    first_step: str | None = None  # the first Pipeline step beyond tolerance ("outer/inner")
+    first_step_class: str | None = None
+    first_step_stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,9 @@ def _localize(
         None,
     )
     module_fail = next((e for e in entries if e.kind == "module" and not e.passed), None)
-    summary = _summary(entries, stage_fail, module_fail, sample, ref.spec.name, cand.spec.name)
+    step_fail = next((e for e in entries if e.kind == "step" and not e.passed), None)
+    inner_fail = next((e for e in entries if e.kind in INNER and not e.passed), None)
+    summary = _summary(entries, stage_fail, inner_fail, sample, ref.spec.name, cand.spec.name)
     say(f"localize: {summary}")
     return Localization(
         sample=sample,
@@ -191,6 +200,9 @@ def _localize(
         first_module_stage=module_fail.stage if module_fail else None,
         summary=summary,
         dropped=max(ref_side.dropped, cand_side.dropped),
+        first_step=step_fail.module if step_fail else None,
+        first_step_class=step_fail.module_class if step_fail else None,
+        first_step_stage=step_fail.stage if step_fail else None,
     )
 
 
@@ -221,7 +233,7 @@ def _capture(run: EnvRun, config: ParityConfig, outdir: Path) -> _Side:
         if not (
             isinstance(item, dict)
             and item.get("key") in arrays
-            and item.get("kind") in ("stage", "module")
+            and item.get("kind") in ("stage", *INNER)
             and all(isinstance(item.get(k), str) for k in ("stage", "name"))
             and all(item.get(k) is None or isinstance(item[k], str) for k in _OPTIONAL)
         ):
@@ -309,12 +321,13 @@ def _compare(
 def _summary(
     entries: list[StageEntry],
     stage_fail: StageEntry | None,
-    module_fail: StageEntry | None,
+    inner_fail: StageEntry | None,
     sample: int,
     ref: str,
     cand: str,
 ) -> str:
-    """One line: the first stage beyond tolerance and why, then the first module."""
+    """One line: the first stage beyond tolerance and why, then the first module or
+    Pipeline step (whichever comes first in execution order)."""
     if stage_fail is not None:
         line = (
             f"outputs first diverge in stage {stage_fail.stage!r} ({_brief(stage_fail, ref, cand)})"
@@ -324,19 +337,21 @@ def _summary(
             f"no stage's result is beyond tolerance on sample {sample}: the failure does not "
             "show on this sample alone"
         )
-    if module_fail is not None:
+    if inner_fail is not None:
         where = "within" if stage_fail is not None else "yet within"
         line += (
-            f"; {where} stage {module_fail.stage!r}, first at module {module_fail.module!r} "
-            f"({module_fail.module_class}: {_brief(module_fail, ref, cand)})"
+            f"; {where} stage {inner_fail.stage!r}, first at {inner_fail.kind} "
+            f"{inner_fail.module!r} ({inner_fail.module_class}: {_brief(inner_fail, ref, cand)})"
         )
-    elif stage_fail is not None and any(
-        e.kind == "module" and e.stage == stage_fail.stage for e in entries
-    ):
-        line += (
-            f"; no module of stage {stage_fail.stage!r} is beyond tolerance: the difference "
-            "arises outside its modules"
+    elif stage_fail is not None:
+        kind = next(
+            (e.kind for e in entries if e.kind in INNER and e.stage == stage_fail.stage), None
         )
+        if kind is not None:
+            line += (
+                f"; no {kind} of stage {stage_fail.stage!r} is beyond tolerance: the "
+                f"difference arises outside its {kind}s"
+            )
     return line
 
 

@@ -323,12 +323,11 @@ def _localization(report: ParityReport, loc: Localization, console: Console) -> 
         "cause",
         right=("max abs",),
     )
-    marked: set[str] = set()  # the first stage and the first module get the mark once
+    firsts = {"stage": loc.first_stage, "module": loc.first_module, "step": loc.first_step}
+    marked: set[str] = set()  # the first stage, module and step get the mark once
     for e in loc.entries[:LOCALIZATION_ROWS]:
         first = not e.passed and e.kind not in marked
-        first = first and (
-            e.stage == loc.first_stage if e.kind == "stage" else e.module == loc.first_module
-        )
+        first = first and (e.stage if e.kind == "stage" else e.module) == firsts.get(e.kind)
         if first:
             marked.add(e.kind)
         table.add_row(

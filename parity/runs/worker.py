@@ -12,12 +12,15 @@ It writes into the job's output folder:
     error.json         instead of outputs, when the model or the job failed
 
 With `"mode": "stages"` the job's inputs hold one sample, which runs through the adapter
-module's stages (`stages()`: `(name, fn)` or `(name, fn, module)` tuples, see
-`run_stages`), and the worker writes instead of outputs and fingerprint:
+module's stages (`stages()`: `(name, fn)` or `(name, fn, model)` tuples, the model a torch
+module or a scikit-learn Pipeline, see `run_stages`), and the worker writes instead of
+outputs and fingerprint:
 
     stages.npz         one array per captured value: each stage's result and, for a stage
-                       with a torch module, each submodule's output, in execution order
-    stages.json        what each array is: stage, kind (stage or module), module name
+                       with a torch module, each submodule's output (with a Pipeline, each
+                       step's output), in execution order
+    stages.json        what each array is: stage, kind (stage, module or step), module or
+                       step name
 
 With `"mode": "serve"` (for `parity search`) the worker loads the model once, writes
 `fingerprint.json`, then answers requests until the host writes the `stop` file: for each
@@ -43,6 +46,7 @@ import sys
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -213,15 +217,30 @@ STAGE_ENTRIES = 1000  # captured arrays at most: the host reads at most 1024 fro
 
 def run_stages(job: dict[str, Any]) -> int:
     """Run the job's one sample through the adapter's stages, recording each stage's result
-    and each hooked module's output (`stages.npz`, `stages.json`); the exit status.
+    and each hooked module's or Pipeline step's output (`stages.npz`, `stages.json`); the
+    exit status.
 
     The job's `stages` (module:function) gives an ordered list of `(name, fn)` or
-    `(name, fn, module)`: the first fn takes the batch dict, each next fn the previous
-    one's result, and the last returns the outputs dict, as predict does. While a stage
-    with a module runs, a forward hook on each of the module's submodules records what it
-    returns, in execution order. torch is never imported here: the module is duck-typed
-    (`named_modules`, `register_forward_hook`) and tensors are read with
-    `.detach().cpu().numpy()`."""
+    `(name, fn, model)`: the first fn takes the batch dict, each next fn the previous
+    one's result, and the last returns the outputs dict, as predict does. The model, when
+    there is one, is what the stage runs, of one of two kinds; neither library is ever
+    imported here, both are duck-typed:
+
+    - a torch module (`named_modules`, `register_forward_hook`): while the stage runs, a
+      forward hook on each of its submodules records what it returns, in execution order
+      (kind "module"); tensors are read with `.detach().cpu().numpy()`.
+    - a scikit-learn Pipeline (`steps`, a list of (name, estimator)): while the stage
+      runs, each step's inference methods are shadowed by instance attributes that call
+      the original and record its result (kind "step"), in execution order: `transform`
+      for the intermediate steps, `predict`, `predict_proba`, `predict_log_proba`,
+      `decision_function`, `transform` and `score_samples` for the last one (the Pipeline
+      calls its steps' methods on the instances). A step that is itself a Pipeline is
+      recursed into; a FeatureUnion (`transformer_list`) or ColumnTransformer
+      (`transformers_`) records each of its transformers and then its own, combined,
+      output. Nested steps are named `outer/inner`. An estimator's calls to its own
+      methods (predict_proba calling decision_function) are not recorded twice. Steps run
+      in other processes (`n_jobs` > 1) are not seen.
+    """
     import numpy as np
 
     outdir = job["outdir"]
@@ -242,12 +261,12 @@ def run_stages(job: dict[str, Any]) -> int:
     ready = time.perf_counter()
     recorder = _Recorder(int(job.get("max_entries", STAGE_ENTRIES)))
     try:
-        for i, (name, fn, module) in enumerate(stages):
-            handles = recorder.hook(name, module) if module is not None else []
+        for i, (name, fn, model) in enumerate(stages):
+            handles = recorder.watch(name, model) if model is not None else []
             try:
                 value = fn(value)
             finally:
-                for handle in handles:
+                for handle in reversed(handles):
                     handle.remove()
             if i == len(stages) - 1:
                 recorder.outputs(name, value)
@@ -280,8 +299,21 @@ def run_stages(job: dict[str, Any]) -> int:
     return 0
 
 
+def _is_torch_module(model: Any) -> bool:
+    return hasattr(model, "named_modules") and hasattr(model, "register_forward_hook")
+
+
+def _is_pipeline(model: Any) -> bool:
+    """A scikit-learn Pipeline, duck-typed: `steps`, a list of (name, estimator) pairs."""
+    steps = getattr(model, "steps", None)
+    return isinstance(steps, list) and all(
+        isinstance(step, tuple | list) and len(step) == 2 and isinstance(step[0], str)
+        for step in steps
+    )
+
+
 def _stage_list(stages: Any) -> list[tuple[str, Any, Any]]:
-    """The adapter's stages as (name, fn, module or None); raise on anything else."""
+    """The adapter's stages as (name, fn, model or None); raise on anything else."""
     if not isinstance(stages, list | tuple) or not stages:
         raise TypeError(
             f"stages() must return a non-empty list of (name, fn) or (name, fn, module) "
@@ -299,12 +331,11 @@ def _stage_list(stages: Any) -> list[tuple[str, Any, Any]]:
             raise ValueError(f"stage {i}: the name {name!r} is used twice")
         if not callable(fn):
             raise TypeError(f"stage {name!r}: {fn!r} is not callable")
-        if module is not None and not (
-            hasattr(module, "named_modules") and hasattr(module, "register_forward_hook")
-        ):
+        if module is not None and not (_is_torch_module(module) or _is_pipeline(module)):
             raise TypeError(
                 f"stage {name!r}: its third element must be a torch module (with "
-                f"named_modules and register_forward_hook), got {type(module).__name__}"
+                "named_modules and register_forward_hook) or a scikit-learn Pipeline (with "
+                f"steps, a list of (name, estimator) pairs), got {type(module).__name__}"
             )
         checked.append((name, fn, module))
     return checked
@@ -353,6 +384,99 @@ class _Recorder:
                 {"stage": stage, "kind": "stage", "name": f"{stage}[{name}]", "output": name}, arr
             )
 
+    def watch(self, stage: str, model: Any) -> list[Any]:
+        """Start recording inside the stage's model (a torch module or a Pipeline); the
+        handles, each with `remove()`, to call once the stage has run."""
+        if _is_torch_module(model):
+            return self.hook(stage, model)
+        handles: list[Any] = []
+        try:
+            self._wrap_steps(stage, model, "", handles, set(), {})
+        except BaseException:
+            for handle in reversed(handles):
+                handle.remove()
+            raise
+        return handles
+
+    def _wrap_steps(
+        self,
+        stage: str,
+        pipeline: Any,
+        prefix: str,
+        handles: list[Any],
+        busy: set[int],
+        calls: dict[str, int],
+    ) -> None:
+        """Shadow the inference methods of each step of `pipeline` (nested ones included)."""
+        steps = [(n, e) for n, e in pipeline.steps if e is not None and not isinstance(e, str)]
+        for i, (name, est) in enumerate(steps):
+            methods = FINAL_METHODS if i == len(steps) - 1 else ("transform",)
+            self._wrap_estimator(stage, est, prefix + name, methods, handles, busy, calls)
+
+    def _wrap_estimator(
+        self,
+        stage: str,
+        est: Any,
+        qname: str,
+        methods: tuple[str, ...],
+        handles: list[Any],
+        busy: set[int],
+        calls: dict[str, int],
+    ) -> None:
+        if _is_pipeline(est):  # its output is its last step's: record its steps only
+            self._wrap_steps(stage, est, qname + "/", handles, busy, calls)
+            return
+        parts = _transformers(est)
+        for name, part in parts or ():
+            if part is not None and not isinstance(part, str):  # "drop", "passthrough"
+                self._wrap_estimator(
+                    stage, part, f"{qname}/{name}", ("transform",), handles, busy, calls
+                )
+        for method in methods:
+            if callable(getattr(est, method, None)):
+                handles.append(self._shadow(stage, est, qname, method, busy, calls))
+
+    def _shadow(
+        self, stage: str, est: Any, qname: str, method: str, busy: set[int], calls: dict[str, int]
+    ) -> Any:
+        """Shadow `est.method` with an instance attribute that records its result; the
+        handle that takes it away (restoring an instance attribute it had before)."""
+        original = getattr(est, method)
+        own = vars(est).get(method, _ABSENT) if hasattr(est, "__dict__") else _ABSENT
+        cls = type(est).__name__
+        recorder = self
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            if id(est) in busy:  # the estimator calling its own methods: record it once
+                return original(*args, **kwargs)
+            busy.add(id(est))
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                busy.discard(id(est))
+            calls[qname] = calls.get(qname, 0) + 1
+            call = calls[qname]
+            entry = {
+                "stage": stage,
+                "kind": "step",
+                "name": qname if call == 1 else f"{qname}#{call}",
+                "module": qname,
+                "class": cls,
+                "call": call,
+                "method": method,
+            }
+            recorder.add(entry, result)
+            return result
+
+        try:
+            setattr(est, method, recording)
+        except (AttributeError, TypeError) as e:
+            raise TypeError(
+                f"stage {stage!r}: cannot record step {qname!r} ({cls}): its {method} "
+                f"cannot be shadowed ({e})"
+            ) from None
+        return _Unshadow(est, method, own)
+
     def hook(self, stage: str, module: Any) -> list[Any]:
         """Forward hooks on each submodule of `module` (on itself, when it has none) that
         record their outputs; the handles, to remove once the stage has run."""
@@ -391,6 +515,43 @@ class _Recorder:
         )
 
 
+FINAL_METHODS = (
+    "predict",
+    "predict_proba",
+    "predict_log_proba",
+    "decision_function",
+    "transform",
+    "score_samples",
+)
+_ABSENT = object()
+
+
+def _transformers(est: Any) -> list[tuple[str, Any]] | None:
+    """The (name, transformer) parts of a FeatureUnion (`transformer_list`) or a fitted
+    ColumnTransformer (`transformers_`: the fitted ones it runs); None for anything else."""
+    for attr in ("transformers_", "transformer_list"):
+        parts = vars(est).get(attr) if hasattr(est, "__dict__") else None
+        if isinstance(parts, list) and all(
+            isinstance(p, tuple | list) and len(p) >= 2 and isinstance(p[0], str) for p in parts
+        ):
+            return [(p[0], p[1]) for p in parts]
+    return None
+
+
+class _Unshadow:
+    """Takes a recording method off an estimator, as it was before."""
+
+    def __init__(self, est: Any, method: str, own: Any) -> None:
+        self.est, self.method, self.own = est, method, own
+
+    def remove(self) -> None:
+        if self.own is _ABSENT:
+            with contextlib.suppress(AttributeError):  # someone took it off already
+                delattr(self.est, self.method)
+        else:
+            setattr(self.est, self.method, self.own)
+
+
 def _leaves(value: Any, suffix: str = "") -> Any:
     """(suffix, value) for each tensor or array in `value`, tuples, lists and dicts
     flattened: `[0]`, `[key]`."""
@@ -408,9 +569,11 @@ def _leaves(value: Any, suffix: str = "") -> Any:
 
 def _as_array(value: Any) -> Any:
     """A tensor or array-like as a numpy array (bfloat16 and other dtypes numpy lacks are
-    widened to float32 first)."""
+    widened to float32 first; a scipy sparse matrix is made dense)."""
     import numpy as np
 
+    if hasattr(value, "toarray") and hasattr(value, "nnz"):  # scipy.sparse
+        return np.asarray(value.toarray())
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         tensor = value.detach().cpu()
         try:

@@ -6,6 +6,8 @@
 
 `predict_scores` gives the `scorer` pipeline's `scores` (N x 3 float64) instead: its first
 step is NumPy-version dependent (see `segclf.features`), so it drifts where `predict` does not.
+`stages_scores` gives its stages for `parity check --localize` (`[model] stages`): one
+stage, the `scorer` Pipeline itself, so that each of its steps' outputs is compared.
 
 The models are the joblib files `segclf.train` wrote into `artifacts/` beside this file
 (or the folder named by SEGCLF_ARTIFACTS), loaded once, in whatever scikit-learn this
@@ -48,3 +50,9 @@ def predict(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def predict_scores(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The `scorer` pipeline's decision function (N x 3): it drifts under NumPy 2."""
     return {"scores": models()["scorer"].decision_function(np.asarray(batch["x"]))}
+
+
+def stages_scores() -> list[tuple[str, Any, Any]]:
+    """`predict_scores` as stages: one, `model`, running the `scorer` Pipeline, whose steps
+    (`rescale`, `scale`, `logreg`) parity records one by one."""
+    return [("model", predict_scores, models()["scorer"])]
