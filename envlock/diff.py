@@ -5,6 +5,8 @@ platform, CPU features, numerics environment variables, numpy/torch/thread-pool 
 and compared key by key; each difference gets a severity (`numerics`, `runtime`,
 `benign`, `other`) and one line a person can act on. A lock has only packages and the
 interpreter it pins, so a lock compared with a fingerprint is compared on those alone.
+`group` then marks what follows from another difference (`caused_by`) and puts it right
+after its root cause.
 """
 
 from __future__ import annotations
