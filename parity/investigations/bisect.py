@@ -355,10 +355,12 @@ def _bisect(
             for moved in closure.drags().values()
             for name, why in moved.items()
         }
-        if dragged:
+        for mover, moved in closure.drags().items():
+            # `numpy 2.2.6 cannot move alone: scipy 1.11.4 requires numpy<1.28.0,>=1.21.6`
             say(
-                f"trial {number}: not installable alone, takes {', '.join(dragged)} too: "
-                + "; ".join(dragged.values())
+                f"trial {number}: {mover} {cand_versions.get(mover) or '(absent)'} cannot "
+                f"move alone: {'; '.join(w.short() for w in moved.values())}; taking "
+                f"{', '.join(moved)} too (found by resolution)"
             )
         if not closure.installable:
             record = TrialRecord(
