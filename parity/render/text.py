@@ -51,7 +51,7 @@ def render_bisect(report: BisectReport, console: Console) -> None:
             f"environments: {report.environments} used ({report.reference}, {report.candidate} "
             f"and {report.environments - 2} intermediate), {report.built} built by this run; "
             f"{report.resolutions} resolution(s), {report.not_installable} combination(s) "
-            "not installable as asked (found by resolution, never built)"
+            "found not installable as asked by resolution (never built as asked)"
         )
     lines += [f"error: {e}" for e in report.errors]
     _print_lines(console, lines)
