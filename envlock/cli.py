@@ -423,8 +423,9 @@ def diff_command(a: str, b: str, as_json: bool) -> None:
     else:
         counts = ", ".join(f"{n} {sev}" for sev, n in sorted(summarize(differences).items()))
         click.echo(f"{len(differences)} differences ({counts}) between A={a} and B={b}:")
-        for d in differences:
-            click.echo(f"  [{d.severity}] {d.explanation}")
+        for d in differences:  # what follows from a difference is indented under it
+            indent = "      " if d.caused_by else "  "
+            click.echo(f"{indent}[{d.severity}] {d.explanation}")
     if differences:
         raise SystemExit(1)
 

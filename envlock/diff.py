@@ -5,12 +5,16 @@ platform, CPU features, numerics environment variables, numpy/torch/thread-pool 
 and compared key by key; each difference gets a severity (`numerics`, `runtime`,
 `benign`, `other`) and one line a person can act on. A lock has only packages and the
 interpreter it pins, so a lock compared with a fingerprint is compared on those alone.
+`group` then marks what follows from another difference (`caused_by`) and puts it right
+after its root cause.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,9 @@ class Difference:
     b: str | None
     severity: Severity
     why: str  # why it matters and what to do; "" when there is nothing to say
+    # The difference this one follows from ("package torch"): a package installed only
+    # because a differing package requires it, numpy's BLAS when numpy's version differs.
+    caused_by: str | None = None
 
     @property
     def component(self) -> str:
@@ -67,13 +74,16 @@ class Difference:
 
     def to_json(self) -> dict[str, Any]:
         """The difference as `envlock diff --json` has always printed it."""
-        return {
+        data: dict[str, Any] = {
             "component": self.component,
             "a": self.a,
             "b": self.b,
             "severity": self.severity,
             "explanation": self.explanation,
         }
+        if self.caused_by:  # only on a derived difference
+            data["caused_by"] = self.caused_by
+        return data
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class Side:
     label: str
     data: dict[str, Any]
     kind: str  # "fingerprint" or "lock"
+    # Package -> the names its Requires-Dist gives (fingerprints record them; locks do not).
+    requires: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def load_side(spec: str, default_group: str = MAIN) -> Side:
@@ -98,7 +110,7 @@ def load_side(spec: str, default_group: str = MAIN) -> Side:
             raise LockFileError(path, f"not a fingerprint (invalid JSON: {e})") from None
         if not isinstance(data, dict) or "distributions" not in data:
             raise LockFileError(path, "not a fingerprint (no 'distributions')")
-        return Side(spec, from_fingerprint(data), "fingerprint")
+        return Side(spec, from_fingerprint(data), "fingerprint", requires_of(data))
     lock = read_lock(path)
     return Side(spec, from_lock(lock, group or default_group), "lock")
 
@@ -127,8 +139,8 @@ def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
         blas = numpy.get("blas") or {}
         lapack = numpy.get("lapack") or {}
         norm["numpy"] = {
-            "blas": f"{blas.get('name')} {blas.get('version')}" if blas else None,
-            "lapack": f"{lapack.get('name')} {lapack.get('version')}" if lapack else None,
+            "blas": _library(blas, blas),
+            "lapack": _library(lapack, blas),
             "simd": ",".join(numpy.get("simd_found") or []) or None,
         }
     torch = fp.get("torch") or {}
@@ -155,6 +167,31 @@ def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
             f"{p.get('internal_api')} ({p.get('user_api')})": p.get("num_threads") for p in pools
         }
     return _stringify(norm)
+
+
+def requires_of(fp: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Package -> the package names it requires, as a fingerprint recorded them (bounded)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for d in fp.get("distributions", []):
+        if isinstance(d, dict) and isinstance(d.get("requires"), list) and "name" in d:
+            found[str(d["name"])] = tuple(str(n) for n in d["requires"][:MAX_REQUIRES])
+    return found
+
+
+MAX_REQUIRES = 200
+
+
+def _library(lib: Any, blas: Any) -> str | None:
+    """`name version` of numpy's BLAS or LAPACK; Meson's anonymous `dep<id>` (NumPy 1.26's
+    LAPACK, declared inside its own build from its BLAS) as the BLAS it comes from."""
+    if not isinstance(lib, dict) or not lib:
+        return None
+    name, version = lib.get("name"), lib.get("version")
+    if isinstance(name, str) and re.fullmatch(r"dep\d+", name):
+        if not isinstance(blas, dict) or not blas.get("name"):
+            return None  # an unnamed dependency says nothing
+        name, version = f"{blas.get('name')} (via blas)", blas.get("version")
+    return f"{name} {version}" if version else f"{name}"
 
 
 def from_lock(lock: LockedEnv, group: str) -> dict[str, Any]:
@@ -195,7 +232,66 @@ def diff(a: Side, b: Side) -> list[Difference]:
         sev, why = classify(section, key)
         differences.append(Difference(section, key, va, vb, sev, why))
     differences.sort(key=lambda d: d.component)
-    return differences
+    return group(differences, a.requires, b.requires)
+
+
+# Library sections whose values follow from the package's version: when the version
+# differs, these differ because of it.
+_FOLLOWS_PACKAGE = {"numpy": ("blas", "lapack", "simd", ""), "torch": ("cuda", "cudnn", "")}
+
+
+def group(
+    differences: list[Difference],
+    requires_a: dict[str, tuple[str, ...]],
+    requires_b: dict[str, tuple[str, ...]],
+) -> list[Difference]:
+    """Mark each difference that follows from another (`caused_by`) and order them root
+    causes first, each followed by what follows from it.
+
+    A package installed on one side only, which every package requiring it there is a
+    differing package, comes with those: it is grouped under the first of them (and under
+    that one's own cause, transitively), with the requirement in its `why`. numpy's BLAS,
+    LAPACK and SIMD lines (torch's CUDA and cuDNN) follow numpy's (torch's) version.
+    A package whose version differs on both sides is never grouped: a requirement does not
+    say which of two changed packages moved the other."""
+    packages = {d.key: d for d in differences if d.section == "package" and d.key}
+    parent: dict[str, str] = {}
+    for name, d in packages.items():
+        if d.a is not None and d.b is not None:
+            continue
+        requires = requires_a if d.a is not None else requires_b
+        requirers = sorted(q for q, names in requires.items() if name in names and q != name)
+        if requirers and all(q in packages for q in requirers):
+            changed = [q for q in requirers if packages[q].a and packages[q].b]
+            parent[name] = (changed or requirers)[0]
+
+    def root(name: str) -> str:
+        seen = {name}
+        while name in parent and parent[name] not in seen:
+            name = parent[name]
+            seen.add(name)
+        return name
+
+    marked = []
+    for d in differences:
+        cause: str | None = None
+        why = d.why
+        if d.section == "package" and d.key in parent:
+            top = root(d.key)
+            cause = f"package {top}"
+            via = parent[d.key]
+            why = f"comes with {top} ({via} requires it)"
+        elif d.key in _FOLLOWS_PACKAGE.get(d.section, ()) and d.section in packages:
+            cause = f"package {d.section}"
+            why = f"follows {d.section}'s version; {d.why}" if d.why else d.why
+        marked.append(dataclasses.replace(d, caused_by=cause, why=why) if cause else d)
+    roots = [d for d in marked if d.caused_by is None]
+    ordered: list[Difference] = []
+    for r in roots:
+        ordered.append(r)
+        ordered += [d for d in marked if d.caused_by == r.component]
+    ordered += [d for d in marked if d not in ordered]  # a cause that is not listed itself
+    return ordered
 
 
 def _differing(

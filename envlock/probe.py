@@ -78,11 +78,11 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET.search(name))
 
 
-def distributions() -> list[dict[str, str | None]]:
+def distributions() -> list[dict[str, Any]]:
     """Every installed distribution visible on sys.path: name, version, installer."""
     from importlib import metadata
 
-    seen: dict[str, dict[str, str | None]] = {}
+    seen: dict[str, dict[str, Any]] = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
         if not name:
@@ -96,8 +96,29 @@ def distributions() -> list[dict[str, str | None]]:
             "version": dist.version,
             "installer": installer.strip() if installer else None,
             "files_sha256": files_digest(dist.read_text("RECORD")),
+            "requires": required_names(dist.requires),
         }
     return [seen[k] for k in sorted(seen)]
+
+
+MAX_REQUIRES = 200  # names recorded per distribution; a longer list is cut here
+_REQUIRED_NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?)")
+
+
+def required_names(requires: list[str] | None) -> list[str]:
+    """The names a distribution's `Requires-Dist` lines name, normalized and sorted, except
+    those only an extra asks for: who depends on whom, so that a package installed only
+    because another requires it can be told apart (markers are not evaluated here: the
+    standard library has no PEP 508 parser, and a name not installed joins nothing)."""
+    names: set[str] = set()
+    for line in requires or []:
+        requirement, _, marker = line.partition(";")
+        if "extra" in marker:
+            continue
+        match = _REQUIRED_NAME.match(requirement)
+        if match:
+            names.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return sorted(names)[:MAX_REQUIRES]
 
 
 # RECORD entries that differ between installers of the same wheel, not between wheels.
@@ -225,9 +246,22 @@ def numpy_section() -> dict[str, Any] | None:
         for lib in ("blas", "lapack"):
             found = deps.get(lib, {})
             section[lib] = {k: found.get(k) for k in ("name", "version") if k in found}
+            if anonymous_library(section[lib].get("name")):
+                # Meson's name for a dependency declared inside NumPy's own build (NumPy
+                # 1.26's LAPACK, which comes from its BLAS): the name is an object id and the
+                # "version" NumPy's own. Say where it comes from instead.
+                blas = section.get("blas") or {}
+                section[lib] = {"name": f"{blas.get('name') or 'unknown'} (via blas)"}
+                if blas.get("version"):
+                    section[lib]["version"] = blas["version"]
         simd = config.get("SIMD Extensions", {})
         section["simd_found"] = simd.get("found")
     return section
+
+
+def anonymous_library(name: Any) -> bool:
+    """Whether a build dependency's name is Meson's internal `dep<object id>`, not a library."""
+    return isinstance(name, str) and re.fullmatch(r"dep\d+", name) is not None
 
 
 def torch_section() -> dict[str, Any] | None:

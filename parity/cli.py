@@ -435,9 +435,12 @@ def bisect_command(
 
     Builds venvs between the two locks, each taking some of the differing packages
     from the candidate lock and the rest from the reference lock, and narrows them
-    down by delta debugging to a minimal set that reproduces the divergence. A
-    combination that cannot be installed together, or in which the model cannot
-    run, is unresolved and never blamed. Every environment is cached.
+    down by delta debugging to the smallest installable set that reproduces the
+    divergence. Each combination is checked on metadata before it is built: a
+    package that cannot move alone takes the packages its requirements join to it,
+    and the report says which and why. A combination that cannot be installed
+    however, or in which the model cannot run, is unresolved and never blamed.
+    Every environment is cached; the number built and of resolutions is printed.
 
     Exit status: 0 the outputs agree (nothing to bisect), 1 they diverge (the
     culprits are named, or the packages alone do not reproduce it), 2 bad config,

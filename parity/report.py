@@ -96,7 +96,11 @@ class ParityReport:
             "errors": self.errors,
             "inputs": self.inputs,
             "environments": {k: asdict(v) for k, v in self.environments.items()},
-            "version_diffs": [asdict(v) for v in self.version_diffs],
+            # `caused_by` only on a derived difference: reports stay as they were without one.
+            "version_diffs": [
+                {k: x for k, x in asdict(v).items() if k != "caused_by" or x is not None}
+                for v in self.version_diffs
+            ],
             "outputs": outputs,
             "calibrated": self.calibrated,
             "seconds": self.seconds,

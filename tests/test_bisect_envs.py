@@ -242,11 +242,12 @@ def test_two_culprits_that_only_diverge_together(repo: Path, cache: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_an_unresolvable_combination_is_never_a_culprit(
+def test_a_package_that_cannot_move_alone_drags_what_it_requires(
     repo: Path, cache: Path, tmp_path: Path
 ) -> None:
     # pb-charlie 2.0 needs pb-echo 2.0: taking it without pb-echo cannot be installed
-    # consistently. The divergence itself comes from pb-golf.
+    # consistently, which a resolution on metadata finds before anything is built; the
+    # combination is tried with pb-echo 2.0 too. The divergence itself comes from pb-golf.
     config = project(
         tmp_path,
         repo,
@@ -256,12 +257,20 @@ def test_an_unresolvable_combination_is_never_a_culprit(
     code, report, out = bisect(config, cache)
     assert code == 1, out
     assert report["culprits"] == ["pb-golf"]
-    unresolved = [t for t in report["trials"] if t["outcome"] == "unresolved"]
-    assert unresolved, report["trials"]
-    for trial in unresolved:
-        assert "pb-charlie" in trial["packages"] and "pb-echo" not in trial["packages"]
-        assert "pb-echo" in trial["reason"] and "inconsistent" in trial["reason"]
-    assert "unresolved" in out
+    assert "pb-golf 1.0 -> 2.0 alone reproduces the divergence" in out
+    dragging = [t for t in report["trials"] if "pb-charlie" in t["packages"]]
+    assert dragging, report["trials"]
+    for trial in dragging:
+        assert "pb-echo" in trial["installed"]
+        if "pb-echo" not in trial["packages"]:
+            assert trial["dragged"] == {
+                "pb-echo": "pb-charlie 2.0 requires pb-echo>=2 (not pb-echo 1.0)"
+            }
+    # No combination was built inconsistent and then rejected.
+    assert not [t for t in report["trials"] if t["outcome"] == "unresolved"]
+    assert report["resolutions"] >= len(report["trials"]) - 1
+    assert report["not_installable"] == sum(bool(t["dragged"]) for t in report["trials"])
+    assert "installed with pb-echo" in out
 
 
 @pytest.mark.slow

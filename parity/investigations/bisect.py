@@ -6,8 +6,11 @@ takes a subset of the differing packages from the candidate lock and everything 
 from the reference lock, replays the input set there and compares with the reference
 outputs under the config's tolerances. A *trial* says whether the divergence is
 reproduced (`fail`), not (`pass`), or the combination could not be built or run
-(`unresolved`: packages that cannot be installed together, `uv pip check` finding a
-broken requirement, or a model that cannot run). `ddmin` finds a 1-minimal failing
+(`unresolved`: packages that no set of differing packages makes installable, `uv pip
+check` finding a broken requirement after all, or a model that cannot run). Before
+building, a resolution on metadata (envlock.installable) adds to the asked packages what
+they cannot move without, so a trial never builds an inconsistent environment; the report
+says what was dragged and why. `ddmin` finds a 1-minimal failing
 subset (Zeller and Hildebrandt, 2002): removing any one package from it no longer
 reproduces the divergence. An unresolved trial never counts as failing, so it can never
 make a package a culprit. Every trial is asked once, and every intermediate environment
@@ -30,6 +33,13 @@ from envlock.backends.venv import default_cache_dir
 from envlock.combine import PackageDifference, combine, differing_packages, incompatibilities
 from envlock.environments import EnvironmentSpec
 from envlock.errors import EnvlockError
+from envlock.installable import (
+    Closure,
+    PinnedMetadata,
+    installable_closure,
+    marker_environment,
+    site_packages,
+)
 from envlock.lockfile import MAIN
 from envlock.names import shown_path
 from envlock.progress import Progress, quiet
@@ -125,6 +135,7 @@ def _split(items: list[str], n: int) -> list[list[str]]:
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "bisect.schema.json"
 BisectVerdict = Literal["culprits", "pass", "not_reproduced", "error"]
 CANDIDATE_ITSELF = "the candidate environment itself"
+NOT_BUILT = "not built (not installable)"
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,25 @@ class TrialRecord:
     built: bool  # this run built the environment (False: it came from the cache)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # What was installed: `packages` plus what they drag (a requirement joining them).
+    installed: tuple[str, ...] = ()
+    dragged: dict[str, str] = field(default_factory=dict)  # dragged package -> why
+
+
+@dataclass(frozen=True)
+class Drag:
+    """A culprit package that cannot move without others: which, and the requirements why."""
+
+    package: str
+    drags: list[str]
+    because: list[str]
+
+    def describe(self) -> str:
+        """`numpy cannot move without scipy: scipy 1.11.4 requires numpy<1.28.0,>=1.21.6`."""
+        return (
+            f"{self.package} cannot move without {' and '.join(self.drags)}: "
+            f"{', '.join(self.because)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -158,6 +188,13 @@ class BisectReport:
     built: int  # how many of those this run built (the rest came from the cache)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    resolutions: int = 0  # installability checks on metadata (each cheaper than a build)
+    drags: list[Drag] = field(default_factory=list)  # why the culprits move together
+
+    @property
+    def not_installable(self) -> int:
+        """Combinations found not installable as asked, by a resolution (never built)."""
+        return sum(bool(t.dragged) or t.environment == NOT_BUILT for t in self.trials)
 
     @property
     def exit_code(self) -> int:
@@ -181,6 +218,9 @@ class BisectReport:
             "differing": [asdict(d) for d in self.differing],
             "trials": [asdict(t) for t in self.trials],
             "environments": {"used": self.environments, "built": self.built},
+            "resolutions": self.resolutions,
+            "not_installable": self.not_installable,
+            "cannot_move_alone": [asdict(d) for d in self.drags],
             "errors": self.errors,
             "seconds": self.seconds,
         }
@@ -253,6 +293,8 @@ def _bisect(
             built=built + sum(t.built for t in intermediate),
             errors=errors,
             seconds=round(time.perf_counter() - started, 3),
+            resolutions=found.get("resolutions", 0),
+            drags=found.get("drags", []),
         )
 
     say(f"checking {ref_spec.name} against {cand_spec.name} first")
@@ -279,12 +321,75 @@ def _bisect(
     )
     records: dict[tuple[str, ...], TrialRecord] = {}
     names = [d.name for d in differing]
+    order = {n: i for i, n in enumerate(names)}
+    # Installability is decided on metadata before anything is built: the reference and
+    # candidate venvs hold every version a combination can pin (envlock.installable).
+    metadata = PinnedMetadata(
+        [
+            *site_packages(ref.environment.root if ref.environment else None),
+            *site_packages(cand.environment.root if cand.environment else None),
+        ],
+        [ref.lock, cand.lock],
+        cache_root,
+    )
+    markers = marker_environment(ref.environment.python if ref.environment else None)
+    ref_versions = ref.lock.versions(ref_spec.group)
+    cand_versions = cand.lock.versions(cand_spec.group)
+    closures: dict[tuple[str, ...], Closure] = {}
+    by_installed: dict[tuple[str, ...], int] = {}  # installed set -> the trial that ran it
+    resolutions = 0
 
     def trial(subset: tuple[str, ...]) -> Outcome:
+        nonlocal resolutions
+        if subset in records:
+            return records[subset].outcome
         number = len(records) + 1
         say(f"trial {number}: taking {', '.join(subset)} from {cand_spec.name}")
         t0 = time.perf_counter()
-        if candidate_is_full_set and len(subset) == len(names):
+        closure = installable_closure(ref_versions, cand_versions, subset, metadata, markers)
+        closures[subset] = closure
+        resolutions += closure.resolutions
+        installed = tuple(sorted(closure.packages, key=order.__getitem__))
+        dragged = {
+            name: why.describe()
+            for moved in closure.drags().values()
+            for name, why in moved.items()
+        }
+        for mover, moved in closure.drags().items():
+            # `numpy 2.2.6 cannot move alone: scipy 1.11.4 requires numpy<1.28.0,>=1.21.6`
+            say(
+                f"trial {number}: {mover} {cand_versions.get(mover) or '(absent)'} cannot "
+                f"move alone: {'; '.join(w.short() for w in moved.values())}; taking "
+                f"{', '.join(moved)} too (found by resolution)"
+            )
+        if not closure.installable:
+            record = TrialRecord(
+                subset,
+                "unresolved",
+                "cannot be installed together (found by resolution, not built): "
+                + "; ".join(c.describe() for c in closure.broken),
+                NOT_BUILT,
+                None,
+                False,
+                installed=installed,
+                dragged=dragged,
+            )
+        elif installed in by_installed:
+            earlier = records[next(k for k, r in records.items() if r.installed == installed)]
+            record = dataclasses.replace(
+                earlier,
+                packages=subset,
+                environment=(
+                    earlier.environment
+                    if earlier.environment == CANDIDATE_ITSELF
+                    else f"as trial {by_installed[installed]}"
+                ),
+                built=False,
+                seconds=0.0,
+                installed=installed,
+                dragged=dragged,
+            )
+        elif candidate_is_full_set and len(installed) == len(names):
             record = TrialRecord(
                 subset,
                 "fail",
@@ -293,11 +398,13 @@ def _bisect(
                 None,
                 False,
                 candidate_diffs,
+                installed=installed,
+                dragged=dragged,
             )
         else:
             record = _run_trial(
                 config,
-                subset,
+                installed,
                 ref,
                 cand,
                 number,
@@ -308,10 +415,21 @@ def _bisect(
                 work.given,
                 say,
             )
-            record = dataclasses.replace(record, seconds=round(time.perf_counter() - t0, 3))
+            record = dataclasses.replace(
+                record,
+                packages=subset,
+                seconds=round(time.perf_counter() - t0, 3),
+                installed=installed,
+                dragged=dragged,
+            )
+        if closure.installable and installed not in by_installed:
+            by_installed[installed] = number
         records[subset] = record
         say(f"trial {number}: {record.outcome}: {record.reason}")
         return record.outcome
+
+    def report_trials() -> list[TrialRecord]:
+        return list(records.values())
 
     try:
         found = ddmin(names, trial)
@@ -322,22 +440,72 @@ def _bisect(
             f"reproduce the divergence ({failing[0]}): it also depends on something besides "
             "the packages (environment variables, interpreter)",
             differing=differing,
-            trials=list(records.values()),
+            trials=report_trials(),
+            resolutions=resolutions,
         )
+    # The culprits drag packages they cannot move without: do those alone reproduce it?
+    # If so, the search goes on among them; if not, the culprits are the cause.
+    dragged_alone: tuple[str, ...] = ()
+    for _ in range(len(names)):
+        closure = closures[found.culprits]
+        extra = tuple(p for p in closure.packages if p not in found.culprits)
+        if not extra:
+            break
+        dragged_alone = tuple(sorted(extra, key=order.__getitem__))
+        if trial(dragged_alone) != "fail":
+            break
+        found, dragged_alone = ddmin(list(dragged_alone), trial), ()
     versions = {d.name: d for d in differing}
-    shown = ", ".join(versions[c].describe() for c in found.culprits)
-    if len(found.culprits) == 1:
-        message = f"{shown} alone reproduces the divergence"
-    else:
-        message = (
-            f"{shown} reproduce the divergence together; no one of them without the others does"
-        )
+    closure = closures[found.culprits]
+    culprits = [n for n in names if n in closure.packages]
+    drags = [
+        Drag(mover, sorted(moved), [why.short() for _, why in sorted(moved.items())])
+        for mover, moved in sorted(closure.drags().items())
+    ]
+    message = _culprit_message(found.culprits, culprits, drags, dragged_alone, records, versions)
     return finish(
         "culprits",
         message,
         differing=differing,
-        culprits=list(found.culprits),
-        trials=[records[t.packages] for t in found.trials],
+        culprits=culprits,
+        trials=report_trials(),
+        resolutions=resolutions,
+        drags=drags,
+    )
+
+
+def _culprit_message(
+    asked: tuple[str, ...],
+    culprits: list[str],
+    drags: list[Drag],
+    dragged_alone: tuple[str, ...],
+    records: dict[tuple[str, ...], TrialRecord],
+    versions: dict[str, PackageDifference],
+) -> str:
+    """What the bisection found, in words that claim no more than the trials showed."""
+    shown = [versions[c].describe() for c in culprits]
+    notes = [d.describe() for d in drags]
+    if dragged_alone and dragged_alone in records:
+        taken = records[dragged_alone]
+        notes.append(
+            f"{' + '.join(dragged_alone)} without {' + '.join(asked)}: {taken.outcome}"
+            + ("" if taken.outcome == "pass" else f" ({taken.reason})")
+        )
+    without = {c: records.get(tuple(p for p in asked if p != c)) for c in asked if len(asked) > 1}
+    for c, record in without.items():
+        if record is None or record.outcome != "pass":
+            why = "never tried" if record is None else f"{record.outcome}: {record.reason}"
+            notes.append(f"without {c}: {why}")
+    if not notes and len(culprits) == 1:
+        return f"{shown[0]} alone reproduces the divergence"
+    if not notes:
+        return (
+            f"{', '.join(shown)} reproduce the divergence together; no one of them without "
+            "the others does"
+        )
+    return (
+        f"the smallest installable change that reproduces it: {' + '.join(culprits)} "
+        f"({'; '.join(notes)}); versions: {', '.join(shown)}"
     )
 
 

@@ -14,7 +14,7 @@ from envlock.progress import Progress, quiet
 from parity.comparison import Noise, OutputComparison
 from parity.config import ParityConfig
 from parity.judging.compare import compare_arrays, measure_noise
-from parity.judging.versions import VersionDiff, judge_versions
+from parity.judging.versions import VersionDiff, judge_versions, version_reasons
 from parity.runs.replay import EnvRun
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Judgement:
     @property
     def reasons(self) -> list[str]:
         """Every reason the check fails, outputs first (empty: it passes)."""
-        return self.outputs.reasons + [d.reason() for d in self.version_diffs if d.fails]
+        return self.outputs.reasons + version_reasons(self.version_diffs)
 
 
 def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet) -> Judgement:

@@ -5,9 +5,10 @@ whether the config's policy counts it against the check."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from envlock.diff import Side, from_fingerprint
+from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
 from envlock.names import shown_path
@@ -25,11 +26,37 @@ class VersionDiff:
     expected: bool
     note: str
     fails: bool = False  # whether the policy counts it against the check
+    # The difference this one follows from (its `name`): a package installed only because
+    # a differing package requires it, numpy's BLAS lines when numpy's version differs.
+    # None for a root cause; only derived differences carry it in the JSON report.
+    caused_by: str | None = None
 
-    def reason(self) -> str:
-        """Why it fails the check, as the report's reasons say it."""
+    def reason(self, derived: Sequence[VersionDiff] = ()) -> str:
+        """Why it fails the check, as the report's reasons say it; `derived`, the
+        differences that follow from this one, are counted in the same reason."""
         shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in self.versions.items())
-        return f"{self.name} differs: {shown} [{self.severity}]"
+        text = f"{self.name} differs: {shown} [{self.severity}]"
+        if derived:
+            names = [d.name for d in derived]
+            listed = ", ".join(names[:5]) + (
+                f", ... ({len(names) - 5} more)" if len(names) > 5 else ""
+            )
+            text += f", with {len(names)} difference(s) that follow from it: {listed}"
+        return text
+
+
+def version_reasons(diffs: Sequence[VersionDiff]) -> list[str]:
+    """One reason per root cause that fails, or has a failing difference following from it
+    (those are counted in its reason, not listed apart)."""
+    roots = {d.name for d in diffs if d.caused_by is None}
+    reasons = []
+    for d in diffs:
+        if d.caused_by is not None and d.caused_by in roots:
+            continue
+        derived = [x for x in diffs if x.caused_by == d.name and d.caused_by is None]
+        if d.fails or any(x.fails for x in derived):
+            reasons.append(d.reason([x for x in derived if x.fails]))
+    return reasons
 
 
 def judge_versions(config: ParityConfig, ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
@@ -44,8 +71,18 @@ def judge_versions(config: ParityConfig, ref: EnvRun, cand: EnvRun) -> list[Vers
 def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     """Every way the two environments differ (packages first), classified by envlock's diff."""
     differences = diff_environments(
-        Side(ref.spec.name, from_fingerprint(ref.fingerprint), "fingerprint"),
-        Side(cand.spec.name, from_fingerprint(cand.fingerprint), "fingerprint"),
+        Side(
+            ref.spec.name,
+            from_fingerprint(ref.fingerprint),
+            "fingerprint",
+            requires_of(ref.fingerprint),
+        ),
+        Side(
+            cand.spec.name,
+            from_fingerprint(cand.fingerprint),
+            "fingerprint",
+            requires_of(cand.fingerprint),
+        ),
     )
     diffs = []
     for d in differences:
@@ -65,10 +102,26 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
                 severity=d.severity,
                 expected=expected,
                 note=f"{note}; {why}" if note and not expected else (note or why),
+                caused_by=_name(d.caused_by),
             )
         )
-    # Packages first, then the interpreter and the rest: the order people read causes in.
-    return sorted(diffs, key=lambda v: (" " in v.name, v.name))
+    # Root causes first (packages, then the interpreter and the rest: the order people
+    # read causes in), each followed by the differences that follow from it.
+    roots = sorted((v for v in diffs if v.caused_by is None), key=lambda v: (" " in v.name, v.name))
+    ordered = []
+    for root in roots:
+        ordered += [root, *(v for v in diffs if v.caused_by == root.name)]
+    return ordered + [v for v in diffs if v not in ordered]
+
+
+def _name(component: str | None) -> str | None:
+    """The VersionDiff name of an envlock component: `package torch` -> `torch`."""
+    if component is None:
+        return None
+    section, _, key = component.partition(" ")
+    if section == "package":
+        return key
+    return "python" if component == "python version" else component
 
 
 def _explain(

@@ -60,6 +60,7 @@ th, td { border: 1px solid #d1d9e0; padding: 3px 8px; text-align: left; vertical
 th { background: #eff2f5; font-weight: 600; }
 td.num { text-align: right; }
 tr.fails td { background: #ffebe9; }
+tr.derived td { color: #57606a; }
 table.environments { width: 100%; }
 code.digest { word-break: break-all; font-size: 12px; }
 section.output { background: #fff; border: 1px solid #d1d9e0; border-left: 6px solid
@@ -544,13 +545,21 @@ def _version_diffs(report: ParityReport) -> str:
         for h in ("name", *(_e(n) for n in names), "severity", "expected", "counts", "note")
     )
     rows = []
+    roots = {d.name: d for d in report.version_diffs if d.caused_by is None}
     for d in report.version_diffs:
         versions = "".join(f"<td><code>{_e(d.versions.get(n) or '-')}</code></td>" for n in names)
+        root = roots.get(d.caused_by or "")
+        name = f"<code>{_e(d.name)}</code>"
+        counts = "<b>fails</b>" if d.fails else "no"
         cls = ' class="fails"' if d.fails else ""
+        if root is not None:  # follows from the root cause listed above it
+            name = f"&#8627; {name}"
+            if root.fails or not d.fails:
+                counts, cls = f"with <code>{_e(root.name)}</code>", ' class="derived"'
         rows.append(
-            f"<tr{cls}><td><code>{_e(d.name)}</code></td>{versions}<td>{_e(d.severity)}</td>"
+            f"<tr{cls}><td>{name}</td>{versions}<td>{_e(d.severity)}</td>"
             f"<td>{'yes' if d.expected else 'no'}</td>"
-            f"<td>{'<b>fails</b>' if d.fails else 'no'}</td><td>{_e(d.note)}</td></tr>"
+            f"<td>{counts}</td><td>{_e(d.note)}</td></tr>"
         )
     return (
         '<h2>Version differences</h2><table class="version-diffs">'

@@ -34,12 +34,21 @@ def render_junit(report: ParityReport) -> str:
             )
             failure.text = _evidence(report, o)
         cases.append(case)
+    roots = {d.name: d for d in report.version_diffs if d.caused_by is None}
     for d in report.version_diffs:
+        cause = roots.get(d.caused_by or "")
         case = ET.Element("testcase", classname="parity.versions", name=d.name)
         shown = ", ".join(f"{v or 'absent'} ({k})" for k, v in d.versions.items())
-        if d.fails:
+        derived = [x for x in report.version_diffs if x.caused_by == d.name and cause is None]
+        if cause is not None and (cause.fails or not d.fails):
+            # Follows from a root cause: its failure (if any) is counted in that testcase.
+            out = ET.SubElement(case, "system-out")
+            out.text = f"{shown} [with {cause.name}] {d.note}"
+        elif d.fails:
             failure = ET.SubElement(case, "failure", message=f"{d.name} differs: {shown}")
-            failure.text = f"[{d.severity}] {d.note}"
+            failure.text = f"[{d.severity}] {d.note}" + "".join(
+                f"\n  with {x.name}: {x.note}" for x in derived
+            )
         else:
             out = ET.SubElement(case, "system-out")
             out.text = f"{shown} [{'expected' if d.expected else d.severity}] {d.note}"

@@ -53,10 +53,17 @@ def render_markdown(report: ParityReport) -> str:
             f"| difference | {' | '.join(names)} | severity | counts | why |",
             "|---|" + "---|" * len(names) + "---|---|---|",
         ]
+        roots = {d.name: d for d in report.version_diffs if d.caused_by is None}
         for d in report.version_diffs:
             values = " | ".join(_cell(d.versions.get(n) or "-") for n in names)
             verdict = "**fails**" if d.fails else ("expected" if d.expected else "reported")
-            lines.append(f"| `{d.name}` | {values} | {d.severity} | {verdict} | {_cell(d.note)} |")
+            name = f"`{d.name}`"
+            root = roots.get(d.caused_by or "")
+            if root is not None:  # follows from the root cause listed above it
+                name = f"↳ `{d.name}`"
+                if root.fails or not d.fails:
+                    verdict = f"with `{root.name}`"
+            lines.append(f"| {name} | {values} | {d.severity} | {verdict} | {_cell(d.note)} |")
         lines.append("")
     elif not report.versions_known:
         lines += [f"Version differences: unknown ({_cell(report.versions_unknown_why)}).", ""]

@@ -366,15 +366,20 @@ def _version_diffs(report: ParityReport) -> Table:
     table = _table("package", *names, "severity", "counts", "note")
     for column in table.columns[1 : 1 + len(names)]:
         column.max_width = 24  # a long version (a SIMD list) wraps; the note keeps its room
+    roots = {v.name: v for v in report.version_diffs if v.caused_by is None}
     for v in report.version_diffs:
-        if v.fails:
+        root = roots.get(v.caused_by or "")
+        if root is not None and (root.fails or not v.fails):
+            # It follows from a root cause listed just above: counted with that one.
+            style, counts = "dim", Text(f"with {root.name}", style="dim")
+        elif v.fails:
             style, counts = "bold red", Text("fails", style="bold red")
         elif v.expected:
             style, counts = "dim", Text("expected", style="cyan")
         else:
             style, counts = "", Text("reported", style="yellow")
         table.add_row(
-            literal(v.name),
+            literal(f"  ↳ {v.name}" if root is not None else v.name),
             *(literal(v.versions.get(n) or "-") for n in names),
             literal(v.severity),
             counts,

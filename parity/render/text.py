@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from parity.investigations.bisect import CANDIDATE_ITSELF, BisectReport
+from parity.investigations.bisect import CANDIDATE_ITSELF, NOT_BUILT, BisectReport
 from parity.investigations.search import CASE_CONFIG, SearchResult
 from parity.render.terminal import literal
 
@@ -35,14 +35,23 @@ def render_bisect(report: BisectReport, console: Console) -> None:
                 if t.environment == CANDIDATE_ITSELF
                 else ("built now" if t.built else "cached")
             )
+            if t.environment.startswith("as trial") or t.environment == NOT_BUILT:
+                where = t.environment
             detail = f"max |diff|: {diffs}" if diffs and t.outcome != "unresolved" else t.reason
             lines.append(
                 f"  {i:>2}. {', '.join(t.packages):<{width}}  {t.outcome:<10} [{where}] {detail}"
             )
+            if t.dragged:
+                lines.append(
+                    f"      {'':<{width}}  installed with {', '.join(t.dragged)}: "
+                    + "; ".join(t.dragged.values())
+                )
     if report.environments:
         lines.append(
             f"environments: {report.environments} used ({report.reference}, {report.candidate} "
-            f"and {report.environments - 2} intermediate), {report.built} built by this run"
+            f"and {report.environments - 2} intermediate), {report.built} built by this run; "
+            f"{report.resolutions} resolution(s), {report.not_installable} combination(s) "
+            "found not installable as asked by resolution (never built as asked)"
         )
     lines += [f"error: {e}" for e in report.errors]
     _print_lines(console, lines)
