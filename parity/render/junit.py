@@ -1,4 +1,5 @@
-"""The report as JUnit XML: one testcase per output and per difference, so CI shows them."""
+"""The report as JUnit XML: one testcase per output, per difference and per failing warning,
+so CI shows them."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def render_junit(report: ParityReport) -> str:
             out = ET.SubElement(case, "system-out")
             out.text = f"{shown} [{'expected' if d.expected else d.severity}] {d.note}"
         cases.append(case)
+    cases += _warning_cases(report)
     for message in report.errors:
         case = ET.Element("testcase", classname="parity.environments", name="environment")
         error = ET.SubElement(case, "error", message=message.splitlines()[0])
@@ -75,6 +77,37 @@ def render_junit(report: ParityReport) -> str:
     ET.indent(root)
     body = _NOT_XML_CHAR.sub(_escaped, ET.tostring(root, encoding="unicode"))
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _warning_cases(report: ParityReport) -> list[ET.Element]:
+    """A testcase for each warning the policy fails on, and one per environment listing
+    the others (so that a noisy library does not bury the suite in testcases)."""
+    cases = []
+    others: dict[str, list[str]] = {}
+    for w in report.warnings:
+        shown = (
+            f"{w.category}{f' [{w.level}]' if w.level else ''}: {w.message}\n"
+            f"({w.count} times{', only here' if w.only_here else ''}, first at {w.first})"
+        )
+        if not w.fails:
+            others.setdefault(w.environment, []).append(shown)
+            continue
+        case = ET.Element(
+            "testcase", classname="parity.warnings", name=f"{w.environment}: {w.category}"
+        )
+        failure = ET.SubElement(
+            case, "failure", message=w.reason().splitlines()[0], type=w.rule or w.category
+        )
+        failure.text = shown
+        cases.append(case)
+    for env in dict.fromkeys([*others, *report.warnings_dropped]):
+        case = ET.Element("testcase", classname="parity.warnings", name=f"{env}: warnings")
+        lines = others.get(env, [])
+        if report.warnings_dropped.get(env):
+            lines.append(f"{report.warnings_dropped[env]} more past the worker's limit")
+        ET.SubElement(case, "system-out").text = "\n\n".join(lines)
+        cases.append(case)
+    return cases
 
 
 def _evidence(report: ParityReport, o: OutputComparison) -> str:

@@ -64,7 +64,8 @@ def read_caught(path: Path) -> CaughtWarnings:
         category, message, first = e.get("category"), e.get("message"), e.get("first")
         level, bases, count = e.get("level"), e.get("bases", []), e.get("count")
         if not (
-            isinstance(category, str)
+            isinstance(count, int)  # first, so that mypy knows it below
+            and isinstance(category, str)
             and isinstance(message, str)
             and isinstance(first, str)
             and (level is None or isinstance(level, str))

@@ -115,9 +115,16 @@ class _Caught:
         warnings.simplefilter("always")
         shown = warnings.showwarning
 
-        def showwarning(message: Any, category: Any, filename: str, lineno: int, *a: Any) -> None:
+        def showwarning(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: str | None = None,
+        ) -> None:
             self._warning(message, category, filename, lineno)
-            shown(message, category, filename, lineno, *a)
+            shown(message, category, filename, lineno, file, line)
 
         warnings.showwarning = showwarning
         handlers = logging.Logger.callHandlers
@@ -129,7 +136,7 @@ class _Caught:
                 caught._record(record)
             handlers(logger, record)
 
-        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
         self._saved = [manager, handlers]
         return self
 
