@@ -32,7 +32,7 @@ class WarningFinding:
     def reason(self) -> str:
         """Why it fails the check, as the report's reasons say it."""
         where = f"{self.environment} only" if self.only_here else self.environment
-        message = self.message.strip()
+        message = " ".join(self.message.split())  # one line, as reasons are
         if len(message) > REASON_MESSAGE:
             message = message[:REASON_MESSAGE] + "…"
         times = "once" if self.count == 1 else f"{self.count} times"
