@@ -393,7 +393,7 @@ def test_the_sklearn_drift_example_fails_only_for_its_version_warning(tmp_path: 
         ("infer", category, True)
     }
     assert category not in by_env(report, "train")
-    estimators = sorted(w["message"].split()[3] for w in failing)
+    estimators = sorted(w["message"].split()[4] for w in failing)
     assert "StandardScaler" in estimators and "KMeans" in estimators
     for w in failing:
         assert "from version 1.3.2 when using version 1.6.1" in w["message"]

@@ -91,8 +91,9 @@ class _Caught:
     logger, message), and written to `warnings.json` (`write`).
 
     Warnings are all shown (`simplefilter("always")`), so one that repeats per batch is
-    counted each time, not lost to the default once-per-place filter, and each still goes
-    to stderr as Python would print it. Log records are caught where every logger hands
+    counted each time, not lost to the default once-per-place filter; each distinct one
+    still goes to stderr, once, as Python would print it (a warning per sample must not
+    flood the worker's log). Log records are caught where every logger hands
     them to its handlers (`Logger.callHandlers`), not by a handler on the root logger: a
     logger that does not propagate (MLflow's own) would never reach one. Its handlers,
     and Python's last-resort printing to stderr, run as before."""
@@ -123,8 +124,8 @@ class _Caught:
             file: Any = None,
             line: str | None = None,
         ) -> None:
-            self._warning(message, category, filename, lineno)
-            shown(message, category, filename, lineno, file, line)
+            if self._warning(message, category, filename, lineno):
+                shown(message, category, filename, lineno, file, line)
 
         warnings.showwarning = showwarning
         handlers = logging.Logger.callHandlers
@@ -147,13 +148,15 @@ class _Caught:
         logging.Logger.callHandlers = handlers  # type: ignore[method-assign]
         manager.__exit__(*exc)
 
-    def _warning(self, message: Any, category: Any, filename: str, lineno: int) -> None:
+    def _warning(self, message: Any, category: Any, filename: str, lineno: int) -> bool:
+        """Count one warning; whether it is the first of its kind (to print)."""
+        cls = category if isinstance(category, type) else type(message)
         try:
-            cls = category if isinstance(category, type) else type(message)
-            bases = [_qualified(c) for c in cls.__mro__[1:] if issubclass(c, Warning)]
-            self._add(_qualified(cls), str(message), f"{filename}:{lineno}", None, bases)
-        except Exception:  # a warning whose str() fails says nothing more than it was seen
-            self._seen += 1
+            text = str(message)
+        except Exception:  # a warning whose str() fails: that it came is still evidence
+            text = f"(a {cls.__name__} whose message could not be read)"
+        bases = [_qualified(c) for c in cls.__mro__[1:] if issubclass(c, Warning)]
+        return self._add(_qualified(cls), text, f"{filename}:{lineno}", None, bases)
 
     def _record(self, record: Any) -> None:
         try:
@@ -168,24 +171,32 @@ class _Caught:
             [],
         )
 
-    def _add(self, category: str, message: str, first: str, level: Any, bases: list[str]) -> None:
+    def _add(self, category: str, message: str, first: str, level: Any, bases: list[str]) -> bool:
+        """Count one occurrence; whether it is the first of a listed distinct warning."""
         self._seen += 1
         message = message[:WARNING_MESSAGE]
         key = (category, message)
         entry = self.entries.get(key)
         if entry is not None:
             entry["count"] += 1
-        elif len(self.entries) >= self.limit:
+            return False
+        if len(self.entries) >= self.limit:
+            if not self.dropped:
+                sys.stderr.write(
+                    f"parity-worker: more than {self.limit} distinct warnings; the rest are "
+                    "counted, not listed or printed\n"
+                )
             self.dropped += 1
-        else:
-            self.entries[key] = {
-                "category": category,
-                "bases": bases,
-                "level": level,
-                "message": message,
-                "count": 1,
-                "first": first[:WARNING_MESSAGE],
-            }
+            return False
+        self.entries[key] = {
+            "category": category,
+            "bases": bases,
+            "level": level,
+            "message": message,
+            "count": 1,
+            "first": first[:WARNING_MESSAGE],
+        }
+        return True
 
     def write(self) -> None:
         """Write what was caught so far into `warnings.json` (atomically), unless nothing
