@@ -11,6 +11,7 @@ from parity.report import ParityReport
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
+    from parity.judging.caught import WarningFinding
 
 # Characters XML 1.0 forbids even as references. A worker's log tail (in an error message)
 # can hold them: the ESC of a coloured traceback, which ElementTree writes through so the
@@ -66,6 +67,9 @@ def render_junit(report: ParityReport) -> str:
         time=f"{report.seconds.get('total', 0.0):.3f}",
     )
     suite.extend(cases)
+    others = _other_warnings(report)
+    if others is not None:
+        ET.SubElement(suite, "system-out").text = others
     root = ET.Element(
         "testsuites",
         name="parity",
@@ -80,17 +84,10 @@ def render_junit(report: ParityReport) -> str:
 
 
 def _warning_cases(report: ParityReport) -> list[ET.Element]:
-    """A testcase for each warning the policy fails on, and one per environment listing
-    the others (so that a noisy library does not bury the suite in testcases)."""
+    """A failing testcase for each warning the policy fails on."""
     cases = []
-    others: dict[str, list[str]] = {}
     for w in report.warnings:
-        shown = (
-            f"{w.category}{f' [{w.level}]' if w.level else ''}: {w.message}\n"
-            f"({w.count} times{', only here' if w.only_here else ''}, first at {w.first})"
-        )
         if not w.fails:
-            others.setdefault(w.environment, []).append(shown)
             continue
         case = ET.Element(
             "testcase", classname="parity.warnings", name=f"{w.environment}: {w.category}"
@@ -98,16 +95,26 @@ def _warning_cases(report: ParityReport) -> list[ET.Element]:
         failure = ET.SubElement(
             case, "failure", message=w.reason().splitlines()[0], type=w.rule or w.category
         )
-        failure.text = shown
-        cases.append(case)
-    for env in dict.fromkeys([*others, *report.warnings_dropped]):
-        case = ET.Element("testcase", classname="parity.warnings", name=f"{env}: warnings")
-        lines = others.get(env, [])
-        if report.warnings_dropped.get(env):
-            lines.append(f"{report.warnings_dropped[env]} more past the worker's limit")
-        ET.SubElement(case, "system-out").text = "\n\n".join(lines)
+        failure.text = _shown(w)
         cases.append(case)
     return cases
+
+
+def _other_warnings(report: ParityReport) -> str | None:
+    """The warnings that fail nothing, for the suite's system-out (a testcase each would
+    change the suite's counts with every noisy library); None when there are none."""
+    lines = [f"[{w.environment}] {_shown(w)}" for w in report.warnings if not w.fails]
+    lines += [
+        f"[{env}] {n} more warnings past the worker's limit (not listed)"
+        for env, n in report.warnings_dropped.items()
+    ]
+    return "warnings caught:\n\n" + "\n\n".join(lines) if lines else None
+
+
+def _shown(w: WarningFinding) -> str:
+    level = f" [{w.level}]" if w.level else ""
+    only = ", only here" if w.only_here else ""
+    return f"{w.category}{level}: {w.message}\n({w.count} times{only}, first at {w.first})"
 
 
 def _evidence(report: ParityReport, o: OutputComparison) -> str:
