@@ -267,8 +267,10 @@ def test_each_worker_mode_writes_its_warnings(tmp_path: Path) -> None:
     (src / "staged.py").write_text(
         "import logging, warnings\n"
         "warnings.warn('old weights', FutureWarning)\n"
+        "warnings.filterwarnings('ignore', message='silenced')\n"
         "def predict(batch):\n"
         "    warnings.warn('per call')\n"
+        "    warnings.warn('silenced by the model itself while loading')\n"
         "    logging.getLogger('model').error('saturated')\n"
         "    return {'y': batch['x']}\n"
         "def stages():\n"

@@ -106,6 +106,7 @@ class _Caught:
         self._written = -1
         self._seen = 0
         self._saved: list[Any] = []
+        self._filters: list[Any] | None = None  # the filters as the last exit left them
 
     def __enter__(self) -> _Caught:
         import logging
@@ -113,7 +114,13 @@ class _Caught:
 
         manager = warnings.catch_warnings()
         manager.__enter__()
-        warnings.simplefilter("always")
+        if self._filters is None:
+            warnings.simplefilter("always")
+        else:
+            # Entered again (loading, then predicting): the filters a library set while
+            # the model loaded (an "ignore" of its own) still hold, as they would unwatched.
+            warnings.filters = list(self._filters)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # as catch_warnings does
         shown = warnings.showwarning
 
         def showwarning(
@@ -143,9 +150,11 @@ class _Caught:
 
     def __exit__(self, *exc: object) -> None:
         import logging
+        import warnings
 
         manager, handlers = self._saved
         logging.Logger.callHandlers = handlers  # type: ignore[method-assign]
+        self._filters = list(warnings.filters)
         manager.__exit__(*exc)
 
     def _warning(self, message: Any, category: Any, filename: str, lineno: int) -> bool:
