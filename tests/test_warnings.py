@@ -188,7 +188,7 @@ def test_the_policy_decides_which_warnings_fail(
     )  # off: reported, never failing
     report = run_check(load_config(cfg))
     assert report.verdict == "pass" and report.reasons == []
-    assert assert_valid_report(json.loads(report.to_json())) is None
+    assert_valid_report(json.loads(report.to_json()))
     assert {(w.environment, w.category, w.only_here, w.fails) for w in report.warnings} >= {
         ("infer", "sklearn.exceptions.InconsistentVersionWarning", True, False)
     }
