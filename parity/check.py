@@ -20,6 +20,7 @@ from parity.config import ParityConfig
 from parity.errors import BundleError, ConfigError
 from parity.inputs.samples import SampleFolder
 from parity.investigations.localize import localize_failure
+from parity.judging.caught import dropped, judge_warnings
 from parity.judging.judge import Judgement, OutputsJudgement, judge
 from parity.report import BundleReference, ParityReport, Verdict
 from parity.runs.job import INPUTS
@@ -165,8 +166,11 @@ def _conclude(
     """Judge the replayed outputs, localize a failure if asked, and make the report (the
     work folder is kept when an environment failed)."""
     finished = time.perf_counter()
-    judgement = judge(config, ref, cand, say) if not errors else Judgement(OutputsJudgement([], []))
-    reasons = judgement.reasons
+    if errors:  # nothing to compare; the warnings caught before the failure are evidence
+        judgement = Judgement(OutputsJudgement([], []), warnings=judge_warnings(config, ref, cand))
+    else:
+        judgement = judge(config, ref, cand, say)
+    reasons = judgement.reasons if not errors else []
     verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
     compared = time.perf_counter()
     localization = None
@@ -196,6 +200,8 @@ def _conclude(
             "total": round(time.perf_counter() - started, 3),
         },
         localization=localization,
+        warnings=judgement.warnings,
+        warnings_dropped=dropped(ref, cand),
     )
 
 

@@ -98,7 +98,9 @@ def main() -> None:
     "--junit",
     "junit_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write a JUnit XML report (one testcase per output and difference).",
+    help=(
+        "Also write a JUnit XML report (one testcase per output, difference and failing warning)."
+    ),
 )
 @click.option(
     "--markdown",

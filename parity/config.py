@@ -26,6 +26,51 @@ _OPTION_WORDS = {"memory": "a size such as '4g'"}
 SEVERITIES = ("numerics", "runtime", "benign", "other")
 _ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME = re.compile(r"^[A-Za-z_][\w-]*$")
+# A warning's class: `sklearn.exceptions.InconsistentVersionWarning`, `UserWarning`.
+_CATEGORY = re.compile(r"^[A-Za-z_][\w.]*$")
+LOG_PREFIX = "log:"
+# Warnings that say the model was saved under another version of the library loading it:
+# its state may be read wrongly whatever the outputs on the inputs replayed show.
+DEFAULT_FAIL_ON_WARNINGS = ("sklearn.exceptions.InconsistentVersionWarning",)
+
+
+@dataclass(frozen=True)
+class WarningRule:
+    """One entry of `[policy] fail_on_warnings`: a warning class (matched by the caught
+    warning's class or any warning class it derives from) or, for `log:<logger>`, log
+    records of that logger or its children; with `: text` after it, only those whose
+    message contains `text`."""
+
+    entry: str  # as the config writes it
+    category: str  # a class's full name, or `log:<logger>`
+    text: str = ""
+
+    @property
+    def is_log(self) -> bool:
+        """Whether this rule matches log records rather than Python warnings."""
+        return self.category.startswith(LOG_PREFIX)
+
+
+def warning_rule(entry: str) -> WarningRule:
+    """`entry` as a rule; raise ValueError saying what is wrong with it."""
+    if entry.startswith(LOG_PREFIX):
+        logger, sep, text = entry.removeprefix(LOG_PREFIX).partition(":")
+        if not logger.strip() or logger != logger.strip():
+            raise ValueError(f"must name a logger after 'log:' (e.g. 'log:mlflow'), got {entry!r}")
+        category = LOG_PREFIX + logger
+    else:
+        category, sep, text = entry.partition(":")
+        category = category.strip()
+        if not _CATEGORY.match(category):
+            raise ValueError(
+                "must be a warning class's full name (e.g. "
+                f"'sklearn.exceptions.InconsistentVersionWarning') or 'log:<logger>', "
+                f"optionally followed by ': <text of the message>', got {entry!r}"
+            )
+    text = text.strip()
+    if sep and not text:
+        raise ValueError(f"nothing after ':' in {entry!r} (the text the message must contain)")
+    return WarningRule(entry, category, text)
 
 
 @dataclass(frozen=True)
@@ -41,6 +86,10 @@ class ParityConfig:
     tolerance: TolerancePolicy
     output_tolerances: dict[str, TolerancePolicy] = field(default_factory=dict)
     fail_on_version_diffs: tuple[str, ...] = ("numerics",)
+    # warnings caught in an environment that fail the check (`[policy] fail_on_warnings`)
+    fail_on_warnings: tuple[WarningRule, ...] = tuple(
+        WarningRule(c, c) for c in DEFAULT_FAIL_ON_WARNINGS
+    )
     timeout: float = 900.0
     threads: int | None = 1
     env: dict[str, str] = field(default_factory=dict)
@@ -172,13 +221,27 @@ def load_config(path: str | Path) -> ParityConfig:
     tolerance, per_output = _read_tolerances(root.table("tolerance", required=False))
 
     policy = root.table("policy", required=False)
-    policy.reject_unknown({"fail_on_version_diffs"})
+    policy.reject_unknown({"fail_on_version_diffs", "fail_on_warnings"})
     fail_on = policy.get("fail_on_version_diffs", list, ["numerics"], what="a list of severities")
     for i, s in enumerate(fail_on):
         if s not in SEVERITIES:
             raise policy.fail(
                 f"fail_on_version_diffs[{i}]", f"must be one of {SEVERITIES}, got {s!r}"
             )
+    warn_on = policy.get(
+        "fail_on_warnings",
+        list,
+        list(DEFAULT_FAIL_ON_WARNINGS),
+        what="a list of warning classes (or 'log:<logger>' entries)",
+    )
+    rules = []
+    for i, entry in enumerate(warn_on):
+        if not isinstance(entry, str):
+            raise policy.fail(f"fail_on_warnings[{i}]", f"must be a string, not {_kind(entry)}")
+        try:
+            rules.append(warning_rule(entry))
+        except ValueError as e:
+            raise policy.fail(f"fail_on_warnings[{i}]", str(e)) from None
 
     return ParityConfig(
         path=path,
@@ -190,6 +253,7 @@ def load_config(path: str | Path) -> ParityConfig:
         tolerance=tolerance,
         output_tolerances=per_output,
         fail_on_version_diffs=tuple(fail_on),
+        fail_on_warnings=tuple(rules),
         timeout=timeout,
         threads=threads or None,
         env=env,

@@ -13,10 +13,18 @@ from typing import Any, Literal
 from parity.comparison import OutputComparison
 from parity.investigations.localize import Localization
 from parity.jsontext import json_safe, json_text
+from parity.judging.caught import WarningFinding
 from parity.judging.versions import VersionDiff
 from parity.runs.replay import EnvironmentSummary
 
-__all__ = ["BundleReference", "EnvironmentSummary", "ParityReport", "Verdict", "VersionDiff"]
+__all__ = [
+    "BundleReference",
+    "EnvironmentSummary",
+    "ParityReport",
+    "Verdict",
+    "VersionDiff",
+    "WarningFinding",
+]
 
 SCHEMA_VERSION = "1"
 # The JSON Schema of `ParityReport.to_dict()`; it ships with the package.
@@ -53,12 +61,21 @@ class ParityReport:
     against: BundleReference | None = None  # the reference is a recorded golden bundle
     # the first stage and module beyond tolerance on the worst sample (`--localize`)
     localization: Localization | None = None
+    # every warning and log record of level WARNING or above each environment's worker
+    # caught while the model loaded and predicted (see parity.judging.caught)
+    warnings: list[WarningFinding] = field(default_factory=list)
+    warnings_dropped: dict[str, int] = field(default_factory=dict)  # past the worker's limit
     schema_version: str = SCHEMA_VERSION
 
     @property
     def exit_code(self) -> int:
         """0 pass, 1 fail, 3 error (the exit codes every command shares)."""
         return {"pass": 0, "fail": 1, "error": 3}[self.verdict]
+
+    @property
+    def warnings_only_here(self) -> list[WarningFinding]:
+        """The warnings whose category one environment caught and the other did not."""
+        return [w for w in self.warnings if w.only_here]
 
     @property
     def versions_known(self) -> bool:
@@ -111,6 +128,10 @@ class ParityReport:
             data["versions_known"] = False
         if self.localization is not None:  # absent, not null, when localization did not run
             data["localization"] = asdict(self.localization)
+        if self.warnings:  # absent when none was caught, as in reports made before them
+            data["warnings"] = [asdict(w) for w in self.warnings]
+        if self.warnings_dropped:
+            data["warnings_dropped"] = dict(self.warnings_dropped)
         safe: dict[str, Any] = json_safe(data)
         return safe
 

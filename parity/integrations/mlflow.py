@@ -1,12 +1,14 @@
 """Log a parity check to MLflow, and mark the model version it was about.
 
 One MLflow run per check: params (environments, input digest, lock digests, policies),
-a metric per output and statistic, the verdict as a tag, the rendered reports as
-artifacts. When the check names a registered model version, that version gets the tag
-`parity` = `passed` / `failed` / `error` and `parity_run_id`; on a pass an alias (for
-example `validated`) can be moved to it, so deployment can ask for `models:/name@alias`.
-On a failure or an error that alias is taken off the version if it points there: the
-alias is the gate deployment trusts, so it must never outlive a failed check.
+a metric per output and statistic, the verdict as a tag, the warnings each environment
+caught as the tag `parity.warnings` and the metric `warnings.<environment>` (occurrences),
+the rendered reports as artifacts. When the check names a registered model version, that
+version gets the tag `parity` = `passed` / `failed` / `error` and `parity_run_id`; on a
+pass an alias (for example `validated`) can be moved to it, so deployment can ask for
+`models:/name@alias`. On a failure or an error that alias is taken off the version if it
+points there: the alias is the gate deployment trusts, so it must never outlive a failed
+check.
 
 The default store is a SQLite database next to the parity config (`mlflow.db`, artifacts
 in `mlartifacts/`); any tracking URI MLflow understands works the same, a server on
@@ -160,6 +162,8 @@ def _log_check(
     run_id: str = run.info.run_id
     params = [Param(k, v) for k, v in _params(report, target).items()]
     tags = [RunTag("parity.reasons", "\n".join(report.reasons)[:5000])] if report.reasons else []
+    if report.warnings:
+        tags.append(RunTag("parity.warnings", _warnings_tag(report)))
     metrics = [
         Metric(key, value, int(run.info.start_time), 0) for key, value in _metrics(report).items()
     ]
@@ -234,6 +238,11 @@ def _params(report: ParityReport, target: MlflowTarget) -> dict[str, str]:
 
 def _metrics(report: ParityReport) -> dict[str, float]:
     metrics = {"passed": 1.0 if report.verdict == "pass" else 0.0}
+    for name in report.environments:
+        caught = [w for w in report.warnings if w.environment == name]
+        if caught or name in report.warnings_dropped:
+            total = sum(w.count for w in caught) + report.warnings_dropped.get(name, 0)
+            metrics[f"warnings.{_key(name)}"] = float(total)
     for o in report.outputs:
         metrics[f"{_key(o.name)}.passed"] = 1.0 if o.passed else 0.0
         metrics[f"{_key(o.name)}.mismatched"] = float(o.mismatched)
@@ -243,6 +252,21 @@ def _metrics(report: ParityReport) -> dict[str, float]:
             if isinstance(value, int | float) and math.isfinite(value):
                 metrics[f"{_key(o.name)}.{stat}"] = float(value)
     return metrics
+
+
+def _warnings_tag(report: ParityReport) -> str:
+    """The warnings, one a line, those that fail and those only one environment caught
+    first (the report artifacts, when logged, have every field)."""
+    ordered = sorted(report.warnings, key=lambda w: (not w.fails, not w.only_here))
+    lines = []
+    for w in ordered:
+        marks = ", ".join(m for m, on in (("fails", w.fails), ("only here", w.only_here)) if on)
+        message = w.message.strip().splitlines()[0] if w.message.strip() else ""
+        lines.append(
+            f"[{w.environment}] {w.category} x{w.count}{f' ({marks})' if marks else ''}: "
+            f"{message[:300]}"
+        )
+    return "\n".join(lines)[:5000]
 
 
 def _key(name: str) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from envlock.progress import Progress, quiet
 from parity.comparison import Noise, OutputComparison
 from parity.config import ParityConfig
+from parity.judging.caught import WarningFinding, judge_warnings
 from parity.judging.compare import compare_arrays, measure_noise
 from parity.judging.versions import VersionDiff, judge_versions, version_reasons
 from parity.runs.replay import EnvRun
@@ -47,20 +48,28 @@ class OutputsJudgement:
 
 @dataclass(frozen=True)
 class Judgement:
-    """A whole replay judged: outputs, version differences, and why the check fails."""
+    """A whole replay judged: outputs, version differences, warnings, and why the check
+    fails."""
 
     outputs: OutputsJudgement
     version_diffs: list[VersionDiff] = field(default_factory=list)
+    warnings: list[WarningFinding] = field(default_factory=list)
 
     @property
     def reasons(self) -> list[str]:
-        """Every reason the check fails, outputs first (empty: it passes)."""
-        return self.outputs.reasons + version_reasons(self.version_diffs)
+        """Every reason the check fails, outputs first, then versions (one per root cause),
+        then warnings (empty: it passes)."""
+        return (
+            self.outputs.reasons
+            + version_reasons(self.version_diffs)
+            + [w.reason() for w in self.warnings if w.fails]
+        )
 
 
 def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet) -> Judgement:
     """The candidate's outputs and versions judged against the reference's under the
-    config's policies (each environment's self-disagreement, where calibrated, as noise)."""
+    config's policies (each environment's self-disagreement, where calibrated, as noise),
+    and the warnings each environment caught."""
     noise: dict[str, dict[str, Noise]] = {}
     for run in (ref, cand):
         for name, repeat in run.repeat.items():
@@ -69,7 +78,7 @@ def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet
     outputs = judge_outputs(
         config, ref.outputs, cand.outputs, (ref.name, cand.name), noise=noise, say=say
     )
-    return Judgement(outputs, judge_versions(config, ref, cand))
+    return Judgement(outputs, judge_versions(config, ref, cand), judge_warnings(config, ref, cand))
 
 
 def judge_outputs(

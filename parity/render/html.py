@@ -94,6 +94,7 @@ def render_html(report: ParityReport) -> str:
         "" if report.outputs else '<p class="muted">No outputs were compared.</p>',
         _localization(report, report.localization) if report.localization else "",
         _version_diffs(report),
+        _warnings(report) if report.warnings or report.warnings_dropped else "",
         "</main>",
     ]
     return (
@@ -565,3 +566,45 @@ def _version_diffs(report: ParityReport) -> str:
         '<h2>Version differences</h2><table class="version-diffs">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _warnings(report: ParityReport) -> str:
+    """The warnings each environment caught: those only one caught first, then a table."""
+    only: dict[str, list[str]] = {}
+    for w in report.warnings_only_here:
+        if w.category not in only.setdefault(w.environment, []):
+            only[w.environment].append(w.category)
+    parts = ["<h2>Warnings</h2>"]
+    if only:
+        items = "".join(
+            f"<li><b>only in {_e(env)}</b>: "
+            + ", ".join(f"<code>{_e(c)}</code>" for c in categories)
+            + "</li>"
+            for env, categories in only.items()
+        )
+        parts.append(f'<ul class="reasons only-here">{items}</ul>')
+    if report.warnings:
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("environment", "warning", "count", "counts", "message", "first at")
+        )
+        rows = []
+        for w in report.warnings:
+            verdict = "<b>fails</b>" if w.fails else ("only here" if w.only_here else "reported")
+            level = f' <span class="muted">{_e(w.level)}</span>' if w.level else ""
+            cls = ' class="fails"' if w.fails else ""
+            rows.append(
+                f"<tr{cls}><td>{_e(w.environment)}</td><td><code>{_e(w.category)}</code>{level}"
+                f'</td><td class="num">{w.count}</td><td>{verdict}</td>'
+                f"<td><pre>{_e(w.message)}</pre></td><td><code>{_e(w.first)}</code></td></tr>"
+            )
+        parts.append(
+            '<table class="warnings">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+    for env, n in report.warnings_dropped.items():
+        parts.append(
+            f'<p class="muted">{n} more warnings in {_e(env)} past the worker\'s limit '
+            "(not listed).</p>"
+        )
+    return "\n".join(parts)

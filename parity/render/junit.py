@@ -1,4 +1,5 @@
-"""The report as JUnit XML: one testcase per output and per difference, so CI shows them."""
+"""The report as JUnit XML: one testcase per output, per difference and per failing warning,
+so CI shows them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from parity.report import ParityReport
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
+    from parity.judging.caught import WarningFinding
 
 # Characters XML 1.0 forbids even as references. A worker's log tail (in an error message)
 # can hold them: the ESC of a coloured traceback, which ElementTree writes through so the
@@ -53,6 +55,7 @@ def render_junit(report: ParityReport) -> str:
             out = ET.SubElement(case, "system-out")
             out.text = f"{shown} [{'expected' if d.expected else d.severity}] {d.note}"
         cases.append(case)
+    cases += _warning_cases(report)
     for message in report.errors:
         case = ET.Element("testcase", classname="parity.environments", name="environment")
         error = ET.SubElement(case, "error", message=message.splitlines()[0])
@@ -73,6 +76,9 @@ def render_junit(report: ParityReport) -> str:
         time=f"{report.seconds.get('total', 0.0):.3f}",
     )
     suite.extend(cases)
+    others = _other_warnings(report)
+    if others is not None:
+        ET.SubElement(suite, "system-out").text = others
     root = ET.Element(
         "testsuites",
         name="parity",
@@ -84,6 +90,40 @@ def render_junit(report: ParityReport) -> str:
     ET.indent(root)
     body = _NOT_XML_CHAR.sub(_escaped, ET.tostring(root, encoding="unicode"))
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _warning_cases(report: ParityReport) -> list[ET.Element]:
+    """A failing testcase for each warning the policy fails on."""
+    cases = []
+    for w in report.warnings:
+        if not w.fails:
+            continue
+        case = ET.Element(
+            "testcase", classname="parity.warnings", name=f"{w.environment}: {w.category}"
+        )
+        failure = ET.SubElement(
+            case, "failure", message=w.reason().splitlines()[0], type=w.rule or w.category
+        )
+        failure.text = _shown(w)
+        cases.append(case)
+    return cases
+
+
+def _other_warnings(report: ParityReport) -> str | None:
+    """The warnings that fail nothing, for the suite's system-out (a testcase each would
+    change the suite's counts with every noisy library); None when there are none."""
+    lines = [f"[{w.environment}] {_shown(w)}" for w in report.warnings if not w.fails]
+    lines += [
+        f"[{env}] {n} more warnings past the worker's limit (not listed)"
+        for env, n in report.warnings_dropped.items()
+    ]
+    return "warnings caught:\n\n" + "\n\n".join(lines) if lines else None
+
+
+def _shown(w: WarningFinding) -> str:
+    level = f" [{w.level}]" if w.level else ""
+    only = ", only here" if w.only_here else ""
+    return f"{w.category}{level}: {w.message}\n({w.count} times{only}, first at {w.first})"
 
 
 def _evidence(report: ParityReport, o: OutputComparison) -> str:

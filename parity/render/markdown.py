@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from parity.investigations.localize import Localization
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
+MESSAGE = 400  # characters of a warning's message shown; the JSON report has it all
 
 
 def _cell(text: object) -> str:
@@ -67,7 +68,42 @@ def render_markdown(report: ParityReport) -> str:
         lines.append("")
     elif not report.versions_known:
         lines += [f"Version differences: unknown ({_cell(report.versions_unknown_why)}).", ""]
+    if report.warnings or report.warnings_dropped:
+        lines += [*_warnings(report), ""]
     return "\n".join(lines)
+
+
+def _warnings(report: ParityReport) -> list[str]:
+    """The warnings each environment caught: those only one caught first, then a table."""
+    lines = ["### Warnings", ""]
+    only: dict[str, list[str]] = {}
+    for w in report.warnings_only_here:
+        if w.category not in only.setdefault(w.environment, []):
+            only[w.environment].append(w.category)
+    lines += [
+        f"- **only in {_cell(env)}**: " + ", ".join(f"`{_cell(c)}`" for c in categories)
+        for env, categories in only.items()
+    ]
+    if only:
+        lines.append("")
+    if report.warnings:
+        lines += [
+            "| environment | warning | count | counts | message | first at |",
+            "|---|---|---:|---|---|---|",
+        ]
+        for w in report.warnings:
+            verdict = "**fails**" if w.fails else ("only here" if w.only_here else "reported")
+            level = f" ({w.level})" if w.level else ""
+            message = w.message.strip()
+            if len(message) > MESSAGE:
+                message = message[:MESSAGE] + "…"
+            lines.append(
+                f"| {_cell(w.environment)} | `{_cell(w.category)}`{level} | {w.count} | "
+                f"{verdict} | {_cell(message)} | `{_cell(w.first)}` |"
+            )
+    for env, n in report.warnings_dropped.items():
+        lines += ["", f"{n} more warnings in {_cell(env)} past the worker's limit (not listed)."]
+    return lines
 
 
 def _outputs(report: ParityReport) -> list[str]:

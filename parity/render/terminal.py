@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 WIDTH = 120  # where no terminal says otherwise (logs, pipes, strings)
 LOCALIZATION_ROWS = 40  # values of a localization shown; the JSON report has them all
+WARNING_TEXT = 400  # characters of a warning's message shown; the JSON report has it all
 _VERDICT = {
     "pass": ("PASS", "bold green"),
     "fail": ("FAIL", "bold red"),
@@ -121,6 +122,9 @@ def render_terminal(report: ParityReport, console: Console) -> None:
         )
     else:
         console.print(Text("version differences: none"))
+    if report.warnings or report.warnings_dropped:
+        console.print()
+        _warnings(report, console)
     if report.errors:
         console.print()
         console.print(Text("errors:", style="bold red"))
@@ -387,6 +391,58 @@ def _version_diffs(report: ParityReport) -> Table:
             style=style,
         )
     return table
+
+
+def _warnings(report: ParityReport, console: Console) -> None:
+    """The warnings each environment caught: those only one caught first, then a table."""
+    console.print(Text("warnings (caught while the model loaded and predicted):", style="bold"))
+    only: dict[str, list[str]] = {}
+    for w in report.warnings_only_here:
+        only.setdefault(w.environment, [])
+        if w.category not in only[w.environment]:
+            only[w.environment].append(w.category)
+    for env, categories in only.items():
+        console.print(
+            Text.assemble(
+                ("  ! ", "bold yellow"),
+                (f"only in {env}: ", "bold yellow"),
+                literal(", ".join(categories)),
+            ),
+            soft_wrap=True,
+        )
+    for w in report.warnings:
+        notes = ["once" if w.count == 1 else f"{w.count} times"]
+        if w.only_here:
+            notes.append("only here")
+        if w.fails:
+            mark, style = ("  ✗ ", "bold red"), "bold red"
+            notes.append("fails" if w.rule == w.category else f"fails: {w.rule}")
+        else:
+            mark, style = ("  - ", "yellow" if w.only_here else "dim"), ""
+        console.print(
+            Text.assemble(
+                mark,
+                f"[{w.environment}] ",
+                literal(w.category + (f" [{w.level}]" if w.level else "")),
+                f" ({', '.join(notes)})",
+                style=style,
+            ),
+            soft_wrap=True,
+        )
+        message = w.message.strip()
+        if len(message) > WARNING_TEXT:
+            message = message[:WARNING_TEXT] + "…"
+        for line in message.splitlines() or [""]:
+            console.print(Text("      ") + literal(line), soft_wrap=True)
+        console.print(Text("      first at ") + literal(w.first), style="dim", soft_wrap=True)
+    for env, n in report.warnings_dropped.items():
+        console.print(
+            Text(
+                f"  {n} more warnings in {env}, past the worker's limit of distinct warnings "
+                "(counted, not listed)",
+                style="dim",
+            )
+        )
 
 
 def literal(text: str) -> Text:

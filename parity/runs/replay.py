@@ -15,6 +15,7 @@ through here (check, bundle, bisect, localize, search).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -35,6 +36,7 @@ from parity.errors import ParityError, WorkerError
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
 from parity.outputs import load_json, load_outputs
+from parity.runs.caught import WARNINGS_FILE, CaughtWarnings, read_caught
 from parity.runs.job import ABORT, INPUTS, INPUTS_FILE, exited, model_failure, prepare_job
 
 
@@ -73,6 +75,9 @@ class EnvRun:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # what the worker caught (warnings.json); None when it wrote none (or, for a bundle,
+    # nothing was recorded): unknown, not "no warnings"
+    warnings: CaughtWarnings | None = None
 
     @property
     def name(self) -> str:
@@ -238,11 +243,21 @@ def _run_environment(
 
 
 def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
-    """Run the worker once in `run`'s environment; its outputs (read lazily from outdir)."""
-    run_worker(run, config, outdir)
+    """Run the worker once in `run`'s environment; its outputs (read lazily from outdir).
+    The first run's warnings become `run.warnings`, also when the worker failed."""
+    if run.fingerprint:  # a calibration run: the first run's fingerprint, times, warnings stand
+        run_worker(run, config, outdir)
+        return dict(load_outputs(outdir / "outputs.npz"))
+    try:
+        run_worker(run, config, outdir)
+    except ParityError:
+        # unreadable: the worker's own failure is what the report says
+        if (outdir / WARNINGS_FILE).exists():
+            with contextlib.suppress(ParityError):
+                run.warnings = read_caught(outdir / WARNINGS_FILE)
+        raise
+    run.warnings = read_caught(outdir / WARNINGS_FILE)
     outputs = load_outputs(outdir / "outputs.npz")
-    if run.fingerprint:  # a calibration run: the first run's fingerprint and times stand
-        return dict(outputs)
     run.fingerprint = load_json(outdir / "fingerprint.json")
     result = load_json(outdir / "result.json")
     seconds = result.get("seconds", {})

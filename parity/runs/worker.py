@@ -10,6 +10,9 @@ It writes into the job's output folder:
     fingerprint.json   the environment's fingerprint (envlock's probe), taken after the run
     result.json        status, timings and the outputs' shapes and dtypes
     error.json         instead of outputs, when the model or the job failed
+    warnings.json      every Python warning and log record of level WARNING or above while
+                       the model loaded and predicted, counted per distinct (category or
+                       logger, message): also when the model failed (see `_Caught`)
 
 With `"mode": "stages"` the job's inputs hold one sample, which runs through the adapter
 module's stages (`stages()`: `(name, fn)` or `(name, fn, model)` tuples, the model a torch
@@ -22,12 +25,16 @@ outputs and fingerprint:
     stages.json        what each array is: stage, kind (stage, module or step), module or
                        step name
 
+and `warnings.json`, as in predict mode.
+
 With `"mode": "serve"` (for `parity search`) the worker loads the model once, writes
 `fingerprint.json`, then answers requests until the host writes the `stop` file: for each
 `request-<n>.npz` (n = 1, 2, ...) that appears whole in the `requests` folder it writes
 
     response-<n>.npz   the outputs for that request's batch, as outputs.npz holds them
     error-<n>.json     instead, when the model raised on it (the worker serves on)
+
+and `warnings.json`, rewritten after loading and after each request that warned.
 
 It exits 0 on `stop` (at once, even inside a prediction), 2 when no request comes for
 `inputs_wait` seconds.
@@ -75,6 +82,157 @@ def _fail(outdir: str, stage: str, exc: BaseException, name: str = "error.json")
             "traceback": traceback.format_exc(),
         },
     )
+
+
+WARNINGS_FILE = "warnings.json"
+WARNING_ENTRIES = 200  # distinct warnings kept; more are counted in `dropped`
+WARNING_MESSAGE = 2000  # characters of a message kept
+
+
+class _Caught:
+    """Every Python warning and every log record of level WARNING or above while it is
+    active (`with caught:`; it can be entered again), counted per distinct (category or
+    logger, message), and written to `warnings.json` (`write`).
+
+    Warnings are all shown (`simplefilter("always")`), so one that repeats per batch is
+    counted each time, not lost to the default once-per-place filter; each distinct one
+    still goes to stderr, once, as Python would print it (a warning per sample must not
+    flood the worker's log). Log records are caught where every logger hands
+    them to its handlers (`Logger.callHandlers`), not by a handler on the root logger: a
+    logger that does not propagate (MLflow's own) would never reach one. Its handlers,
+    and Python's last-resort printing to stderr, run as before."""
+
+    def __init__(self, path: str, limit: int = WARNING_ENTRIES) -> None:
+        self.path = path
+        self.limit = limit
+        self.entries: dict[tuple[str, str], dict[str, Any]] = {}
+        self.dropped = 0  # occurrences of distinct warnings past the limit
+        self._written = -1
+        self._seen = 0
+        self._saved: list[Any] = []
+        self._filters: list[Any] | None = None  # the filters as the last exit left them
+
+    def __enter__(self) -> _Caught:
+        import logging
+        import warnings
+
+        manager = warnings.catch_warnings()
+        manager.__enter__()
+        if self._filters is None:
+            warnings.simplefilter("always")
+        else:
+            # Entered again (loading, then predicting): the filters a library set while
+            # the model loaded (an "ignore" of its own) still hold, as they would unwatched.
+            warnings.filters = list(self._filters)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # as catch_warnings does
+        shown = warnings.showwarning
+
+        def showwarning(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: str | None = None,
+        ) -> None:
+            if self._warning(message, category, filename, lineno):
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        handlers = logging.Logger.callHandlers
+        caught = self
+
+        def call_handlers(logger: logging.Logger, record: logging.LogRecord) -> None:
+            # py.warnings: a warning that logging.captureWarnings routes here, counted already
+            if record.levelno >= logging.WARNING and record.name != "py.warnings":
+                caught._record(record)
+            handlers(logger, record)
+
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
+        self._saved = [manager, handlers]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+        import warnings
+
+        manager, handlers = self._saved
+        logging.Logger.callHandlers = handlers  # type: ignore[method-assign]
+        self._filters = list(warnings.filters)
+        manager.__exit__(*exc)
+
+    def _warning(self, message: Any, category: Any, filename: str, lineno: int) -> bool:
+        """Count one warning; whether it is the first of its kind (to print)."""
+        cls = category if isinstance(category, type) else type(message)
+        try:
+            text = str(message)
+        except Exception:  # a warning whose str() fails: that it came is still evidence
+            text = f"(a {cls.__name__} whose message could not be read)"
+        bases = [_qualified(c) for c in cls.__mro__[1:] if issubclass(c, Warning)]
+        return self._add(_qualified(cls), text, f"{filename}:{lineno}", None, bases)
+
+    def _record(self, record: Any) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record with bad arguments: its format string as it is
+            text = str(record.msg)
+        self._add(
+            f"log:{record.name}",
+            text,
+            f"{record.pathname}:{record.lineno}",
+            record.levelname,
+            [],
+        )
+
+    def _add(self, category: str, message: str, first: str, level: Any, bases: list[str]) -> bool:
+        """Count one occurrence; whether it is the first of a listed distinct warning."""
+        self._seen += 1
+        message = message[:WARNING_MESSAGE]
+        key = (category, message)
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry["count"] += 1
+            return False
+        if len(self.entries) >= self.limit:
+            if not self.dropped:
+                sys.stderr.write(
+                    f"parity-worker: more than {self.limit} distinct warnings; the rest are "
+                    "counted, not listed or printed\n"
+                )
+            self.dropped += 1
+            return False
+        self.entries[key] = {
+            "category": category,
+            "bases": bases,
+            "level": level,
+            "message": message,
+            "count": 1,
+            "first": first[:WARNING_MESSAGE],
+        }
+        return True
+
+    def write(self) -> None:
+        """Write what was caught so far into `warnings.json` (atomically), unless nothing
+        was caught since the last write."""
+        if self._seen == self._written:
+            return
+        self._written = self._seen
+        _write_json(
+            self.path,
+            {
+                "entries": list(self.entries.values()),
+                "dropped": self.dropped,
+                "limit": self.limit,
+            },
+        )
+
+
+def _qualified(cls: type) -> str:
+    """A class's full name: `sklearn.exceptions.InconsistentVersionWarning`, but a built-in
+    one's bare (`UserWarning`)."""
+    module = getattr(cls, "__module__", "") or ""
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return name if module == "builtins" else f"{module}.{name}"
 
 
 MLFLOW_PREFIX = "mlflow:"
@@ -146,8 +304,6 @@ def _read_inputs(job: dict[str, Any]) -> dict[str, Any] | None:
 
 def run(job: dict[str, Any]) -> int:
     """Run one job; return the process exit status."""
-    import numpy as np
-
     if job.get("mode", "predict") == "stages":
         return run_stages(job)
     if job.get("mode") == "serve":
@@ -155,10 +311,21 @@ def run(job: dict[str, Any]) -> int:
     outdir = job["outdir"]
     for p in reversed(job.get("paths", [])):
         sys.path.insert(0, p)
+    caught = _Caught(os.path.join(outdir, WARNINGS_FILE))
+    try:
+        return _predict(job, outdir, caught)
+    finally:  # also when the model failed: the warnings before it are evidence
+        caught.write()
+
+
+def _predict(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
+    import numpy as np
+
     started = time.perf_counter()
     try:
         # The model loads while the host is still writing the inputs.
-        predict = _load_callable(job["adapter"])
+        with caught:
+            predict = _load_callable(job["adapter"])
         loaded = time.perf_counter()
         inputs = _read_inputs(job)
         if inputs is None:
@@ -172,13 +339,14 @@ def run(job: dict[str, Any]) -> int:
     batch_size = int(job.get("batch_size", 64))
     collected: dict[str, list[Any]] = {}
     try:
-        for start in range(0, count, batch_size):
-            batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
-            n = min(batch_size, count - start)
-            for name, arr in _checked_outputs(predict(batch), n).items():
-                collected.setdefault(name, []).append(arr)
-            sys.stderr.write(f"parity-worker: {min(start + batch_size, count)}/{count}\n")
-            sys.stderr.flush()
+        with caught:
+            for start in range(0, count, batch_size):
+                batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+                n = min(batch_size, count - start)
+                for name, arr in _checked_outputs(predict(batch), n).items():
+                    collected.setdefault(name, []).append(arr)
+                sys.stderr.write(f"parity-worker: {min(start + batch_size, count)}/{count}\n")
+                sys.stderr.flush()
     except Exception as exc:
         _fail(outdir, "predict", exc)
         return 1
@@ -241,16 +409,25 @@ def run_stages(job: dict[str, Any]) -> int:
       methods (predict_proba calling decision_function) are not recorded twice. Steps run
       in other processes (`n_jobs` > 1) are not seen.
     """
-    import numpy as np
-
     outdir = job["outdir"]
     for p in reversed(job.get("paths", [])):
         sys.path.insert(0, p)
+    caught = _Caught(os.path.join(outdir, WARNINGS_FILE))
+    try:
+        return _run_stages(job, outdir, caught)
+    finally:  # also when a stage failed: the warnings before it are evidence
+        caught.write()
+
+
+def _run_stages(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
+    import numpy as np
+
     started = time.perf_counter()
     try:
         if not job.get("stages"):
             raise ValueError("the job names no stages function (module:function)")
-        stages = _stage_list(_load_callable(job["stages"])())
+        with caught:
+            stages = _stage_list(_load_callable(job["stages"])())
         loaded = time.perf_counter()
         value: Any = _read_inputs(job)
         if value is None:
@@ -264,7 +441,8 @@ def run_stages(job: dict[str, Any]) -> int:
         for i, (name, fn, model) in enumerate(stages):
             handles = recorder.watch(name, model) if model is not None else []
             try:
-                value = fn(value)
+                with caught:
+                    value = fn(value)
             finally:
                 for handle in reversed(handles):
                     handle.remove()
@@ -594,12 +772,18 @@ def serve(job: dict[str, Any]) -> int:
     for p in reversed(job.get("paths", [])):
         sys.path.insert(0, p)
     _exit_on(stop)
+    # Written after loading and after each request that warned (the host may stop this
+    # process at any moment, so the file is always whole and up to date).
+    caught = _Caught(os.path.join(outdir, WARNINGS_FILE))
     try:
-        predict = _load_callable(job["adapter"])
+        with caught:
+            predict = _load_callable(job["adapter"])
         fingerprint = _load_probe(job["probe"]).collect()
     except Exception as exc:
         _fail(outdir, "load", exc)
+        caught.write()
         return 1
+    caught.write()
     _write_json(os.path.join(outdir, "fingerprint.json"), fingerprint)
     wait = float(job.get("inputs_wait", 600))
     n = 1
@@ -608,7 +792,12 @@ def serve(job: dict[str, Any]) -> int:
             with np.load(os.path.join(requests, f"request-{n}.npz"), allow_pickle=False) as data:
                 batch = {name: data[name] for name in data.files}
             count = min((len(v) for v in batch.values()), default=0)
-            outputs = _checked_outputs(predict(batch), count)
+            try:
+                with caught:
+                    result = predict(batch)
+            finally:
+                caught.write()
+            outputs = _checked_outputs(result, count)
             tmp = os.path.join(outdir, f"response-{n}.tmp.npz")
             np.savez(tmp, **outputs)
             os.replace(tmp, os.path.join(outdir, f"response-{n}.npz"))
