@@ -37,6 +37,40 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("envlock-cache")
 
 
+@pytest.fixture(scope="session")
+def sklearn_drift(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/sklearn-drift, copied and trained as its users do: the joblib artifacts
+    written by `python -m segclf.train` inside the training venv (scikit-learn 1.3.2, in
+    `shared_cache`). Tests write their own config files into it, each under its own name."""
+    import shutil
+
+    from envlock.backends import VenvBackend
+    from envlock.lockfile import MAIN, read_lock
+
+    project = tmp_path_factory.mktemp("sklearn-drift") / "sklearn-drift"
+    shutil.copytree(
+        ROOT / "examples" / "sklearn-drift",
+        project,
+        ignore=shutil.ignore_patterns("artifacts", "__pycache__"),
+    )
+    train = VenvBackend(shared_cache).materialize(
+        read_lock(project / "locks" / "train" / "pylock.toml"), MAIN
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(train.python), "-m", "segclf.train"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (project / "segclf" / "artifacts" / "scorer.joblib").exists()
+    return project
+
+
 def run_cli(
     tool: str,
     *args: str,

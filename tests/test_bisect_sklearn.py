@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
 from test_bisect_envs import assert_valid
-
-from envlock.backends import VenvBackend
-from envlock.lockfile import MAIN, read_lock
 
 CONFIG = """\
 [model]
@@ -57,20 +52,9 @@ rtol = 0
 
 @pytest.mark.slow
 def test_numpy_cannot_move_alone_and_the_bisection_says_so(
-    repo: Path, shared_cache: Path, tmp_path: Path
+    sklearn_drift: Path, shared_cache: Path, tmp_path: Path
 ) -> None:
-    project = tmp_path / "sklearn-drift"
-    shutil.copytree(
-        repo / "examples" / "sklearn-drift",
-        project,
-        ignore=shutil.ignore_patterns("artifacts", "__pycache__"),
-    )
-    train = VenvBackend(shared_cache).materialize(
-        read_lock(project / "locks" / "train" / "pylock.toml"), MAIN
-    )
-    subprocess.run(
-        [str(train.python), "-s", "-m", "segclf.train"], cwd=project, check=True, timeout=600
-    )
+    project = sklearn_drift
     config = project / "bisect.toml"
     config.write_text(CONFIG)
     out = tmp_path / "bisect.json"

@@ -810,36 +810,9 @@ fail_on_version_diffs = []
 
 @pytest.mark.slow
 def test_the_sklearn_drift_is_localized_to_the_pipelines_rescale_step(
-    shared_cache: Path, tmp_path: Path
+    sklearn_drift: Path, shared_cache: Path, tmp_path: Path
 ) -> None:
-    import os
-    import shutil
-
-    from envlock import read_lock
-    from envlock.backends import VenvBackend
-
-    project = tmp_path / "sklearn-drift"
-    shutil.copytree(
-        ROOT / "examples" / "sklearn-drift",
-        project,
-        ignore=shutil.ignore_patterns("artifacts", "__pycache__"),
-    )
-    # the artifacts, as the project makes them: trained inside the training environment
-    train = VenvBackend(shared_cache).materialize(
-        read_lock(project / "locks" / "train" / "pylock.toml"), "main"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [str(train.python), "-m", "segclf.train"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert (project / "segclf" / "artifacts" / "scorer.joblib").exists()
+    project = sklearn_drift
     cfg = project / "localize.toml"
     cfg.write_text(SKLEARN_DRIFT_CONFIG)
 

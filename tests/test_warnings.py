@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -355,36 +354,22 @@ def test_the_default_fails_on_scikit_learns_version_warning_only(
     ]
 
 
-SKLEARN_DRIFT = ROOT / "examples" / "sklearn-drift"
-
-
 @pytest.mark.slow
-def test_the_sklearn_drift_example_fails_only_for_its_version_warning(tmp_path: Path) -> None:
+def test_the_sklearn_drift_example_fails_only_for_its_version_warning(
+    sklearn_drift: Path, shared_cache: Path, tmp_path: Path
+) -> None:
     """Pickled under scikit-learn 1.3.2, loaded under 1.6.1: the outputs agree exactly,
     and the check fails because of the InconsistentVersionWarning in infer alone."""
-    from envlock import read_lock
-    from envlock.backends import VenvBackend
-
-    project = tmp_path / "sklearn-drift"
-    shutil.copytree(SKLEARN_DRIFT, project, ignore=shutil.ignore_patterns("artifacts"))
-    train = VenvBackend(None).materialize(
-        read_lock(project / "locks" / "train" / "pylock.toml"), "main"
-    )
-    trained = subprocess.run(
-        [str(train.python), "-m", "segclf.train"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert trained.returncode == 0, trained.stderr
+    project = sklearn_drift
     config_text = (project / "parity.toml").read_text()
     assert 'fail_on_version_diffs = ["numerics"]' in config_text
-    cfg = project / "parity.toml"
+    cfg = project / "warnings.toml"
     cfg.write_text(config_text.replace('["numerics"]', "[]"))
+    cache = ("--cache-dir", str(shared_cache))
 
-    result = run_cli("parity", "check", "--config", str(cfg), "--json", str(tmp_path / "r.json"))
+    result = run_cli(
+        "parity", "check", "--config", str(cfg), *cache, "--json", str(tmp_path / "r.json")
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert_valid_report(report)
@@ -409,7 +394,9 @@ def test_the_sklearn_drift_example_fails_only_for_its_version_warning(tmp_path: 
     assert f"only in infer: {category}" in result.stdout
 
     cfg.write_text(config_text.replace('["numerics"]', "[]\nfail_on_warnings = []"))
-    passed = run_cli("parity", "check", "--config", str(cfg), "--json", str(tmp_path / "r.json"))
+    passed = run_cli(
+        "parity", "check", "--config", str(cfg), *cache, "--json", str(tmp_path / "r.json")
+    )
     assert passed.returncode == 0, passed.stdout + passed.stderr
     again = json.loads((tmp_path / "r.json").read_text())
     assert again["verdict"] == "pass" and again["reasons"] == []
