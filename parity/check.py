@@ -30,6 +30,7 @@ from parity.runs.replay import (
     WorkFolder,
     describe_inputs,
     replay_environments,
+    say_input_warnings,
     summary,
     write_inputs,
 )
@@ -112,6 +113,7 @@ def check_against(
             raise _different_inputs(config, bundle, input_digest)
         generated = time.perf_counter()
         say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
+        say_input_warnings(config, say)
         if bundle.adapter != config.adapter:
             say(
                 f"note: the bundle was recorded with adapter {bundle.adapter}, the config "

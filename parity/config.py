@@ -16,7 +16,7 @@ from envlock import LockFileError, read_lock
 from envlock.environments import BACKENDS, EnvironmentSpec
 from parity.errors import ConfigError
 from parity.inputs.samples import SampleFolder, sample_folder
-from parity.inputs.seeded import GENERATORS, ArraySpec, InputSpec
+from parity.inputs.seeded import GENERATORS, LAYOUTS, ArraySpec, InputSpec
 from parity.policies import POLICIES, TolerancePolicy, all_settings
 from parity.policies.base import SettingError
 
@@ -294,7 +294,7 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
         if not _NAME.match(name):
             raise arrays_t.fail(name, "array names must be identifiers")
         a = arrays_t.table(name)
-        a.reject_unknown({"shape", "dtype", "generator", "low", "high", "mean", "std"})
+        a.reject_unknown({"shape", "dtype", "generator", "layout", "low", "high", "mean", "std"})
         shape = a.get("shape", list, what="a list of positive integers")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise a.fail("shape", f"must be a list of positive integers, got {shape!r}")
@@ -321,7 +321,23 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
             raise a.fail("high", "must be greater than low")
         if params.get("std", 1.0) <= 0:
             raise a.fail("std", "must be positive")
-        arrays.append(ArraySpec(name, tuple(shape), dtype, generator, params))
+        layout = a.get("layout", str, None, what=f"one of {', '.join(LAYOUTS)}")
+        if layout is not None:
+            if layout not in LAYOUTS:
+                raise a.fail("layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+            if generator != "image":
+                raise a.fail(
+                    "layout",
+                    f'only applies to generator = "image" (this is {generator!r}): the '
+                    f"other generators draw every value alone",
+                )
+            if len(shape) < 3:
+                raise a.fail(
+                    "layout",
+                    f"needs a shape with a channel axis and two spatial axes (at least 3 "
+                    f"axes), got {shape!r}: a 2-axis image is one plane",
+                )
+        arrays.append(ArraySpec(name, tuple(shape), dtype, generator, params, layout))
     return InputSpec(seed=seed, count=count, batch_size=batch, arrays=tuple(arrays))
 
 
