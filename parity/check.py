@@ -102,10 +102,8 @@ def check_against(
     report's errors, as in `run_check`."""
     say = progress or quiet
     calibrate = _calibration(config, calibrate)
-    names = [e.name for e in config.environments]
-    name = env_name or next(n for n in names if n != config.reference)
-    if name not in names:
-        raise ConfigError(config.path, None, f"no environment {name!r} (have: {', '.join(names)})")
+    name = _candidate(config, env_name)
+    _say_reference(config, bundle, say)
     started = time.perf_counter()
     with WorkFolder(workdir, say) as work:
         input_digest = write_inputs(config, work.path / INPUTS)
@@ -148,6 +146,53 @@ def check_against(
             created=bundle.created,
         ),
     )
+
+
+def _candidate(config: ParityConfig, env_name: str | None) -> str:
+    """The environment `check_against` checks: `env_name`, else the config's environment
+    that is not the reference; raise `ConfigError` when there is none to check."""
+    names = [e.name for e in config.environments]
+    if env_name is not None and env_name in config.set_aside:
+        raise ConfigError(
+            config.path, None, f"cannot check {env_name!r}: {config.set_aside[env_name]}"
+        )
+    if env_name is None:
+        others = [n for n in names if n != config.reference]
+        if not others:
+            raise ConfigError(
+                config.path,
+                "run.reference",
+                f"names {config.reference!r}, the only environment to check: the bundle "
+                f"is the reference, so name the environment to check with --env or leave "
+                f"run.reference out",
+            )
+        if len(others) > 1:
+            raise ConfigError(
+                config.path,
+                "run.reference",
+                f"names {config.reference!r}, which the config does not have, so either "
+                f"of {', '.join(others)} could be the one to check: name it with --env",
+            )
+        env_name = others[0]
+    if env_name not in names:
+        have = ", ".join(names) or "none"
+        raise ConfigError(config.path, None, f"no environment {env_name!r} (have: {have})")
+    return env_name
+
+
+def _say_reference(config: ParityConfig, bundle: Bundle, say: Progress) -> None:
+    """Say that the reference is the bundle's recording, and why the config's own
+    reference environment, if any, is not needed."""
+    recorded = bundle.environment.name
+    words = f"reference: {recorded} as recorded in {bundle.path} ({bundle.created})"
+    declared = [e.name for e in config.environments]
+    if config.reference in config.set_aside:
+        words += f"; {config.set_aside[config.reference]} (not needed: the bundle stands in)"
+    elif config.reference and config.reference not in declared:
+        words += f"; the config has no environment {config.reference!r} (not needed)"
+    elif not config.reference:
+        words += "; the config names no reference environment (not needed)"
+    say(words)
 
 
 def _conclude(
