@@ -608,3 +608,27 @@ def test_version_diffs_list_every_package_however_few_the_environments_share() -
     numpy = diffs[1]
     assert (numpy.versions, numpy.severity) == ({"train": "2.4.6", "infer": "1.26.4"}, "numerics")
     assert diffs[0].versions == {"train": None, "infer": "2.1.0"}
+
+
+def test_an_image_shape_that_looks_channels_last_is_warned_about_on_stderr(
+    project: Path,
+) -> None:
+    image = 'shape = [4, 4, 3]\ngenerator = "image"'
+    looks_last = CONFIG.replace("shape = [3, 4]", image)
+    assert looks_last != CONFIG
+    (project / "looks-last.toml").write_text(looks_last)
+    (project / "says-last.toml").write_text(
+        looks_last.replace(image, image + '\nlayout = "channels_last"')
+    )
+    warned = run_cli("parity", "check", "--config", "looks-last.toml", cwd=project)
+    assert warned.returncode == 0, warned.stderr
+    assert (
+        "warning: inputs.arrays.x: shape [4, 4, 3] looks channels-last, but images are drawn "
+        'with the last two axes spatial (4 images of 4x3 pixels); set layout = "channels_last"'
+    ) in warned.stderr
+    said = run_cli("parity", "check", "--config", "says-last.toml", "--json", "-", cwd=project)
+    assert said.returncode == 0, said.stderr
+    assert "looks channels-last" not in said.stderr
+    report = json.loads(said.stdout)
+    assert_valid_report(report)
+    assert report["inputs"]["arrays"]["x"]["layout"] == "channels_last"
