@@ -97,9 +97,11 @@ def check_against(
     the inference side) against a golden bundle, which stands in for the reference
     environment; the report, with the bundle as its reference and `against` set.
 
-    Raise `ConfigError` for an environment the config lacks and `BundleError` when the
-    bundle answers a different input set; failures inside the environment become the
-    report's errors, as in `run_check`."""
+    The config may lack the reference environment, or have set it aside because its lock
+    is gone (`load_config(..., against=True)`); progress says the reference is the
+    bundle's recording. Raise `ConfigError` for an environment to check that the config
+    lacks and `BundleError` when the bundle answers a different input set; failures
+    inside the environment become the report's errors, as in `run_check`."""
     say = progress or quiet
     calibrate = _calibration(config, calibrate)
     name = _candidate(config, env_name)
