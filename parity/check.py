@@ -30,6 +30,7 @@ from parity.runs.replay import (
     WorkFolder,
     describe_inputs,
     replay_environments,
+    say_input_warnings,
     summary,
     write_inputs,
 )
@@ -96,15 +97,15 @@ def check_against(
     the inference side) against a golden bundle, which stands in for the reference
     environment; the report, with the bundle as its reference and `against` set.
 
-    Raise `ConfigError` for an environment the config lacks and `BundleError` when the
-    bundle answers a different input set; failures inside the environment become the
-    report's errors, as in `run_check`."""
+    The config may lack the reference environment, or have set it aside because its lock
+    is gone (`load_config(..., against=True)`); progress says the reference is the
+    bundle's recording. Raise `ConfigError` for an environment to check that the config
+    lacks and `BundleError` when the bundle answers a different input set; failures
+    inside the environment become the report's errors, as in `run_check`."""
     say = progress or quiet
     calibrate = _calibration(config, calibrate)
-    names = [e.name for e in config.environments]
-    name = env_name or next(n for n in names if n != config.reference)
-    if name not in names:
-        raise ConfigError(config.path, None, f"no environment {name!r} (have: {', '.join(names)})")
+    name = _candidate(config, env_name)
+    _say_reference(config, bundle, say)
     started = time.perf_counter()
     with WorkFolder(workdir, say) as work:
         input_digest = write_inputs(config, work.path / INPUTS)
@@ -112,6 +113,7 @@ def check_against(
             raise _different_inputs(config, bundle, input_digest)
         generated = time.perf_counter()
         say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
+        say_input_warnings(config, say)
         if bundle.adapter != config.adapter:
             say(
                 f"note: the bundle was recorded with adapter {bundle.adapter}, the config "
@@ -146,6 +148,53 @@ def check_against(
             created=bundle.created,
         ),
     )
+
+
+def _candidate(config: ParityConfig, env_name: str | None) -> str:
+    """The environment `check_against` checks: `env_name`, else the config's environment
+    that is not the reference; raise `ConfigError` when there is none to check."""
+    names = [e.name for e in config.environments]
+    if env_name is not None and env_name in config.set_aside:
+        raise ConfigError(
+            config.path, None, f"cannot check {env_name!r}: {config.set_aside[env_name]}"
+        )
+    if env_name is None:
+        others = [n for n in names if n != config.reference]
+        if not others:
+            raise ConfigError(
+                config.path,
+                "run.reference",
+                f"names {config.reference!r}, the only environment to check: the bundle "
+                f"is the reference, so name the environment to check with --env or leave "
+                f"run.reference out",
+            )
+        if len(others) > 1:
+            raise ConfigError(
+                config.path,
+                "run.reference",
+                f"names {config.reference!r}, which the config does not have, so either "
+                f"of {', '.join(others)} could be the one to check: name it with --env",
+            )
+        env_name = others[0]
+    if env_name not in names:
+        have = ", ".join(names) or "none"
+        raise ConfigError(config.path, None, f"no environment {env_name!r} (have: {have})")
+    return env_name
+
+
+def _say_reference(config: ParityConfig, bundle: Bundle, say: Progress) -> None:
+    """Say that the reference is the bundle's recording, and why the config's own
+    reference environment, if any, is not needed."""
+    recorded = bundle.environment.name
+    words = f"reference: {recorded} as recorded in {bundle.path} ({bundle.created})"
+    declared = [e.name for e in config.environments]
+    if config.reference in config.set_aside:
+        words += f"; {config.set_aside[config.reference]} (not needed: the bundle stands in)"
+    elif config.reference and config.reference not in declared:
+        words += f"; the config has no environment {config.reference!r} (not needed)"
+    elif not config.reference:
+        words += "; the config names no reference environment (not needed)"
+    say(words)
 
 
 def _conclude(

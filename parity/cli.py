@@ -208,7 +208,8 @@ def check_command(
             "--env names the environment to check against a bundle: add --against"
         )
     target = _mlflow_target(config_path, mlflow_log, mlflow_uri, model_ref, alias)
-    config = load_config(config_path)
+    # With --against the bundle's recording is the reference: its environment may be gone.
+    config = load_config(config_path) if against is None else load_config(config_path, against=True)
     if target is not None:
         check_model_version(target)  # a mistyped --model is refused before anything runs
     progress = progress_printer(quiet)

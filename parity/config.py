@@ -16,7 +16,7 @@ from envlock import LockFileError, read_lock
 from envlock.environments import BACKENDS, EnvironmentSpec
 from parity.errors import ConfigError
 from parity.inputs.samples import SampleFolder, sample_folder
-from parity.inputs.seeded import GENERATORS, ArraySpec, InputSpec
+from parity.inputs.seeded import GENERATORS, LAYOUTS, ArraySpec, InputSpec
 from parity.policies import POLICIES, TolerancePolicy, all_settings
 from parity.policies.base import SettingError
 
@@ -82,6 +82,8 @@ class ParityConfig:
     model_paths: tuple[Path, ...]
     inputs: InputSpec | SampleFolder
     environments: tuple[EnvironmentSpec, ...]
+    # With `load_config(..., against=True)` the reference may name no environment here
+    # (the bundle's recording stands in for it; "" when the config names none at all).
     reference: str
     tolerance: TolerancePolicy
     output_tolerances: dict[str, TolerancePolicy] = field(default_factory=dict)
@@ -96,6 +98,9 @@ class ParityConfig:
     calibrate: bool = False
     stages: str | None = None  # module:function giving the adapter's stages (localization)
     localize: bool = False  # after a failing check, find the first stage that diverges
+    # With `against=True`: environments left out because their lock is gone or unusable,
+    # by name, with the error that a plain check gives (only the reference's may be).
+    set_aside: dict[str, str] = field(default_factory=dict)
 
     def tolerance_for(self, output: str) -> TolerancePolicy:
         """The tolerance policy of one output: its own, else the default."""
@@ -151,8 +156,14 @@ class _Table:
                 raise self.fail(name, f"unknown key (expected one of: {hint})")
 
 
-def load_config(path: str | Path) -> ParityConfig:
-    """Read and validate a parity config; raise `ConfigError` naming the file and key."""
+def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
+    """Read and validate a parity config; raise `ConfigError` naming the file and key.
+
+    With `against` (a check against a golden bundle, whose recording is the reference)
+    the reference environment is not needed: the config may declare only the environment
+    to check, `run.reference` may name an environment it lacks, and the reference's lock
+    may be gone or unusable (it is then left out, in `set_aside`). Everything else is
+    validated as for a plain check."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, None, "config file not found")
@@ -197,14 +208,23 @@ def load_config(path: str | Path) -> ParityConfig:
         model_paths.append(folder)
 
     inputs = _read_inputs(root.table("inputs"), base)
-    environments = _read_environments(root.table("environments"), base)
+    run_data = data.get("run")
+    named = run_data.get("reference") if isinstance(run_data, dict) else None
+    environments, unusable = _read_environments(
+        root.table("environments"), base, against, named if isinstance(named, str) else None
+    )
 
     run = root.table("run", required=False)
     run.reject_unknown({"reference", "timeout", "threads", "env", "calibrate", "localize"})
-    names = [e.name for e in environments]
-    reference = run.get("reference", str, names[0])
-    if reference not in names:
+    names = list(root.table("environments").data)  # as declared, usable or not
+    reference = run.get("reference", str, names[0] if len(names) == 2 else "")
+    if reference not in names and not against:
         raise run.fail("reference", f"no environment {reference!r} (have: {', '.join(names)})")
+    for name, error in unusable.items():
+        if name != reference:  # only the reference is replaced by the bundle
+            raise error
+    set_aside = {name: f"{error.key}: {error.detail}" for name, error in unusable.items()}
+    environments = [e for e in environments if e.name not in unusable]
     timeout = float(run.get("timeout", (int, float), 900, what="a number of seconds"))
     if timeout <= 0:
         raise run.fail("timeout", "must be positive")
@@ -260,6 +280,7 @@ def load_config(path: str | Path) -> ParityConfig:
         calibrate=calibrate,
         stages=stages,
         localize=localize,
+        set_aside=set_aside,
     )
 
 
@@ -294,7 +315,7 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
         if not _NAME.match(name):
             raise arrays_t.fail(name, "array names must be identifiers")
         a = arrays_t.table(name)
-        a.reject_unknown({"shape", "dtype", "generator", "low", "high", "mean", "std"})
+        a.reject_unknown({"shape", "dtype", "generator", "layout", "low", "high", "mean", "std"})
         shape = a.get("shape", list, what="a list of positive integers")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise a.fail("shape", f"must be a list of positive integers, got {shape!r}")
@@ -321,18 +342,63 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
             raise a.fail("high", "must be greater than low")
         if params.get("std", 1.0) <= 0:
             raise a.fail("std", "must be positive")
-        arrays.append(ArraySpec(name, tuple(shape), dtype, generator, params))
+        layout = a.get("layout", str, None, what=f"one of {', '.join(LAYOUTS)}")
+        if layout is not None:
+            if layout not in LAYOUTS:
+                raise a.fail("layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+            if generator != "image":
+                raise a.fail(
+                    "layout",
+                    f'only applies to generator = "image" (this is {generator!r}): the '
+                    f"other generators draw every value alone",
+                )
+            if len(shape) < 3:
+                raise a.fail(
+                    "layout",
+                    f"needs a shape with a channel axis and two spatial axes (at least 3 "
+                    f"axes), got {shape!r}: a 2-axis image is one plane",
+                )
+        arrays.append(ArraySpec(name, tuple(shape), dtype, generator, params, layout))
     return InputSpec(seed=seed, count=count, batch_size=batch, arrays=tuple(arrays))
 
 
-def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
-    if len(t.data) != 2:
+def _read_environments(
+    t: _Table, base: Path, against: bool = False, reference: str | None = None
+) -> tuple[list[EnvironmentSpec], dict[str, ConfigError]]:
+    """The environments, and (with `against`) the errors of those whose lock is missing
+    or unusable, by name: those are still in the list, for the caller to drop when it is
+    the reference (`reference`: what `run.reference` names, if anything, for messages)."""
+    if against and len(t.data) not in (1, 2):
+        raise ConfigError(
+            t.path,
+            "environments",
+            f"needs one or two environments (with --against, the one to check and "
+            f"optionally the one the bundle recorded), found {len(t.data)}",
+        )
+    if not against and len(t.data) == 1:
+        (only,) = t.data
+        if reference is not None and reference != only:
+            raise ConfigError(
+                t.path,
+                "environments",
+                f"no environment {reference!r} (run.reference names it; have: {only}): a "
+                f"check needs two environments; to check {only} against a bundle recorded "
+                f"in {reference}, pass --against BUNDLE",
+            )
+        raise ConfigError(
+            t.path,
+            "environments",
+            f"needs exactly two environments (training and inference), found 1 ({only}); "
+            f"to check it against a bundle recorded in the other, pass --against BUNDLE",
+        )
+    if not against and len(t.data) != 2:
         raise ConfigError(
             t.path,
             "environments",
             f"needs exactly two environments (training and inference), found {len(t.data)}",
         )
     envs = []
+    unusable: dict[str, ConfigError] = {}
     for name in t.data:
         if not _NAME.match(name):
             raise t.fail(name, "environment names must be identifiers")
@@ -343,21 +409,16 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
             raise e.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
         kind = BACKENDS[backend]
         lock = None
+        group = e.get("group", str, "main")
         if kind.needs_lock(e.data.keys()):
             lock_s = e.get("lock", str, what="a path to a pylock.toml")
             lock = (base / lock_s).resolve()
-            if not lock.is_file():
-                raise e.fail("lock", f"file not found: {lock_s}")
-        group = e.get("group", str, "main")
-        if lock is not None:
             try:
-                groups = read_lock(lock).groups
-            except LockFileError as err:
-                raise e.fail("lock", f"unusable lock: {err}") from None
-            if group not in groups:
-                raise e.fail(
-                    "group", f"no group {group!r} in {lock_s} (it has: {', '.join(groups)})"
-                )
+                _check_lock(e, lock, lock_s, group)
+            except ConfigError as err:
+                if not against:
+                    raise
+                unusable[name] = err
         python = e.get("python", str, None)
         env_t = e.table("env", required=False)
         extra: dict[str, Any] = {"env": {k: env_t.get(k, str) for k in env_t.data}}
@@ -369,7 +430,19 @@ def _read_environments(t: _Table, base: Path) -> list[EnvironmentSpec]:
                 owner = next(b for b, k in BACKENDS.items() if key in k.options)
                 raise e.fail(key, f'only applies to backend = "{owner}"')
         envs.append(EnvironmentSpec(name, backend, lock, group, python, **extra))
-    return envs
+    return envs, unusable
+
+
+def _check_lock(e: _Table, lock: Path, lock_s: str, group: str) -> None:
+    """Raise `ConfigError` unless `lock` is a readable lock with `group`."""
+    if not lock.is_file():
+        raise e.fail("lock", f"file not found: {lock_s}")
+    try:
+        groups = read_lock(lock).groups
+    except LockFileError as err:
+        raise e.fail("lock", f"unusable lock: {err}") from None
+    if group not in groups:
+        raise e.fail("group", f"no group {group!r} in {lock_s} (it has: {', '.join(groups)})")
 
 
 def _read_tolerances(t: _Table) -> tuple[TolerancePolicy, dict[str, TolerancePolicy]]:

@@ -351,6 +351,113 @@ def test_record_of_a_failing_model_exits_3_and_writes_nothing(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.toml", "src"]
 
 
+# The training environment is gone by deploy time: its lock deleted, or its table removed.
+TRAIN_TABLE = '[environments.train]\nbackend = "local"\n\n'
+GONE_LOCK_CONFIG = CONFIG.replace(
+    TRAIN_TABLE,
+    '[environments.train]\nbackend = "venv"\nlock = "locks/train.toml"\ngroup = "train"\n\n',
+)
+NO_TRAIN_CONFIG = CONFIG.replace(TRAIN_TABLE, "").replace("[run]\n", '[run]\nreference = "train"\n')
+
+
+def _check_without_train(project: Path, tmp_path: Path, config: str) -> tuple[str, dict]:
+    """`parity check --against golden` with `config`: its stderr and JSON report."""
+    (project / "deploy.toml").write_text(config)
+    out = tmp_path / "report.json"
+    result = run_cli(
+        "parity",
+        "check",
+        "--config",
+        "deploy.toml",
+        "--against",
+        "golden",
+        "--json",
+        str(out),
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "parity check: PASS" in result.stdout
+    assert "[infer] running 12 inputs" in result.stderr and "[train]" not in result.stderr
+    report = json.loads(out.read_text())
+    assert_valid_report(report)
+    assert (report["reference"], report["candidate"]) == ("train", "infer")
+    assert report["against"]["environment"] == "train"
+    assert {o["name"]: o["passed"] for o in report["outputs"]} == {"total": True, "y": True}
+    return result.stderr, report
+
+
+@pytest.mark.parametrize(
+    ("config", "why", "plain_error"),
+    [
+        (
+            GONE_LOCK_CONFIG,
+            "environments.train.lock: file not found: locks/train.toml (not needed: the "
+            "bundle stands in)",
+            "Error: deploy.toml: environments.train.lock: file not found: locks/train.toml\n",
+        ),
+        (
+            NO_TRAIN_CONFIG,
+            "the config has no environment 'train' (not needed)",
+            "Error: deploy.toml: environments: no environment 'train' (run.reference names it; "
+            "have: infer): a check needs two environments; to check infer against a bundle "
+            "recorded in train, pass --against BUNDLE\n",
+        ),
+        (
+            CONFIG.replace(TRAIN_TABLE, ""),
+            "the config names no reference environment (not needed)",
+            "Error: deploy.toml: environments: needs exactly two environments (training and "
+            "inference), found 1 (infer); to check it against a bundle recorded in the other, "
+            "pass --against BUNDLE\n",
+        ),
+    ],
+    ids=["train-lock-deleted", "train-table-removed", "train-and-reference-removed"],
+)
+def test_check_against_needs_no_training_environment_in_the_config(
+    project: Path, tmp_path: Path, config: str, why: str, plain_error: str
+) -> None:
+    assert config != CONFIG
+    stderr, report = _check_without_train(project, tmp_path, config)
+    assert f"reference: train as recorded in golden ({report['against']['created']}); {why}" in (
+        stderr
+    )
+    # Without a bundle the training environment is needed: the same config is refused.
+    plain = run_cli("parity", "check", "--config", "deploy.toml", "-q", cwd=project)
+    assert plain.returncode == 2
+    assert plain.stderr == plain_error
+
+
+def test_without_the_training_environment_a_drift_still_fails_against_the_bundle(
+    project: Path,
+) -> None:
+    drifting = NO_TRAIN_CONFIG.replace(
+        '[environments.infer]\nbackend = "local"\n',
+        '[environments.infer]\nbackend = "local"\n\n[environments.infer.env]\nDRIFT = "1"\n',
+    )
+    assert "DRIFT" in drifting
+    (project / "deploy-drift.toml").write_text(drifting)
+    result = run_cli(
+        "parity", "check", "--config", "deploy-drift.toml", "--against", "golden", cwd=project
+    )
+    assert result.returncode == 1, result.stderr
+    assert "parity check: FAIL" in result.stdout
+
+
+def test_against_still_needs_the_checked_environments_lock(project: Path) -> None:
+    (project / "gone-infer.toml").write_text(
+        CONFIG.replace(
+            '[environments.infer]\nbackend = "local"\n',
+            '[environments.infer]\nbackend = "venv"\nlock = "locks/infer.toml"\n',
+        )
+    )
+    result = run_cli(
+        "parity", "check", "--config", "gone-infer.toml", "--against", "golden", cwd=project
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "Error: gone-infer.toml: environments.infer.lock: file not found: locks/infer.toml\n"
+    )
+
+
 def test_env_without_against_is_a_usage_error(project: Path) -> None:
     result = run_cli("parity", "check", "--env", "infer", cwd=project)
     assert result.returncode == 2
@@ -501,3 +608,27 @@ def test_version_diffs_list_every_package_however_few_the_environments_share() -
     numpy = diffs[1]
     assert (numpy.versions, numpy.severity) == ({"train": "2.4.6", "infer": "1.26.4"}, "numerics")
     assert diffs[0].versions == {"train": None, "infer": "2.1.0"}
+
+
+def test_an_image_shape_that_looks_channels_last_is_warned_about_on_stderr(
+    project: Path,
+) -> None:
+    image = 'shape = [4, 4, 3]\ngenerator = "image"'
+    looks_last = CONFIG.replace("shape = [3, 4]", image)
+    assert looks_last != CONFIG
+    (project / "looks-last.toml").write_text(looks_last)
+    (project / "says-last.toml").write_text(
+        looks_last.replace(image, image + '\nlayout = "channels_last"')
+    )
+    warned = run_cli("parity", "check", "--config", "looks-last.toml", cwd=project)
+    assert warned.returncode == 0, warned.stderr
+    assert (
+        "warning: inputs.arrays.x: shape [4, 4, 3] looks channels-last, but images are drawn "
+        'with the last two axes spatial (4 images of 4x3 pixels); set layout = "channels_last"'
+    ) in warned.stderr
+    said = run_cli("parity", "check", "--config", "says-last.toml", "--json", "-", cwd=project)
+    assert said.returncode == 0, said.stderr
+    assert "looks channels-last" not in said.stderr
+    report = json.loads(said.stdout)
+    assert_valid_report(report)
+    assert report["inputs"]["arrays"]["x"]["layout"] == "channels_last"

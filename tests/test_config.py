@@ -56,6 +56,19 @@ lock = "pylock.toml"
         ),
         (("[inputs]\n", "[inputs]\nsede = 3\n"), "inputs.sede: unknown key"),
         (
+            ('dtype = "uint8"', 'dtype = "uint8"\nlayout = "channels_last"'),
+            "inputs.arrays.lr.layout: only applies to generator = \"image\" (this is 'uniform')",
+        ),
+        (
+            ('dtype = "uint8"', 'dtype = "uint8"\ngenerator = "image"\nlayout = "channels_last"'),
+            "inputs.arrays.lr.layout: needs a shape with a channel axis and two spatial axes "
+            "(at least 3 axes), got [8, 8]",
+        ),
+        (
+            ("shape = [8, 8]", 'shape = [8, 8, 3]\ngenerator = "image"\nlayout = "nhwc"'),
+            "inputs.arrays.lr.layout: must be one of channels_first, channels_last, got 'nhwc'",
+        ),
+        (
             (
                 '[environments.infer]\nbackend = "venv"\nlock = "pylock.toml"\n',
                 "[environments.infer]\n",

@@ -47,3 +47,57 @@ def test_input_bytes_are_stable() -> None:
 
 
 GOLDEN = "sha256:4ecf340ef85530e40a08c5916ba9e11a9a87e6b5b37c40d5409c83034b70ee74"
+
+
+def _image_set(shape: tuple[int, ...], layout: str | None = None, seed: int = 3) -> np.ndarray:
+    spec = InputSpec(seed, 6, (ArraySpec("x", shape, "float64", "image", layout=layout),))
+    return generate(spec)["x"]
+
+
+def _step(images: np.ndarray, axis: int) -> float:
+    """The mean absolute difference between neighbours along `axis` (values span 0..1)."""
+    return float(np.abs(np.diff(images, axis=axis)).mean())
+
+
+def test_channels_last_images_are_smooth_across_both_spatial_axes() -> None:
+    last = _image_set((32, 32, 3), "channels_last")
+    first = _image_set((3, 32, 32))
+    assert last.shape == (6, 32, 32, 3)
+    # Each channel is one smooth 32x32 image: neighbours along both spatial axes are
+    # close, channels are independent planes (far apart), as in the channels_first image.
+    for images, (rows, cols, channels) in ((last, (1, 2, 3)), (first, (2, 3, 1))):
+        assert _step(images, rows) < 0.15 and _step(images, cols) < 0.15
+        assert _step(images, channels) > 2 * max(_step(images, rows), _step(images, cols))
+    # Noise, for scale: neighbours are a third of the range apart.
+    assert _step(generate(InputSpec(3, 6, (ArraySpec("x", (32, 32, 3), "float64"),)))["x"], 1) > 0.3
+    # Moving the channel axis first gives the channels_first image, the same planes.
+    np.testing.assert_array_equal(np.moveaxis(last, -1, 1), first)
+
+
+def test_without_a_layout_the_last_two_axes_stay_spatial() -> None:
+    # Existing configs keep their bytes: no layout is channels_first, and a [32, 32, 3]
+    # shape is still 32 separate 32x3 images (rows of one sample are unrelated).
+    for shape in ((3, 16, 16), (2, 3, 8, 8), (32, 32, 3)):
+        spec = InputSpec(1, 3, (ArraySpec("x", shape, "uint8", "image"),))
+        explicit = InputSpec(
+            1, 3, (ArraySpec("x", shape, "uint8", "image", layout="channels_first"),)
+        )
+        assert digest(generate(spec)) == digest(generate(explicit))
+        assert "layout" not in spec.describe()["arrays"]["x"]
+    striped = _image_set((32, 32, 3))
+    assert _step(striped, 1) > 0.2 and _step(striped, 2) < 0.15
+
+
+def test_an_image_shape_that_looks_channels_last_gets_a_warning() -> None:
+    def warnings(shape: tuple[int, ...], layout: str | None = None) -> list[str]:
+        array = ArraySpec("img", shape, "uint8", "image", layout=layout)
+        return InputSpec(1, 1, (array,)).warnings()
+
+    (warning,) = warnings((64, 64, 3))
+    assert "inputs.arrays.img" in warning and 'layout = "channels_last"' in warning
+    assert "64 images of 64x3 pixels" in warning
+    assert len(warnings((1, 28, 28, 1))) == 1
+    assert warnings((64, 64, 3), "channels_last") == []
+    assert warnings((64, 64, 3), "channels_first") == []  # said explicitly: no warning
+    assert warnings((3, 64, 64)) == [] and warnings((64, 3)) == []
+    assert InputSpec(1, 1, (ArraySpec("u", (64, 64, 3), "uint8"),)).warnings() == []

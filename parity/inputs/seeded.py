@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     import numpy as np
 
 GENERATORS = ("uniform", "normal", "image")
+# How an `image` array's axes are laid out: channels before the two spatial axes (the
+# default, e.g. [3, 224, 224]) or after them (e.g. [224, 224, 3], PIL's and TensorFlow's).
+LAYOUTS = ("channels_first", "channels_last")
+# A last axis this long is most likely a channel axis (grey, RGB, RGBA).
+_CHANNEL_COUNTS = (1, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,27 @@ class ArraySpec:
     dtype: str
     generator: str = "uniform"
     params: dict[str, float] = field(default_factory=dict)
+    # `image` only: None is channels_first (the last two axes are spatial), as before
+    # the setting existed, so existing configs keep their bytes and their reports.
+    layout: str | None = None
+
+    def layout_warning(self) -> str | None:
+        """For an `image` array without a layout whose shape looks channels-last (at least
+        3 axes, the last one 1, 3 or 4 long), the warning saying how it is drawn and how to
+        say otherwise; else None."""
+        if self.generator != "image" or self.layout is not None or len(self.shape) < 3:
+            return None
+        if self.shape[-1] not in _CHANNEL_COUNTS:
+            return None
+        planes = 1
+        for n in self.shape[:-2]:
+            planes *= n
+        return (
+            f"warning: inputs.arrays.{self.name}: shape {list(self.shape)} looks channels-last, "
+            f"but images are drawn with the last two axes spatial ({planes} images of "
+            f'{self.shape[-2]}x{self.shape[-1]} pixels); set layout = "channels_last" '
+            f'(or "channels_first" to keep them)'
+        )
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,10 @@ class InputSpec:
         """The input set in a few words, for progress lines."""
         return f"{self.count} samples, seed {self.seed}"
 
+    def warnings(self) -> list[str]:
+        """Warnings about the spec, for progress output (see `ArraySpec.layout_warning`)."""
+        return [w for a in self.arrays if (w := a.layout_warning()) is not None]
+
     def describe(self) -> dict[str, Any]:
         """The spec as plain data, for reports."""
         return {
@@ -54,6 +84,7 @@ class InputSpec:
                     "shape": list(a.shape),
                     "dtype": a.dtype,
                     "generator": a.generator,
+                    **({"layout": a.layout} if a.layout is not None else {}),
                     **a.params,
                 }
                 for a in self.arrays
@@ -136,6 +167,13 @@ def _draw(rng: np.random.Generator, a: ArraySpec) -> np.ndarray:
         z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
         values = a.params.get("mean", 0.0) + a.params.get("std", 1.0) * z
         values = values.reshape(a.shape)
+    elif a.generator == "image" and a.layout == "channels_last":
+        # The same images as channels_first with the channel axis moved last: the planes
+        # are drawn in the same order from the same random numbers.
+        *lead, h, w, c = a.shape
+        unit = np.moveaxis(_image(rng, (*lead, c, h, w)), -3, -1)
+        lo, hi = value_range(a)
+        values = lo + unit * (hi - lo)
     elif a.generator == "image":
         unit = _image(rng, a.shape)
         lo, hi = value_range(a)
@@ -152,7 +190,8 @@ def _draw(rng: np.random.Generator, a: ArraySpec) -> np.ndarray:
 def _image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """A smooth, structured image in [0, 1]: gradient, waves, soft shapes and mild noise.
 
-    The last two axes are spatial; leading axes (channels) get independent images.
+    The last two axes are spatial; leading axes (channels) get independent images
+    (`_draw` moves the channel axis for `layout = "channels_last"`).
     """
     import numpy as np
 

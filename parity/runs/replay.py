@@ -172,10 +172,19 @@ def replay_environments(
                 (work / INPUTS / ABORT).touch()
                 raise
             say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
+            say_input_warnings(config, say)
         generated = time.perf_counter()
         for future in futures:
             future.result()
     return input_digest, generated
+
+
+def say_input_warnings(config: ParityConfig, say: Progress) -> None:
+    """Say what looks wrong in a seeded input spec (an image shape that looks
+    channels-last without a layout)."""
+    if not isinstance(config.inputs, SampleFolder):
+        for warning in config.inputs.warnings():
+            say(warning)
 
 
 def write_inputs(config: ParityConfig, folder: Path) -> str:
