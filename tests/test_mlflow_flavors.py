@@ -40,6 +40,11 @@ def test_no_signature_and_one_input_gives_the_array() -> None:
     assert _mlflow_input(URI, None, BATCH) is BATCH["x"]
 
 
+def test_a_python_model_without_a_signature_gets_the_dict_as_before() -> None:
+    batch = {**BATCH, "y": np.zeros((5, 2), np.int64)}
+    assert _mlflow_input(URI, None, batch, custom=True) is batch
+
+
 def test_no_signature_and_several_inputs_is_a_clear_error() -> None:
     batch = {**BATCH, "y": np.zeros((5, 2), np.int64)}
     with pytest.raises(ModelInputError) as e:

@@ -79,6 +79,8 @@ def _fail(outdir: str, stage: str, exc: BaseException, name: str = "error.json")
 
 
 MLFLOW_PREFIX = "mlflow:"
+# The pyfunc loaders of models written as a PythonModel (an object, or a file of code)
+PYTHON_MODEL_LOADERS = ("mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model")
 
 
 def _load_callable(spec: str) -> Any:
@@ -102,9 +104,11 @@ def _mlflow_predict(uri: str) -> Any:
 
     model = mlflow.pyfunc.load_model(uri)
     schema = model.metadata.get_input_schema()
+    pyfunc = model.metadata.flavors.get("python_function", {})
+    custom = pyfunc.get("loader_module") in PYTHON_MODEL_LOADERS
 
     def predict(batch: dict[str, Any]) -> dict[str, Any]:
-        data = _mlflow_input(uri, schema, batch)
+        data = _mlflow_input(uri, schema, batch, custom=custom)
         try:
             result = model.predict(data)
         except MlflowException as e:
@@ -122,12 +126,15 @@ def _mlflow_predict(uri: str) -> Any:
     return predict
 
 
-def _mlflow_input(uri: str, schema: Any, batch: dict[str, Any]) -> Any:
+def _mlflow_input(uri: str, schema: Any, batch: dict[str, Any], *, custom: bool = False) -> Any:
     """The batch as the model's signature takes it: one array for a single tensor (or no
     signature and one input), a dict of arrays for named tensors, a pandas DataFrame for
-    columns. Raise ModelInputError when the inputs do not fit."""
+    columns. A `custom` PythonModel without a signature gets the dict of arrays, as it
+    always has. Raise ModelInputError when the inputs do not fit."""
     inputs = _shapes(batch)
     if schema is None or not schema.inputs:
+        if custom:
+            return batch
         if len(batch) == 1:
             return next(iter(batch.values()))
         raise ModelInputError(
