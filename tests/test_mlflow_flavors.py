@@ -371,3 +371,45 @@ def test_a_column_schema_mismatch_is_one_clear_error(store: Store, tmp_path: Pat
     )
     assert "a (float), b (float), c (float), d (float)" in error
     assert "x (5, 3) float32" in error
+
+
+COUNTER = """\
+import mlflow
+import numpy as np
+
+
+class Counter(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input["k"].to_numpy() * 2
+
+
+mlflow.models.set_model(Counter())
+"""
+
+
+def test_a_refusal_by_mlflows_schema_enforcement_is_said_once(tmp_path: Path) -> None:
+    from parity.runs.worker import _fail, _mlflow_predict
+
+    code = tmp_path / "counter.py"
+    code.write_text(COUNTER)
+    signature = mlflow.models.ModelSignature(inputs=Schema([ColSpec("long", "k")]))
+    path = tmp_path / "model"
+    mlflow.pyfunc.save_model(
+        str(path), python_model=str(code), signature=signature, pip_requirements=[]
+    )
+    predict = _mlflow_predict(str(path))
+    out = predict({"k": np.arange(5, dtype=np.int32)})  # int32 is cast to the long column
+    assert np.array_equal(out["output"], np.arange(5) * 2)
+    with pytest.raises(ModelInputError) as e:
+        predict({"k": np.full(5, 0.5, np.float32)})  # no safe cast: MLflow refuses it
+    message = str(e.value)
+    assert message.startswith(f"the MLflow model {path} refused its input: ")
+    assert "k (long)" in message and "a table with columns k (float32)" in message
+    assert "Failed to enforce schema" not in message  # MLflow's wrapper, with the whole batch
+    assert e.value.__suppress_context__  # one error, not MLflow's two chained tracebacks
+    try:
+        raise e.value
+    except ModelInputError as exc:
+        _fail(str(tmp_path), "predict", exc)
+    written = json.loads((tmp_path / "error.json").read_text())
+    assert written["type"] == "ModelInputError" and written["traceback"] == ""

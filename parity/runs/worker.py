@@ -220,7 +220,7 @@ def _cast(arr: Any, kind: Any) -> Any:
 
     try:
         target = np.dtype(kind.to_numpy() if hasattr(kind, "to_numpy") else kind)
-    except TypeError:
+    except (TypeError, ValueError):  # an Array, Object or Map column: MLflow's to judge
         return arr
     if arr.dtype == target or target.kind not in ALLOWED_KINDS:
         return arr
