@@ -270,6 +270,26 @@ def test_error_report_keeps_tracebacks_whole() -> None:
     assert f'  File "m.py", line 3, in predict\n    {long_line}\n' in text  # not wrapped
 
 
+def test_an_error_both_environments_raise_shows_its_traceback_once() -> None:
+    def failed(env: str, folder: str) -> str:
+        return (
+            f"environment {env!r}: the model failed in the worker (predict): TypeError: bad\n"
+            f'Traceback (most recent call last):\n  File "{folder}/m.py", line 3, in predict\n'
+            "TypeError: bad"
+        )
+
+    other = "environment 'infer': the model failed in the worker (load): OSError: gone\nTrace"
+    errors = [failed("train", "/a"), failed("infer", "/b"), other]
+    text = render_text(report([], errors=errors), color=False)
+    assert text.count("Traceback (most recent call last)") == 1
+    assert '"/a/m.py"' in text and '"/b/m.py"' not in text
+    assert (
+        "  environment 'infer': the model failed in the worker (predict): TypeError: bad\n"
+        "    (the same traceback as environment 'train')\n"
+    ) in text
+    assert "OSError: gone\nTrace" in text  # a different error is shown whole
+
+
 def test_progress_lines_are_plain_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     progress_printer(quiet=False)("infer: [bold]ready[/] in 2.1s")
     progress_printer(quiet=True)("not shown")

@@ -128,13 +128,31 @@ def render_terminal(report: ParityReport, console: Console) -> None:
     if report.errors:
         console.print()
         console.print(Text("errors:", style="bold red"))
+        seen: dict[str, str] = {}
         for error in report.errors:
-            console.print(Text("  ") + literal(error), soft_wrap=True)
+            console.print(Text("  ") + literal(_once(error, seen)), soft_wrap=True)
     if report.reasons:
         console.print()
         console.print(Text("why:", style="bold"))
         for reason in report.reasons:
             console.print(Text("  - ") + literal(reason), soft_wrap=True)
+
+
+_ENVIRONMENT = re.compile(r"environment '([^'\n]*)': ")
+
+
+def _once(error: str, seen: dict[str, str]) -> str:
+    """`error`, or only its first line when an earlier environment's error began with the
+    same one (`seen`: each first line, without its environment, and whose it was): both
+    ran the same model on the same inputs, and the traceback would only say it again."""
+    match = _ENVIRONMENT.match(error)
+    if match is None:
+        return error
+    first, _, rest = error.partition("\n")
+    earlier = seen.setdefault(first[match.end() :], match.group(1))
+    if earlier == match.group(1) or not rest.strip():
+        return error
+    return f"{first}\n    (the same traceback as environment {earlier!r})"
 
 
 def _table(*headers: str, right: tuple[str, ...] = (), no_wrap: tuple[str, ...] = ()) -> Table:

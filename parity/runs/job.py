@@ -96,10 +96,11 @@ def model_failure(name: str, error_file: Path, what: str) -> WorkerError | None:
         return None
     err = load_json(error_file)
     where = what.format(stage=err.get("stage"))
+    trace = str(err.get("traceback") or "").strip()  # none when the message says it all
     return WorkerError(
         name,
-        f"the model failed {where}: {err.get('type')}: {err.get('message')}\n"
-        f"{str(err.get('traceback', '')).strip()}",
+        f"the model failed {where}: {err.get('type')}: {err.get('message')}"
+        + (f"\n{trace}" if trace else ""),
     )
 
 

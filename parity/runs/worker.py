@@ -72,6 +72,10 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class ModelInputError(ValueError):
+    """The batch cannot be given to the model in the form its flavor and signature take."""
+
+
 def _fail(outdir: str, stage: str, exc: BaseException, name: str = "error.json") -> None:
     _write_json(
         os.path.join(outdir, name),
@@ -79,7 +83,8 @@ def _fail(outdir: str, stage: str, exc: BaseException, name: str = "error.json")
             "stage": stage,
             "type": type(exc).__name__,
             "message": str(exc),
-            "traceback": traceback.format_exc(),
+            # The input not fitting the model is said in full by the message.
+            "traceback": "" if isinstance(exc, ModelInputError) else traceback.format_exc(),
         },
     )
 
@@ -236,6 +241,8 @@ def _qualified(cls: type) -> str:
 
 
 MLFLOW_PREFIX = "mlflow:"
+# The pyfunc loaders of models written as a PythonModel (an object, or a file of code)
+PYTHON_MODEL_LOADERS = ("mlflow.pyfunc.model", "mlflow.pyfunc.loaders.code_model")
 
 
 def _load_callable(spec: str) -> Any:
@@ -250,23 +257,199 @@ def _load_callable(spec: str) -> Any:
 
 
 def _mlflow_predict(uri: str) -> Any:
-    """A predict function over an MLflow pyfunc model (MLflow must be installed in this
-    environment: it is the model's own dependency). The model gets the batch as a dict
-    of arrays; an array it returns becomes the output `output`, a dict keeps its names,
-    a DataFrame gives one output per column."""
+    """A predict function over an MLflow model, loaded as pyfunc (MLflow must be installed
+    in this environment: it is the model's own dependency). The model gets the batch in the
+    form its signature takes (`_mlflow_input`) and its result becomes named numeric outputs
+    (`_mlflow_outputs`)."""
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
     model = mlflow.pyfunc.load_model(uri)
+    schema = model.metadata.get_input_schema()
+    pyfunc = model.metadata.flavors.get("python_function", {})
+    custom = pyfunc.get("loader_module") in PYTHON_MODEL_LOADERS
 
     def predict(batch: dict[str, Any]) -> dict[str, Any]:
-        result = model.predict(batch)
-        if isinstance(result, dict):
-            return result
-        if hasattr(result, "columns") and hasattr(result, "to_numpy"):
-            return {str(c): result[c].to_numpy() for c in result.columns}
-        return {"output": result}
+        data = _mlflow_input(uri, schema, batch, custom=custom)
+        try:
+            result = model.predict(data)
+        except MlflowException as e:
+            # MLflow raises its schema error while handling the real one, so the traceback
+            # would hold both, and its message the whole batch: say the real one, once.
+            inner = e.__context__
+            if getattr(e, "error_class", None) != "SCHEMA_ENFORCEMENT_FAILED" or inner is None:
+                raise
+            raise ModelInputError(
+                f"the MLflow model {uri} refused its input: {inner} (its input schema: "
+                f"{_schema_text(schema)}; the batch given: {_shapes(data)})"
+            ) from None
+        return _mlflow_outputs(result)
 
     return predict
+
+
+def _mlflow_input(uri: str, schema: Any, batch: dict[str, Any], *, custom: bool = False) -> Any:
+    """The batch as the model's signature takes it: one array for a single tensor (or no
+    signature and one input), a dict of arrays for named tensors, a pandas DataFrame for
+    columns. A `custom` PythonModel without a signature gets the dict of arrays, as it
+    always has. Raise ModelInputError when the inputs do not fit."""
+    inputs = _shapes(batch)
+    if schema is None or not schema.inputs:
+        if custom:
+            return batch
+        if len(batch) == 1:
+            return next(iter(batch.values()))
+        raise ModelInputError(
+            f"the MLflow model {uri} has no signature, so parity cannot tell which of the "
+            f"inputs it takes ({inputs}): give the config one input array, or log the model "
+            "with a signature (an input_example) whose names match the inputs"
+        )
+    if schema.is_tensor_spec():
+        specs = schema.inputs
+        if len(specs) == 1 and (len(batch) == 1 or specs[0].name is None):
+            if len(batch) != 1:
+                raise ModelInputError(
+                    f"the MLflow model {uri} takes one tensor ({_schema_text(schema)}), the "
+                    f"config gives {len(batch)} inputs ({inputs}): give it one input array"
+                )
+            name, arr = next(iter(batch.items()))
+            return _as_tensor(uri, schema, specs[0], name, arr)
+        names = {s.name: s for s in specs}
+        extra = [n for n in batch if n not in names]
+        missing = [s.name for s in specs if s.required and s.name not in batch]
+        if extra or missing:
+            raise ModelInputError(
+                f"the MLflow model {uri} takes the tensors {_schema_text(schema)}; the inputs "
+                f"are {inputs}: name the config's inputs like the tensors"
+                + (f" (missing: {', '.join(map(str, missing))})" if missing else "")
+                + (f" (not in the signature: {', '.join(extra)})" if extra else "")
+            )
+        return {n: _as_tensor(uri, schema, names[n], n, a) for n, a in batch.items()}
+    return _as_frame(uri, schema, batch)
+
+
+def _as_tensor(uri: str, schema: Any, spec: Any, name: str, arr: Any) -> Any:
+    """`arr` checked against a TensorSpec's shape and cast to its dtype where that is safe."""
+    shape = tuple(spec.shape)
+    if len(shape) != arr.ndim or any(
+        d not in (-1, a) for d, a in zip(shape, arr.shape, strict=True)
+    ):
+        raise ModelInputError(
+            f"the MLflow model {uri} takes tensors {_schema_text(schema)}; input {name!r} has "
+            f"shape {tuple(arr.shape)} (-1 in the signature is any size)"
+        )
+    return _cast(arr, spec.type)
+
+
+def _as_frame(uri: str, schema: Any, batch: dict[str, Any]) -> Any:
+    """A pandas DataFrame of the schema's columns: the inputs named like columns, or one
+    2-D input split into the columns in order; each cast to its column's type where safe."""
+    import pandas as pd
+
+    specs = schema.inputs
+    names = schema.input_names()
+    width = len(specs)
+    columns: dict[Any, Any] = {}
+    if schema.has_input_names() and set(batch) <= set(names):
+        missing = [s.name for s in specs if s.required and s.name not in batch]
+        wrong = [n for n, a in batch.items() if not (a.ndim == 1 or a.shape[1:] == (1,))]
+        if not missing and not wrong:
+            columns = {n: batch[n].reshape(len(batch[n])) for n in names if n in batch}
+    if not columns and len(batch) == 1:
+        arr = next(iter(batch.values()))
+        if arr.ndim == 2 and arr.shape[1] == width:
+            columns = {n: arr[:, i] for i, n in enumerate(names)}
+        elif width == 1 and arr.ndim == 1:
+            columns = {names[0]: arr}
+    if not columns:
+        raise ModelInputError(
+            f"the MLflow model {uri} takes a table with the columns {_schema_text(schema)}; "
+            f"the inputs are {_shapes(batch)}: name each input like a column (one value "
+            f"per sample), or give one 2-D input of width {width} (its columns in that order)"
+        )
+    types = {s.name if s.name is not None else i: s.type for i, s in enumerate(specs)}
+    frame = pd.DataFrame({n: _cast(a, types[n]) for n, a in columns.items()})
+    if not schema.has_input_names():
+        frame.columns = pd.RangeIndex(len(frame.columns))
+    return frame
+
+
+def _cast(arr: Any, kind: Any) -> Any:
+    """`arr` as the numpy dtype of a schema type (an MLflow DataType or a numpy dtype) when
+    no value changes meaning (a float's width may narrow, as the model was trained on);
+    otherwise as it is, for MLflow to judge."""
+    import numpy as np
+
+    try:
+        target = np.dtype(kind.to_numpy() if hasattr(kind, "to_numpy") else kind)
+    except (TypeError, ValueError):  # an Array, Object or Map column: MLflow's to judge
+        return arr
+    if arr.dtype == target or target.kind not in ALLOWED_KINDS:
+        return arr
+    if np.can_cast(arr.dtype, target, "safe") or (arr.dtype.kind == target.kind == "f"):
+        return arr.astype(target)
+    return arr
+
+
+def _schema_text(schema: Any) -> str:
+    """A signature's inputs as people read them: `a (double), b (double)`."""
+    parts = []
+    for i, spec in enumerate(schema.inputs):
+        name = spec.name if spec.name is not None else f"#{i}"
+        shape = getattr(spec, "shape", None)
+        kind = getattr(spec.type, "name", None)  # a DataType's or a numpy dtype's
+        kind = kind if isinstance(kind, str) else str(spec.type)
+        parts.append(f"{name} ({kind}{', shape ' + str(tuple(shape)) if shape else ''})")
+    return ", ".join(parts)
+
+
+def _shapes(data: Any) -> str:
+    """What is being given to a model, as people read it: `x (12, 3, 4) float32, ...`."""
+    if isinstance(data, dict):
+        return ", ".join(f"{n} {tuple(a.shape)} {a.dtype}" for n, a in data.items()) or "none"
+    if hasattr(data, "columns") and hasattr(data, "dtypes"):
+        return "a table with columns " + ", ".join(
+            f"{c} ({t})" for c, t in zip(data.columns, data.dtypes, strict=True)
+        )
+    return f"one array {tuple(data.shape)} {data.dtype}"
+
+
+def _mlflow_outputs(result: Any) -> dict[str, Any]:
+    """An MLflow model's result as named outputs: a dict keeps its names, a DataFrame gives
+    one output per column, a Series its name (or `output`), an array or a list `output`.
+    Raise TypeError for anything else."""
+    if isinstance(result, dict):
+        return {str(k): _output_array(str(k), v) for k, v in result.items()}
+    if hasattr(result, "columns") and hasattr(result, "to_numpy"):  # a DataFrame
+        names = [str(c) for c in result.columns]
+        if len(set(names)) != len(names):
+            raise TypeError(f"the model returned a DataFrame with repeated columns: {names}")
+        return {n: _output_array(n, result.iloc[:, i]) for i, n in enumerate(names)}
+    if hasattr(result, "name") and hasattr(result, "to_numpy"):  # a Series
+        name = "output" if result.name is None else str(result.name)
+        return {name: _output_array(name, result)}
+    if isinstance(result, list | tuple) or hasattr(result, "__array__"):
+        return {"output": _output_array("output", result)}
+    raise TypeError(
+        f"the MLflow model returned {type(result).__name__}; parity compares numeric arrays: "
+        "return an array, a list, a dict of arrays, a pandas DataFrame or Series"
+    )
+
+
+def _output_array(name: str, value: Any) -> Any:
+    """One output as a numpy array: pandas values as numpy, a column whose cells are arrays
+    (or lists) stacked into one array."""
+    import numpy as np
+
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    arr = _as_array(value) if not isinstance(value, list | tuple) else np.asarray(value)
+    if arr.dtype == object and arr.ndim == 1 and len(arr):
+        try:
+            arr = np.stack([np.asarray(cell) for cell in arr])
+        except ValueError as e:
+            raise TypeError(f"output {name!r} holds cells of different shapes: {e}") from None
+    return arr
 
 
 def _load_probe(path: str) -> Any:
