@@ -248,24 +248,107 @@ def test_sklearn_with_a_numpy_example_gets_the_tensor(store: Store, tmp_path: Pa
     np.testing.assert_allclose(outputs["output"], model.predict_proba(inputs["x"]), rtol=1e-6)
 
 
-@pytest.mark.slow
-def test_pytorch_module_with_a_tensor_signature(store: Store, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()).eval()
-    example = np.zeros((2, 4), np.float32)
-    uri = logged(
-        store,
-        lambda: mlflow.pytorch.log_model(
-            net, name="model", input_example=example, pip_requirements=[]
-        ),
+SAVE_TORCH = """\
+import sys
+
+import mlflow.pytorch
+import numpy as np
+import torch
+
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()).eval()
+mlflow.pytorch.save_model(net, sys.argv[1], input_example=np.zeros((2, 4), np.float32))
+"""
+
+RUN_TORCH = """\
+import sys
+
+import mlflow.pytorch
+import numpy as np
+import torch
+
+net = mlflow.pytorch.load_model(sys.argv[1])
+with np.load(sys.argv[2], allow_pickle=False) as f:
+    x = torch.from_numpy(f["x"])
+with torch.no_grad():
+    np.save(sys.argv[3], net(x).numpy())
+"""
+
+
+@pytest.fixture(scope="module")
+def torch_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with torch 2.13.0 (the CPU build, from the local wheel folder) and MLflow: the
+    suite's own venv has no torch."""
+    import os
+    import shutil
+    import sys
+
+    import scipy
+
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    assert uv, "uv is the project's own dependency"
+    venv = tmp_path_factory.mktemp("torch") / "venv"
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    wheels = [a for a in ("--find-links", "/opt/wheels") if Path("/opt/wheels").is_dir()]
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(venv / "bin" / "python"),
+            *wheels,
+            "torch==2.13.0",
+            f"mlflow-skinny=={mlflow.__version__}",
+            f"numpy=={np.__version__}",
+            f"pandas=={pd.__version__}",
+            f"scipy=={scipy.__version__}",  # MLflow's signature inference imports it
+        ],
+        check=True,
+        env={**os.environ, "UV_INDEX_STRATEGY": "unsafe-best-match"},
+        timeout=1200,
     )
-    result, report, work = check(store, tmp_path, uri, X4)
+    return venv / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_pytorch_module_with_a_tensor_signature(torch_python: Path, tmp_path: Path) -> None:
+    """A torch module saved by mlflow.pytorch (inside a venv with torch) gets the array its
+    tensor signature names, and its outputs are the module's own."""
+    model = tmp_path / "net"
+    subprocess.run([str(torch_python), "-c", SAVE_TORCH, str(model)], check=True, timeout=600)
+    config = tmp_path / "parity.toml"
+    config.write_text(
+        f'[model]\nadapter = "mlflow:{model}"\n\n'
+        "[inputs]\nseed = 7\ncount = 12\nbatch_size = 5\n\n"
+        + X4
+        + f'\n[environments.train]\nbackend = "local"\npython = "{torch_python}"\n'
+        + f'\n[environments.infer]\nbackend = "local"\npython = "{torch_python}"\n'
+    )
+    work, out = tmp_path / "work", tmp_path / "report.json"
+    result = run_cli(
+        "parity", "check", "--config", str(config), "--json", str(out), "--workdir", str(work)
+    )
+    report = json.loads(out.read_text())
+    assert_valid_report(report)
     passed(result, report)
-    inputs, outputs = replayed(work)
-    with torch.no_grad():
-        direct = net(torch.from_numpy(inputs["x"])).numpy()
-    np.testing.assert_allclose(outputs["output"], direct, rtol=1e-6)
+    _, outputs = replayed(work)
+    assert list(outputs) == ["output"] and outputs["output"].shape == (12, 3)
+    direct = tmp_path / "direct.npy"
+    subprocess.run(
+        [
+            str(torch_python),
+            "-c",
+            RUN_TORCH,
+            str(model),
+            str(work / "inputs" / "inputs.npz"),
+            str(direct),
+        ],
+        check=True,
+        timeout=600,
+    )
+    np.testing.assert_allclose(outputs["output"], np.load(direct), rtol=1e-6)
 
 
 TWO_TENSORS = """\
