@@ -81,6 +81,10 @@ def test_every_policy_passes_an_output_compared_with_itself(
     a: np.ndarray, policy: TolerancePolicy
 ) -> None:
     result = compare_arrays("y", a, a.copy(), policy)
+    if policy.kind == "decision" and a.ndim == 1:
+        # One float per row has no class axis: a policy error, however equal the values.
+        assert result.cause == "policy", result.reason
+        return
     assert result.passed, result.reason
     assert result.mismatched == 0
     assert result.max_abs_diff == 0 and result.p99_abs_diff == 0

@@ -298,6 +298,7 @@ class _Accumulator:
             agreement=verdict.agreement,
             psnr_db=verdict.psnr_db,
             measures=dict(verdict.measures),
+            disagreements=verdict.disagreements,
             histogram=self._histogram(),
             heatmap=self._heatmap(),
         )
