@@ -273,6 +273,17 @@ def test_decision_on_1d_integers_compares_labels_sample_by_sample() -> None:
     assert flags.mismatched == int(np.count_nonzero((ref > 4) != (cand > 4))) > 0
 
 
+def test_a_dtype_change_keeps_its_cause_beside_a_policy_error() -> None:
+    scores = np.linspace(0, 1, 8, dtype=np.float32)
+    result = compare_arrays(
+        "p", scores, scores.astype(np.float64), TolerancePolicy(kind="decision")
+    )
+    assert (result.passed, result.cause) == (False, "dtype")
+    assert result.reason is not None
+    assert result.reason.startswith("dtype differs: float32 (reference) vs float64; ")
+    assert "decision policy on a 1-D float32 output is ambiguous" in result.reason
+
+
 def test_top_k_on_labels_is_a_policy_error_naming_the_fix() -> None:
     ref, cand = labels_with_eight_changed()
     result = compare_arrays("label", ref, cand, TolerancePolicy(kind="decision", top_k=3))
@@ -323,7 +334,7 @@ def test_psnr_of_an_image_off_by_one_level_everywhere() -> None:
 
 
 def test_dtype_change_fails_under_every_policy_and_says_so() -> None:
-    ref = np.ones(4, dtype=np.float32)
+    ref = np.ones((2, 2), dtype=np.float32)  # rows of classes: every policy can judge it
     for kind in KINDS:
         result = compare_arrays(
             "y", ref, ref.astype(np.float64), TolerancePolicy(kind=kind, atol=1)

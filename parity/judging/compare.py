@@ -104,8 +104,10 @@ def compare_arrays(
         [acc.abs_sketch, acc.rel_sketch], QUANTILES, replay, keep_limit
     )
     result = acc.result(base, median_abs, p99_abs, median_rel, p99_rel)
-    if unfit:
+    if unfit and result.passed:
         result = replace(result, passed=False, reason=unfit, cause="policy")
+    elif unfit:  # a dtype or NaN change is the environments' finding: it keeps the cause
+        result = replace(result, reason=f"{result.reason}; {unfit}")
     return result
 
 
