@@ -44,6 +44,28 @@ class Noise:
 
 
 @dataclass(frozen=True)
+class Disagreement:
+    """One row whose decision differs: its index over the output's leading axes (for
+    per-sample labels, the sample's), and the classes each environment chose there (the
+    top-k, best first; one class id for labels)."""
+
+    index: tuple[int, ...]
+    reference: tuple[int, ...]
+    candidate: tuple[int, ...]
+
+    def describe(self, reference: str, candidate: str) -> str:
+        """E.g. `[3]: 7 (train) vs 2 (infer)`; top-k classes as lists, best first."""
+
+        def shown(classes: tuple[int, ...]) -> str:
+            return str(classes[0]) if len(classes) == 1 else str(list(classes))
+
+        return (
+            f"{list(self.index)}: {shown(self.reference)} ({reference}) vs "
+            f"{shown(self.candidate)} ({candidate})"
+        )
+
+
+@dataclass(frozen=True)
 class OutputComparison:
     """How one output of the candidate environment compares with the reference."""
 
@@ -83,6 +105,8 @@ class OutputComparison:
     psnr_db: float | None = None
     # Measures of policies beyond the fields above, by name (e.g. cosine's min_cosine).
     measures: dict[str, float] = field(default_factory=dict)
+    # The first rows whose decision differs, for the row-wise policies that decide (decision).
+    disagreements: tuple[Disagreement, ...] = ()
     histogram: Histogram | None = None
     heatmap: Heatmap | None = None
     noise: dict[str, Noise] = field(default_factory=dict)
@@ -92,6 +116,16 @@ class OutputComparison:
     def mismatched_fraction(self) -> float:
         """Mismatched elements (or rows) as a fraction of all of them."""
         return self.mismatched / self.total if self.total else 0.0
+
+
+def describe_disagreements(o: OutputComparison, reference: str, candidate: str) -> list[str]:
+    """The first rows of `o` whose decision differs, one a line (`disagrees at [3]: 7
+    (train) vs 2 (infer)`), then how many more there are."""
+    lines = [f"disagrees at {d.describe(reference, candidate)}" for d in o.disagreements]
+    more = o.mismatched - len(o.disagreements)
+    if o.disagreements and more > 0:
+        lines.append(f"and {more} more {o.unit}")
+    return lines
 
 
 class BlockDiff:

@@ -102,6 +102,8 @@ class ParityReport:
             d["mismatched_fraction"] = o.mismatched_fraction
             if not o.measures:  # absent, not empty, for the policies with fields of their own
                 del d["measures"]
+            if not o.disagreements:  # absent, not empty: only decision outputs have them
+                del d["disagreements"]
             outputs.append(d)
         data = {
             "schema_version": self.schema_version,

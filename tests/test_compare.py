@@ -81,6 +81,10 @@ def test_every_policy_passes_an_output_compared_with_itself(
     a: np.ndarray, policy: TolerancePolicy
 ) -> None:
     result = compare_arrays("y", a, a.copy(), policy)
+    if policy.kind == "decision" and a.ndim == 1:
+        # One float per row has no class axis: a policy error, however equal the values.
+        assert result.cause == "policy", result.reason
+        return
     assert result.passed, result.reason
     assert result.mismatched == 0
     assert result.max_abs_diff == 0 and result.p99_abs_diff == 0
@@ -231,6 +235,93 @@ def test_decision_top_k_larger_than_the_class_axis_is_a_clear_failure() -> None:
     assert result.reason == "decision policy top_k=4, but the last axis has 3"
 
 
+def labels_with_eight_changed() -> tuple[np.ndarray, np.ndarray]:
+    """128 class ids (one per sample) and the same with 8 of them moved to another class."""
+    ref = (np.arange(128) * 7 % 10).astype(np.int64)
+    cand = ref.copy()
+    changed = [5, 9, 30, 31, 64, 90, 100, 127]
+    cand[changed] = (cand[changed] + 3) % 10
+    return ref, cand
+
+
+def test_decision_on_1d_integers_compares_labels_sample_by_sample() -> None:
+    ref, cand = labels_with_eight_changed()
+    strict = compare_arrays("label", ref, cand, TolerancePolicy(kind="decision"))
+    assert (strict.passed, strict.cause) == (False, "tolerance")
+    assert (strict.mismatched, strict.total, strict.unit) == (8, 128, "rows")
+    assert strict.agreement == 120 / 128 == 0.9375
+    assert strict.reason == "label agreement 0.9375 (8 of 128 rows differ), below min_agreement 1"
+    # The first five disagreeing samples, each with both labels.
+    assert [(d.index, d.reference, d.candidate) for d in strict.disagreements] == [
+        ((i,), (int(ref[i]),), (int(cand[i]),)) for i in (5, 9, 30, 31, 64)
+    ]
+    assert strict.disagreements[0].describe("train", "infer") == "[5]: 5 (train) vs 8 (infer)"
+    lenient = TolerancePolicy(kind="decision", min_agreement=0.9)
+    assert compare_arrays("label", ref, cand, lenient).passed
+    assert not compare_arrays(
+        "label", ref, cand, TolerancePolicy(kind="decision", min_agreement=0.94)
+    ).passed
+    # Block by block (blocks of 3 labels) the same judgement, disagreements included.
+    blocked = compare_arrays("label", ref, cand, TolerancePolicy(kind="decision"), block_elements=3)
+    assert_same(blocked, strict)
+    # Bools and unsigned integers are labels too; identical labels agree fully.
+    same = compare_arrays(
+        "label", ref.astype(np.uint8), ref.astype(np.uint8), TolerancePolicy(kind="decision")
+    )
+    assert (same.passed, same.agreement, same.total) == (True, 1.0, 128)
+    flags = compare_arrays("flag", ref > 4, cand > 4, TolerancePolicy(kind="decision"))
+    assert flags.mismatched == int(np.count_nonzero((ref > 4) != (cand > 4))) > 0
+
+
+def test_a_dtype_change_keeps_its_cause_beside_a_policy_error() -> None:
+    scores = np.linspace(0, 1, 8, dtype=np.float32)
+    result = compare_arrays(
+        "p", scores, scores.astype(np.float64), TolerancePolicy(kind="decision")
+    )
+    assert (result.passed, result.cause) == (False, "dtype")
+    assert result.reason is not None
+    assert result.reason.startswith("dtype differs: float32 (reference) vs float64; ")
+    assert "decision policy on a 1-D float32 output is ambiguous" in result.reason
+
+
+def test_top_k_on_labels_is_a_policy_error_naming_the_fix() -> None:
+    ref, cand = labels_with_eight_changed()
+    result = compare_arrays("label", ref, cand, TolerancePolicy(kind="decision", top_k=3))
+    assert (result.passed, result.cause, result.agreement) == (False, "policy", None)
+    assert result.reason is not None
+    assert result.reason.startswith("decision policy top_k=3 on labels")
+    assert "set top_k = 1" in result.reason
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decision_on_1d_floats_is_a_policy_error(dtype: type) -> None:
+    scores = np.linspace(0, 1, 128).astype(dtype)
+    # Even identical: one score per row is ambiguous, never silently a single argmax.
+    result = compare_arrays("p", scores, scores.copy(), TolerancePolicy(kind="decision"))
+    assert (result.passed, result.cause, result.agreement) == (False, "policy", None)
+    assert result.reason is not None
+    assert f"1-D {np.dtype(dtype)} output is ambiguous" in result.reason
+    assert "policy = 'allclose'" in result.reason and "class axis" in result.reason
+
+
+def test_decision_names_the_first_disagreeing_rows_over_the_leading_axes() -> None:
+    scores = np.tile(np.array([0.1, 0.5, 0.3, 0.2]), (2, 3, 1))  # class 1 first, then 2
+    moved = scores.copy()
+    moved[1, 2] = [0.6, 0.5, 0.3, 0.2]  # class 0 now wins: top-2 {0, 1} instead of {1, 2}
+    moved[0, 1] = [0.1, 0.3, 0.5, 0.2]  # 1 and 2 swap: the same top-2 set
+    top1 = compare_arrays("y", scores, moved, TolerancePolicy(kind="decision"))
+    assert [(d.index, d.reference, d.candidate) for d in top1.disagreements] == [
+        ((0, 1), (1,), (2,)),
+        ((1, 2), (1,), (0,)),
+    ]
+    top2 = compare_arrays("y", scores, moved, TolerancePolicy(kind="decision", top_k=2))
+    assert top2.mismatched == 1
+    assert [(d.index, d.reference, d.candidate) for d in top2.disagreements] == [
+        ((1, 2), (1, 2), (0, 1)),
+    ]
+    assert top2.disagreements[0].describe("a", "b") == "[1, 2]: [1, 2] (a) vs [0, 1] (b)"
+
+
 def test_psnr_of_an_image_off_by_one_level_everywhere() -> None:
     ref = np.full((2, 32, 32), 100, dtype=np.uint8)
     cand = ref + np.uint8(1)
@@ -243,7 +334,7 @@ def test_psnr_of_an_image_off_by_one_level_everywhere() -> None:
 
 
 def test_dtype_change_fails_under_every_policy_and_says_so() -> None:
-    ref = np.ones(4, dtype=np.float32)
+    ref = np.ones((2, 2), dtype=np.float32)  # rows of classes: every policy can judge it
     for kind in KINDS:
         result = compare_arrays(
             "y", ref, ref.astype(np.float64), TolerancePolicy(kind=kind, atol=1)

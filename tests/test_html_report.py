@@ -306,10 +306,14 @@ def test_every_output_has_a_section_with_its_numbers(page: str, report: ParityRe
         assert o.policy_description in heading.text()
         shown = facts(section)
         assert shown["mismatched"].startswith(f"{o.mismatched} of {o.total} {o.unit} (")
-        assert shown["atol to pass"] == f"{o.atol_to_pass:.4g}"
-        assert shown["rtol to pass"] == (
-            f"{o.rtol_to_pass:.4g}" if np.isfinite(o.rtol_to_pass) else "inf"
-        )
+        if o.policy == "decision":  # it judges classes, not |a - b|: no atol or rtol advice
+            assert "atol to pass" not in shown and "rtol to pass" not in shown
+            assert "worst element" not in shown
+        else:
+            assert shown["atol to pass"] == f"{o.atol_to_pass:.4g}"
+            assert shown["rtol to pass"] == (
+                f"{o.rtol_to_pass:.4g}" if np.isfinite(o.rtol_to_pass) else "inf"
+            )
         if o.reason:
             (reason,) = section.find_all("p", "reason")
             assert reason.text() == o.reason
@@ -332,6 +336,11 @@ def test_every_output_has_a_section_with_its_numbers(page: str, report: ParityRe
     assert shown["result"] == "passed"
     assert shown["mismatched"] == "1 of 16 rows (6.25%)"
     assert shown["agreement"] == "0.9375" == f"{label.agreement:.6g}"
+    assert shown["would pass"] == "min_agreement ≤ 0.9375"
+    (row,) = label.disagreements
+    assert shown["first rows that disagree"] == (
+        f"disagrees at [{row.index[0]}]: {row.reference[0]} (train) vs {row.candidate[0]} (infer)"
+    )
     assert (
         facts(by_name["score"])["nondeterministic"] == "yes: an environment disagrees with itself"
     )

@@ -112,11 +112,9 @@ def test_failing_output_shows_its_numbers_and_what_would_pass() -> None:
     ("candidate", "policy", "shown"),
     [
         (np.nextafter(REF, 2.0), TolerancePolicy(kind="ulp", max_ulp=4), ["ULP", "1"]),
-        # REF's rows are all ties (argmax 0); DRIFTED's rows rise (argmax 24)
-        (DRIFTED, TolerancePolicy(kind="decision"), ["agreement", "0"]),
         (DRIFTED, TolerancePolicy(kind="psnr", min_db=20), ["PSNR", "24.84 dB"]),
     ],
-    ids=["ulp", "decision", "psnr"],
+    ids=["ulp", "psnr"],
 )
 def test_policy_measure_is_shown_where_the_policy_has_one(
     candidate: np.ndarray, policy: TolerancePolicy, shown: list[str]
@@ -138,6 +136,37 @@ def test_decision_policy_counts_rows() -> None:
     text = render_text(report([out]), color=False)
     assert "2/4 rows" in row(text, "label")
     assert "✗ label (tolerance): argmax agreement 0.5 (2 of 4 rows differ)" in text
+    # Both disagreeing rows, each with the class either environment chose.
+    assert "      disagrees at [2]: 2 (train) vs 3 (infer)\n" in text
+    assert "      disagrees at [3]: 3 (train) vs 2 (infer)\n" in text
+
+
+def test_decision_shows_its_agreement_and_rows_not_atol_advice() -> None:
+    # REF's rows are all ties (argmax 0); DRIFTED's rows rise (argmax 24).
+    scores = compare_arrays("scores", REF, DRIFTED, TolerancePolicy(kind="decision"))
+    ids = np.arange(128) % 10
+    moved = ids.copy()
+    moved[[3, 17, 40, 41, 60, 77, 90, 127]] += 1
+    labels = compare_arrays("label", ids, moved, TolerancePolicy(kind="decision"))
+    assert labels.atol_to_pass == 1 and scores.atol_to_pass > 0  # kept in the JSON
+    text = render_text(report([scores, labels]), color=False)
+    lines = text.splitlines()
+    for name, agreement, bound in (("scores", "0", "0"), ("label", "0.9375", "0.9375")):
+        first, second = lines[lines.index(row(text, name)) :][:2]
+        # the measure, and where allclose would give atol and rtol: the agreement that passes
+        assert re.search(r"\sagreement\s+min_agreement$", first), first
+        assert re.search(rf"\s{re.escape(agreement)}\s+≤ {re.escape(bound)}$", second), second
+    assert "atol ≥" not in text and "rtol ≥" not in text
+    assert "worst at" not in text
+    assert "✗ label (tolerance): label agreement 0.9375 (8 of 128 rows differ)" in text
+    assert "      disagrees at [3]: 3 (train) vs 4 (infer)\n" in text
+    assert "      and 3 more rows\n" in text  # five named, of eight
+    markdown = render_markdown(report([scores, labels]))
+    label_row = next(line for line in markdown.splitlines() if line.startswith("| `label`"))
+    assert "| 8 / 128 rows (6.25%) |" in label_row
+    assert "| min_agreement ≤ 0.9375 | - | agreement 0.9375 |" in label_row
+    assert "- `label`: disagrees at [3]: 3 (train) vs 4 (infer)" in markdown
+    assert "worst at" not in markdown
 
 
 def test_no_measure_column_for_plain_tolerances() -> None:

@@ -150,10 +150,13 @@ def _not_localized(
 
 
 def _worst_sample(outputs: list[OutputComparison]) -> tuple[str, int] | None:
-    """The first failing output and the sample of its worst element (sample 0 when it has
-    no worst element, e.g. its shapes differ)."""
+    """The first failing output and the sample of its first row whose decision differs
+    (decision), else of its worst element (sample 0 when it has neither, e.g. its shapes
+    differ)."""
     for o in outputs:
         if not o.passed:
+            if o.disagreements:
+                return o.name, o.disagreements[0].index[0]
             return o.name, o.worst_index[0] if o.worst_index else 0
     return None
 

@@ -104,8 +104,10 @@ def compare_arrays(
         [acc.abs_sketch, acc.rel_sketch], QUANTILES, replay, keep_limit
     )
     result = acc.result(base, median_abs, p99_abs, median_rel, p99_rel)
-    if unfit:
+    if unfit and result.passed:
         result = replace(result, passed=False, reason=unfit, cause="policy")
+    elif unfit:  # a dtype or NaN change is the environments' finding: it keeps the cause
+        result = replace(result, reason=f"{result.reason}; {unfit}")
     return result
 
 
@@ -298,6 +300,7 @@ class _Accumulator:
             agreement=verdict.agreement,
             psnr_db=verdict.psnr_db,
             measures=dict(verdict.measures),
+            disagreements=verdict.disagreements,
             histogram=self._histogram(),
             heatmap=self._heatmap(),
         )

@@ -38,8 +38,10 @@ __all__ = [
     "TolerancePolicy",
     "all_settings",
     "measure",
+    "reads_difference",
     "register",
     "unregister",
+    "would_pass",
 ]
 
 # The order is the one error messages list policies in, and a setting two policies share
@@ -76,6 +78,22 @@ def measure(c: OutputComparison) -> tuple[str, str] | None:
     ULP distance, agreement or PSNR (renderers lay the two out as they like)."""
     policy = POLICIES.get(c.policy)
     return policy.measure(c) if policy is not None else None
+
+
+def reads_difference(c: OutputComparison) -> bool:
+    """Whether the policy that judged `c` reads the size of |a - b|, so that its worst
+    element and the atol and rtol that would pass are advice a renderer may give (not so
+    under `decision`, which judges the classes rows choose). True for a policy no longer
+    registered."""
+    policy = POLICIES.get(c.policy)
+    return policy.reads_difference if policy is not None else True
+
+
+def would_pass(c: OutputComparison) -> str | None:
+    """What the policy that judged `c` says would pass it, where it does not read |a - b|
+    (see `reads_difference`), e.g. `min_agreement ≤ 0.9375`."""
+    policy = POLICIES.get(c.policy)
+    return policy.would_pass(c) if policy is not None else None
 
 
 def all_settings() -> dict[str, Setting]:

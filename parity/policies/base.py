@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 if TYPE_CHECKING:
     import numpy as np
 
-    from parity.comparison import BlockDiff, OutputComparison
+    from parity.comparison import BlockDiff, Disagreement, OutputComparison
 
 Value = float | int | None
 _SPEC = "parity.setting"  # the key of a field's `Setting` in its metadata
@@ -142,6 +142,8 @@ class Verdict:
     psnr_db: float | None = None
     # Any other measure by name, reported in the comparison's `measures`.
     measures: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The first rows whose decision differs (the comparison's `disagreements`).
+    disagreements: tuple[Disagreement, ...] = ()
 
 
 def elementwise(tally: Tally, beyond: str, **measures: Any) -> Verdict:
@@ -182,6 +184,11 @@ class Policy(ABC):
     """A tolerance rule and its settings. Register a subclass in `parity.policies`."""
 
     name: ClassVar[str]  # as `policy = "..."` names it in a config
+    # Whether the rule reads the size of |a - b|: then the worst element and the atol and
+    # rtol that would pass are advice on it, and renderers show them. A rule that decides
+    # on something else (the classes a row chooses) sets False: those statistics stay in
+    # the JSON, but the renderers present what the policy measures instead.
+    reads_difference: ClassVar[bool] = True
 
     @classmethod
     def setting_specs(cls) -> tuple[Setting, ...]:
@@ -231,4 +238,11 @@ class Policy(ABC):
     @classmethod
     def measure(cls, c: OutputComparison) -> tuple[str, str] | None:
         """The policy's own measure of `c` as (label, value) for renderers, if any."""
+        return None
+
+    @classmethod
+    def would_pass(cls, c: OutputComparison) -> str | None:
+        """For a policy that does not read |a - b| (`reads_difference` False): the setting
+        that would pass `c`, e.g. `min_agreement ≤ 0.9375`, in place of the atol and rtol
+        renderers give for the others; None when it has none to give."""
         return None

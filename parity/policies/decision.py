@@ -1,13 +1,24 @@
-"""`decision`: the top-k indices along the last axis agree (argmax when k = 1) in at least
-`min_agreement` of the rows: for classifiers, whose scores may move while the answer
-stays. The report counts rows, not elements.
+"""`decision`: the classes each row chooses agree in at least `min_agreement` of the rows:
+for classifiers, whose scores may move while the answer stays. The report counts rows, not
+elements, and names the first rows that disagree with both environments' classes.
+
+Two shapes of output are decisions:
+
+- scores with a class axis last (`(rows, classes)`, or more leading axes): a row's
+  decision is its top-k classes (argmax for k = 1);
+- per-sample labels, a 1-D integer (or bool) output (`(rows,)`): each element is one row's
+  predicted class id, compared as it is. `top_k` > 1 cannot apply to a label; a 1-D float
+  output (one score per row) has no class axis to decide on. Both are policy errors that
+  name the fix.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from parity.comparison import Disagreement
 from parity.policies.base import Judge, Output, Policy, Tally, Verdict, integer, number
 
 if TYPE_CHECKING:
@@ -15,62 +26,116 @@ if TYPE_CHECKING:
 
     from parity.comparison import OutputComparison
 
+KEEP = 5  # disagreeing rows named in the report
+
+
+def labels(output: Output) -> bool:
+    """Whether `output` is per-sample labels: 1-D, of integers or bools."""
+    return len(output.shape) == 1 and output.reference_dtype.kind in "biu"
+
 
 @dataclass(frozen=True)
 class Decision(Policy):
-    """The same top-k classes in at least `min_agreement` of the rows."""
+    """The same top-k classes (or the same label) in at least `min_agreement` of the rows."""
 
     name = "decision"
+    reads_difference = False
     top_k: int = integer(1, low=1)
     min_agreement: float = number(1.0, high=1.0)
 
     def unfit(self, output: Output) -> str | None:
         if not output.shape:
             return "decision policy needs an output with a class axis; this one is a scalar"
+        if labels(output):
+            if self.top_k > 1:
+                return (
+                    f"decision policy top_k={self.top_k} on labels: this 1-D integer output "
+                    "holds one class id per row, so only top_k = 1 applies; set top_k = 1 "
+                    "for it, or output the class scores (rows, classes) to judge the top-k"
+                )
+            return None
+        if len(output.shape) == 1:
+            return (
+                f"decision policy on a 1-D {output.reference_dtype} output is ambiguous: one "
+                "score per row has no class axis to decide on. Use policy = 'allclose' for "
+                "scores, or output them with the class axis last (rows, classes); labels "
+                "are a 1-D integer output"
+            )
         if self.top_k > output.shape[-1]:
             return f"decision policy top_k={self.top_k}, but the last axis has {output.shape[-1]}"
         return None
 
     def judge(self, output: Output) -> Judge:
-        return _Rows(self, output.row)
+        judged = self.unfit(output) is None
+        if labels(output):
+            return _Rows(self, output.shape, 1, judged=judged, labels=True)
+        return _Rows(self, output.shape[:-1], output.row, judged=judged, labels=False)
 
     @classmethod
     def measure(cls, c: OutputComparison) -> tuple[str, str] | None:
         return None if c.agreement is None else ("agreement", f"{c.agreement:.6g}")
 
+    @classmethod
+    def would_pass(cls, c: OutputComparison) -> str | None:
+        if c.agreement is None:
+            return None
+        # Rounded down, so that the bound shown passes: 0.916667 is shown as 0.9166.
+        return f"min_agreement ≤ {math.floor(c.agreement * 1e4) / 1e4:g}"
+
 
 class _Rows(Judge):
-    def __init__(self, policy: Decision, row: int) -> None:
+    """Counts rows whose decisions agree; `shape` is the rows' (the output's leading axes,
+    or the labels' own) and `row` the elements of one row (1 for labels)."""
+
+    def __init__(
+        self, policy: Decision, shape: tuple[int, ...], row: int, *, judged: bool, labels: bool
+    ) -> None:
         self.policy = policy
+        self.labels = labels
+        self.shape = shape
         self.row = row
+        self.judged = judged  # else unfit: the comparison says why
         self.rows = 0
         self.agree = 0
+        self.disagreements: list[Disagreement] = []
 
     def see(self, rb: np.ndarray, cb: np.ndarray) -> None:
         import numpy as np
 
+        if not self.judged:
+            return
         k = self.policy.top_k
-        if k > self.row:
-            return  # unfit: the comparison says why
         r = rb.reshape(-1, self.row)
         c = cb.reshape(-1, self.row)
-        self.rows += r.shape[0]
-        if k == 1:
+        if self.labels:  # each row's class is its value
+            agree = r[:, 0] == c[:, 0]
+        elif k == 1:
             agree = np.argmax(r, axis=1) == np.argmax(c, axis=1)
         else:
-            top_r = np.sort(np.argpartition(-r.astype(np.float64), k - 1, axis=1)[:, :k], axis=1)
-            top_c = np.sort(np.argpartition(-c.astype(np.float64), k - 1, axis=1)[:, :k], axis=1)
-            agree = (top_r == top_c).all(axis=1)
+            agree = (_top_set(r, k) == _top_set(c, k)).all(axis=1)
+        if len(self.disagreements) < KEEP and not agree.all():
+            for i in np.flatnonzero(~agree)[: KEEP - len(self.disagreements)]:
+                index = np.unravel_index(self.rows + int(i), self.shape)
+                self.disagreements.append(
+                    Disagreement(
+                        index=tuple(int(j) for j in index),
+                        reference=_decided(r[i], k, self.labels),
+                        candidate=_decided(c[i], k, self.labels),
+                    )
+                )
+        self.rows += r.shape[0]
         self.agree += int(np.count_nonzero(agree))
 
     def verdict(self, tally: Tally) -> Verdict:
         p = self.policy
+        if not self.judged:  # unfit: the comparison gives the reason, there is no agreement
+            return Verdict(failed=False, unit="rows", total=0, mismatched=0)
         mismatched = self.rows - self.agree
         agreement = self.agree / self.rows if self.rows else 1.0
         failed = agreement < p.min_agreement
         reason = None
         if failed:
-            which = "argmax" if p.top_k == 1 else f"top-{p.top_k}"
+            which = "label" if self.labels else "argmax" if p.top_k == 1 else f"top-{p.top_k}"
             reason = (
                 f"{which} agreement {agreement:.6g} ({mismatched} of {self.rows} rows differ), "
                 f"below min_agreement {p.min_agreement:g}"
@@ -82,4 +147,22 @@ class _Rows(Judge):
             total=self.rows,
             mismatched=mismatched,
             agreement=agreement,
+            disagreements=tuple(self.disagreements),
         )
+
+
+def _top_set(x: np.ndarray, k: int) -> np.ndarray:
+    """Each row's top-k classes as a sorted set (to compare rows, not orders)."""
+    import numpy as np
+
+    return np.sort(np.argpartition(-x.astype(np.float64), k - 1, axis=1)[:, :k], axis=1)
+
+
+def _decided(row: np.ndarray, k: int, labels: bool) -> tuple[int, ...]:
+    """One row's decision for the report: its label, or its top-k classes best first."""
+    import numpy as np
+
+    if labels:
+        return (int(row[0]),)
+    order = np.argsort(-row.astype(np.float64), kind="stable")
+    return tuple(int(j) for j in order[:k])

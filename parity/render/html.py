@@ -16,7 +16,9 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
+from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
+from parity.policies import reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -262,21 +264,29 @@ def _output_facts(o: OutputComparison, report: ParityReport) -> list[tuple[str, 
     ]
     if o.nan_mismatched:
         rows.append(("NaN mismatched", str(o.nan_mismatched)))
-    rows += [
-        ("atol to pass", f'<span class="num">{_num(o.atol_to_pass)}</span>'),
-        ("rtol to pass", f'<span class="num">{_num(o.rtol_to_pass)}</span>'),
-    ]
-    if o.worst_index is not None:
-        rows.append(
-            (
-                "worst element",
-                f"<code>{_e(list(o.worst_index))}</code>: "
-                f'<span class="num">{_num(o.worst_reference, ".6g")}</span> '
-                f"({_e(report.reference)}) vs "
-                f'<span class="num">{_num(o.worst_candidate, ".6g")}</span> '
-                f"({_e(report.candidate)})",
+    if not reads_difference(o):  # decision: the rows that disagree, not |a - b| advice
+        advice = would_pass(o)
+        if advice is not None:
+            rows.append(("would pass", _e(advice)))
+        lines = describe_disagreements(o, report.reference, report.candidate)
+        if lines:
+            rows.append(("first rows that disagree", "<br>".join(_e(line) for line in lines)))
+    else:
+        rows += [
+            ("atol to pass", f'<span class="num">{_num(o.atol_to_pass)}</span>'),
+            ("rtol to pass", f'<span class="num">{_num(o.rtol_to_pass)}</span>'),
+        ]
+        if o.worst_index is not None:
+            rows.append(
+                (
+                    "worst element",
+                    f"<code>{_e(list(o.worst_index))}</code>: "
+                    f'<span class="num">{_num(o.worst_reference, ".6g")}</span> '
+                    f"({_e(report.reference)}) vs "
+                    f'<span class="num">{_num(o.worst_candidate, ".6g")}</span> '
+                    f"({_e(report.candidate)})",
+                )
             )
-        )
     if o.max_ulp_diff is not None:
         rows.append(("max ULP diff", str(o.max_ulp_diff)))
     if o.agreement is not None:

@@ -7,6 +7,8 @@ import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from parity.comparison import describe_disagreements
+from parity.policies import reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -137,16 +139,23 @@ def _evidence(report: ParityReport, o: OutputComparison) -> str:
         f"p99 {o.p99_abs_diff:.6g}",
         f"rel diff: max {o.max_rel_diff:.6g}, median {o.median_rel_diff:.6g}, "
         f"p99 {o.p99_rel_diff:.6g}",
-        f"would pass: atol >= {o.atol_to_pass:.6g} (at rtol={o.rtol:g}), "
-        f"rtol >= {rtol} (at atol={o.atol:g})",
     ]
+    if reads_difference(o):
+        lines.append(
+            f"would pass: atol >= {o.atol_to_pass:.6g} (at rtol={o.rtol:g}), "
+            f"rtol >= {rtol} (at atol={o.atol:g})"
+        )
+    elif (advice := would_pass(o)) is not None:
+        lines.append(f"would pass: {advice}")
     if o.max_ulp_diff is not None:
         lines.append(f"max ULP diff: {o.max_ulp_diff}")
     if o.agreement is not None:
         lines.append(f"agreement: {o.agreement:.6g}")
     if o.psnr_db is not None:
         lines.append(f"PSNR: {o.psnr_db:.4g} dB")
-    if o.worst_index is not None:
+    if not reads_difference(o):
+        lines += describe_disagreements(o, report.reference, report.candidate)
+    elif o.worst_index is not None:
         lines.append(
             f"worst at {list(o.worst_index)}: {o.worst_reference:.6g} ({report.reference}) "
             f"vs {o.worst_candidate:.6g} ({report.candidate})"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from parity.comparison import describe_disagreements
 from parity.policies import measure as policy_measure
+from parity.policies import reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -138,6 +140,9 @@ def _outputs(report: ParityReport) -> list[str]:
         else:
             result = f"**fail** ({o.cause}): {_cell(o.reason)}"
         rtol = "none" if o.rtol_to_pass == float("inf") else f"{o.rtol_to_pass:.4g}"
+        atol = f"{o.atol_to_pass:.4g}"
+        if not reads_difference(o):  # decision: its own setting that would pass, not atol
+            atol, rtol = would_pass(o) or "-", "-"
         cells = [
             f"`{_cell(o.name)}`",
             result,
@@ -147,7 +152,7 @@ def _outputs(report: ParityReport) -> list[str]:
             f"{o.median_abs_diff:.4g}",
             f"{o.p99_abs_diff:.4g}",
             f"{o.max_rel_diff:.4g}",
-            f"{o.atol_to_pass:.4g}",
+            atol,
             rtol,
             *([_measure(o) or "-"] if measured else []),
         ]
@@ -160,7 +165,12 @@ def _outputs(report: ParityReport) -> list[str]:
             else:
                 cells.append("none")
         lines.append("| " + " | ".join(cells) + " |")
-        if not o.passed and o.worst_index is not None:
+        if not o.passed and not reads_difference(o):
+            notes += [
+                f"- `{_cell(o.name)}`: {_cell(line)}"
+                for line in describe_disagreements(o, report.reference, report.candidate)
+            ]
+        elif not o.passed and o.worst_index is not None:
             notes.append(
                 f"- `{_cell(o.name)}`: worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
                 f"({_cell(report.reference)}) vs {o.worst_candidate:.6g} "

@@ -24,8 +24,10 @@ from rich.text import Text
 
 from envlock.progress import Progress
 from envlock.progress import quiet as say_nothing
+from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
 from parity.policies import measure as policy_measure
+from parity.policies import reads_difference, would_pass
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
@@ -279,9 +281,12 @@ def _measure(o: OutputComparison) -> str | None:
 
 
 def _would_pass(o: OutputComparison) -> Text:
-    """The smallest atol (at the policy's rtol) and rtol (at its atol) that would pass."""
+    """The smallest atol (at the policy's rtol) and rtol (at its atol) that would pass; for
+    a policy that does not read |a - b| (decision), its own setting that would."""
     if o.max_abs_diff == 0:
         return Text("identical", style="dim")
+    if not reads_difference(o):
+        return Text((would_pass(o) or "-").replace(" ≤ ", "\n≤ "))
     rtol = "no rtol" if o.rtol_to_pass == float("inf") else f"rtol ≥ {o.rtol_to_pass:.3g}"
     return Text(f"atol ≥ {o.atol_to_pass:.3g}\n{rtol}")
 
@@ -299,7 +304,12 @@ def _output_notes(report: ParityReport, console: Console) -> None:
                 literal(o.reason or "beyond tolerance"),
             )
             lines.append(line)
-            if o.worst_index is not None:
+            if not reads_difference(o):
+                lines += [
+                    literal(f"      {line}")
+                    for line in describe_disagreements(o, report.reference, report.candidate)
+                ]
+            elif o.worst_index is not None:
                 lines.append(
                     Text(
                         f"      worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
