@@ -230,12 +230,17 @@ def diff(a: Side, b: Side) -> list[Difference]:
     for section, key, va, vb in _differing(left, right):
         if (section, key) == ("python", "version") and _satisfies(va, vb):
             continue  # a lock's requires-python that the interpreter meets
+        if (section, key) in _RECORDED_SINCE and None in (va, vb):
+            continue  # an older probe's fingerprint (a bundle) did not record it
         sev, why = classify(section, key)
         differences.append(Difference(section, key, va, vb, sev, why))
     differences.sort(key=lambda d: d.component)
     differences = [_dispatched(d, a, b, differences) for d in differences]
     return group(differences, a.requires, b.requires)
 
+
+# Keys older probes did not record: absent on one side is not a difference.
+_RECORDED_SINCE = {("torch", "cpu_capability")}
 
 # The kernels a library dispatches to by CPU, and the variable that overrides its choice:
 # these differ because that setting or the CPU differs, not the library's version.

@@ -294,10 +294,11 @@ def torch_section() -> dict[str, Any] | None:
         "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
+    # The CPU kernels torch dispatches to (AVX512, AVX2, DEFAULT, ...): decided by the CPU
+    # and by ATEN_CPU_CAPABILITY, and they change the last bits. torch < 2.1 cannot say.
+    with contextlib.suppress(Exception):
+        section["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
     try:
-        # The CPU kernels torch dispatches to (AVX512, AVX2, DEFAULT, ...): decided by the
-        # CPU and by ATEN_CPU_CAPABILITY, and they change the last bits.
-        section["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         section["cudnn"] = torch.backends.cudnn.version()
         section["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
         section["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)

@@ -227,3 +227,19 @@ def test_a_check_names_torchs_cpu_capability_set_in_one_environment(
         for r in report["reasons"]
     ), report["reasons"]
     assert "torch CPU capability" in result.stdout
+
+
+def test_a_capability_an_older_probe_did_not_record_is_no_difference() -> None:
+    # A bundle recorded before the probe recorded torch's CPU capability: not a difference;
+    # recorded on both sides and different, it is one, with torch's version the same.
+    base = {"distributions": [{"name": "torch", "version": "2.13.0+cpu"}], "env": {}}
+    old = {**base, "torch": {"version": "2.13.0+cpu", "cuda": None}}
+    new = {**base, "torch": {"version": "2.13.0+cpu", "cuda": None, "cpu_capability": "AVX2"}}
+    assert differences(old, new) == {}
+    lower = {**new, "torch": {**new["torch"], "cpu_capability": "DEFAULT"}}
+    capability = differences(new, lower)["torch cpu_capability"]
+    assert capability.caused_by is None and capability.severity == "numerics"
+    assert capability.why.startswith(
+        "torch CPU capability AVX2 vs DEFAULT (same CPU features and ATEN_CPU_CAPABILITY on "
+        "both sides)"
+    )
