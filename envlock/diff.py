@@ -148,6 +148,7 @@ def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
         keys = (
             "cuda",
             "cudnn",
+            "cpu_capability",
             "threads",
             "deterministic_algorithms",
             "cudnn_deterministic",
@@ -229,15 +230,71 @@ def diff(a: Side, b: Side) -> list[Difference]:
     for section, key, va, vb in _differing(left, right):
         if (section, key) == ("python", "version") and _satisfies(va, vb):
             continue  # a lock's requires-python that the interpreter meets
+        if (section, key) in _RECORDED_SINCE and None in (va, vb):
+            continue  # an older probe's fingerprint (a bundle) did not record it
         sev, why = classify(section, key)
         differences.append(Difference(section, key, va, vb, sev, why))
     differences.sort(key=lambda d: d.component)
+    differences = [_dispatched(d, a, b, differences) for d in differences]
     return group(differences, a.requires, b.requires)
+
+
+# Keys older probes did not record: absent on one side is not a difference.
+_RECORDED_SINCE = {("torch", "cpu_capability")}
+
+# The kernels a library dispatches to by CPU, and the variable that overrides its choice:
+# these differ because that setting or the CPU differs, not the library's version.
+DISPATCH = {
+    ("numpy", "simd"): "NPY_DISABLE_CPU_FEATURES",
+    ("torch", "cpu_capability"): "ATEN_CPU_CAPABILITY",
+}
+
+
+def _dispatched(d: Difference, a: Side, b: Side, differences: list[Difference]) -> Difference:
+    """A dispatch difference (numpy's SIMD line, torch's CPU capability) said as what it is:
+    a CPU setting of that library, naming the variable set or the CPU features that differ,
+    and `caused_by` that variable (else the first CPU feature); not the library's version,
+    unless that differs and nothing else does (then `group` puts it under the version)."""
+    variable = DISPATCH.get((d.section, d.key))
+    if variable is None:
+        return d
+    components = {x.component: x for x in differences}
+    setting = components.get(f"env {variable}")
+    cpus = [x for x in differences if x.section == "cpu" and x.key]
+    caused_by: str | None = None
+    if setting is not None:
+        cause = ", ".join(
+            f"{variable}={value} in {side.label}"
+            for side, value in ((a, setting.a), (b, setting.b))
+            if value is not None
+        )
+        caused_by = setting.component
+    elif cpus:
+        cause = "the CPUs differ: " + ", ".join(
+            f"{x.key} {x.a or 'absent'} vs {x.b or 'absent'}" for x in cpus[:4]
+        )
+        caused_by = cpus[0].component
+    elif f"package {d.section}" in components:
+        return d  # it follows the version (`group`)
+    else:
+        cause = f"same CPU features and {variable} on both sides"
+    if d.section == "numpy":
+        what = f"numpy's dispatched SIMD features differ: {cause}"
+    else:
+        what = f"torch CPU capability {d.a or 'absent'} vs {d.b or 'absent'} ({cause})"
+    why = (
+        f"{what}. A CPU setting of {d.section}, not its version: its kernels differ and can "
+        f"change the last bits. Run both on the same CPU, {variable} set the same (or unset)."
+    )
+    return dataclasses.replace(d, why=why, caused_by=caused_by)
 
 
 # Library sections whose values follow from the package's version: when the version
 # differs, these differ because of it.
-_FOLLOWS_PACKAGE = {"numpy": ("blas", "lapack", "simd", ""), "torch": ("cuda", "cudnn", "")}
+_FOLLOWS_PACKAGE = {
+    "numpy": ("blas", "lapack", "simd", ""),
+    "torch": ("cuda", "cudnn", "cpu_capability", ""),
+}
 
 
 def group(
@@ -251,7 +308,9 @@ def group(
     A package installed on one side only, which every package requiring it there is a
     differing package, comes with those: it is grouped under the first of them (and under
     that one's own cause, transitively), with the requirement in its `why`. numpy's BLAS,
-    LAPACK and SIMD lines (torch's CUDA and cuDNN) follow numpy's (torch's) version.
+    LAPACK and SIMD lines (torch's CUDA and cuDNN) follow numpy's (torch's) version; a
+    dispatch difference that `_dispatched` put under the variable that chose it
+    (`NPY_DISABLE_CPU_FEATURES`, `ATEN_CPU_CAPABILITY`) or the CPU stays there.
     A package whose version differs on both sides is never grouped: a requirement does not
     say which of two changed packages moved the other."""
     packages = {d.key: d for d in differences if d.section == "package" and d.key}
@@ -281,6 +340,9 @@ def group(
             cause = f"package {top}"
             via = parent[d.key]
             why = f"comes with {top} ({via} requires it)"
+        elif d.caused_by is not None:  # a dispatch difference, under its setting or CPU
+            marked.append(d)
+            continue
         elif d.key in _FOLLOWS_PACKAGE.get(d.section, ()) and d.section in packages:
             cause = f"package {d.section}"
             why = f"follows {d.section}'s version; {d.why}" if d.why else d.why
@@ -394,6 +456,17 @@ def classify(section: str, key: str) -> tuple[Severity, str]:
     if section == "env":
         if key in ("CUDA_VISIBLE_DEVICES",):
             return "runtime", "a different set of GPUs is visible."
+        if key == "NPY_DISABLE_CPU_FEATURES":
+            return "numerics", (
+                "it turns off numpy's SIMD kernels (a CPU setting of numpy, not its version), "
+                "which can change the last bits. Set it the same in both environments."
+            )
+        if key == "ATEN_CPU_CAPABILITY":
+            return "numerics", (
+                "it chooses torch's CPU kernels (AVX512, AVX2, DEFAULT: a CPU setting of "
+                "torch, not its version), which can change the last bits. Set it the same "
+                "in both environments."
+            )
         return "numerics", "set it the same in both environments."
     return "other", ""
 

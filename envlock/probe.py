@@ -18,8 +18,25 @@ from typing import Any
 SCHEMA = 1
 
 # Environment variables that change numerical results or their reproducibility: these names,
-# and every name with one of these prefixes (thread pools, BLAS, CUDA, frameworks).
-NUMERIC_ENV = ("PYTHONHASHSEED", "NPY_DISABLE_CPU_FEATURES", "VECLIB_MAXIMUM_THREADS")
+# and every name with one of these prefixes (thread pools, BLAS, CUDA, frameworks, and the
+# CPU kernels numpy (`NPY_DISABLE_CPU_FEATURES`) and torch (`ATEN_CPU_CAPABILITY`) dispatch
+# to). TensorFlow's are named one by one: `TF_` alone would take other tools' variables
+# (Terraform's `TF_CLI_CONFIG_FILE`, `TF_VAR_*`, which hold home-directory paths).
+NUMERIC_ENV = (
+    "PYTHONHASHSEED",
+    "VECLIB_MAXIMUM_THREADS",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_DETERMINISTIC_OPS",
+    "TF_CUDNN_DETERMINISTIC",
+    "TF_XLA_FLAGS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "TF_ENABLE_XLA",
+    "TF_GPU_ALLOCATOR",
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "TF_ENABLE_AUTO_MIXED_PRECISION",
+    "TF_USE_LEGACY_KERAS",
+)
 NUMERIC_PREFIXES = (
     "OMP_",
     "MKL_",
@@ -36,8 +53,10 @@ NUMERIC_PREFIXES = (
     "NCCL_",
     "TORCH_",
     "PYTORCH_",
+    "ATEN_",
+    "NPY_",
     "XLA_",
-    "TF_",
+    "TF_CPP_",
     "JAX_",
     "ONEDNN_",
     "DNNL_",
@@ -275,6 +294,10 @@ def torch_section() -> dict[str, Any] | None:
         "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
+    # The CPU kernels torch dispatches to (AVX512, AVX2, DEFAULT, ...): decided by the CPU
+    # and by ATEN_CPU_CAPABILITY, and they change the last bits. torch < 2.1 cannot say.
+    with contextlib.suppress(Exception):
+        section["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
     try:
         section["cudnn"] = torch.backends.cudnn.version()
         section["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)

@@ -430,15 +430,40 @@ def test_numpy_drift_search_beats_the_seeded_worst(
     )
     assert result.returncode in (0, 1), result.stderr
     data = json.loads((tmp_path / "search.json").read_text())
-    # The check's own figure for sr_float over the 256 seeded images (README: 7.75e-07).
-    assert data["seeded"]["max_abs_diff"] == pytest.approx(7.748603820800781e-07)
-    assert data["seeded"]["sample"] == 170
-    assert data["worst"]["max_abs_diff"] > data["seeded"]["max_abs_diff"]
+    seeded, worst = data["seeded"], data["worst"]
     print(
         f"numpy-drift search: {data['examples']} examples, worst "
-        f"{data['worst']['max_abs_diff']:.4g} (example {data['worst']['example']}) vs seeded "
-        f"{data['seeded']['max_abs_diff']:.4g}, {time.monotonic() - started:.0f}s"
+        f"{worst['max_abs_diff']:.4g} (example {worst['example']}) vs seeded "
+        f"{seeded['max_abs_diff']:.4g} (sample {seeded['sample']}), "
+        f"{time.monotonic() - started:.0f}s"
     )
+    # No figure here depends on the CPU (which kernels numpy and torch dispatch to: the
+    # README's 7.75e-07 at sample 170 is an AVX2 machine's; AVX-512 gives 4.77e-07 at 58):
+    # only the relations users rely on, measured in this run.
+    assert seeded["count"] == 256 and 0 <= seeded["sample"] < 256
+    assert seeded["max_abs_diff"] > 0  # the NEP 50 drift reaches sr_float on every CPU
+    assert seeded["outputs"]["sr_float"]["max_abs_diff"] == seeded["max_abs_diff"]
+    # The first example is the seeded worst sample: the search never reports less.
+    assert worst["max_abs_diff"] >= seeded["max_abs_diff"]
+    assert worst["outputs"]["sr_float"]["max_abs_diff"] == worst["max_abs_diff"]
+    assert 1 <= worst["example"] <= data["examples"] == 600
+    # The seeded worst is the check's own figure for sr_float over the same 256 images, at
+    # the sample of the check's worst element.
+    check = run_cli(
+        "parity",
+        "check",
+        "--config",
+        "examples/numpy-drift/parity.toml",
+        "--cache-dir",
+        str(shared_cache),
+        "--json",
+        "-",
+    )
+    assert check.returncode == 1, check.stderr
+    checked = {o["name"]: o for o in json.loads(check.stdout)["outputs"]}
+    assert checked["sr_float"]["max_abs_diff"] == seeded["max_abs_diff"]
+    assert checked["sr_float"]["worst_index"][0] == seeded["sample"]
+    # The saved case replays to the search's worst.
     replay = run_cli(
         "parity",
         "check",
@@ -450,7 +475,7 @@ def test_numpy_drift_search_beats_the_seeded_worst(
         "-",
     )
     outputs = {o["name"]: o for o in json.loads(replay.stdout)["outputs"]}
-    assert outputs["sr_float"]["max_abs_diff"] == data["worst"]["max_abs_diff"]
+    assert outputs["sr_float"]["max_abs_diff"] == worst["max_abs_diff"]
 
 
 def test_help_names_the_extra() -> None:
