@@ -60,8 +60,9 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        # numpy for the arrays; mlflow only for an `mlflow:` adapter, which needs it anyway.
-        ("parity/runs/worker.py", {"numpy", "mlflow"}),
+        # numpy for the arrays; mlflow only for an `mlflow:` adapter, which needs it anyway,
+        # and pandas (MLflow's own dependency) only for such a model's column-based schema.
+        ("parity/runs/worker.py", {"numpy", "mlflow", "pandas"}),
         # threadpoolctl is read when the environment has it.
         ("envlock/probe.py", {"threadpoolctl"}),
     ],
