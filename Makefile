@@ -1,5 +1,7 @@
 # Two entry points (see README): `make parity` runs the main job, `make test` the test suite.
-# Each sets itself up: a bootstrap uv, then .venv synced exactly from uv.lock.
+# Each sets itself up: a bootstrap uv, then .venv synced exactly from uv.lock, compiled to
+# bytecode: with PYTHONDONTWRITEBYTECODE=1 (common in CI and Docker images) nothing else would
+# compile it, and every parity process and local worker would recompile what it imports.
 PYTHON ?= python3.11
 UV_VERSION := 0.13.9
 BOOT := .cache/bootstrap
@@ -15,7 +17,7 @@ $(UV):
 	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(SYNCED): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON) --quiet
+	$(UV) sync --frozen --python $(PYTHON) --quiet --compile-bytecode
 	@touch $@
 
 ## The main job: parity check of the reference model on the default config.

@@ -71,6 +71,22 @@ def sklearn_drift(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
     return project
 
 
+def sklearn_drift_config(project: Path, name: str, **changes: dict[str, object]) -> Path:
+    """A config for the sklearn-drift example written into `project` as `name`: the
+    example's own parity.toml with `changes` (section -> keys to set) applied, so tests
+    follow the example instead of copying it."""
+    import tomllib
+
+    import tomli_w
+
+    config = tomllib.loads((project / "parity.toml").read_text())
+    for section, keys in changes.items():
+        config.setdefault(section, {}).update(keys)
+    path = project / name
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
 def run_cli(
     tool: str,
     *args: str,

@@ -14,40 +14,8 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, sklearn_drift_config
 from test_bisect_envs import assert_valid
-
-CONFIG = """\
-[model]
-adapter = "segclf.adapter:predict_scores"
-paths = ["."]
-
-[inputs]
-seed = 20261129
-count = 512
-batch_size = 128
-
-[inputs.arrays.x]
-shape = [8]
-dtype = "float64"
-generator = "normal"
-
-[environments.train]
-backend = "venv"
-lock = "locks/train/pylock.toml"
-
-[environments.infer]
-backend = "venv"
-lock = "locks/infer/pylock.toml"
-
-[run]
-reference = "train"
-threads = 1
-
-[tolerance]
-atol = 0
-rtol = 0
-"""
 
 
 @pytest.mark.slow
@@ -55,8 +23,12 @@ def test_numpy_cannot_move_alone_and_the_bisection_says_so(
     sklearn_drift: Path, shared_cache: Path, tmp_path: Path
 ) -> None:
     project = sklearn_drift
-    config = project / "bisect.toml"
-    config.write_text(CONFIG)
+    config = sklearn_drift_config(
+        project,
+        "bisect.toml",
+        model={"adapter": "segclf.adapter:predict_scores"},
+        tolerance={"atol": 0, "rtol": 0},
+    )
     out = tmp_path / "bisect.json"
     result = run_cli(
         "parity",

@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from conftest import LOCAL_CONFIG, ROOT, assert_valid_report, run_cli
+from conftest import LOCAL_CONFIG, ROOT, assert_valid_report, run_cli, sklearn_drift_config
 
 from parity.outputs import load_outputs
 from parity.runs import worker as worker_module
@@ -770,51 +770,23 @@ def test_predict_is_the_composition_of_the_stages(shared_cache: Path) -> None:
     assert done.stdout.strip() == "same", done.stderr
 
 
-SKLEARN_DRIFT_CONFIG = """\
-[model]
-adapter = "segclf.adapter:predict_scores"
-stages = "segclf.adapter:stages_scores"
-paths = ["."]
-
-[inputs]
-seed = 20261129
-count = 64
-batch_size = 32
-
-[inputs.arrays.x]
-shape = [8]
-dtype = "float64"
-generator = "normal"
-
-[environments.train]
-backend = "venv"
-lock = "locks/train/pylock.toml"
-
-[environments.infer]
-backend = "venv"
-lock = "locks/infer/pylock.toml"
-
-[run]
-reference = "train"
-threads = 1
-timeout = 600
-
-[tolerance]
-atol = 0
-rtol = 0
-
-[policy]
-fail_on_version_diffs = []
-"""
-
-
 @pytest.mark.slow
 def test_the_sklearn_drift_is_localized_to_the_pipelines_rescale_step(
     sklearn_drift: Path, shared_cache: Path, tmp_path: Path
 ) -> None:
     project = sklearn_drift
-    cfg = project / "localize.toml"
-    cfg.write_text(SKLEARN_DRIFT_CONFIG)
+    cfg = sklearn_drift_config(
+        project,
+        "localize.toml",
+        model={
+            "adapter": "segclf.adapter:predict_scores",
+            "stages": "segclf.adapter:stages_scores",
+        },
+        inputs={"count": 64, "batch_size": 32},
+        run={"timeout": 600},
+        tolerance={"atol": 0, "rtol": 0},
+        policy={"fail_on_version_diffs": []},
+    )
 
     code, report, output = check(cfg, "--localize", "--cache-dir", str(shared_cache))
     assert code == 1, output

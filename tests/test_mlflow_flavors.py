@@ -163,17 +163,25 @@ def log_sklearn(model: Any, **kw: Any) -> Callable[[], Any]:
 
 
 def check(
-    store: Store, tmp_path: Path, model_uri: str, arrays: str
+    store: Store | None,
+    tmp_path: Path,
+    model_uri: str,
+    arrays: str,
+    python: Path | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
     """`parity check` of `model_uri` on two local environments with the input `arrays`
-    (TOML tables): the process, its JSON report and its kept work folder."""
+    (TOML tables): the process, its JSON report and its kept work folder. The environments
+    run `python` (default: this interpreter) with `store` as the tracking store, if any."""
+    interpreter = f'python = "{python}"\n' if python else ""
     config = tmp_path / "parity.toml"
     config.write_text(
         f'[model]\nadapter = "mlflow:{model_uri}"\n\n'
         "[inputs]\nseed = 7\ncount = 12\nbatch_size = 5\n\n"
         + textwrap.dedent(arrays)
-        + '\n[environments.train]\nbackend = "local"\n\n[environments.infer]\nbackend = "local"\n'
-        + f'\n[run]\ntimeout = 600\n\n[run.env]\nMLFLOW_TRACKING_URI = "{store.uri}"\n'
+        + f'\n[environments.train]\nbackend = "local"\n{interpreter}'
+        + f'\n[environments.infer]\nbackend = "local"\n{interpreter}'
+        + "\n[run]\ntimeout = 600\n"
+        + (f'\n[run.env]\nMLFLOW_TRACKING_URI = "{store.uri}"\n' if store else "")
     )
     work, out = tmp_path / "work", tmp_path / "report.json"
     result = run_cli(
@@ -318,20 +326,7 @@ def test_pytorch_module_with_a_tensor_signature(torch_python: Path, tmp_path: Pa
     tensor signature names, and its outputs are the module's own."""
     model = tmp_path / "net"
     subprocess.run([str(torch_python), "-c", SAVE_TORCH, str(model)], check=True, timeout=600)
-    config = tmp_path / "parity.toml"
-    config.write_text(
-        f'[model]\nadapter = "mlflow:{model}"\n\n'
-        "[inputs]\nseed = 7\ncount = 12\nbatch_size = 5\n\n"
-        + X4
-        + f'\n[environments.train]\nbackend = "local"\npython = "{torch_python}"\n'
-        + f'\n[environments.infer]\nbackend = "local"\npython = "{torch_python}"\n'
-    )
-    work, out = tmp_path / "work", tmp_path / "report.json"
-    result = run_cli(
-        "parity", "check", "--config", str(config), "--json", str(out), "--workdir", str(work)
-    )
-    report = json.loads(out.read_text())
-    assert_valid_report(report)
+    result, report, work = check(None, tmp_path, str(model), X4, python=torch_python)
     passed(result, report)
     _, outputs = replayed(work)
     assert list(outputs) == ["output"] and outputs["output"].shape == (12, 3)

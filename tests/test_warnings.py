@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from conftest import LOCAL_CONFIG, ROOT, assert_valid_report, run_cli
+from conftest import LOCAL_CONFIG, ROOT, assert_valid_report, run_cli, sklearn_drift_config
 from sklearn.exceptions import InconsistentVersionWarning
 
 import envlock.probe
@@ -361,10 +361,7 @@ def test_the_sklearn_drift_example_fails_only_for_its_version_warning(
     """Pickled under scikit-learn 1.3.2, loaded under 1.6.1: the outputs agree exactly,
     and the check fails because of the InconsistentVersionWarning in infer alone."""
     project = sklearn_drift
-    config_text = (project / "parity.toml").read_text()
-    assert 'fail_on_version_diffs = ["numerics"]' in config_text
-    cfg = project / "warnings.toml"
-    cfg.write_text(config_text.replace('["numerics"]', "[]"))
+    cfg = sklearn_drift_config(project, "warnings.toml", policy={"fail_on_version_diffs": []})
     cache = ("--cache-dir", str(shared_cache))
 
     result = run_cli(
@@ -393,7 +390,9 @@ def test_the_sklearn_drift_example_fails_only_for_its_version_warning(
     assert "Trying to unpickle estimator StandardScaler from version 1.3.2" in result.stdout
     assert f"only in infer: {category}" in result.stdout
 
-    cfg.write_text(config_text.replace('["numerics"]', "[]\nfail_on_warnings = []"))
+    cfg = sklearn_drift_config(
+        project, "warnings.toml", policy={"fail_on_version_diffs": [], "fail_on_warnings": []}
+    )
     passed = run_cli(
         "parity", "check", "--config", str(cfg), *cache, "--json", str(tmp_path / "r.json")
     )

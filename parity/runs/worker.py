@@ -486,18 +486,23 @@ def _read_inputs(job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run(job: dict[str, Any]) -> int:
-    """Run one job; return the process exit status."""
-    if job.get("mode", "predict") == "stages":
-        return run_stages(job)
-    if job.get("mode") == "serve":
-        return serve(job)
+    """Run one job (`mode`: predict, stages or serve); return the process exit status.
+
+    The job's `paths` go first on sys.path, and every warning the model raises is counted
+    (`warnings.json`), written when the job ends however it ends: the warnings before a
+    failure are evidence too."""
+    mode = job.get("mode", "predict")
+    work = {"predict": _predict, "stages": run_stages, "serve": serve}.get(mode)
+    if work is None:
+        sys.stderr.write(f"parity-worker: unknown mode {mode!r}\n")
+        return 2
     outdir = job["outdir"]
     for p in reversed(job.get("paths", [])):
         sys.path.insert(0, p)
     caught = _Caught(os.path.join(outdir, WARNINGS_FILE))
     try:
-        return _predict(job, outdir, caught)
-    finally:  # also when the model failed: the warnings before it are evidence
+        return work(job, outdir, caught)
+    finally:
         caught.write()
 
 
@@ -566,7 +571,7 @@ def _predict(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
 STAGE_ENTRIES = 1000  # captured arrays at most: the host reads at most 1024 from one .npz
 
 
-def run_stages(job: dict[str, Any]) -> int:
+def run_stages(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
     """Run the job's one sample through the adapter's stages, recording each stage's result
     and each hooked module's or Pipeline step's output (`stages.npz`, `stages.json`); the
     exit status.
@@ -592,17 +597,6 @@ def run_stages(job: dict[str, Any]) -> int:
       methods (predict_proba calling decision_function) are not recorded twice. Steps run
       in other processes (`n_jobs` > 1) are not seen.
     """
-    outdir = job["outdir"]
-    for p in reversed(job.get("paths", [])):
-        sys.path.insert(0, p)
-    caught = _Caught(os.path.join(outdir, WARNINGS_FILE))
-    try:
-        return _run_stages(job, outdir, caught)
-    finally:  # also when a stage failed: the warnings before it are evidence
-        caught.write()
-
-
-def _run_stages(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
     import numpy as np
 
     started = time.perf_counter()
@@ -944,28 +938,23 @@ def _as_array(value: Any) -> Any:
     return np.asarray(value)
 
 
-def serve(job: dict[str, Any]) -> int:
+def serve(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
     """Load the model once and answer the host's requests until it says stop; the exit
-    status (see the module docstring)."""
+    status (see the module docstring). The warnings are written after loading and after
+    each request (the host may stop this process at any moment, so the file is always
+    whole and up to date)."""
     import numpy as np
 
-    outdir = job["outdir"]
     requests = job["requests"]
     stop = job["stop"]
-    for p in reversed(job.get("paths", [])):
-        sys.path.insert(0, p)
     _exit_on(stop)
-    # Written after loading and after each request that warned (the host may stop this
-    # process at any moment, so the file is always whole and up to date).
-    caught = _Caught(os.path.join(outdir, WARNINGS_FILE))
     try:
         with caught:
             predict = _load_callable(job["adapter"])
         fingerprint = _load_probe(job["probe"]).collect()
     except Exception as exc:
         _fail(outdir, "load", exc)
-        caught.write()
-        return 1
+        return 1  # run() writes the warnings seen while loading
     caught.write()
     _write_json(os.path.join(outdir, "fingerprint.json"), fingerprint)
     wait = float(job.get("inputs_wait", 600))
