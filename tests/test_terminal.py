@@ -6,16 +6,25 @@ dataclasses directly, so no environment is materialized.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import re
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from parity.comparison import Noise, OutputComparison
 from parity.judging.compare import compare_arrays
 from parity.policies import TolerancePolicy
 from parity.render.markdown import render_markdown
-from parity.render.terminal import WIDTH, progress_printer, render_text, stdout_console
+from parity.render.terminal import (
+    WIDTH,
+    progress_printer,
+    render_terminal,
+    render_text,
+    stdout_console,
+)
 from parity.report import EnvironmentSummary, ParityReport, VersionDiff
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -388,3 +397,49 @@ def test_markdown_shows_policy_measures_and_noise() -> None:
         "- `z` is nondeterministic: infer disagrees with itself "
         "(max abs diff 0.01 between two runs, 40 of 100 elements)"
     ) in text
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 160])
+@pytest.mark.parametrize("envs", [("train", "infer"), ("training_environment", "serving_env_v2")])
+def test_no_name_is_broken_at_any_width(width: int, envs: tuple[str, str]) -> None:
+    ref, cand = envs
+    outputs = [
+        compare_arrays("super_resolution_float", REF, DRIFTED, TolerancePolicy(atol=0.05)),
+        compare_arrays("class_probabilities", REF, REF, TolerancePolicy(atol=0.05)),
+    ]
+    packages = ["nvidia-cuda-runtime-cu12", "scikit-learn", "numpy"]
+    diffs = [
+        VersionDiff(
+            name=name,
+            versions={ref: "12.4.127", cand: None},
+            severity="runtime",
+            expected=False,
+            note=f"installed in {ref} only; check whether the model uses it.",
+        )
+        for name in packages
+    ]
+    r = dataclasses.replace(
+        report(
+            outputs,
+            version_diffs=diffs,
+            environments={ref: environment(ref), cand: environment(cand)},
+        ),
+        reference=ref,
+        candidate=cand,
+    )
+    out = io.StringIO()
+    render_terminal(r, Console(file=out, width=width, no_color=True, highlight=False))
+    text = out.getvalue()
+    lines = text.splitlines()
+    for name in [*packages, *(o.name for o in outputs), ref, cand]:
+        # whole on one line, as a name (not only inside a longer word)
+        assert any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", line) for line in lines), (
+            f"{name!r} is broken at width {width}:\n{text}"
+        )
+    assert "…" not in text.replace("sha256:0123456789ab…", "").replace("feedfacecafebeef…", "")
+    # the tables still hold every number and note
+    words = " ".join(text.split())
+    assert "0.099" in words and words.count("check whether the model uses") == len(packages)
+    # every table line fits (the lines tables print; free text lines wrap on their own)
+    table_lines = [line for line in lines if not line.startswith(("  ✗", "  -", "      worst"))]
+    assert max(len(line) for line in table_lines) <= width
