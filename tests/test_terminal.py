@@ -17,6 +17,8 @@ from rich.console import Console
 from parity.comparison import Noise, OutputComparison
 from parity.judging.compare import compare_arrays
 from parity.policies import TolerancePolicy
+from parity.render.html import render_html
+from parity.render.junit import render_junit
 from parity.render.markdown import render_markdown
 from parity.render.terminal import (
     WIDTH,
@@ -118,23 +120,35 @@ def test_failing_output_shows_its_numbers_and_what_would_pass() -> None:
 
 
 @pytest.mark.parametrize(
-    ("candidate", "policy", "shown"),
+    ("candidate", "policy", "shown", "advice"),
     [
-        (np.nextafter(REF, 2.0), TolerancePolicy(kind="ulp", max_ulp=4), ["ULP", "1"]),
-        (DRIFTED, TolerancePolicy(kind="psnr", min_db=20), ["PSNR", "24.84 dB"]),
+        (
+            np.nextafter(REF, 2.0),
+            TolerancePolicy(kind="ulp", max_ulp=4),
+            ["ULP", "1"],
+            ["max_ulp ≥ 1", ""],
+        ),
+        (
+            DRIFTED,
+            TolerancePolicy(kind="psnr", min_db=20),
+            ["PSNR", "24.84 dB"],
+            ["min_db", "≤ 24.83"],  # PSNR 24.8399…, rounded down so that it passes
+        ),
     ],
     ids=["ulp", "psnr"],
 )
 def test_policy_measure_is_shown_where_the_policy_has_one(
-    candidate: np.ndarray, policy: TolerancePolicy, shown: list[str]
+    candidate: np.ndarray, policy: TolerancePolicy, shown: list[str], advice: list[str]
 ) -> None:
     out = compare_arrays("y", REF, candidate, policy)
     text = render_text(report([out]), color=False)
     assert re.search(r"\smeasure\s", text)
     first, second = text.splitlines()[text.splitlines().index(row(text, "y")) :][:2]
-    # the measure's name, and below it its value, just left of the rtol that would pass
-    assert re.search(rf"\s{shown[0]}\s+atol ≥", first)
-    assert re.search(rf"\s{shown[1]}\s+rtol ≥", second)
+    # the measure's name, and below it its value, just left of what would pass in the
+    # policy's own terms (never an atol or rtol the policy does not have)
+    assert re.search(rf"\s{shown[0]}\s+{advice[0]}$", first), first
+    assert re.search(rf"\s{shown[1]}\s*{advice[1]}$", second), second
+    assert "atol" not in first + second and "rtol" not in first + second
     assert first.split()[2].startswith(policy.kind)
 
 
@@ -172,8 +186,9 @@ def test_decision_shows_its_agreement_and_rows_not_atol_advice() -> None:
     assert "      and 3 more rows\n" in text  # five named, of eight
     markdown = render_markdown(report([scores, labels]))
     label_row = next(line for line in markdown.splitlines() if line.startswith("| `label`"))
-    assert "| 8 / 128 rows (6.25%) |" in label_row
-    assert "| min_agreement ≤ 0.9375 | - | agreement 0.9375 |" in label_row
+    # no |a - b| statistics for labels: the rows, the agreement, and what would pass
+    assert "| 8 / 128 rows (6.25%) | - | - | - | - | min_agreement ≤ 0.9375 |" in label_row
+    assert label_row.endswith("| min_agreement ≤ 0.9375 | agreement 0.9375 |")
     assert "- `label`: disagrees at [3]: 3 (train) vs 4 (infer)" in markdown
     assert "worst at" not in markdown
 
@@ -366,13 +381,12 @@ def test_markdown_shows_policy_statistics_and_cause() -> None:
         "median abs diff",
         "p99 abs diff",
         "max rel diff",
-        "atol to pass",
-        "rtol to pass",
+        "would pass",
     ]
     assert (
         "| `y` | **fail** (tolerance): 50 of 100 elements beyond atol=0.05, rtol=0 (max abs diff "
         "0.099) | `allclose(atol=0.05, rtol=0)` | 50 / 100 elements (50%) | 0.099 | 0.0495 "
-        "| 0.09801 | 0.099 | 0.099 | 0.049 |"
+        "| 0.09801 | 0.099 | atol ≥ 0.099 or rtol ≥ 0.049 |"
     ) in text
     assert "- `y`: worst at [3, 24]: 1 (train) vs 1.099 (infer)" in text
 
@@ -443,3 +457,67 @@ def test_no_name_is_broken_at_any_width(width: int, envs: tuple[str, str]) -> No
     # every table line fits (the lines tables print; free text lines wrap on their own)
     table_lines = [line for line in lines if not line.startswith(("  ✗", "  -", "      worst"))]
     assert max(len(line) for line in table_lines) <= width
+
+
+# Each policy, a failing output, and what would pass in its own terms (None: no setting).
+ROWS = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+ADVICE = [
+    ("allclose", REF, DRIFTED, TolerancePolicy(atol=0.05), "atol ≥ 0.099"),
+    ("exact", REF, DRIFTED, TolerancePolicy(kind="exact"), None),
+    (
+        "ulp",
+        REF,
+        np.nextafter(np.nextafter(REF, 2.0), 2.0),
+        TolerancePolicy(kind="ulp"),
+        "max_ulp ≥ 2",
+    ),
+    (
+        "cosine",
+        ROWS,
+        ROWS + np.array([[0, 0.1], [0, 0], [0, 0]]),
+        TolerancePolicy(kind="cosine"),
+        "min_cosine ≤ 0.995037",
+    ),
+    ("psnr", REF, DRIFTED, TolerancePolicy(kind="psnr", min_db=30), "min_db ≤ 24.83"),
+    (
+        "decision",
+        np.eye(4),
+        np.eye(4)[[0, 1, 3, 2]],
+        TolerancePolicy(kind="decision"),
+        "min_agreement ≤ 0.5",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "ref", "cand", "policy", "advice"), ADVICE, ids=[a[0] for a in ADVICE]
+)
+def test_every_renderer_advises_in_the_policys_own_terms(
+    kind: str, ref: np.ndarray, cand: np.ndarray, policy: TolerancePolicy, advice: str | None
+) -> None:
+    out = compare_arrays(kind, ref, cand, policy)
+    assert not out.passed and out.policy == kind
+    r = report([out])
+    texts = {
+        "terminal": render_text(r, color=False),
+        "markdown": render_markdown(r),
+        "html": render_html(r),
+        "junit": render_junit(r),
+    }
+    for name, text in texts.items():
+        tolerance_advice = re.search(
+            r"atol (≥|>=|&gt;=)|rtol (≥|>=|&gt;=)|atol to pass|rtol to pass", text
+        )
+        assert (tolerance_advice is not None) == (kind == "allclose"), (name, text)
+        if advice is not None and not (name in ("html", "junit") and kind == "allclose"):
+            # the terminal's cell puts " ≤ value" on a line of its own
+            parts = advice.split(" ≤ ") if name == "terminal" else [advice]
+            assert all(part in text for part in parts), (name, text)
+    if advice is None:  # no setting of the policy passes: no advice at all
+        assert "would pass: " not in texts["junit"] and "would pass" not in texts["html"]
+        row = next(
+            line for line in texts["markdown"].splitlines() if line.startswith(f"| `{kind}`")
+        )
+        assert row.endswith("| - |")
+    # the JSON report keeps its fields for every policy (their meaning unchanged)
+    assert "atol_to_pass" in r.to_dict()["outputs"][0]

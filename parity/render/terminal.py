@@ -29,8 +29,8 @@ from envlock.progress import Progress
 from envlock.progress import quiet as say_nothing
 from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
+from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.policies import measure as policy_measure
-from parity.policies import reads_difference, would_pass
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
@@ -351,10 +351,10 @@ def _measure(o: OutputComparison) -> str | None:
 
 def _would_pass(o: OutputComparison) -> Text:
     """The smallest atol (at the policy's rtol) and rtol (at its atol) that would pass; for
-    a policy that does not read |a - b| (decision), its own setting that would."""
+    a policy that is not an atol/rtol bound, its own setting that would ("-": none)."""
     if o.max_abs_diff == 0:
         return Text("identical", style="dim")
-    if not reads_difference(o):
+    if not advises_tolerances(o):
         return Text((would_pass(o) or "-").replace(" ≤ ", "\n≤ "))
     rtol = "no rtol" if o.rtol_to_pass == float("inf") else f"rtol ≥ {o.rtol_to_pass:.3g}"
     return Text(f"atol ≥ {o.atol_to_pass:.3g}\n{rtol}")
