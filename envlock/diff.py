@@ -232,7 +232,7 @@ def diff(a: Side, b: Side) -> list[Difference]:
             continue  # a lock's requires-python that the interpreter meets
         if (section, key) in _RECORDED_SINCE and None in (va, vb):
             continue  # an older probe's fingerprint (a bundle) did not record it
-        sev, why = classify(section, key)
+        sev, why = classify(section, key, va, vb)
         differences.append(Difference(section, key, va, vb, sev, why))
     differences.sort(key=lambda d: d.component)
     differences = [_dispatched(d, a, b, differences) for d in differences]
@@ -415,21 +415,41 @@ def _satisfies(a: str | None, b: str | None) -> bool:
     return False
 
 
+# What a release of these packages can change, said so that it holds for any two releases.
 _PACKAGE_NOTES = {
-    "numpy": "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer downcast "
-    "to an array's float32, so preprocessing can change dtype and last bits",
-    "torch": "kernels, defaults and TF32 behaviour change between torch releases",
+    "numpy": "numpy releases change SIMD kernels and the rounding of some functions",
+    "torch": "kernels and defaults change between torch releases",
     "pillow": "resampling filters and defaults change between Pillow releases",
     "scipy": "scipy's algorithms and its BLAS/LAPACK change between releases",
 }
+# What only a change from one major version to another does: (package, major, major) -> note.
+_MAJOR_NOTES = {
+    ("numpy", "1", "2"): "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer "
+    "downcast to an array's float32, so preprocessing can change dtype and last bits",
+}
 
 
-def classify(section: str, key: str) -> tuple[Severity, str]:
-    """Severity of a difference in `section` `key`, and why it matters: what to do, in one line."""
+def _package_note(name: str, a: str | None, b: str | None) -> str:
+    """What a difference of package `name` between versions `a` and `b` can change: a note
+    that only a change across major versions makes true is given only for those versions."""
+    if a is None or b is None:
+        return "it can change computed values"  # on one side only: no release to compare
+    majors = {_major(a), _major(b)}
+    for (package, *across), note in _MAJOR_NOTES.items():
+        if package == name and majors == set(across):
+            return note
+    return _PACKAGE_NOTES.get(name) or "it can change computed values"
+
+
+def classify(
+    section: str, key: str, a: str | None = None, b: str | None = None
+) -> tuple[Severity, str]:
+    """Severity of a difference in `section` `key`, and why it matters: what to do, in one
+    line. A package's note depends on its versions `a` and `b` where they are known."""
     if section == "package":
         sev = severity(key)
         if sev == "numerics":
-            note = _PACKAGE_NOTES.get(key) or "it can change computed values"
+            note = _package_note(key, a, b)
             return sev, f"{note}. Install the same version in both (one lock)."
         if sev == "benign":
             return sev, "tooling, does not reach a model's numbers."

@@ -4,8 +4,10 @@
 before it is gone) and writes a folder:
 
     bundle.json       schema_version, when, the environment (backend, lock, digest, group,
-                      summary), the adapter, the input spec and its content digest, the
-                      tolerance policies
+                      summary), what its lock pins for its group and the group that
+                      installs each package (`lock`, so a later check explains group-only
+                      packages as a live one does), the adapter, the input spec and its
+                      content digest, the tolerance policies
     fingerprint.json  the environment's fingerprint, as its worker wrote it
     outputs.npz       the worker's outputs, as it wrote them
     manifest.json     every other file's relative path -> {sha256, size}
@@ -43,6 +45,7 @@ from parity.outputs import MAX_JSON_BYTES, MAX_OUTPUT_BYTES, load_json, load_out
 from parity.runs.replay import (
     EnvironmentSummary,
     EnvRun,
+    LockView,
     WorkFolder,
     describe_inputs,
     replay_environments,
@@ -81,6 +84,10 @@ class Bundle:
     outputs: dict[str, OutputArray]
     manifest_digest: str
     extracted: Path | None = field(default=None, repr=False)
+    # What the environment's lock pinned (None: it had no lock, or the bundle was recorded
+    # by a parity that did not record it, which then explains a group-only package only
+    # when the checked environment has the very same lock).
+    lock: LockView | None = None
 
     @property
     def input_digest(self) -> str:
@@ -255,6 +262,7 @@ def _describe(config: ParityConfig, run: EnvRun, inputs: dict[str, Any]) -> dict
         "config": str(config.path),
         "adapter": config.adapter,
         "environment": asdict(summary(run)),
+        "lock": view.to_dict() if (view := run.lock_view()) else None,
         "inputs": inputs,
         "tolerance": {
             "default": config.tolerance.to_dict(),
@@ -335,6 +343,7 @@ def _read(path: Path, root: Path, extracted: Path | None) -> Bundle:
         outputs=outputs,
         manifest_digest=manifest_digest,
         extracted=extracted,
+        lock=_lock_view(path, meta.get("lock")),
     )
 
 
@@ -416,6 +425,26 @@ def _summary(path: Path, data: dict[str, Any]) -> EnvironmentSummary:
             f"{path}: {BUNDLE_FILE}: environment.backend must be one of {', '.join(BACKENDS)}"
         )
     return EnvironmentSummary(**values)
+
+
+def _lock_view(path: Path, data: Any) -> LockView | None:
+    """The recorded view of the environment's lock, type-checked; None when the bundle has
+    none (an environment without a lock, or a bundle recorded before parity kept it)."""
+    if data is None:
+        return None
+    where = f"{path}: {BUNDLE_FILE}: lock"
+    if not isinstance(data, dict):
+        raise BundleError(f"{where} must be an object")
+    for key in ("path", "group"):
+        if not isinstance(data.get(key), str):
+            raise BundleError(f"{where}.{key} is missing or not a str")
+    for key in ("pins", "groups"):
+        value = data.get(key)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise BundleError(f"{where}.{key} must map package names to strings")
+    return LockView(data["path"], data["group"], dict(data["pins"]), dict(data["groups"]))
 
 
 _NAME = re.compile(r"^[A-Za-z_][\w-]{0,99}$")  # as environment names in a config

@@ -122,6 +122,8 @@ def check_against(
         cand = EnvRun(config.environment(name))
         replay_environments(config, [cand], work.path, cache_dir, say, calibrate, input_digest)
         ref = _bundle_run(bundle, cand)
+        if (note := _old_bundle_note(bundle, cand)) is not None:
+            say(note)
         report = _conclude(
             config,
             ref,
@@ -273,9 +275,12 @@ def _different_inputs(config: ParityConfig, bundle: Bundle, input_digest: str) -
 def _bundle_run(bundle: Bundle, cand: EnvRun) -> EnvRun:
     """The bundle as the reference side of a check against `cand`.
 
-    The bundle carries no lock, only the digest of the one it was built from: when that
-    is the candidate's own lock, the candidate's lock (read with the bundle's group)
-    explains group-only packages as expected, as in a check of two live environments."""
+    The bundle carries no lock, only the view of it that it recorded (`Bundle.lock`: the
+    versions pinned for its group, the group of each package), which explains group-only
+    packages as expected, as in a check of two live environments. A bundle recorded before
+    parity kept that view has only its lock's digest: when that is the candidate's own
+    lock, the candidate's lock (read with the bundle's group) stands in for it; otherwise
+    the locks explain nothing (see `_old_bundle_note`)."""
     recorded = bundle.environment
     label = recorded.name if recorded.name != cand.spec.name else f"{recorded.name} (bundle)"
     same_lock = cand.lock is not None and recorded.lock_digest == cand.lock.digest
@@ -284,9 +289,26 @@ def _bundle_run(bundle: Bundle, cand: EnvRun) -> EnvRun:
     )
     return EnvRun(
         spec,
-        lock=cand.lock if same_lock else None,
+        lock=cand.lock if same_lock and bundle.lock is None else None,
         outputs=dict(bundle.outputs),
         fingerprint=bundle.fingerprint,
+        recorded_lock=bundle.lock,
+    )
+
+
+def _old_bundle_note(bundle: Bundle, cand: EnvRun) -> str | None:
+    """What a bundle recorded before parity kept its lock's view gives up, when it does:
+    its lock is known by digest only, and the candidate's lock is another."""
+    recorded = bundle.environment
+    if bundle.lock is not None or recorded.lock_digest is None:
+        return None
+    if cand.lock is not None and cand.lock.digest == recorded.lock_digest:
+        return None
+    return (
+        f"note: {bundle.path} does not record what its lock pins (recorded by an older "
+        "parity), and the checked environment's lock is another: a package only in one "
+        "lock group is reported, not expected; record the bundle again to judge it as a "
+        "check of two live environments does"
     )
 
 

@@ -6,6 +6,7 @@ of seconds. One bundle is recorded per module and copied by the tests that alter
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -13,19 +14,21 @@ import shutil
 import tarfile
 import textwrap
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LOCAL_CONFIG, assert_valid_report, run_cli
 
 from envlock.environments import EnvironmentSpec
 from envlock.lockfile import LockedEnv, LockedPackage
-from parity.bundle import Bundle, load_bundle
-from parity.check import _bundle_run
+from parity.bundle import Bundle, _write_manifest, load_bundle
+from parity.check import _bundle_run, _old_bundle_note
 from parity.errors import BundleError
 from parity.judging.versions import version_diffs
 from parity.report import EnvironmentSummary
-from parity.runs.replay import EnvRun
+from parity.runs.replay import EnvRun, LockView
 
 ADAPTER = """\
 import os
@@ -632,3 +635,129 @@ def test_an_image_shape_that_looks_channels_last_is_warned_about_on_stderr(
     report = json.loads(said.stdout)
     assert_valid_report(report)
     assert report["inputs"]["arrays"]["x"]["layout"] == "channels_last"
+
+
+def _train_lock(digest: str, numpy: str = "2.4.6") -> LockedEnv:
+    """A lock of `main` (six, numpy) and a `train` group (tqdm), at `digest`."""
+    return LockedEnv(
+        path=Path("pylock.toml"),
+        digest=digest,
+        flavor="pylock",
+        requires_python=None,
+        groups=("main", "train"),
+        packages=(
+            LockedPackage("six", "1.17.0", None),
+            LockedPackage("numpy", numpy, None),
+            LockedPackage("tqdm", "4.67.1", "'train' in dependency_groups"),
+        ),
+    )
+
+
+def _bundle_of(summary: EnvironmentSummary, fingerprint: dict[str, object], lock: object) -> Bundle:
+    return Bundle(
+        path=Path("golden"),
+        root=Path("golden"),
+        schema_version="1",
+        created="2026-01-01T00:00:00Z",
+        config="parity.toml",
+        adapter="adapter:predict",
+        environment=summary,
+        inputs={"digest": "sha256:" + "0" * 64},
+        tolerance={},
+        fingerprint=fingerprint,
+        outputs={},
+        manifest_digest="sha256:" + "1" * 64,
+        lock=lock,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("cand_numpy", ["2.4.6", "1.26.4"])
+def test_a_check_against_a_bundle_judges_versions_as_a_live_check_does(cand_numpy: str) -> None:
+    # The training lock and the inference lock differ (another numpy, as in the
+    # numpy-drift example), so the bundle's lock digest is not the candidate's: the
+    # bundle's recorded view of its lock must explain tqdm as the live check does.
+    train_lock = _train_lock("sha256:" + "a" * 64)
+    infer_lock = _train_lock("sha256:" + "b" * 64, numpy=cand_numpy)
+    train_fp = _fingerprint(("six", "1.17.0"), ("numpy", "2.4.6"), ("tqdm", "4.67.1"))
+    infer_fp = _fingerprint(("six", "1.17.0"), ("numpy", cand_numpy))
+    live_ref = EnvRun(
+        EnvironmentSpec("train", "venv", Path("pylock.toml"), "train"),
+        lock=train_lock,
+        fingerprint=train_fp,
+    )
+    cand = EnvRun(
+        EnvironmentSpec("infer", "venv", Path("pylock.toml"), "main"),
+        lock=infer_lock,
+        fingerprint=infer_fp,
+    )
+    summary = dataclasses.replace(_summary_of("train"), lock_digest=train_lock.digest)
+    bundle = _bundle_of(summary, train_fp, LockView.of(train_lock, "train"))
+
+    def judged(ref: EnvRun) -> list[tuple[str, dict[str, str | None], bool, str]]:
+        return [(d.name, d.versions, d.expected, d.note) for d in version_diffs(ref, cand)]
+
+    live, against = judged(live_ref), judged(_bundle_run(bundle, cand))
+    assert against == live
+    tqdm = next(d for d in live if d[0] == "tqdm")
+    assert tqdm[2] is True
+    assert tqdm[3].startswith("only in the 'train' group, which infer does not install")
+    if cand_numpy != "2.4.6":
+        numpy = next(d for d in live if d[0] == "numpy")
+        assert numpy[2] is False and numpy[3].startswith("the locks pin different versions")
+    assert _old_bundle_note(bundle, cand) is None
+
+    # A bundle from an older parity has no view of its lock: tqdm is reported, not
+    # expected, and the check says why once.
+    old = dataclasses.replace(bundle, lock=None)
+    tqdm_old = next(d for d in judged(_bundle_run(old, cand)) if d[0] == "tqdm")
+    assert tqdm_old[2] is False
+    note = _old_bundle_note(old, cand)
+    assert note is not None and "record the bundle again" in note
+
+
+def _summary_of(name: str) -> EnvironmentSummary:
+    return EnvironmentSummary(
+        name=name,
+        backend="venv",
+        description="venv",
+        lock="pylock.toml",
+        lock_digest=None,
+        group="train",
+        python=None,
+        platform=None,
+        packages={},
+        env={},
+        libraries={},
+        cpu={},
+        created=False,
+        seconds={},
+    )
+
+
+def _rewrite(bundle: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit a bundle folder's bundle.json and write its manifest again."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    edit(meta)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    (bundle / "manifest.json").unlink()
+    _write_manifest(bundle)
+
+
+def test_a_bundle_keeps_its_locks_view_and_an_older_one_without_it_loads(
+    project: Path, tmp_path: Path
+) -> None:
+    recorded = json.loads((project / "golden" / "bundle.json").read_text())
+    assert recorded["lock"] is None  # the local backend's environment has no lock
+    view = LockView.of(_train_lock("sha256:" + "a" * 64), "train")
+    bundle = copy_bundle(project, tmp_path)
+    _rewrite(bundle, lambda meta: meta.update(lock=view.to_dict()))
+    with load_bundle(bundle) as loaded:
+        assert loaded.lock == view
+        assert loaded.lock.group_of("tqdm") == "train" and loaded.lock.group_of("six") == "main"
+        assert loaded.lock.pins == {"six": "1.17.0", "numpy": "2.4.6", "tqdm": "4.67.1"}
+    _rewrite(bundle, lambda meta: meta.pop("lock"))  # as parity wrote bundles before
+    with load_bundle(bundle) as loaded:
+        assert loaded.lock is None
+    _rewrite(bundle, lambda meta: meta.update(lock={"path": "p", "group": "g", "pins": [1]}))
+    with pytest.raises(BundleError, match=r"lock\.pins must map package names to strings"):
+        load_bundle(bundle)

@@ -81,8 +81,9 @@ def test_every_policy_passes_an_output_compared_with_itself(
     a: np.ndarray, policy: TolerancePolicy
 ) -> None:
     result = compare_arrays("y", a, a.copy(), policy)
-    if policy.kind == "decision" and a.ndim == 1:
-        # One float per row has no class axis: a policy error, however equal the values.
+    if policy.kind == "decision" and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+        # One float per row, (rows,) or (rows, 1), has no class axis: a policy error,
+        # however equal the values.
         assert result.cause == "policy", result.reason
         return
     assert result.passed, result.reason
@@ -500,3 +501,36 @@ def test_progress_is_reported_after_every_block() -> None:
     )
     # Blocks hold whole rows: 2 rows of 7 = 14 elements each, the last one 14 too.
     assert seen == [(14, 70), (28, 70), (42, 70), (56, 70), (70, 70)]
+
+
+def test_decision_on_a_column_of_integers_compares_labels_sample_by_sample() -> None:
+    # (rows, 1): class ids as a column, as many models return them. An argmax over the
+    # one "class" of each row would always agree; as labels, 8 of 128 rows differ.
+    ref, cand = labels_with_eight_changed()
+    column = compare_arrays("label", ref[:, None], cand[:, None], TolerancePolicy(kind="decision"))
+    flat = compare_arrays("label", ref, cand, TolerancePolicy(kind="decision"))
+    assert (column.passed, column.cause, column.unit) == (False, "tolerance", "rows")
+    assert (column.mismatched, column.total, column.agreement) == (8, 128, 0.9375)
+    assert column.reason == flat.reason
+    assert column.reason is not None and column.reason.startswith("label agreement 0.9375")
+    # each disagreement names the row (and the column's one index) and both labels
+    assert [d.index for d in column.disagreements] == [(5, 0), (9, 0), (30, 0), (31, 0), (64, 0)]
+    assert [(d.reference, d.candidate) for d in column.disagreements] == [
+        (d.reference, d.candidate) for d in flat.disagreements
+    ]
+    same = compare_arrays("label", ref[:, None], ref[:, None], TolerancePolicy(kind="decision"))
+    assert (same.passed, same.agreement, same.total) == (True, 1.0, 128)
+    topk = compare_arrays(
+        "label", ref[:, None], cand[:, None], TolerancePolicy(kind="decision", top_k=2)
+    )
+    assert (topk.passed, topk.cause) == (False, "policy")
+    assert topk.reason is not None and "(rows, 1) integer output holds one class id" in topk.reason
+
+
+def test_decision_on_a_column_of_floats_is_a_policy_error() -> None:
+    scores = np.linspace(0, 1, 8, dtype=np.float32)[:, None]
+    moved = scores[::-1].copy()
+    result = compare_arrays("p", scores, moved, TolerancePolicy(kind="decision"))
+    assert (result.passed, result.cause) == (False, "policy")  # not an argmax that agrees
+    assert result.reason is not None
+    assert "decision policy on a (rows, 1) float32 output is ambiguous" in result.reason

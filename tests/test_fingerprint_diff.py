@@ -363,3 +363,34 @@ def test_real_fingerprints_of_two_venvs_that_differ_in_numpy(
         "envlock", "diff", str(fps[0]), "examples/numpy-drift/locks/pylock.toml", "--json"
     )
     assert [d["component"] for d in json.loads(other.stdout)] == ["package numpy"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "nep50"),
+    [("1.26.4", "2.4.6", True), ("2.4.6", "1.26.4", True), ("2.3.5", "2.4.6", False)],
+)
+def test_the_nep_50_note_is_given_only_across_numpy_1_and_2(a: str, b: str, nep50: bool) -> None:
+    def fp(version: str) -> dict[str, Any]:
+        return {"distributions": [{"name": "numpy", "version": version}]}
+
+    (numpy,) = diff(side(fp(a), "a"), side(fp(b), "b"))
+    assert ("NEP 50" in numpy.why) is nep50
+    assert ("NumPy 2" in numpy.why) is nep50
+    # every numpy difference still says what a release can change and what to do
+    assert numpy.severity == "numerics"
+    assert numpy.why.endswith("Install the same version in both (one lock).")
+    if not nep50:
+        assert "numpy releases change" in numpy.why
+
+
+def test_a_package_on_one_side_only_gets_no_release_note() -> None:
+    a = {
+        "distributions": [
+            {"name": "numpy", "version": "2.4.6"},
+            {"name": "torch", "version": "2.9.1"},
+        ]
+    }
+    b = {"distributions": [{"name": "numpy", "version": "1.26.4"}]}
+    found = {d.key: d for d in diff(side(a, "a"), side(b, "b"))}
+    assert "NEP 50" in found["numpy"].why
+    assert "releases" not in found["torch"].why  # there is no second release to compare

@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from parity.cli import main as parity_main
 from parity.comparison import Noise, OutputComparison
 from parity.judging.compare import compare_arrays
-from parity.policies import TolerancePolicy
+from parity.policies import TolerancePolicy, would_pass
 from parity.render.html import render_html
 from parity.report import EnvironmentSummary, ParityReport, VersionDiff
 
@@ -306,9 +306,11 @@ def test_every_output_has_a_section_with_its_numbers(page: str, report: ParityRe
         assert o.policy_description in heading.text()
         shown = facts(section)
         assert shown["mismatched"].startswith(f"{o.mismatched} of {o.total} {o.unit} (")
-        if o.policy == "decision":  # it judges classes, not |a - b|: no atol or rtol advice
-            assert "atol to pass" not in shown and "rtol to pass" not in shown
+        if o.policy == "decision":  # it judges classes, not |a - b|: no worst element
             assert "worst element" not in shown
+        if o.policy != "allclose":  # advice in the policy's own terms, or none (exact)
+            assert "atol to pass" not in shown and "rtol to pass" not in shown
+            assert shown.get("would pass") == (None if o.policy == "exact" else would_pass(o))
         else:
             assert shown["atol to pass"] == f"{o.atol_to_pass:.4g}"
             assert shown["rtol to pass"] == (

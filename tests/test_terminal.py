@@ -6,16 +6,27 @@ dataclasses directly, so no environment is materialized.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import re
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from parity.comparison import Noise, OutputComparison
 from parity.judging.compare import compare_arrays
 from parity.policies import TolerancePolicy
+from parity.render.html import render_html
+from parity.render.junit import render_junit
 from parity.render.markdown import render_markdown
-from parity.render.terminal import WIDTH, progress_printer, render_text, stdout_console
+from parity.render.terminal import (
+    WIDTH,
+    progress_printer,
+    render_terminal,
+    render_text,
+    stdout_console,
+)
 from parity.report import EnvironmentSummary, ParityReport, VersionDiff
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -109,23 +120,35 @@ def test_failing_output_shows_its_numbers_and_what_would_pass() -> None:
 
 
 @pytest.mark.parametrize(
-    ("candidate", "policy", "shown"),
+    ("candidate", "policy", "shown", "advice"),
     [
-        (np.nextafter(REF, 2.0), TolerancePolicy(kind="ulp", max_ulp=4), ["ULP", "1"]),
-        (DRIFTED, TolerancePolicy(kind="psnr", min_db=20), ["PSNR", "24.84 dB"]),
+        (
+            np.nextafter(REF, 2.0),
+            TolerancePolicy(kind="ulp", max_ulp=4),
+            ["ULP", "1"],
+            ["max_ulp ≥ 1", ""],
+        ),
+        (
+            DRIFTED,
+            TolerancePolicy(kind="psnr", min_db=20),
+            ["PSNR", "24.84 dB"],
+            ["min_db", "≤ 24.83"],  # PSNR 24.8399…, rounded down so that it passes
+        ),
     ],
     ids=["ulp", "psnr"],
 )
 def test_policy_measure_is_shown_where_the_policy_has_one(
-    candidate: np.ndarray, policy: TolerancePolicy, shown: list[str]
+    candidate: np.ndarray, policy: TolerancePolicy, shown: list[str], advice: list[str]
 ) -> None:
     out = compare_arrays("y", REF, candidate, policy)
     text = render_text(report([out]), color=False)
     assert re.search(r"\smeasure\s", text)
     first, second = text.splitlines()[text.splitlines().index(row(text, "y")) :][:2]
-    # the measure's name, and below it its value, just left of the rtol that would pass
-    assert re.search(rf"\s{shown[0]}\s+atol ≥", first)
-    assert re.search(rf"\s{shown[1]}\s+rtol ≥", second)
+    # the measure's name, and below it its value, just left of what would pass in the
+    # policy's own terms (never an atol or rtol the policy does not have)
+    assert re.search(rf"\s{shown[0]}\s+{advice[0]}$", first), first
+    assert re.search(rf"\s{shown[1]}\s*{advice[1]}$", second), second
+    assert "atol" not in first + second and "rtol" not in first + second
     assert first.split()[2].startswith(policy.kind)
 
 
@@ -163,8 +186,9 @@ def test_decision_shows_its_agreement_and_rows_not_atol_advice() -> None:
     assert "      and 3 more rows\n" in text  # five named, of eight
     markdown = render_markdown(report([scores, labels]))
     label_row = next(line for line in markdown.splitlines() if line.startswith("| `label`"))
-    assert "| 8 / 128 rows (6.25%) |" in label_row
-    assert "| min_agreement ≤ 0.9375 | - | agreement 0.9375 |" in label_row
+    # no |a - b| statistics for labels: the rows, the agreement, and what would pass
+    assert "| 8 / 128 rows (6.25%) | - | - | - | - | min_agreement ≤ 0.9375 |" in label_row
+    assert label_row.endswith("| min_agreement ≤ 0.9375 | agreement 0.9375 |")
     assert "- `label`: disagrees at [3]: 3 (train) vs 4 (infer)" in markdown
     assert "worst at" not in markdown
 
@@ -357,13 +381,12 @@ def test_markdown_shows_policy_statistics_and_cause() -> None:
         "median abs diff",
         "p99 abs diff",
         "max rel diff",
-        "atol to pass",
-        "rtol to pass",
+        "would pass",
     ]
     assert (
         "| `y` | **fail** (tolerance): 50 of 100 elements beyond atol=0.05, rtol=0 (max abs diff "
         "0.099) | `allclose(atol=0.05, rtol=0)` | 50 / 100 elements (50%) | 0.099 | 0.0495 "
-        "| 0.09801 | 0.099 | 0.099 | 0.049 |"
+        "| 0.09801 | 0.099 | atol ≥ 0.099 or rtol ≥ 0.049 |"
     ) in text
     assert "- `y`: worst at [3, 24]: 1 (train) vs 1.099 (infer)" in text
 
@@ -388,3 +411,113 @@ def test_markdown_shows_policy_measures_and_noise() -> None:
         "- `z` is nondeterministic: infer disagrees with itself "
         "(max abs diff 0.01 between two runs, 40 of 100 elements)"
     ) in text
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 160])
+@pytest.mark.parametrize("envs", [("train", "infer"), ("training_environment", "serving_env_v2")])
+def test_no_name_is_broken_at_any_width(width: int, envs: tuple[str, str]) -> None:
+    ref, cand = envs
+    outputs = [
+        compare_arrays("super_resolution_float", REF, DRIFTED, TolerancePolicy(atol=0.05)),
+        compare_arrays("class_probabilities", REF, REF, TolerancePolicy(atol=0.05)),
+    ]
+    packages = ["nvidia-cuda-runtime-cu12", "scikit-learn", "numpy"]
+    diffs = [
+        VersionDiff(
+            name=name,
+            versions={ref: "12.4.127", cand: None},
+            severity="runtime",
+            expected=False,
+            note=f"installed in {ref} only; check whether the model uses it.",
+        )
+        for name in packages
+    ]
+    r = dataclasses.replace(
+        report(
+            outputs,
+            version_diffs=diffs,
+            environments={ref: environment(ref), cand: environment(cand)},
+        ),
+        reference=ref,
+        candidate=cand,
+    )
+    out = io.StringIO()
+    render_terminal(r, Console(file=out, width=width, no_color=True, highlight=False))
+    text = out.getvalue()
+    lines = text.splitlines()
+    for name in [*packages, *(o.name for o in outputs), ref, cand]:
+        # whole on one line, as a name (not only inside a longer word)
+        assert any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", line) for line in lines), (
+            f"{name!r} is broken at width {width}:\n{text}"
+        )
+    assert "…" not in text.replace("sha256:0123456789ab…", "").replace("feedfacecafebeef…", "")
+    # the tables still hold every number and note
+    words = " ".join(text.split())
+    assert "0.099" in words and words.count("check whether the model uses") == len(packages)
+    # every table line fits (the lines tables print; free text lines wrap on their own)
+    table_lines = [line for line in lines if not line.startswith(("  ✗", "  -", "      worst"))]
+    assert max(len(line) for line in table_lines) <= width
+
+
+# Each policy, a failing output, and what would pass in its own terms (None: no setting).
+ROWS = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+ADVICE = [
+    ("allclose", REF, DRIFTED, TolerancePolicy(atol=0.05), "atol ≥ 0.099"),
+    ("exact", REF, DRIFTED, TolerancePolicy(kind="exact"), None),
+    (
+        "ulp",
+        REF,
+        np.nextafter(np.nextafter(REF, 2.0), 2.0),
+        TolerancePolicy(kind="ulp"),
+        "max_ulp ≥ 2",
+    ),
+    (
+        "cosine",
+        ROWS,
+        ROWS + np.array([[0, 0.1], [0, 0], [0, 0]]),
+        TolerancePolicy(kind="cosine"),
+        "min_cosine ≤ 0.995037",
+    ),
+    ("psnr", REF, DRIFTED, TolerancePolicy(kind="psnr", min_db=30), "min_db ≤ 24.83"),
+    (
+        "decision",
+        np.eye(4),
+        np.eye(4)[[0, 1, 3, 2]],
+        TolerancePolicy(kind="decision"),
+        "min_agreement ≤ 0.5",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "ref", "cand", "policy", "advice"), ADVICE, ids=[a[0] for a in ADVICE]
+)
+def test_every_renderer_advises_in_the_policys_own_terms(
+    kind: str, ref: np.ndarray, cand: np.ndarray, policy: TolerancePolicy, advice: str | None
+) -> None:
+    out = compare_arrays(kind, ref, cand, policy)
+    assert not out.passed and out.policy == kind
+    r = report([out])
+    texts = {
+        "terminal": render_text(r, color=False),
+        "markdown": render_markdown(r),
+        "html": render_html(r),
+        "junit": render_junit(r),
+    }
+    for name, text in texts.items():
+        tolerance_advice = re.search(
+            r"atol (≥|>=|&gt;=)|rtol (≥|>=|&gt;=)|atol to pass|rtol to pass", text
+        )
+        assert (tolerance_advice is not None) == (kind == "allclose"), (name, text)
+        if advice is not None and not (name in ("html", "junit") and kind == "allclose"):
+            # the terminal's cell puts " ≤ value" on a line of its own
+            parts = advice.split(" ≤ ") if name == "terminal" else [advice]
+            assert all(part in text for part in parts), (name, text)
+    if advice is None:  # no setting of the policy passes: no advice at all
+        assert "would pass: " not in texts["junit"] and "would pass" not in texts["html"]
+        row = next(
+            line for line in texts["markdown"].splitlines() if line.startswith(f"| `{kind}`")
+        )
+        assert row.endswith("| - |")
+    # the JSON report keeps its fields for every policy (their meaning unchanged)
+    assert "atol_to_pass" in r.to_dict()["outputs"][0]

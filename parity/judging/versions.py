@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
-from envlock.names import shown_path
 from parity.config import ParityConfig
-from parity.runs.replay import EnvRun
+from parity.runs.replay import EnvRun, LockView
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,12 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
         ),
     )
     diffs = []
+    views = ref.lock_view(), cand.lock_view()  # what the locks pin, as read or recorded
     for d in differences:
         expected, note = (False, None)
         if d.section == "package":
             name = d.key
-            expected, note = _explain(name, (ref, d.a), (cand, d.b))
+            expected, note = _explain(name, (ref, d.a, views[0]), (cand, d.b, views[1]))
         elif (d.section, d.key) == ("python", "version"):
             name = "python"
         else:
@@ -125,30 +125,29 @@ def _name(component: str | None) -> str | None:
 
 
 def _explain(
-    name: str, left: tuple[EnvRun, str | None], right: tuple[EnvRun, str | None]
+    name: str,
+    left: tuple[EnvRun, str | None, LockView | None],
+    right: tuple[EnvRun, str | None, LockView | None],
 ) -> tuple[bool, str | None]:
-    """Whether the locks explain the difference (a group-only package), and a one-line why."""
-    (ra, va), (rb, vb) = left, right
-    if ra.lock is None or rb.lock is None:
+    """Whether the locks explain the difference (a group-only package), and a one-line why.
+
+    Each side's lock is read from the lock itself or, for a golden bundle, from the view
+    of it the bundle recorded, so a check against a bundle judges as a live check does."""
+    (ra, va, a), (rb, vb, b) = left, right
+    if a is None or b is None:
         return False, None
-    la = ra.lock.versions(ra.spec.group)
-    lb = rb.lock.versions(rb.spec.group)
-    for run, installed, locked in ((ra, va, la), (rb, vb, lb)):
+    for run, installed, locked in ((ra, va, a.pins), (rb, vb, b.pins)):
         if installed is not None and name in locked and _norm(locked[name]) != _norm(installed):
             return False, f"{run.spec.name} has {installed} but its lock pins {locked[name]}"
     if (va is None) != (vb is None):
         present, absent = (ra, rb) if vb is None else (rb, ra)
-        assert present.lock is not None and absent.lock is not None
-        group = present.lock.group_of(name)
-        in_absent = name in absent.lock.versions(absent.spec.group)
-        if group not in (None, MAIN) and not in_absent:
+        seen, unseen = (a, b) if vb is None else (b, a)
+        group = seen.group_of(name)
+        if group not in (None, MAIN) and name not in unseen.pins:
             return True, f"only in the {group!r} group, which {absent.spec.name} does not install"
         return False, f"installed in {present.spec.name} only"
-    if name in la and name in lb and la[name] != lb[name]:
-        return False, (
-            f"the locks pin different versions ({shown_path(ra.lock.path)} vs "
-            f"{shown_path(rb.lock.path)})"
-        )
+    if name in a.pins and name in b.pins and a.pins[name] != b.pins[name]:
+        return False, f"the locks pin different versions ({a.path} vs {b.path})"
     return False, None
 
 

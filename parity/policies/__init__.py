@@ -36,6 +36,7 @@ __all__ = [
     "POLICIES",
     "Policy",
     "TolerancePolicy",
+    "advises_tolerances",
     "all_settings",
     "measure",
     "reads_difference",
@@ -89,9 +90,18 @@ def reads_difference(c: OutputComparison) -> bool:
     return policy.reads_difference if policy is not None else True
 
 
+def advises_tolerances(c: OutputComparison) -> bool:
+    """Whether the atol and rtol that would pass `c` are advice in the terms of the policy
+    that judged it (allclose: it bounds |a - b| by them); else renderers give the policy's
+    own `would_pass`, or nothing. True for a policy no longer registered."""
+    policy = POLICIES.get(c.policy)
+    return policy.bounds_difference if policy is not None else True
+
+
 def would_pass(c: OutputComparison) -> str | None:
-    """What the policy that judged `c` says would pass it, where it does not read |a - b|
-    (see `reads_difference`), e.g. `min_agreement ≤ 0.9375`."""
+    """What the policy that judged `c` says would pass it, in its own terms, where it is
+    not an atol/rtol bound (see `advises_tolerances`), e.g. `min_agreement ≤ 0.9375`,
+    `min_cosine ≤ 0.99871`, `max_ulp ≥ 3`; None when no setting of it would."""
     policy = POLICIES.get(c.policy)
     return policy.would_pass(c) if policy is not None else None
 

@@ -23,6 +23,7 @@ class Allclose(Policy):
     """Every element within atol + rtol * |reference|."""
 
     name = "allclose"
+    bounds_difference = True
     atol: float = number(0.0)
     rtol: float = number(0.0)
     noise_factor: float | None = number(None)

@@ -179,6 +179,11 @@ class Judge(ABC):
         """The judgement, once every block has been seen."""
 
 
+# The causes of a failure that no setting of a policy can pass (a shape or dtype change, a
+# NaN or infinity that moved, an output the policy cannot judge): no advice for them.
+FAILS_WHATEVER_THE_SETTING = frozenset({"shape", "dtype", "nan_inf", "policy"})
+
+
 @dataclass(frozen=True)
 class Policy(ABC):
     """A tolerance rule and its settings. Register a subclass in `parity.policies`."""
@@ -189,6 +194,10 @@ class Policy(ABC):
     # on something else (the classes a row chooses) sets False: those statistics stay in
     # the JSON, but the renderers present what the policy measures instead.
     reads_difference: ClassVar[bool] = True
+    # Whether the rule is a bound atol + rtol * |reference| on |a - b|: then the atol and
+    # rtol that would pass are advice in its own terms. Any other rule gives its own
+    # advice (`would_pass`) or none: "atol >= x" means nothing to a cosine or ULP rule.
+    bounds_difference: ClassVar[bool] = False
 
     @classmethod
     def setting_specs(cls) -> tuple[Setting, ...]:
@@ -242,7 +251,8 @@ class Policy(ABC):
 
     @classmethod
     def would_pass(cls, c: OutputComparison) -> str | None:
-        """For a policy that does not read |a - b| (`reads_difference` False): the setting
-        that would pass `c`, e.g. `min_agreement ≤ 0.9375`, in place of the atol and rtol
-        renderers give for the others; None when it has none to give."""
+        """For a policy that is not an atol/rtol bound (`bounds_difference` False): the
+        setting that would pass `c`, in its own terms, e.g. `min_agreement ≤ 0.9375`, in
+        place of the atol and rtol renderers give for allclose; None when no setting of
+        the policy would (exact) or it has none to give."""
         return None

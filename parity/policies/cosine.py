@@ -10,10 +10,19 @@ infinity rules name them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parity.policies.base import Judge, Output, Policy, Tally, Verdict, number
+from parity.policies.base import (
+    FAILS_WHATEVER_THE_SETTING,
+    Judge,
+    Output,
+    Policy,
+    Tally,
+    Verdict,
+    number,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,6 +58,14 @@ class Cosine(Policy):
     def measure(cls, c: OutputComparison) -> tuple[str, str] | None:
         lowest = c.measures.get("min_cosine")
         return None if lowest is None else ("min cosine", f"{lowest:.6g}")
+
+    @classmethod
+    def would_pass(cls, c: OutputComparison) -> str | None:
+        lowest = c.measures.get("min_cosine")
+        if lowest is None or c.cause in FAILS_WHATEVER_THE_SETTING:
+            return None
+        # Rounded down, so that the bound shown passes: 0.9987654 is shown as 0.998765.
+        return f"min_cosine ≤ {math.floor(lowest * 1e6) / 1e6:g}"
 
 
 class _Similarity(Judge):

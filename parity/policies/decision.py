@@ -6,10 +6,11 @@ Two shapes of output are decisions:
 
 - scores with a class axis last (`(rows, classes)`, or more leading axes): a row's
   decision is its top-k classes (argmax for k = 1);
-- per-sample labels, a 1-D integer (or bool) output (`(rows,)`): each element is one row's
-  predicted class id, compared as it is. `top_k` > 1 cannot apply to a label; a 1-D float
-  output (one score per row) has no class axis to decide on. Both are policy errors that
-  name the fix.
+- per-sample labels, a 1-D integer (or bool) output (`(rows,)`), or one with the labels
+  as a column (`(rows, 1)`, as many models return class ids): each element is one row's
+  predicted class id, compared as it is. `top_k` > 1 cannot apply to a label; a float
+  output of one score per row (`(rows,)` or `(rows, 1)`) has no class axis to decide on
+  (an argmax over one class always agrees). Both are policy errors that name the fix.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ KEEP = 5  # disagreeing rows named in the report
 
 
 def labels(output: Output) -> bool:
-    """Whether `output` is per-sample labels: 1-D, of integers or bools."""
-    return len(output.shape) == 1 and output.reference_dtype.kind in "biu"
+    """Whether `output` is per-sample labels: integers or bools, 1-D or one column."""
+    return _one_per_row(output.shape) and output.reference_dtype.kind in "biu"
+
+
+def _one_per_row(shape: tuple[int, ...]) -> bool:
+    """Whether an output of `shape` holds one value per row: `(rows,)` or `(rows, 1)`."""
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
 
 
 @dataclass(frozen=True)
@@ -49,17 +55,18 @@ class Decision(Policy):
         if labels(output):
             if self.top_k > 1:
                 return (
-                    f"decision policy top_k={self.top_k} on labels: this 1-D integer output "
-                    "holds one class id per row, so only top_k = 1 applies; set top_k = 1 "
+                    f"decision policy top_k={self.top_k} on labels: this {_shape(output)} "
+                    "integer output holds one class id per row, so only top_k = 1 applies; "
+                    "set top_k = 1 "
                     "for it, or output the class scores (rows, classes) to judge the top-k"
                 )
             return None
-        if len(output.shape) == 1:
+        if _one_per_row(output.shape):
             return (
-                f"decision policy on a 1-D {output.reference_dtype} output is ambiguous: one "
-                "score per row has no class axis to decide on. Use policy = 'allclose' for "
-                "scores, or output them with the class axis last (rows, classes); labels "
-                "are a 1-D integer output"
+                f"decision policy on a {_shape(output)} {output.reference_dtype} output is "
+                "ambiguous: one score per row has no class axis to decide on. Use policy = "
+                "'allclose' for scores, or output them with the class axis last (rows, "
+                "classes); labels are an integer output of shape (rows,) or (rows, 1)"
             )
         if self.top_k > output.shape[-1]:
             return f"decision policy top_k={self.top_k}, but the last axis has {output.shape[-1]}"
@@ -149,6 +156,11 @@ class _Rows(Judge):
             agreement=agreement,
             disagreements=tuple(self.disagreements),
         )
+
+
+def _shape(output: Output) -> str:
+    """`1-D` or `(rows, 1)`: how the messages name a one-value-per-row output."""
+    return "1-D" if len(output.shape) == 1 else "(rows, 1)"
 
 
 def _top_set(x: np.ndarray, k: int) -> np.ndarray:

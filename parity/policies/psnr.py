@@ -9,7 +9,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parity.policies.base import Judge, Output, Policy, Tally, Verdict, number
+from parity.policies.base import (
+    FAILS_WHATEVER_THE_SETTING,
+    Judge,
+    Output,
+    Policy,
+    Tally,
+    Verdict,
+    number,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +39,13 @@ class Psnr(Policy):
     @classmethod
     def measure(cls, c: OutputComparison) -> tuple[str, str] | None:
         return None if c.psnr_db is None else ("PSNR", f"{c.psnr_db:.4g} dB")
+
+    @classmethod
+    def would_pass(cls, c: OutputComparison) -> str | None:
+        if c.psnr_db is None or math.isinf(c.psnr_db) or c.cause in FAILS_WHATEVER_THE_SETTING:
+            return None
+        # Rounded down, so that the bound shown passes: 24.8457 dB is shown as 24.84.
+        return f"min_db ≤ {math.floor(c.psnr_db * 100) / 100:g}"
 
 
 class _Noise(Judge):

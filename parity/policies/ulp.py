@@ -8,7 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parity.policies.base import Judge, Output, Policy, Tally, Verdict, elementwise, integer
+from parity.policies.base import (
+    FAILS_WHATEVER_THE_SETTING,
+    Judge,
+    Output,
+    Policy,
+    Tally,
+    Verdict,
+    elementwise,
+    integer,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,6 +48,12 @@ class Ulp(Policy):
     @classmethod
     def measure(cls, c: OutputComparison) -> tuple[str, str] | None:
         return None if c.max_ulp_diff is None else ("ULP", str(c.max_ulp_diff))
+
+    @classmethod
+    def would_pass(cls, c: OutputComparison) -> str | None:
+        if c.max_ulp_diff is None or c.cause in FAILS_WHATEVER_THE_SETTING:
+            return None
+        return f"max_ulp ≥ {c.max_ulp_diff}"
 
 
 class _Distance(Judge):

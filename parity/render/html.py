@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
-from parity.policies import reads_difference, would_pass
+from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -264,18 +264,18 @@ def _output_facts(o: OutputComparison, report: ParityReport) -> list[tuple[str, 
     ]
     if o.nan_mismatched:
         rows.append(("NaN mismatched", str(o.nan_mismatched)))
-    if not reads_difference(o):  # decision: the rows that disagree, not |a - b| advice
-        advice = would_pass(o)
-        if advice is not None:
-            rows.append(("would pass", _e(advice)))
-        lines = describe_disagreements(o, report.reference, report.candidate)
-        if lines:
-            rows.append(("first rows that disagree", "<br>".join(_e(line) for line in lines)))
-    else:
+    if advises_tolerances(o):  # allclose: the atol and rtol that would pass
         rows += [
             ("atol to pass", f'<span class="num">{_num(o.atol_to_pass)}</span>'),
             ("rtol to pass", f'<span class="num">{_num(o.rtol_to_pass)}</span>'),
         ]
+    elif (advice := would_pass(o)) is not None and o.max_abs_diff != 0:  # in its own terms
+        rows.append(("would pass", _e(advice)))
+    if not reads_difference(o):  # decision: the rows that disagree, not the worst element
+        lines = describe_disagreements(o, report.reference, report.candidate)
+        if lines:
+            rows.append(("first rows that disagree", "<br>".join(_e(line) for line in lines)))
+    else:
         if o.worst_index is not None:
             rows.append(
                 (

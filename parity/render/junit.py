@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from parity.comparison import describe_disagreements
-from parity.policies import reads_difference, would_pass
+from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _evidence(report: ParityReport, o: OutputComparison) -> str:
         f"rel diff: max {o.max_rel_diff:.6g}, median {o.median_rel_diff:.6g}, "
         f"p99 {o.p99_rel_diff:.6g}",
     ]
-    if reads_difference(o):
+    if advises_tolerances(o):
         lines.append(
             f"would pass: atol >= {o.atol_to_pass:.6g} (at rtol={o.rtol:g}), "
             f"rtol >= {rtol} (at atol={o.atol:g})"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from parity.comparison import describe_disagreements
+from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.policies import measure as policy_measure
-from parity.policies import reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ def _outputs(report: ParityReport) -> list[str]:
         "median abs diff",
         "p99 abs diff",
         "max rel diff",
-        "atol to pass",
-        "rtol to pass",
+        "would pass",
         *([" / ".join(measures)] if measures else []),
         *(f"noise in {_cell(env)}" for env in noise_envs),
     ]
@@ -139,21 +138,17 @@ def _outputs(report: ParityReport) -> list[str]:
             result = "pass (nondeterministic)" if o.nondeterministic else "pass"
         else:
             result = f"**fail** ({o.cause}): {_cell(o.reason)}"
-        rtol = "none" if o.rtol_to_pass == float("inf") else f"{o.rtol_to_pass:.4g}"
-        atol = f"{o.atol_to_pass:.4g}"
-        if not reads_difference(o):  # decision: its own setting that would pass, not atol
-            atol, rtol = would_pass(o) or "-", "-"
+        # |a - b| statistics mean nothing for a rule that decides on classes (decision):
+        # its row shows the rows that disagree, its agreement and its own advice instead
+        stats = [o.max_abs_diff, o.median_abs_diff, o.p99_abs_diff, o.max_rel_diff]
+        shown = [f"{x:.4g}" for x in stats] if reads_difference(o) else ["-"] * len(stats)
         cells = [
             f"`{_cell(o.name)}`",
             result,
             f"`{_cell(o.policy_description)}`",
             f"{o.mismatched} / {o.total} {o.unit} ({100 * o.mismatched_fraction:.3g}%)",
-            f"{o.max_abs_diff:.4g}",
-            f"{o.median_abs_diff:.4g}",
-            f"{o.p99_abs_diff:.4g}",
-            f"{o.max_rel_diff:.4g}",
-            atol,
-            rtol,
+            *shown,
+            _would_pass(o),
             *([_measure(o) or "-"] if measured else []),
         ]
         for env in noise_envs:
@@ -215,6 +210,17 @@ def _localization(report: ParityReport, loc: Localization) -> list[str]:
             f"{result} | {diff} | {sides[0]} | {sides[1]} |"
         )
     return lines
+
+
+def _would_pass(o: OutputComparison) -> str:
+    """What would pass, in the policy's terms: the smallest atol (at its rtol) or rtol (at
+    its atol) for allclose, the policy's own setting for the others ("-": none)."""
+    if o.max_abs_diff == 0:
+        return "identical"
+    if not advises_tolerances(o):
+        return _cell(would_pass(o) or "-")
+    atol = f"atol ≥ {o.atol_to_pass:.4g}"
+    return atol if o.rtol_to_pass == float("inf") else f"{atol} or rtol ≥ {o.rtol_to_pass:.4g}"
 
 
 def _measure(o: OutputComparison) -> str | None:

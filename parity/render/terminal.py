@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 from rich import box
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.segment import Segment
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
@@ -26,8 +29,8 @@ from envlock.progress import Progress
 from envlock.progress import quiet as say_nothing
 from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
+from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.policies import measure as policy_measure
-from parity.policies import reads_difference, would_pass
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
@@ -157,7 +160,16 @@ def _once(error: str, seen: dict[str, str]) -> str:
     return f"{first}\n    (the same traceback as environment {earlier!r})"
 
 
-def _table(*headers: str, right: tuple[str, ...] = (), no_wrap: tuple[str, ...] = ()) -> Table:
+def _table(
+    *headers: str,
+    right: tuple[str, ...] = (),
+    no_wrap: tuple[str, ...] = (),
+    names: tuple[str, ...] = (),
+) -> Table:
+    """A report table. Columns in `names` hold names (an output, a package, an environment,
+    a stage) or short values a reader copies whole: never broken, each on one line, with
+    "…" only where a very long one cannot fit; the table narrows the other (prose) columns
+    first, which wrap at spaces (a word longer than the column folds)."""
     table = Table(
         box=box.SIMPLE_HEAD,
         header_style="bold",
@@ -166,24 +178,30 @@ def _table(*headers: str, right: tuple[str, ...] = (), no_wrap: tuple[str, ...] 
         padding=(0, 1, 0, 0),
     )
     for header in headers:
-        # fold: a long path or version wraps inside its cell, never loses characters to "…"
+        whole = header in names
         table.add_column(
             header,
             justify="right" if header in right else "left",
-            overflow="fold",
-            no_wrap=header in no_wrap,
+            overflow="ellipsis" if whole else "fold",
+            no_wrap=whole or header in no_wrap,
         )
     return table
 
 
 class _Trimmed:
-    """A renderable without the spaces a table pads its last column with (clean logs)."""
+    """A table without the spaces it pads its last column with (clean logs); on a console
+    too narrow for it (its names whole, each prose column as wide as its longest word), its
+    rows as records instead: the row's first cell on a line, then `header: value` lines,
+    so that no name is broken to fit."""
 
-    def __init__(self, renderable: RenderableType) -> None:
+    def __init__(self, renderable: Table) -> None:
         self.renderable = renderable
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for line in console.render_lines(self.renderable, options, pad=False):
+        renderable: RenderableType = self.renderable
+        if not _fit(self.renderable, console, options):
+            renderable = _records(self.renderable)
+        for line in console.render_lines(renderable, options, pad=False):
             while line and not line[-1].text.strip(" "):
                 line.pop()
             if line:
@@ -191,6 +209,55 @@ class _Trimmed:
                 line.append(Segment(last.text.rstrip(" "), last.style, last.control))
             yield from line
             yield Segment.line()
+
+
+def _fit(table: Table, console: Console, options: ConsoleOptions) -> bool:
+    """Give each column of `table` its width on this console, or say it cannot fit: the
+    unbroken columns (`no_wrap`) as wide as their widest cell, every other column at least
+    as wide as its longest word (headers included), the room left shared among those by
+    what each could still use. rich's own narrowing would break words to fit."""
+    ranges = []
+    for column in table.columns:
+        sizes = [Measurement.get(console, options, c) for c in (column.header, *column.cells)]
+        widest = max(m.maximum for m in sizes)
+        ranges.append((widest if column.no_wrap else max(m.minimum for m in sizes), widest))
+    # each column but the last is followed by its padding and the separator: 2 each
+    room = options.max_width - sum(low for low, _ in ranges) - 2 * (len(ranges) - 1)
+    if room < 0:
+        return False
+    wanted = sum(high - low for low, high in ranges)
+    for column, (low, high) in zip(table.columns, ranges, strict=True):
+        share = high - low if wanted <= room else (high - low) * room // wanted
+        if column.max_width is not None:
+            share = min(share, max(column.max_width - low, 0))
+        column.width = low + share
+    return True
+
+
+def _records(table: Table) -> Group:
+    """`table`'s rows as records: the first cell, then one `header: value` line for each
+    other column (a cell's lines joined), indented; prose wraps at spaces."""
+    columns = table.columns
+    cells = [list(column.cells) for column in columns]
+    lines: list[RenderableType] = []
+    for i, row in enumerate(table.rows):
+        style = row.style or ""
+        lines.append(_one_line(cells[0][i], style))
+        for column, column_cells in zip(columns[1:], cells[1:], strict=True):
+            header = " ".join(str(column.header).split())
+            field = Text.assemble((f"{header}: ", "dim"), _one_line(column_cells[i], style))
+            lines.append(Padding(field, (0, 0, 0, 4)))  # a wrapped value stays indented
+    return Group(*lines)
+
+
+def _one_line(cell: RenderableType, style: str | Style) -> Text:
+    """A cell's text on one line (its lines joined by spaces)."""
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    parts = text.split("\n")
+    joined = Text(" ").join(parts) if len(parts) > 1 else text
+    if style:
+        joined.stylize(style)
+    return joined
 
 
 def _environments(report: ParityReport) -> Table:
@@ -203,6 +270,7 @@ def _environments(report: ParityReport) -> Table:
         "lock",
         "description",
         right=("distributions",),
+        names=("environment", "backend", "python", "platform", "distributions"),
     )
     for env in report.environments.values():
         role = "reference" if env.name == report.reference else "candidate"
@@ -235,6 +303,7 @@ def _outputs(report: ParityReport) -> Table:
         "would pass",
         right=("mismatched", *numbers),
         no_wrap=("policy",),
+        names=("output", *numbers, "would pass"),
     )
     for o in report.outputs:
         table.add_row(
@@ -255,7 +324,7 @@ def _outputs(report: ParityReport) -> Table:
 def _noise(report: ParityReport) -> Table:
     """Each output's noise: how much each environment disagrees with a second run of itself."""
     names = list(dict.fromkeys(env for o in report.outputs for env in o.noise))
-    table = _table("output", *names)
+    table = _table("output", *names, names=("output",))
     for o in report.outputs:
         cells = []
         for env in names:
@@ -282,10 +351,10 @@ def _measure(o: OutputComparison) -> str | None:
 
 def _would_pass(o: OutputComparison) -> Text:
     """The smallest atol (at the policy's rtol) and rtol (at its atol) that would pass; for
-    a policy that does not read |a - b| (decision), its own setting that would."""
+    a policy that is not an atol/rtol bound, its own setting that would ("-": none)."""
     if o.max_abs_diff == 0:
         return Text("identical", style="dim")
-    if not reads_difference(o):
+    if not advises_tolerances(o):
         return Text((would_pass(o) or "-").replace(" ≤ ", "\n≤ "))
     rtol = "no rtol" if o.rtol_to_pass == float("inf") else f"rtol ≥ {o.rtol_to_pass:.3g}"
     return Text(f"atol ≥ {o.atol_to_pass:.3g}\n{rtol}")
@@ -354,6 +423,7 @@ def _localization(report: ParityReport, loc: Localization, console: Console) -> 
         report.candidate,
         "cause",
         right=("max abs",),
+        names=("value", "stage", "module", "max abs", report.reference, report.candidate),
     )
     firsts = {"stage": loc.first_stage, "module": loc.first_module, "step": loc.first_step}
     marked: set[str] = set()  # the first stage, module and step get the mark once
@@ -395,9 +465,12 @@ def _version_diffs(report: ParityReport) -> Table:
     names = list(report.environments) or list(
         dict.fromkeys(n for v in report.version_diffs for n in v.versions)
     )
-    table = _table("package", *names, "severity", "counts", "note")
+    table = _table(
+        "package", *names, "severity", "counts", "note", names=("package", "severity", "counts")
+    )
     for column in table.columns[1 : 1 + len(names)]:
-        column.max_width = 24  # a long version (a SIMD list) wraps; the note keeps its room
+        # a long version (a SIMD list) wraps at its spaces, so the note keeps its room
+        column.max_width = max(24, len(str(column.header)))
     roots = {v.name: v for v in report.version_diffs if v.caused_by is None}
     for v in report.version_diffs:
         root = roots.get(v.caused_by or "")

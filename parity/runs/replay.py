@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 from envlock import LockedEnv
 from envlock.backends import Environment, RunTimeout
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
+from envlock.lockfile import MAIN
 from envlock.names import shown_path
 from envlock.progress import Progress
 from parity.arrays import OutputArray
@@ -63,6 +66,37 @@ class EnvironmentSummary:
     fingerprinted: bool = True
 
 
+@dataclass(frozen=True)
+class LockView:
+    """What judging a version difference needs of one environment's lock: the versions it
+    pins for the environment's group, and the smallest group that installs each package it
+    pins (`main` or a named group). A golden bundle records it, so that a check against the
+    bundle explains a group-only package as a check of two live environments does, even
+    when the lock it was built from is gone or has changed."""
+
+    path: str  # the lock as people read it (`shown_path`)
+    group: str
+    pins: dict[str, str]
+    groups: dict[str, str]
+
+    @classmethod
+    def of(cls, lock: LockedEnv, group: str) -> LockView:
+        """The view of `lock` from an environment that installs `group` (markers evaluated
+        on this machine, as `LockedEnv.versions` and `group_of` do)."""
+        groups: dict[str, str] = {}
+        for g in (MAIN, *[g for g in lock.groups if g != MAIN]):
+            for p in lock.packages_in(g):
+                groups.setdefault(p.name, g)
+        return cls(shown_path(lock.path), group, lock.versions(group), groups)
+
+    def group_of(self, name: str) -> str | None:
+        """The smallest group that installs package `name`, or None (not in the lock)."""
+        return self.groups.get(canonicalize_name(name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "group": self.group, "pins": self.pins, "groups": self.groups}
+
+
 @dataclass
 class EnvRun:
     """What happened in one environment: where it lives, what it returned, how long it took."""
@@ -78,6 +112,14 @@ class EnvRun:
     # what the worker caught (warnings.json); None when it wrote none (or, for a bundle,
     # nothing was recorded): unknown, not "no warnings"
     warnings: CaughtWarnings | None = None
+    # a bundle's recorded view of its lock, for a run that has no `lock` to read
+    recorded_lock: LockView | None = None
+
+    def lock_view(self) -> LockView | None:
+        """What this environment's lock pins, from the lock itself or as recorded."""
+        if self.lock is not None:
+            return LockView.of(self.lock, self.spec.group)
+        return self.recorded_lock
 
     @property
     def name(self) -> str:
