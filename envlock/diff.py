@@ -416,8 +416,10 @@ def _satisfies(a: str | None, b: str | None) -> bool:
 
 
 _PACKAGE_NOTES = {
-    "numpy": "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer downcast "
-    "to an array's float32, so preprocessing can change dtype and last bits",
+    "numpy": "NumPy 2 changed type promotion (NEP 50): NumPy scalars keep their dtype (a "
+    "float64 scalar no longer downcasts to an array's float32; an int64 one no longer leaves "
+    "uint8 arithmetic to wrap around), so preprocessing can change dtype, last bits or whole "
+    "values",
     "torch": "kernels, defaults and TF32 behaviour change between torch releases",
     "pillow": "resampling filters and defaults change between Pillow releases",
     "scipy": "scipy's algorithms and its BLAS/LAPACK change between releases",
