@@ -424,8 +424,10 @@ _PACKAGE_NOTES = {
 }
 # What only a change from one major version to another does: (package, major, major) -> note.
 _MAJOR_NOTES = {
-    ("numpy", "1", "2"): "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer "
-    "downcast to an array's float32, so preprocessing can change dtype and last bits",
+    ("numpy", "1", "2"): "NumPy 2 changed type promotion (NEP 50): NumPy scalars keep their "
+    "dtype (a float64 scalar no longer downcasts to an array's float32; an int64 one no longer "
+    "leaves uint8 arithmetic to wrap around), so preprocessing can change dtype, last bits or "
+    "whole values",
 }
 
 

@@ -575,9 +575,10 @@ def test_version_diffs_take_envlocks_reason_whatever_the_values_hold() -> None:
             "numpy",
             {"train": "2.4.6", "infer": "1.26.4"},
             "numerics",
-            "NumPy 2 changed type promotion (NEP 50): float64 scalars no longer downcast to an "
-            "array's float32, so preprocessing can change dtype and last bits. Install the same "
-            "version in both (one lock).",
+            "NumPy 2 changed type promotion (NEP 50): NumPy scalars keep their dtype (a float64 "
+            "scalar no longer downcasts to an array's float32; an int64 one no longer leaves uint8 "
+            "arithmetic to wrap around), so preprocessing can change dtype, last bits or whole "
+            "values. Install the same version in both (one lock).",
         ),
         (
             "python",
