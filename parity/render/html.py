@@ -519,10 +519,11 @@ def _pictures(name: str, p: Pictures, report: ParityReport) -> str:
     words = [
         f"Sample {p.sample}, the {p.height} &times; {p.width} value {drawn}, as "
         f"{_e(report.reference)} and {_e(report.candidate)} computed it. Both images share "
-        f"one scale: {'each channel at' if p.colour else 'black is'} {_e(_num(p.low, '.6g'))}"
-        f"{', full at' if p.colour else ', white is'} {_e(_num(p.high, '.6g'))}, so a shift "
-        "in brightness shows. The third is |a &minus; b| per pixel"
-        + (", the largest over its channels" if p.colour or p.layout == "rgba" else "")
+        f"one scale, {'each channel' if p.colour else 'black'} at "
+        f"{_e(_num(p.low, '.6g'))} and {'full' if p.colour else 'white'} at "
+        f"{_e(_num(p.high, '.6g'))}, so a shift in brightness shows. The third is "
+        "|a &minus; b| per pixel"
+        + (", the largest over its channels" if p.colour else "")
         + f", on the heatmap's colour scale from 0 to {_e(_num(scale_top))}"
         + (" (inf where NaN or an infinity sits on one side only)." if has_inf else "."),
     ]
