@@ -9,8 +9,8 @@ submodule's output through forward hooks (kind "module") or each Pipeline step's
 (kind "step", nested steps named `outer/inner`), in execution order. Here every captured
 value is compared with the reference's under the default tolerance (the last stage's
 outputs under their own), and the first stage and the first module or step beyond it are
-named. The first few image-like values beyond tolerance (`PICTURES`: the first stage's
-and the first module's or step's among them) keep pictures of both environments' values
+named. A few image-like values beyond tolerance (`PICTURES`: the first stage's and the
+first module's or step's, then the other stages') keep pictures of both environments' values
 on the sample, for the HTML report. Nothing here raises: a failure becomes the
 localization's `error`, and the check's own result stands.
 """
@@ -336,9 +336,10 @@ def _draw(
     cand_arrays: dict[str, OutputArray],
     sample: int,
 ) -> None:
-    """Give pictures to the first `PICTURES` image-like entries whose values differ beyond
-    tolerance: the first stage's and the first module's or step's, then in execution
-    order (each captured value holds the one sample, as a batch of 1)."""
+    """Give pictures to at most `PICTURES` image-like entries whose values differ beyond
+    tolerance: the first stage's and the first module's or step's, then the other
+    stages', then the rest in execution order (each captured value holds the one sample,
+    as a batch of 1)."""
     drawable = [
         i
         for i, e in enumerate(entries)
@@ -348,11 +349,9 @@ def _draw(
         and e.reference_shape is not None
         and image_layout(e.reference_shape) is not None
     ]
-    first = [
-        next((i for i in drawable if entries[i].kind == "stage"), None),
-        next((i for i in drawable if entries[i].kind in INNER), None),
-    ]
-    chosen = list(dict.fromkeys([*(i for i in first if i is not None), *drawable]))
+    stage = [i for i in drawable if entries[i].kind == "stage"]
+    inner = [i for i in drawable if entries[i].kind in INNER]
+    chosen = list(dict.fromkeys([*stage[:1], *inner[:1], *stage, *drawable]))
     for i in sorted(chosen[:PICTURES]):
         r, c = pairs[i]
         shape = entries[i].reference_shape
