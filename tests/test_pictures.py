@@ -316,3 +316,8 @@ def test_one_sample_is_read_from_an_npz_member(tmp_path: Path) -> None:
             assert got.dtype == np.dtype("float32") and (got == values[i]).all()
         with pytest.raises(IndexError):
             member.sample(5)
+    fortran = tmp_path / "fortran.npz"
+    np.savez(fortran, y=np.asfortranarray(values))
+    member = NpzMember(fortran, "y.npy")
+    for i in (0, 2, 4):
+        assert (member.sample(i) == values[i]).all()
