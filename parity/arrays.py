@@ -39,6 +39,10 @@ class OutputArray(Protocol):
         """The whole array in memory (for small outputs and callers that need it)."""
         ...
 
+    def sample(self, index: int) -> np.ndarray:
+        """`array[index]`, the one sample along the leading axis, read alone."""
+        ...
+
 
 class MemoryArray:
     """An output already in memory."""
@@ -63,6 +67,12 @@ class MemoryArray:
 
     def load(self) -> np.ndarray:
         return self.array
+
+    def sample(self, index: int) -> np.ndarray:
+        import numpy as np
+
+        _check_sample(self.shape, index)
+        return np.asarray(self.array[index])
 
 
 class NpzMember:
@@ -121,6 +131,53 @@ class NpzMember:
         with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
             array = np.lib.format.read_array(f, allow_pickle=False)
         return array.astype(self.dtype, copy=False)
+
+    def sample(self, index: int) -> np.ndarray:
+        import numpy as np
+
+        _check_sample(self._shape, index)
+        per = self._shape[1:]
+        count = int(np.prod(per, dtype=np.int64))
+        item = self._dtype.itemsize
+        if self._fortran:
+            return self._fortran_sample(index, per, count)
+        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+            _header(f, self.member)
+            # Forward over the samples before it: a deflated entry is decompressed in
+            # bounded chunks, a stored one skipped.
+            f.seek(index * count * item, 1)
+            data = f.read(count * item)
+        if len(data) != count * item:
+            raise HostileOutputError(f"{self.path}: {self.member} is truncated")
+        return np.frombuffer(data, dtype=self._dtype).astype(self.dtype).reshape(per)
+
+    def _fortran_sample(self, index: int, per: tuple[int, ...], count: int) -> np.ndarray:
+        """A sample of a Fortran-ordered array, where the sample axis varies fastest: every
+        `samples`-th element from `index`, read in bounded chunks of whole strides."""
+        import numpy as np
+
+        samples, item = self._shape[0], self._dtype.itemsize
+        if not count:
+            return np.empty(per, dtype=self.dtype)
+        strides = max(1, (1 << 20) // samples)  # about 1 Mi elements a read
+        parts = []
+        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+            _header(f, self.member)
+            remaining = count
+            while remaining:
+                n = min(strides, remaining)
+                data = f.read(n * samples * item)
+                if len(data) != n * samples * item:
+                    raise HostileOutputError(f"{self.path}: {self.member} is truncated")
+                chunk = np.frombuffer(data, dtype=self._dtype).reshape(n, samples)
+                parts.append(chunk[:, index].astype(self.dtype))
+                remaining -= n
+        return np.concatenate(parts).reshape(per, order="F").copy()
+
+
+def _check_sample(shape: tuple[int, ...], index: int) -> None:
+    if not shape or not 0 <= index < shape[0]:
+        raise IndexError(f"sample {index} is not in an array of shape {shape}")
 
 
 def _header(f: object, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:

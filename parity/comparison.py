@@ -1,5 +1,6 @@
 """What comparing one output found: `OutputComparison` (the verdict, the statistics and
-the evidence to set a tolerance from), with its `Histogram`, `Heatmap` and `Noise`; and
+the evidence to set a tolerance from), with its `Histogram`, `Heatmap`, `Columns`,
+`Pictures` and `Noise`; and
 `BlockDiff`, the difference of one block that every policy's judge is shown.
 
 Values only: `parity.judging.compare` computes them, the policies (`parity.policies`)
@@ -26,12 +27,65 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Heatmap:
-    """Where an image-like output differs: the largest |a - b| in each cell of a grid over
-    its last two axes (height, width), taken over all leading axes (samples, channels)."""
+    """Where an image-like output (`parity.judging.pictures.image_layout`) differs: the
+    largest |a - b| in each cell of a grid over its two spatial axes (height, width),
+    taken over the samples and channels."""
 
     height: int
     width: int
     values: tuple[tuple[float, ...], ...]  # rows x columns
+
+
+COLUMN_LIMIT = 64  # a 2-D output with more columns has no per-column view
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A 2-D output (samples x columns: logits, tabular, embeddings) column by column: the
+    largest |a - b| in each column, and how many of its elements are mismatched (fail the
+    policy's element test or the NaN and infinity rules; for the row-wise policies,
+    whose test is equality, the elements that differ)."""
+
+    max_abs_diff: tuple[float, ...]
+    mismatched: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """One sample of an image-like value as both environments computed it, drawn small:
+    the reference's and the candidate's image on one shared scale, and |a - b| per pixel.
+
+    Pixels are 8-bit, row-major, `rows` x `columns`: one byte each (grey) or three (RGB);
+    0 is `low` and 255 is `high`, the smallest and largest finite value of the two
+    samples' drawn channels (NaN and -inf drawn as `low`, inf as `high`). When the value
+    is larger than the pictures, each pixel is the mean of its block, and the difference
+    the largest in its block. Rendered into the HTML report only, never into the JSON."""
+
+    sample: int  # the sample's index in the input set
+    layout: str  # "grey", "rgb", "rgba" (alpha not drawn) or "feature map"
+    channel: int | None  # for a feature map: the channel drawn (the two differ most in it)
+    channels: int  # the value's channel count (1 for a 2-D sample)
+    height: int  # the value's spatial size
+    width: int
+    rows: int  # the pictures' size (smaller than height x width when downsampled)
+    columns: int
+    low: float
+    high: float
+    reference: bytes
+    candidate: bytes
+    # |a - b| per pixel, the largest over its channels (RGB and alpha) and block; inf
+    # where NaN or an infinity sits on one side only.
+    difference: tuple[tuple[float, ...], ...]
+    nonfinite: int = 0  # NaN and infinite values among the two samples' drawn channels
+
+    @property
+    def colour(self) -> bool:
+        """Whether the pixels are RGB (three bytes each) rather than grey."""
+        return self.layout in ("rgb", "rgba")
+
+    @property
+    def downsampled(self) -> bool:
+        return (self.rows, self.columns) != (self.height, self.width)
 
 
 @dataclass(frozen=True)
@@ -108,7 +162,10 @@ class OutputComparison:
     # The first rows whose decision differs, for the row-wise policies that decide (decision).
     disagreements: tuple[Disagreement, ...] = ()
     histogram: Histogram | None = None
-    heatmap: Heatmap | None = None
+    heatmap: Heatmap | None = None  # image-like outputs only
+    columns: Columns | None = None  # 2-D outputs of at most COLUMN_LIMIT columns only
+    # the worst element's sample, for the HTML report (image-like outputs that differ)
+    pictures: Pictures | None = None
     noise: dict[str, Noise] = field(default_factory=dict)
     nondeterministic: bool = False
 

@@ -6,7 +6,7 @@ carries `schema_version`; add fields freely, never change the meaning of one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,12 +98,15 @@ class ParityReport:
         """The JSON contract, with every float JSON-safe (non-finite numbers as strings)."""
         outputs = []
         for o in self.outputs:
-            d = asdict(o)
+            d = asdict(replace(o, pictures=None))
             d["mismatched_fraction"] = o.mismatched_fraction
             if not o.measures:  # absent, not empty, for the policies with fields of their own
                 del d["measures"]
             if not o.disagreements:  # absent, not empty: only decision outputs have them
                 del d["disagreements"]
+            if o.columns is None:  # absent, not null: only 2-D outputs have them
+                del d["columns"]
+            del d["pictures"]  # pixels are for the HTML report, not the JSON
             outputs.append(d)
         data = {
             "schema_version": self.schema_version,
@@ -129,7 +132,12 @@ class ParityReport:
         if not self.versions_known:  # absent when known, as in reports made before it existed
             data["versions_known"] = False
         if self.localization is not None:  # absent, not null, when localization did not run
-            data["localization"] = asdict(self.localization)
+            # pixels are for the HTML report, not the JSON
+            entries = tuple(replace(e, pictures=None) for e in self.localization.entries)
+            localization = asdict(replace(self.localization, entries=entries))
+            for entry in localization["entries"]:
+                del entry["pictures"]
+            data["localization"] = localization
         if self.warnings:  # absent when none was caught, as in reports made before them
             data["warnings"] = [asdict(w) for w in self.warnings]
         if self.warnings_dropped:

@@ -430,6 +430,22 @@ def test_heatmap_shows_where_an_image_differs() -> None:
     assert compare_arrays("y", np.zeros(10), np.ones(10)).heatmap is None
 
 
+def test_heatmap_of_a_channels_last_image_covers_its_height_and_width() -> None:
+    ref = np.zeros((2, 40, 24, 3), dtype=np.float32)
+    cand = ref.copy()
+    cand[1, 30, 5, 2] = 0.5
+    # blocks of 100 elements would split pixel rows: they are widened to whole rows
+    c = compare_arrays("rgb", ref, cand, block_elements=100)
+    heat = c.heatmap
+    assert heat is not None and (heat.height, heat.width) == (40, 24)
+    grid = np.array(heat.values)
+    assert grid.shape == (40, 24) and grid[30, 5] == 0.5 and np.count_nonzero(grid) == 1
+    assert c.worst_index == (1, 30, 5, 2) and c.max_abs_diff == 0.5
+    # not images: logits and tabular rows have none
+    for shape in [(128, 10), (512, 6)]:
+        assert compare_arrays("t", np.zeros(shape), np.ones(shape)).heatmap is None
+
+
 # -- calibration --------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """`render_html` gives one self-contained page a user can read: verdict, every output with
 its numbers, histogram and heatmap, version differences, and nothing from the report
-executed or fetched.
+executed or fetched. The side-by-side pictures and per-column views: test_pictures.py.
 
 Reports are built from real comparisons of small arrays, so no environment is needed. The
 Chromium test renders the page headless; it skips where no Chromium is installed, unless
@@ -46,7 +46,8 @@ def image_output() -> OutputComparison:
     candidate = reference + rng.normal(0, 1e-7, reference.shape).astype(np.float32)
     candidate[:, 20:40, 50:80] += np.float32(1e-3)
     candidate[1, 30, 60] = np.inf
-    return compare_arrays("depth", reference, candidate, TolerancePolicy(atol=1e-5, rtol=1e-4))
+    policy = TolerancePolicy(atol=1e-5, rtol=1e-4)
+    return compare_arrays("depth", reference, candidate, policy, pictures=True)
 
 
 def mask_output() -> OutputComparison:
@@ -56,7 +57,9 @@ def mask_output() -> OutputComparison:
     candidate = reference.copy()
     candidate[0, 10, 10:14] = 0
     candidate[1, 40, 60] = 1
-    return compare_arrays("mask", reference, candidate, TolerancePolicy(kind="exact"))
+    return compare_arrays(
+        "mask", reference, candidate, TolerancePolicy(kind="exact"), pictures=True
+    )
 
 
 def label_output() -> OutputComparison:
@@ -67,7 +70,7 @@ def label_output() -> OutputComparison:
     row = candidate[3]
     row[np.argsort(row)[-2]] = row.max() + 1
     policy = TolerancePolicy(kind="decision", min_agreement=0.9)
-    return compare_arrays("label", reference, candidate, policy)
+    return compare_arrays("label", reference, candidate, policy, pictures=True)
 
 
 def score_output() -> OutputComparison:
@@ -379,9 +382,11 @@ def test_histogram_has_one_bar_per_bin_on_a_log_axis(page: str, report: ParityRe
 
 def test_heatmap_is_drawn_for_image_outputs_only(page: str, report: ParityReport) -> None:
     by_name = sections(parse(page))
-    assert not by_name["score"].find_all("img", "heatmap")
-    assert report.outputs[3].heatmap is None
-    for o in report.outputs[:3]:
+    # (16, 10) logits and a 1-D score are not images: no heatmap, no pictures
+    for name, o in (("label", report.outputs[2]), ("score", report.outputs[3])):
+        assert o.heatmap is None and o.pictures is None
+        assert not by_name[name].find_all("img") and not by_name[name].find_all("figure", "heatmap")
+    for o in report.outputs[:2]:
         assert o.heatmap is not None
         (img,) = by_name[o.name].find_all("img", "heatmap")
         prefix = "data:image/png;base64,"
@@ -389,7 +394,8 @@ def test_heatmap_is_drawn_for_image_outputs_only(page: str, report: ParityReport
         png = base64.b64decode(img.attrs["src"][len(prefix) :])
         rows, cols = len(o.heatmap.values), len(o.heatmap.values[0])
         assert png_size(png) == (cols, rows)
-        caption = " ".join(by_name[o.name].find_all("figcaption")[-1].text().split())
+        (figure,) = by_name[o.name].find_all("figure", "heatmap")
+        caption = " ".join(figure.find_all("figcaption")[0].text().split())
         x = "\N{MULTIPLICATION SIGN}"
         grid = f"{rows} {x} {cols} grid covering the {o.heatmap.height} {x} {o.heatmap.width}"
         assert grid in caption
@@ -404,7 +410,7 @@ def test_heatmap_is_drawn_for_image_outputs_only(page: str, report: ParityReport
         red, green, blue = pixels[at : at + 3]
         return red, green, blue
 
-    (legend,) = by_name["depth"].find_all("svg", "legend")
+    (legend,) = by_name["depth"].find_all("figure", "heatmap")[0].find_all("svg", "legend")
     (swatch,) = legend.find_all("rect", "inf-swatch")
     scale = [rgb(r.attrs["fill"]) for r in legend.find_all("rect") if r is not swatch]
     assert len(scale) > 10 and scale[0] != scale[-1]
@@ -530,4 +536,5 @@ def test_chromium_renders_the_page_and_runs_nothing(
     ]
     assert list(sections(rendered)) == [o.name for o in parity_report.outputs]
     if parity_report.outputs:
-        assert len(rendered.find_all("img", "heatmap")) == 3
+        assert len(rendered.find_all("img", "heatmap")) == 2
+        assert len(rendered.find_all("figure", "pictures")) == 2

@@ -9,7 +9,9 @@ submodule's output through forward hooks (kind "module") or each Pipeline step's
 (kind "step", nested steps named `outer/inner`), in execution order. Here every captured
 value is compared with the reference's under the default tolerance (the last stage's
 outputs under their own), and the first stage and the first module or step beyond it are
-named. Nothing here raises: a failure becomes the
+named. A few image-like values beyond tolerance (`PICTURES`: the first stage's and the
+first module's or step's, then the other stages') keep pictures of both environments' values
+on the sample, for the HTML report. Nothing here raises: a failure becomes the
 localization's `error`, and the check's own result stands.
 """
 
@@ -17,15 +19,16 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
-from parity.comparison import OutputComparison
+from parity.comparison import OutputComparison, Pictures
 from parity.errors import HostileOutputError, ParityError
 from parity.judging.compare import compare_arrays
+from parity.judging.pictures import image_layout, sample_pictures
 from parity.outputs import load_json, load_outputs
 from parity.runs.job import INPUTS, INPUTS_FILE
 from parity.runs.replay import EnvRun, run_worker
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 FOLDER = "localize"  # inside the check's work folder
 INNER = ("module", "step")  # the kinds of value captured inside a stage's model
+PICTURES = 4  # image-like values beyond tolerance drawn, at most
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class StageEntry:
     module: str | None = None  # the module's (or step's) qualified name in the stage's model
     module_class: str | None = None  # its class: "Conv2d", "FunctionTransformer"
     output: str | None = None  # the output this value is, for the last stage's outputs
+    # both environments' values on the sample, drawn (for the HTML report, not the JSON)
+    pictures: Pictures | None = None
 
 
 @dataclass(frozen=True)
@@ -179,10 +185,12 @@ def _localize(
         futures = [pool.submit(_capture, r, config, folder / r.spec.name) for r in (ref, cand)]
         ref_side, cand_side = [f.result() for f in futures]
     stages = tuple(dict.fromkeys([*ref_side.stages, *cand_side.stages]))
+    pairs = _pair(stages, ref_side.entries, cand_side.entries)
     entries = [
         _compare(config, r, c, ref_side.arrays, cand_side.arrays, ref.spec.name, cand.spec.name)
-        for r, c in _pair(stages, ref_side.entries, cand_side.entries)
+        for r, c in pairs
     ]
+    _draw(entries, pairs, ref_side.arrays, cand_side.arrays, sample)
     stage_fail = next(
         (e for s in stages for e in entries if e.stage == s and e.kind == "stage" and not e.passed),
         None,
@@ -319,6 +327,39 @@ def _compare(
         reference_dtype=result.reference_dtype,
         candidate_dtype=result.candidate_dtype,
     )
+
+
+def _draw(
+    entries: list[StageEntry],
+    pairs: list[tuple[_Captured | None, _Captured | None]],
+    ref_arrays: dict[str, OutputArray],
+    cand_arrays: dict[str, OutputArray],
+    sample: int,
+) -> None:
+    """Give pictures to at most `PICTURES` image-like entries whose values differ beyond
+    tolerance: the first stage's and the first module's or step's, then the other
+    stages', then the rest in execution order (each captured value holds the one sample,
+    as a batch of 1)."""
+    drawable = [
+        i
+        for i, e in enumerate(entries)
+        if not e.passed
+        and e.max_abs_diff
+        and e.reference_shape == e.candidate_shape
+        and e.reference_shape is not None
+        and image_layout(e.reference_shape) is not None
+    ]
+    stage = [i for i in drawable if entries[i].kind == "stage"]
+    inner = [i for i in drawable if entries[i].kind in INNER]
+    chosen = list(dict.fromkeys([*stage[:1], *inner[:1], *stage, *drawable]))
+    for i in sorted(chosen[:PICTURES]):
+        r, c = pairs[i]
+        shape = entries[i].reference_shape
+        layout = image_layout(shape) if shape is not None else None
+        if r is None or c is None or layout is None:
+            continue
+        drawn = sample_pictures(ref_arrays[r.key], cand_arrays[c.key], layout, 0, sample)
+        entries[i] = replace(entries[i], pictures=drawn)
 
 
 def _summary(

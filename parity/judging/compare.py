@@ -10,6 +10,10 @@ difference (exact, see `parity.judging.quantiles`), the mismatched count, the wo
 element, and the smallest atol and rtol that would pass. Differences are computed in
 float64 (complex128 for complex outputs), so integers compare exactly up to 2**53.
 Relative difference is |a - b| / |b|: 0 where equal, inf where b is 0 and a is not.
+Where an output is laid out so, the pass also gathers a heatmap (image-like outputs,
+`parity.judging.pictures.image_layout`) or each column's largest difference and
+mismatched count (2-D outputs of at most `COLUMN_LIMIT` columns); on request, the worst
+sample of an image-like output is drawn in both environments (`Pictures`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from parity.arrays import OutputArray, as_output_array
-from parity.comparison import BlockDiff, Heatmap, Histogram, Noise, OutputComparison
+from parity.comparison import (
+    COLUMN_LIMIT,
+    BlockDiff,
+    Columns,
+    Heatmap,
+    Histogram,
+    Noise,
+    OutputComparison,
+)
+from parity.judging.pictures import ImageLayout, image_layout, sample_pictures
 from parity.judging.quantiles import KEEP_LIMIT, QuantileSketch, resolve
 from parity.policies import TolerancePolicy
 from parity.policies.base import Output, Tally
@@ -49,12 +62,15 @@ def compare_arrays(
     block_elements: int = BLOCK_ELEMENTS,
     keep_limit: int = KEEP_LIMIT,
     on_block: Callable[[int, int], None] | None = None,
+    pictures: bool = False,
 ) -> OutputComparison:
     """Compare `candidate` against `reference` under `policy` (allclose 0, 0 by default).
 
     `noise` is each environment's self-disagreement from a calibrated check: it marks a
     failure as nondeterministic and scales atol by the policy's `noise_factor`.
-    `on_block(done, total)` is called after each block of the first pass (for progress)."""
+    `on_block(done, total)` is called after each block of the first pass (for progress).
+    With `pictures`, an image-like output that differs carries the `Pictures` of the
+    sample holding its worst element (that one sample is read again from each side)."""
     rule = (policy or TolerancePolicy()).rule
     if noise:
         rule = rule.calibrated(max(n.max_abs_diff for n in noise.values()))
@@ -86,7 +102,7 @@ def compare_arrays(
     output = Output(ref.shape, ref.dtype, cand.dtype)
     unfit = rule.unfit(output)
     acc = _Accumulator(output, rule.judge(output), (atol, rtol), keep_limit)
-    block = acc.row * max(1, block_elements // acc.row)
+    block = acc.unit * max(1, block_elements // acc.unit)
     start = 0
     for rb, cb in zip(ref.blocks(block), cand.blocks(block), strict=True):
         acc.add(start, rb, cb)
@@ -108,6 +124,9 @@ def compare_arrays(
         result = replace(result, passed=False, reason=unfit, cause="policy")
     elif unfit:  # a dtype or NaN change is the environments' finding: it keeps the cause
         result = replace(result, reason=f"{result.reason}; {unfit}")
+    if pictures and acc.layout is not None and result.worst_index is not None:
+        drawn = sample_pictures(ref, cand, acc.layout, result.worst_index[0])
+        result = replace(result, pictures=drawn)
     return result
 
 
@@ -150,11 +169,20 @@ class _Accumulator:
         self.rtol_to_pass = 0.0
         self.abs_sketch = QuantileSketch(keep_limit)
         self.rel_sketch = QuantileSketch(keep_limit)
-        h, w = (self.shape[-2], self.shape[-1]) if len(self.shape) >= 2 else (0, 0)
+        # Blocks hold whole rows of the last axis; of a channels-last image, whole pixel rows.
+        self.unit = self.row
+        self.layout: ImageLayout | None = image_layout(self.shape)
         self.heat: np.ndarray | None = None
-        if h >= 2 and w >= 2:
+        if self.layout is not None:
+            h, w = self.layout.height, self.layout.width
             self.heat = np.zeros((min(h, HEATMAP_CELLS), min(w, HEATMAP_CELLS)))
             self.heat_cols = (np.arange(self.heat.shape[1]) * w) // self.heat.shape[1]
+            if self.layout.channels_last:
+                self.unit = w * self.layout.channels
+        self.columns: tuple[np.ndarray, np.ndarray] | None = None
+        if len(self.shape) == 2 and 0 < self.shape[1] <= COLUMN_LIMIT:
+            cols = self.shape[1]
+            self.columns = (np.zeros(cols), np.zeros(cols, dtype=np.int64))
 
     def identical(self, rb: np.ndarray, cb: np.ndarray) -> bool:
         """Whether two blocks hold the same bytes (then every difference is zero)."""
@@ -186,6 +214,11 @@ class _Accumulator:
             self.special_bad += int(np.count_nonzero(bad))
             self.nan_mismatched += d.nan_bad
         self.mismatched += int(ok.size - np.count_nonzero(ok))
+        if self.columns is not None:  # blocks hold whole rows
+            worst, count = self.columns
+            width = self.shape[1]
+            np.maximum(worst, diff.reshape(-1, width).max(axis=0), out=worst)
+            count += np.count_nonzero(~ok.reshape(-1, width), axis=0)
 
         i = int(np.argmax(diff))
         if diff[i] > self.max_abs or self.worst is None:
@@ -219,8 +252,12 @@ class _Accumulator:
     def _heat(self, start: int, diff: np.ndarray) -> None:
         import numpy as np
 
-        assert self.heat is not None
-        h, w = self.shape[-2], self.shape[-1]
+        assert self.heat is not None and self.layout is not None
+        h, w = self.layout.height, self.layout.width
+        if self.layout.channels_last:  # the largest over each pixel's channels
+            channels = self.layout.channels
+            diff = diff.reshape(-1, channels).max(axis=1)
+            start //= channels
         rows = diff.reshape(-1, w)
         by_col = np.maximum.reduceat(rows, self.heat_cols, axis=1)
         first = start // w
@@ -303,6 +340,7 @@ class _Accumulator:
             disagreements=verdict.disagreements,
             histogram=self._histogram(),
             heatmap=self._heatmap(),
+            columns=self._columns(),
         )
 
     def _histogram(self) -> Histogram:
@@ -314,12 +352,20 @@ class _Accumulator:
             bins = tuple((2.0**e, 2.0 ** (e + 1), by_exp.get(e, 0)) for e in range(lo, hi + 1))
         return Histogram(zero=self.abs_sketch.zeros, bins=bins, inf=inf)
 
+    def _columns(self) -> Columns | None:
+        if self.columns is None:
+            return None
+        worst, count = self.columns
+        return Columns(
+            max_abs_diff=tuple(float(v) for v in worst), mismatched=tuple(int(n) for n in count)
+        )
+
     def _heatmap(self) -> Heatmap | None:
-        if self.heat is None:
+        if self.heat is None or self.layout is None:
             return None
         return Heatmap(
-            height=self.shape[-2],
-            width=self.shape[-1],
+            height=self.layout.height,
+            width=self.layout.width,
             values=tuple(tuple(float(v) for v in row) for row in self.heat),
         )
 

@@ -68,15 +68,22 @@ class Judgement:
 
 def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet) -> Judgement:
     """The candidate's outputs and versions judged against the reference's under the
-    config's policies (each environment's self-disagreement, where calibrated, as noise),
-    and the warnings each environment caught."""
+    config's policies (each environment's self-disagreement, where calibrated, as noise;
+    image-like outputs that differ with their worst sample's pictures), and the warnings
+    each environment caught."""
     noise: dict[str, dict[str, Noise]] = {}
     for run in (ref, cand):
         for name, repeat in run.repeat.items():
             if name in run.outputs:
                 noise.setdefault(name, {})[run.name] = measure_noise(run.outputs[name], repeat)
     outputs = judge_outputs(
-        config, ref.outputs, cand.outputs, (ref.name, cand.name), noise=noise, say=say
+        config,
+        ref.outputs,
+        cand.outputs,
+        (ref.name, cand.name),
+        noise=noise,
+        say=say,
+        pictures=True,
     )
     return Judgement(outputs, judge_versions(config, ref, cand), judge_warnings(config, ref, cand))
 
@@ -89,9 +96,12 @@ def judge_outputs(
     *,
     noise: Mapping[str, dict[str, Noise]] | None = None,
     say: Progress = quiet,
+    pictures: bool = False,
 ) -> OutputsJudgement:
     """Each output of `candidate` compared with `reference`'s under its tolerance, in name
-    order; `names` are the two environments' names, for the missing-output reasons."""
+    order; `names` are the two environments' names, for the missing-output reasons. With
+    `pictures`, each image-like output that differs carries its worst sample's pictures
+    (for the HTML report; investigations that only need verdicts leave them out)."""
     ref_name, cand_name = names
     comparisons = []
     missing = []
@@ -113,6 +123,7 @@ def judge_outputs(
                 policy,
                 noise=dict((noise or {}).get(name, {})),
                 on_block=_quarters(name, say) if elements >= LARGE_OUTPUT else None,
+                pictures=pictures,
             )
         )
     return OutputsJudgement(comparisons, missing)

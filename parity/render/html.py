@@ -1,4 +1,9 @@
-"""The report as one self-contained HTML page: inline CSS and SVG, a PNG data URI, no JS.
+"""The report as one self-contained HTML page: inline CSS and SVG, PNG data URIs, no JS.
+
+Pictures go where a person would rather look than read: an image-like output gets a
+heatmap of where it differs and, side by side, its worst sample as each environment
+computed it and their difference (so are the localized stages beyond tolerance); a 2-D
+output (logits, tabular rows) gets a per-column view instead.
 
 Worker messages, package names and output names come from the environments, so every
 string from the report is escaped, and a Content-Security-Policy that allows no script
@@ -16,13 +21,13 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
-from parity.comparison import describe_disagreements
+from parity.comparison import COLUMN_LIMIT, describe_disagreements
 from parity.inputs.seeded import describe_label
 from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.report import ParityReport
 
 if TYPE_CHECKING:
-    from parity.comparison import Heatmap, Histogram, OutputComparison
+    from parity.comparison import Columns, Heatmap, Histogram, OutputComparison, Pictures
     from parity.investigations.localize import Localization
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -35,6 +40,7 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 _SCALE = ((255, 247, 236), (253, 212, 158), (252, 141, 89), (215, 48, 31), (127, 0, 0))
 _INF_RGB = (33, 102, 172)
 _HEATMAP_PX = 288  # the longer side of a drawn heatmap
+_PICTURE_PX = 192  # the longer side of a drawn picture (each is at most 128 pixels)
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #1f2328; margin: 0; background: #f6f8fa; }
@@ -72,6 +78,12 @@ section.output { background: #fff; border: 1px solid #d1d9e0; border-left: 6px s
 figure { margin: 0; }
 figcaption { color: #59636e; font-size: 12px; max-width: 560px; }
 img.heatmap { image-rendering: pixelated; border: 1px solid #d1d9e0; display: block; }
+figure.pictures, figure.columns { margin: 12px 0; }
+figure.pictures .row { display: flex; flex-wrap: wrap; gap: 12px; }
+figure.pictures .row > div { display: flex; flex-direction: column; gap: 2px; }
+figure.pictures img { image-rendering: pixelated; border: 1px solid #d1d9e0; }
+table.columns td.bar { min-width: 120px; }
+table.columns td.bar span { display: block; height: 10px; background: #cf6a3a; }
 svg text { font: 11px system-ui, sans-serif; fill: #1f2328; }
 svg .axis { stroke: #59636e; stroke-width: 1; }
 svg .grid { stroke: #d1d9e0; stroke-width: 1; }
@@ -239,7 +251,11 @@ def _output(index: int, o: OutputComparison, report: ParityReport) -> str:
         parts.append('<p class="muted">No histogram for this output.</p>')
     if o.heatmap is not None:
         parts.append(_heatmap(o.heatmap))
-    parts.append("</div></div></section>")
+    parts.append(_column_view(o))
+    parts.append("</div></div>")
+    if o.pictures is not None:
+        parts.append(_pictures(o.name, o.pictures, report))
+    parts.append("</section>")
     return "\n".join(parts)
 
 
@@ -419,8 +435,8 @@ def _heatmap(heat: Heatmap) -> str:
     # Only integers go into the caption, so it is HTML as written.
     caption = (
         f"Largest |a &minus; b| in each cell of a {rows} &times; {cols} grid covering the "
-        f"{heat.height} &times; {heat.width} (height &times; width) of the last two axes, "
-        "taken over all leading axes."
+        f"{heat.height} &times; {heat.width} (height &times; width) of the image, taken "
+        "over all samples and channels."
     )
     return (
         '<figure class="heatmap"><h4>Where it differs</h4>'
@@ -459,6 +475,113 @@ def _legend(scale_top: float, has_inf: bool) -> str:
     return "".join(parts)
 
 
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _pictures(name: str, p: Pictures, report: ParityReport) -> str:
+    """One sample of an image-like value side by side: the reference's image, the
+    candidate's (one shared scale) and |a - b| per pixel on the heatmap's colour scale."""
+    cell = max(1, _PICTURE_PX // max(p.rows, p.columns))
+    size = f'width="{p.columns * cell}" height="{p.rows * cell}"'
+    stride = p.columns * (3 if p.colour else 1)
+    images = []
+    for label, role, pixels in (
+        (report.reference, "reference", p.reference),
+        (report.candidate, "candidate", p.candidate),
+    ):
+        rows = [pixels[r * stride : (r + 1) * stride] for r in range(p.rows)]
+        uri = _uri(_png(rows, p.columns, grey=not p.colour))
+        images.append(
+            f'<div><img class="picture" {size} alt="{_e(label)}" src="{uri}">'
+            f'<span class="muted">{_e(label)} ({role})</span></div>'
+        )
+    finite = [v for row in p.difference for v in row if math.isfinite(v)]
+    scale_top = max(finite, default=0.0)
+    has_inf = len(finite) < p.rows * p.columns
+    diff_png = _png(
+        [b"".join(bytes(_colour(v, scale_top)) for v in row) for row in p.difference], p.columns
+    )
+    images.append(
+        f'<div><img class="picture" {size} alt="difference" src="{_uri(diff_png)}">'
+        f'<span class="muted">|a &minus; b|</span>{_legend(scale_top, has_inf)}</div>'
+    )
+    drawn = {
+        "grey": "in grey",
+        "rgb": "in colour (RGB)",
+        "rgba": "in colour (RGB; the alpha channel is not drawn, its difference is)",
+    }.get(
+        p.layout,
+        f"channel {p.channel} of its {p.channels} (a feature map: the channel "
+        "where the two environments differ most), in grey",
+    )
+    # Only numbers and our own words go into the caption, escaped all the same.
+    words = [
+        f"Sample {p.sample}, the {p.height} &times; {p.width} value {drawn}, as "
+        f"{_e(report.reference)} and {_e(report.candidate)} computed it. Both images share "
+        f"one scale, {'each channel' if p.colour else 'black'} at "
+        f"{_e(_num(p.low, '.6g'))} and {'full' if p.colour else 'white'} at "
+        f"{_e(_num(p.high, '.6g'))}, so a shift in brightness shows. The third is "
+        "|a &minus; b| per pixel"
+        + (", the largest over its channels" if p.colour else "")
+        + f", on the heatmap's colour scale from 0 to {_e(_num(scale_top))}"
+        + (" (inf where NaN or an infinity sits on one side only)." if has_inf else "."),
+    ]
+    if p.downsampled:
+        words.append(
+            f"Downsampled from {p.height} &times; {p.width} to {p.rows} &times; {p.columns}: "
+            "each pixel is the mean of its block, the difference the largest in its block."
+        )
+    if p.nonfinite:
+        words.append(
+            f"{p.nonfinite} NaN or infinite values are drawn at the scale's ends "
+            "(NaN and -inf as the low end)."
+        )
+    return (
+        f'<figure class="pictures" data-value="{_e(name)}">'
+        f"<h4>Sample {p.sample} side by side: <code>{_e(name)}</code></h4>"
+        f'<div class="row">{"".join(images)}</div>'
+        f"<figcaption>{' '.join(words)}</figcaption></figure>"
+    )
+
+
+def _column_view(o: OutputComparison) -> str:
+    """A 2-D output column by column: each column's largest |a - b| and mismatched count."""
+    shape = o.reference_shape
+    if o.columns is None:
+        if len(shape) == 2 and shape == o.candidate_shape and shape[1] > COLUMN_LIMIT:
+            return (
+                f'<p class="muted">No per-column view: {shape[1]} columns, more than '
+                f"{COLUMN_LIMIT}.</p>"
+            )
+        return ""
+    c: Columns = o.columns
+    if not any(c.mismatched) and not any(c.max_abs_diff):
+        return ""
+    counted = "mismatched" if o.unit == "elements" else "elements that differ"
+    finite = [v for v in c.max_abs_diff if math.isfinite(v)]
+    top = max(finite, default=0.0)
+    rows = []
+    for i, (worst, count) in enumerate(zip(c.max_abs_diff, c.mismatched, strict=True)):
+        if not math.isfinite(worst):
+            bar = f'<span style="width:100%;background:rgb{_INF_RGB}"></span>'
+        else:
+            bar = f'<span style="width:{100 * worst / top if top else 0:.1f}%"></span>'
+        cls = ' class="fails"' if count else ""
+        rows.append(
+            f'<tr{cls}><td class="num">{i}</td><td class="num">{_num(worst)}</td>'
+            f'<td class="num">{count} of {shape[0]}</td><td class="bar">{bar}</td></tr>'
+        )
+    return (
+        f'<figure class="columns" data-value="{_e(o.name)}"><h4>Column by column</h4>'
+        '<table class="columns"><thead><tr><th>column</th><th>max |a &minus; b|</th>'
+        f"<th>{counted}</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<figcaption>Each of the {shape[1]} columns over all {shape[0]} rows: the "
+        "largest |a &minus; b| (the bar, against the largest column's; blue for inf) and "
+        f"how many of its elements are {counted}.</figcaption></figure>"
+    )
+
+
 def _colour(value: float, scale_top: float) -> tuple[int, int, int]:
     """The colour of one cell: linear along `_SCALE` from 0 to `scale_top`."""
     if not math.isfinite(value):
@@ -475,14 +598,14 @@ def _colour(value: float, scale_top: float) -> tuple[int, int, int]:
     )
 
 
-def _png(rows: list[bytes], width: int) -> bytes:
-    """An 8-bit RGB PNG of `rows` (each `width` pixels), unfiltered."""
+def _png(rows: list[bytes], width: int, grey: bool = False) -> bytes:
+    """An 8-bit RGB (or grey) PNG of `rows` (each `width` pixels), unfiltered."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    header = struct.pack(">IIBBBBB", width, len(rows), 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, len(rows), 8, 0 if grey else 2, 0, 0, 0)
     raw = b"".join(b"\x00" + row for row in rows)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -537,6 +660,7 @@ def _localization(report: ParityReport, loc: Localization) -> str:
         '<table class="localization">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
+    parts += [_pictures(e.name, e.pictures, report) for e in loc.entries if e.pictures]
     return "\n".join(parts)
 
 
