@@ -86,7 +86,8 @@ def test_eight_of_128_labels_moved_fail_with_agreement_120_of_128(
     write_project: Callable[..., Path],
 ) -> None:
     cfg, moved = drifted(write_project)
-    code, report, text = check(cfg, "--localize")
+    page = cfg.parent / "report.html"
+    code, report, text = check(cfg, "--localize", "--html", str(page))
     assert code == 1 and report["verdict"] == "fail"
     label = next(o for o in report["outputs"] if o["name"] == "label")
     assert (label["passed"], label["cause"]) == (False, "tolerance")
@@ -109,6 +110,23 @@ def test_eight_of_128_labels_moved_fail_with_agreement_120_of_128(
     ) in text
     assert "and 3 more rows" in text
     assert "atol ≥" not in text and "rtol ≥" not in text and "worst at" not in text
+
+    # The HTML page: no |a - b| statistics or histogram for the labels (class ids 1 apart
+    # are not "closer" than 5 apart), but still for the score judged by its difference.
+    html = page.read_text()
+    sections = dict(
+        re.findall(
+            r'<section class="output \w+" id="output-\d+">\s*<h3><code class="name">'
+            r"(\w+)</code>(.*?)</section>",
+            html,
+            re.S,
+        )
+    )
+    assert set(sections) == {"label", "score"}
+    assert '<table class="stats">' not in sections["label"]
+    assert '<figure class="histogram">' not in sections["label"]
+    assert "No |a &minus; b| statistics: decision judges the classes" in sections["label"]
+    assert '<table class="stats">' in sections["score"]
 
     # --localize reran a disagreeing sample and judged its label as the check did: the
     # stage that decides is where the environments part.

@@ -241,14 +241,23 @@ def _output(index: int, o: OutputComparison, report: ParityReport) -> str:
         parts.append(f'<p class="reason">{_e(o.reason)}</p>')
     parts.append('<div class="cols"><div>')
     parts.append(_facts(_output_facts(o, report)))
-    parts.append(_stats(o))
+    # |a - b| means nothing for a rule that decides on classes (decision): no statistics
+    # or histogram of it, only the rows that disagree (in the facts)
+    differences = reads_difference(o)
+    if differences:
+        parts.append(_stats(o))
     if o.noise:
         parts.append(_noise(o))
     parts.append("</div><div>")
-    if o.histogram is not None:
+    if o.histogram is not None and differences:
         parts.append(_histogram(o.histogram))
-    else:
+    elif differences:
         parts.append('<p class="muted">No histogram for this output.</p>')
+    else:
+        parts.append(
+            f'<p class="muted">No |a &minus; b| statistics: {_e(o.policy)} judges the '
+            "classes the rows choose, not the size of their difference.</p>"
+        )
     if o.heatmap is not None:
         parts.append(_heatmap(o.heatmap))
     parts.append(_column_view(o))

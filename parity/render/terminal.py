@@ -306,15 +306,15 @@ def _outputs(report: ParityReport) -> Table:
         names=("output", *numbers, "would pass"),
     )
     for o in report.outputs:
+        # |a - b| statistics mean nothing for a rule that decides on classes (decision)
+        stats = (o.max_abs_diff, o.median_abs_diff, o.p99_abs_diff, o.max_rel_diff)
+        shown = [f"{x:.3g}" for x in stats] if reads_difference(o) else ["-"] * len(stats)
         table.add_row(
             Text.assemble(("✓ ", "green") if o.passed else ("✗ ", "bold red"), literal(o.name)),
             # one setting a line keeps the column narrow enough for the numbers beside it
             literal(o.policy_description.replace(", ", ",\n")),
             Text(f"{o.mismatched}/{o.total} {o.unit}\n({100 * o.mismatched_fraction:.3g}%)"),
-            Text(f"{o.max_abs_diff:.3g}"),
-            Text(f"{o.median_abs_diff:.3g}"),
-            Text(f"{o.p99_abs_diff:.3g}"),
-            Text(f"{o.max_rel_diff:.3g}"),
+            *(Text(x) for x in shown),
             *([Text(_measure(o) or "-")] if measured else []),
             _would_pass(o),
         )
