@@ -187,8 +187,11 @@ def predict(inputs):
 
 @pytest.mark.slow
 def test_a_check_names_torchs_cpu_capability_set_in_one_environment(
-    torch_python: Path, write_project: Any, tmp_path: Path
+    torch_python: Path, write_project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Set in one environment only, whatever the suite runs under (it may itself run with
+    # ATEN_CPU_CAPABILITY forced lower, which both environments would inherit).
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     config = LOCAL_CONFIG.format(timeout=300).replace(
         'backend = "local"', f'backend = "local"\npython = "{torch_python}"'
     )
