@@ -513,22 +513,7 @@ def test_a_train_only_package_is_expected_when_the_bundle_shares_the_lock(
     digest: str | None, expected: bool
 ) -> None:
     lock = _lock()
-    summary = EnvironmentSummary(
-        name="train",
-        backend="venv",
-        description="venv",
-        lock="pylock.toml",
-        lock_digest=digest,
-        group="train",
-        python=None,
-        platform=None,
-        packages={},
-        env={},
-        libraries={},
-        cpu={},
-        created=False,
-        seconds={},
-    )
+    summary = dataclasses.replace(_summary_of("train"), lock_digest=digest)
     bundle = Bundle(
         path=Path("golden"),
         root=Path("golden"),
