@@ -265,6 +265,31 @@ def test_version_differences_table() -> None:
     assert tqdm.split()[:5] == ["tqdm", "4.67.1", "-", "benign", "expected"]
 
 
+def test_a_simd_feature_list_wraps_after_its_commas_and_the_table_stays_a_table() -> None:
+    # numpy 1.26 names its SIMD features one by one, without spaces: as one long word the
+    # table could not fit 120 columns and fell back to records.
+    simd = VersionDiff(
+        name="numpy simd",
+        versions={"train": "X86_V3", "infer": "SSSE3,SSE41,POPCNT,SSE42,AVX,F16C,FMA3,AVX2"},
+        severity="numerics",
+        expected=False,
+        note="follows numpy's version; this changes which kernels compute the numbers.",
+        caused_by="numpy",
+    )
+    numpy = dataclasses.replace(
+        NUMPY,
+        note="the locks pin different versions (locks/pylock.toml vs "
+        "examples/numpy-drift/locks/pylock.toml); NEP 50 changed scalar promotion",
+    )
+    text = render_text(report([], version_diffs=[numpy, simd]), color=False)
+    lines = text.splitlines()
+    assert re.search(r"^package\s+train\s+infer\s+severity\s+counts\s+note$", text, re.M)
+    row = next(i for i, line in enumerate(lines) if line.startswith("  ↳ numpy simd"))
+    listed = " ".join(line[: lines[row].index("numerics")] for line in lines[row : row + 6])
+    features = ["SSSE3", "SSE41", "POPCNT", "SSE42", "AVX", "F16C", "FMA3", "AVX2"]
+    assert [w.strip(",") for w in listed.split() if w.strip(",") in features] == features
+
+
 def test_colour_marks_verdict_failures_and_expected_differences() -> None:
     out = compare_arrays("y", REF, DRIFTED, TolerancePolicy(atol=0.05))
     parity_report = report([out], version_diffs=[NUMPY, TQDM])

@@ -485,7 +485,8 @@ def _version_diffs(report: ParityReport) -> Table:
             style, counts = "", Text("reported", style="yellow")
         table.add_row(
             literal(f"  ↳ {v.name}" if root is not None else v.name),
-            *(literal(v.versions.get(n) or "-") for n in names),
+            # a list (numpy's SIMD features) wraps after its commas, never inside a name
+            *(literal((v.versions.get(n) or "-").replace(",", ", ")) for n in names),
             literal(v.severity),
             counts,
             literal(v.note),
