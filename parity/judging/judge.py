@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from envlock.progress import Progress, quiet
 from parity.comparison import Noise, OutputComparison
 from parity.config import ParityConfig
+from parity.errors import ConfigError
 from parity.judging.caught import WarningFinding, judge_warnings
 from parity.judging.compare import compare_arrays, measure_noise
 from parity.judging.versions import VersionDiff, judge_versions, version_reasons
@@ -103,6 +104,7 @@ def judge_outputs(
     `pictures`, each image-like output that differs carries its worst sample's pictures
     (for the HTML report; investigations that only need verdicts leave them out)."""
     ref_name, cand_name = names
+    _check_tables(config, set(reference) | set(candidate))
     comparisons = []
     missing = []
     for name in sorted(set(reference) | set(candidate)):
@@ -127,6 +129,18 @@ def judge_outputs(
             )
         )
     return OutputsJudgement(comparisons, missing)
+
+
+def _check_tables(config: ParityConfig, outputs: set[str]) -> None:
+    """Raise `ConfigError` for a `[tolerance.outputs.NAME]` table naming no output: its
+    output (a typo, say) would be judged under the default tolerance unseen."""
+    for name in sorted(config.output_tolerances):
+        if name not in outputs:
+            raise ConfigError(
+                config.path,
+                f"tolerance.outputs.{name}",
+                f"no output {name!r} (the model returns: {', '.join(map(repr, sorted(outputs)))})",
+            )
 
 
 def _quarters(name: str, say: Progress) -> Callable[[int, int], None]:
