@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -366,6 +367,7 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
             raise a.fail("high", "must be greater than low")
         if params.get("std", 1.0) <= 0:
             raise a.fail("std", "must be positive")
+        _check_reach(a, dtype, generator, params)
         layout = a.get("layout", str, None, what=f"one of {', '.join(LAYOUTS)}")
         if layout is not None:
             if layout not in LAYOUTS:
@@ -516,6 +518,34 @@ def _policy(
             except SettingError as e:
                 raise t.fail(spec.name, str(e)) from None
     return replace(default, kind=kind, **values)
+
+
+# The largest finite value of each float dtype, and how far normal draws reach (Box-Muller
+# on 53-bit uniforms reaches 8.57 standard deviations from the mean).
+_FLOAT_MAX = {"float16": 65504.0, "float32": 3.4028234663852886e38, "float64": sys.float_info.max}
+_NORMAL_REACH = 9.0
+
+
+def _check_reach(a: _Table, dtype: str, generator: str, params: dict[str, float]) -> None:
+    """Raise `ConfigError` when a float array's values could overflow its dtype (to
+    infinity, or NaN where the range itself overflows): inputs that are all inf or NaN
+    would make any check pass vacuously."""
+    top = _FLOAT_MAX.get(dtype)
+    if top is None:  # integers are clipped to the dtype's range
+        return
+    if generator == "normal":
+        mean, std = params.get("mean", 0.0), params.get("std", 1.0)
+        key, lo, hi = "std", mean - _NORMAL_REACH * std, mean + _NORMAL_REACH * std
+        how = f"mean ± {_NORMAL_REACH:g} std"
+    else:
+        lo, hi = params.get("low", 0.0), params.get("high", 1.0)
+        key, how = ("low" if abs(lo) > abs(hi) else "high"), "low to high"
+    if not math.isfinite(hi - lo) or max(abs(lo), abs(hi)) > top:
+        raise a.fail(
+            key,
+            f"the values drawn ({how}) would overflow {dtype}, whose largest is {top:.6g}: "
+            f"keep them, and their range, within ±{top:.6g}",
+        )
 
 
 def _size(n: int) -> str:

@@ -56,6 +56,16 @@ def test_a_tolerance_table_for_an_output_the_model_lacks_is_a_config_error(
             "inputs.arrays.x.std",
             "must be a finite number",
         ),
+        (
+            "[inputs.arrays.x]\nlow = -1e308\nhigh = 1e308",
+            "inputs.arrays.x.high",
+            "the values drawn (low to high) would overflow float32",
+        ),
+        (
+            '[inputs.arrays.x]\ngenerator = "normal"\nstd = 1e38',
+            "inputs.arrays.x.std",
+            "the values drawn (mean ± 9 std) would overflow float32",
+        ),
         ("[run]\ntimeout = nan", "run.timeout", "must be a positive, finite number of seconds"),
         ("[tolerance]\natol = inf", "tolerance.atol", "must be a finite number, got inf"),
         (
