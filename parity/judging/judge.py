@@ -71,7 +71,8 @@ def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet
     """The candidate's outputs and versions judged against the reference's under the
     config's policies (each environment's self-disagreement, where calibrated, as noise;
     image-like outputs that differ with their worst sample's pictures), and the warnings
-    each environment caught."""
+    each environment caught; `ConfigError` for a tolerance table naming no output."""
+    check_tolerance_tables(config, set(ref.outputs) | set(cand.outputs))
     noise: dict[str, dict[str, Noise]] = {}
     for run in (ref, cand):
         for name, repeat in run.repeat.items():
@@ -104,7 +105,6 @@ def judge_outputs(
     `pictures`, each image-like output that differs carries its worst sample's pictures
     (for the HTML report; investigations that only need verdicts leave them out)."""
     ref_name, cand_name = names
-    _check_tables(config, set(reference) | set(candidate))
     comparisons = []
     missing = []
     for name in sorted(set(reference) | set(candidate)):
@@ -131,9 +131,10 @@ def judge_outputs(
     return OutputsJudgement(comparisons, missing)
 
 
-def _check_tables(config: ParityConfig, outputs: set[str]) -> None:
-    """Raise `ConfigError` for a `[tolerance.outputs.NAME]` table naming no output: its
-    output (a typo, say) would be judged under the default tolerance unseen."""
+def check_tolerance_tables(config: ParityConfig, outputs: set[str]) -> None:
+    """Raise `ConfigError` for a `[tolerance.outputs.NAME]` table naming none of
+    `outputs` (all the outputs of both environments): its output (a typo, say) would be
+    judged under the default tolerance unseen."""
     for name in sorted(config.output_tolerances):
         if name not in outputs:
             raise ConfigError(
