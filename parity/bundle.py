@@ -295,6 +295,11 @@ def _read(path: Path, root: Path, extracted: Path | None) -> Bundle:
     meta = _json(path, root, BUNDLE_FILE)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
+        if version is not None and not isinstance(version, str):
+            raise BundleError(
+                f"{path}: {BUNDLE_FILE}: schema_version must be a string such as "
+                f"{SCHEMA_VERSION!r}, not {type(version).__name__} {version!r}"
+            )
         if isinstance(version, str) and version.isdigit() and int(version) > int(SCHEMA_VERSION):
             raise BundleError(
                 f"{path}: written by a newer parity (bundle schema_version {version}); this "

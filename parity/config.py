@@ -6,7 +6,9 @@ Every mistake is reported as `ConfigError` naming the file and the key, e.g.
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +34,20 @@ LOG_PREFIX = "log:"
 # Warnings that say the model was saved under another version of the library loading it:
 # its state may be read wrongly whatever the outputs on the inputs replayed show.
 DEFAULT_FAIL_ON_WARNINGS = ("sklearn.exceptions.InconsistentVersionWarning",)
+# The most bytes a generated input set may hold (count x the bytes of one sample's arrays):
+# beyond it the inputs would exhaust memory or disk before a model ran. `inputs.max_bytes`
+# raises (or lowers) it for one config.
+MAX_INPUT_BYTES = 16 * 2**30
+_DTYPE_BYTES = {
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "float16": 2,
+    "float32": 4,
+    "float64": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -226,17 +242,14 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     set_aside = {name: f"{error.key}: {error.detail}" for name, error in unusable.items()}
     environments = [e for e in environments if e.name not in unusable]
     timeout = float(run.get("timeout", (int, float), 900, what="a number of seconds"))
-    if timeout <= 0:
-        raise run.fail("timeout", "must be positive")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise run.fail("timeout", f"must be a positive, finite number of seconds, got {timeout}")
     threads = run.get("threads", int, 1, what="an integer (0: leave thread counts alone)")
     if threads < 0:
         raise run.fail("threads", "must be 0 or more")
     calibrate = run.get("calibrate", bool, False, what="true or false")
     localize = run.get("localize", bool, False, what="true or false")
-    env_table = run.table("env", required=False)
-    env = {}
-    for k in env_table.data:
-        env[k] = env_table.get(k, str)
+    env = _env_vars(run.table("env", required=False))
 
     tolerance, per_output = _read_tolerances(root.table("tolerance", required=False))
 
@@ -284,8 +297,21 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     )
 
 
+def _env_vars(t: _Table) -> dict[str, str]:
+    """An `env` table: names and values an environment's process can be given."""
+    env = {}
+    for k in t.data:
+        value = t.get(k, str, what="a string")
+        if not k or "=" in k or "\0" in k:
+            raise t.fail(repr(k), "an environment variable's name must be non-empty, without '='")
+        if "\0" in value:
+            raise t.fail(k, "an environment variable's value cannot hold a NUL character")
+        env[k] = value
+    return env
+
+
 def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
-    t.reject_unknown({"seed", "count", "batch_size", "arrays", "folder"})
+    t.reject_unknown({"seed", "count", "batch_size", "arrays", "folder", "max_bytes"})
     batch = t.get("batch_size", int, 64)
     if batch <= 0:
         raise t.fail("batch_size", "must be at least 1")
@@ -298,6 +324,8 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
                     "input set)",
                 )
         folder = t.get("folder", str, what="a path to a folder of .npz samples")
+        if "max_bytes" in t.data:
+            raise t.fail("max_bytes", "only applies to generated inputs (not inputs.folder)")
         return sample_folder(t.path, base, folder, batch)
     seed = t.get("seed", int)
     if seed < 0:
@@ -310,7 +338,11 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
         raise ConfigError(
             t.path, arrays_t.prefix, "needs at least one input array, e.g. [inputs.arrays.x]"
         )
+    max_bytes = t.get("max_bytes", int, MAX_INPUT_BYTES, what="an integer number of bytes")
+    if max_bytes <= 0:
+        raise t.fail("max_bytes", "must be at least 1")
     arrays = []
+    sample_bytes = 0
     for name in arrays_t.data:
         if not _NAME.match(name):
             raise arrays_t.fail(name, "array names must be identifiers")
@@ -320,16 +352,7 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise a.fail("shape", f"must be a list of positive integers, got {shape!r}")
         dtype = a.get("dtype", str, "float32")
-        if dtype not in (
-            "uint8",
-            "int8",
-            "int16",
-            "int32",
-            "int64",
-            "float16",
-            "float32",
-            "float64",
-        ):
+        if dtype not in _DTYPE_BYTES:
             raise a.fail("dtype", f"unsupported dtype {dtype!r}")
         generator = a.get("generator", str, "uniform")
         if generator not in GENERATORS:
@@ -338,10 +361,13 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
         for p in ("low", "high", "mean", "std"):
             if p in a.data:
                 params[p] = float(a.get(p, (int, float), what="a number"))
+                if not math.isfinite(params[p]):
+                    raise a.fail(p, f"must be a finite number, got {params[p]}")
         if "low" in params and "high" in params and params["low"] >= params["high"]:
             raise a.fail("high", "must be greater than low")
         if params.get("std", 1.0) <= 0:
             raise a.fail("std", "must be positive")
+        _check_reach(a, dtype, generator, params)
         layout = a.get("layout", str, None, what=f"one of {', '.join(LAYOUTS)}")
         if layout is not None:
             if layout not in LAYOUTS:
@@ -359,6 +385,14 @@ def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:
                     f"axes), got {shape!r}: a 2-axis image is one plane",
                 )
         arrays.append(ArraySpec(name, tuple(shape), dtype, generator, params, layout))
+        sample_bytes += math.prod(shape) * _DTYPE_BYTES[dtype]
+    if count * sample_bytes > max_bytes:
+        raise t.fail(
+            "count",
+            f"{count} samples of {_size(sample_bytes)} each make {_size(count * sample_bytes)} "
+            f"of inputs, over the limit of {_size(max_bytes)} (inputs.max_bytes = {max_bytes}): "
+            f"lower inputs.count or the arrays' shapes, or raise inputs.max_bytes",
+        )
     return InputSpec(seed=seed, count=count, batch_size=batch, arrays=tuple(arrays))
 
 
@@ -421,7 +455,7 @@ def _read_environments(
                 unusable[name] = err
         python = e.get("python", str, None)
         env_t = e.table("env", required=False)
-        extra: dict[str, Any] = {"env": {k: env_t.get(k, str) for k in env_t.data}}
+        extra: dict[str, Any] = {"env": _env_vars(env_t)}
         for key, kind_of in kind.options.items():
             default = getattr(EnvironmentSpec, key)
             extra[key] = e.get(key, kind_of, default, what=_OPTION_WORDS.get(key, ""))
@@ -484,6 +518,42 @@ def _policy(
             except SettingError as e:
                 raise t.fail(spec.name, str(e)) from None
     return replace(default, kind=kind, **values)
+
+
+# The largest finite value of each float dtype, and how far normal draws reach (Box-Muller
+# on 53-bit uniforms reaches 8.57 standard deviations from the mean).
+_FLOAT_MAX = {"float16": 65504.0, "float32": 3.4028234663852886e38, "float64": sys.float_info.max}
+_NORMAL_REACH = 9.0
+
+
+def _check_reach(a: _Table, dtype: str, generator: str, params: dict[str, float]) -> None:
+    """Raise `ConfigError` when a float array's values could overflow its dtype (to
+    infinity, or NaN where the range itself overflows): inputs that are all inf or NaN
+    would make any check pass vacuously."""
+    top = _FLOAT_MAX.get(dtype)
+    if top is None:  # integers are clipped to the dtype's range
+        return
+    if generator == "normal":
+        mean, std = params.get("mean", 0.0), params.get("std", 1.0)
+        key, lo, hi = "std", mean - _NORMAL_REACH * std, mean + _NORMAL_REACH * std
+        how = f"mean ± {_NORMAL_REACH:g} std"
+    else:
+        lo, hi = params.get("low", 0.0), params.get("high", 1.0)
+        key, how = ("low" if abs(lo) > abs(hi) else "high"), "low to high"
+    if not math.isfinite(hi - lo) or max(abs(lo), abs(hi)) > top:
+        raise a.fail(
+            key,
+            f"the values drawn ({how}) would overflow {dtype}, whose largest is {top:.6g}: "
+            f"keep them, and their range, within ±{top:.6g}",
+        )
+
+
+def _size(n: int) -> str:
+    """`n` bytes for a message: `16 GiB`, `1.5 MiB`, `12 bytes`."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -129,7 +129,7 @@ def test_the_built_in_policies_are_registered_in_order() -> None:
         ("rtol = true", "tolerance.rtol: must be a number, not a boolean"),
         ('policy = "psnr"\ndata_range = 0', "tolerance.data_range: must be positive"),
         ('policy = "psnr"\ndata_range = -1', "tolerance.data_range: must be 0 or more, got -1"),
-        ('policy = "psnr"\nmin_db = nan', "tolerance.min_db: must be -inf or more, got nan"),
+        ('policy = "psnr"\nmin_db = nan', "tolerance.min_db: must be a finite number, got nan"),
         (
             'policy = "decision"\ntop_k = 0\nmin_agreement = 2',
             "tolerance.min_agreement: must be between 0 and 1, got 2",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from envlock.progress import Progress, quiet
 from parity.comparison import Noise, OutputComparison
 from parity.config import ParityConfig
+from parity.errors import ConfigError
 from parity.judging.caught import WarningFinding, judge_warnings
 from parity.judging.compare import compare_arrays, measure_noise
 from parity.judging.versions import VersionDiff, judge_versions, version_reasons
@@ -70,7 +71,8 @@ def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet
     """The candidate's outputs and versions judged against the reference's under the
     config's policies (each environment's self-disagreement, where calibrated, as noise;
     image-like outputs that differ with their worst sample's pictures), and the warnings
-    each environment caught."""
+    each environment caught; `ConfigError` for a tolerance table naming no output."""
+    check_tolerance_tables(config, set(ref.outputs) | set(cand.outputs))
     noise: dict[str, dict[str, Noise]] = {}
     for run in (ref, cand):
         for name, repeat in run.repeat.items():
@@ -127,6 +129,19 @@ def judge_outputs(
             )
         )
     return OutputsJudgement(comparisons, missing)
+
+
+def check_tolerance_tables(config: ParityConfig, outputs: set[str]) -> None:
+    """Raise `ConfigError` for a `[tolerance.outputs.NAME]` table naming none of
+    `outputs` (all the outputs of both environments): its output (a typo, say) would be
+    judged under the default tolerance unseen."""
+    for name in sorted(config.output_tolerances):
+        if name not in outputs:
+            raise ConfigError(
+                config.path,
+                f"tolerance.outputs.{name}",
+                f"no output {name!r} (the model returns: {', '.join(map(repr, sorted(outputs)))})",
+            )
 
 
 def _quarters(name: str, say: Progress) -> Callable[[int, int], None]:

@@ -57,7 +57,9 @@ class Setting:
                 raise SettingError(f"must be {self.low:g} or more, got {value}")
             return int(value)
         value = float(value)
-        if not self.low <= value <= self.high or math.isnan(value):
+        if not math.isfinite(value):  # an infinite tolerance passes anything, NaN nothing
+            raise SettingError(f"must be a finite number, got {value:g}")
+        if not self.low <= value <= self.high:
             bound = (
                 f"between {self.low:g} and {self.high:g}"
                 if self.high < math.inf

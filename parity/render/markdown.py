@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import TYPE_CHECKING
 
 from parity.comparison import describe_disagreements
@@ -17,13 +19,39 @@ _MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
 MESSAGE = 400  # characters of a warning's message shown; the JSON report has it all
 
 
+# Characters a summary must not carry raw (terminal escapes, NUL, BEL, lone surrogates).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _visible(text: object) -> str:
+    """`text` on one line, every other control character shown as `\\x1b`."""
+    return _CONTROL.sub(_escaped, str(text).replace("\r\n", " ").replace("\n", " "))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """`text` as Markdown text in a table cell or list item: HTML (`<script>`) and control
+    characters shown as text, `|` kept from splitting the cell."""
+    return html.escape(_visible(text), quote=False).replace("|", "\\|")
+
+
+def _code(text: object) -> str:
+    """`text` as code: a Markdown code span, or, where it holds HTML's `<>&` or a backtick
+    (which a code span would show raw or end at), an HTML `<code>` element of its escaped
+    text; control characters shown as `\\x1b`, `|` kept from splitting a table cell."""
+    body = _visible(text)
+    if any(c in body for c in "<>&`"):
+        return f"<code>{html.escape(body, quote=False)}</code>".replace("|", "\\|")
+    return f"`{body}`".replace("|", "\\|")
 
 
 def _inputs(inputs: dict[str, object]) -> str:
     if "folder" in inputs:
-        return f"{inputs.get('count')} inputs from `{_cell(inputs.get('folder'))}`"
+        return f"{inputs.get('count')} inputs from {_code(inputs.get('folder'))}"
     return f"{inputs.get('count')} seeded inputs (seed {inputs.get('seed')})"
 
 
@@ -33,7 +61,7 @@ def render_markdown(report: ParityReport) -> str:
     lines = [
         f"## Parity check: {_MARK[report.verdict]}",
         "",
-        f"`{report.config}`: {report.candidate} against {report.reference}, "
+        f"{_code(report.config)}: {_cell(report.candidate)} against {_cell(report.reference)}, "
         f"{_inputs(report.inputs)}.",
         "",
     ]
@@ -41,8 +69,8 @@ def render_markdown(report: ParityReport) -> str:
         a = report.against
         lines.insert(
             -1,
-            f"{_cell(report.reference)} is the golden bundle `{_cell(a.path)}` "
-            f"(recorded {_cell(a.created)}, manifest `{a.manifest_digest}`).",
+            f"{_cell(report.reference)} is the golden bundle {_code(a.path)} "
+            f"(recorded {_cell(a.created)}, manifest {_code(a.manifest_digest)}).",
         )
     if report.reasons or report.errors:
         lines += [f"- {_cell(r)}" for r in [*report.errors, *report.reasons]] + [""]
@@ -60,12 +88,12 @@ def render_markdown(report: ParityReport) -> str:
         for d in report.version_diffs:
             values = " | ".join(_cell(d.versions.get(n) or "-") for n in names)
             verdict = "**fails**" if d.fails else ("expected" if d.expected else "reported")
-            name = f"`{d.name}`"
+            name = _code(d.name)
             root = roots.get(d.caused_by or "")
             if root is not None:  # follows from the root cause listed above it
-                name = f"↳ `{d.name}`"
+                name = f"↳ {_code(d.name)}"
                 if root.fails or not d.fails:
-                    verdict = f"with `{root.name}`"
+                    verdict = f"with {_code(root.name)}"
             lines.append(f"| {name} | {values} | {d.severity} | {verdict} | {_cell(d.note)} |")
         lines.append("")
     elif not report.versions_known:
@@ -83,7 +111,7 @@ def _warnings(report: ParityReport) -> list[str]:
         if w.category not in only.setdefault(w.environment, []):
             only[w.environment].append(w.category)
     lines += [
-        f"- **only in {_cell(env)}**: " + ", ".join(f"`{_cell(c)}`" for c in categories)
+        f"- **only in {_cell(env)}**: " + ", ".join(f"{_code(c)}" for c in categories)
         for env, categories in only.items()
     ]
     if only:
@@ -95,13 +123,13 @@ def _warnings(report: ParityReport) -> list[str]:
         ]
         for w in report.warnings:
             verdict = "**fails**" if w.fails else ("only here" if w.only_here else "reported")
-            level = f" ({w.level})" if w.level else ""
+            level = f" ({_cell(w.level)})" if w.level else ""
             message = w.message.strip()
             if len(message) > MESSAGE:
                 message = message[:MESSAGE] + "…"
             lines.append(
-                f"| {_cell(w.environment)} | `{_cell(w.category)}`{level} | {w.count} | "
-                f"{verdict} | {_cell(message)} | `{_cell(w.first)}` |"
+                f"| {_cell(w.environment)} | {_code(w.category)}{level} | {w.count} | "
+                f"{verdict} | {_cell(message)} | {_code(w.first)} |"
             )
     for env, n in report.warnings_dropped.items():
         lines += ["", f"{n} more warnings in {_cell(env)} past the worker's limit (not listed)."]
@@ -143,9 +171,9 @@ def _outputs(report: ParityReport) -> list[str]:
         stats = [o.max_abs_diff, o.median_abs_diff, o.p99_abs_diff, o.max_rel_diff]
         shown = [f"{x:.4g}" for x in stats] if reads_difference(o) else ["-"] * len(stats)
         cells = [
-            f"`{_cell(o.name)}`",
+            f"{_code(o.name)}",
             result,
-            f"`{_cell(o.policy_description)}`",
+            f"{_code(o.policy_description)}",
             f"{o.mismatched} / {o.total} {o.unit} ({100 * o.mismatched_fraction:.3g}%)",
             *shown,
             _would_pass(o),
@@ -162,17 +190,17 @@ def _outputs(report: ParityReport) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
         if not o.passed and not reads_difference(o):
             notes += [
-                f"- `{_cell(o.name)}`: {_cell(line)}"
+                f"- {_code(o.name)}: {_cell(line)}"
                 for line in describe_disagreements(o, report.reference, report.candidate)
             ]
         elif not o.passed and o.worst_index is not None:
             notes.append(
-                f"- `{_cell(o.name)}`: worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
+                f"- {_code(o.name)}: worst at {list(o.worst_index)}: {o.worst_reference:.6g} "
                 f"({_cell(report.reference)}) vs {o.worst_candidate:.6g} "
                 f"({_cell(report.candidate)})"
             )
         notes += [
-            f"- `{_cell(o.name)}` is nondeterministic: {_cell(env)} disagrees with itself (max "
+            f"- {_code(o.name)} is nondeterministic: {_cell(env)} disagrees with itself (max "
             f"abs diff {n.max_abs_diff:.3g} between two runs, {n.mismatched} of {n.total} "
             "elements)"
             for env, n in o.noise.items()
@@ -185,7 +213,7 @@ def _localization(report: ParityReport, loc: Localization) -> list[str]:
     """The localization: its summary, then a table of every captured value in order."""
     heading = "### Localization"
     if loc.sample is not None:
-        heading += f" (sample {loc.sample}, the worst of output `{_cell(loc.output)}`)"
+        heading += f" (sample {loc.sample}, the worst of output {_code(loc.output)})"
     lines = [heading, "", _cell(loc.summary)]
     if not loc.entries:
         return lines
@@ -198,7 +226,9 @@ def _localization(report: ParityReport, loc: Localization) -> list[str]:
     for e in loc.entries:
         result = "pass" if e.passed else f"**beyond** ({_cell(e.cause)})"
         sides = [
-            "absent" if dtype is None else f"{dtype} {'x'.join(map(str, shape or ())) or 'scalar'}"
+            "absent"
+            if dtype is None
+            else f"{_cell(dtype)} {'x'.join(map(str, shape or ())) or 'scalar'}"
             for dtype, shape in (
                 (e.reference_dtype, e.reference_shape),
                 (e.candidate_dtype, e.candidate_shape),
@@ -206,7 +236,7 @@ def _localization(report: ParityReport, loc: Localization) -> list[str]:
         ]
         diff = "-" if e.max_abs_diff is None else f"{e.max_abs_diff:.4g}"
         lines.append(
-            f"| `{_cell(e.name)}` | {_cell(e.stage)} | {_cell(e.module_class or '-')} | "
+            f"| {_code(e.name)} | {_cell(e.stage)} | {_cell(e.module_class or '-')} | "
             f"{result} | {diff} | {sides[0]} | {sides[1]} |"
         )
     return lines

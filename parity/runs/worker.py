@@ -1017,7 +1017,15 @@ def _checked_outputs(result: Any, count: int) -> dict[str, Any]:
                 f"output {name!r} has shape {arr.shape}; its first axis must be the batch "
                 f"({count} samples)"
             )
-        outputs[str(name)] = arr
+        key = str(name)
+        if key in outputs:
+            # `{1: a, "1": b}`: one name for two outputs would lose one of them unseen.
+            first = next(n for n in result if str(n) == key)
+            raise ValueError(
+                f"outputs {first!r} and {name!r} have the same name {key!r} as text; "
+                f"output names must be distinct strings"
+            )
+        outputs[key] = arr
     return outputs
 
 
