@@ -86,8 +86,12 @@ CPU_FLAGS = (
     "bf16",
     "i8mm",
 )
+# Tokens, secrets, passwords and passphrases, credentials, API and private keys, auth,
+# cookies, sessions, bearer tokens and JWTs, DSNs (URLs with a password), personal access
+# tokens (`*_PAT`) and any `KEY` part.
 _SECRET = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH|COOKIE|SESSION|(^|_)KEY($|_)",
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|API_?KEY|PRIVATE|AUTH|COOKIE|SESSION|BEARER|JWT"
+    r"|(^|_)(KEY|PAT|DSN)($|_)",
     re.I,
 )
 

@@ -20,6 +20,9 @@ CANARIES = {
     "MKL_PASSWORD": "canary-value-3",
     "NVIDIA_API_KEY": "canary-value-4",
     "TORCH_AUTH": "canary-value-5",
+    "MKL_PASSPHRASE": "canary-value-6",
+    "NVIDIA_PAT": "canary-value-7",
+    "CUDA_SENTRY_DSN": "https://u:canary-value-8@sentry.example/1",
 }
 
 
@@ -43,11 +46,29 @@ def test_a_parity_report_never_holds_a_secret(write_project: Any, tmp_path: Path
     cfg = write_project(
         "def predict(inputs):\n    return {'y': inputs['x']}\n", LOCAL_CONFIG.format(timeout=60)
     )
-    report = tmp_path / "r.json"
-    result = run_cli("parity", "check", "--config", str(cfg), "--json", str(report), env=CANARIES)
+    out = {kind: tmp_path / f"r.{kind}" for kind in ("json", "md", "html", "xml")}
+    result = run_cli(
+        "parity",
+        "check",
+        "--config",
+        str(cfg),
+        "--json",
+        str(out["json"]),
+        "--markdown",
+        str(out["md"]),
+        "--html",
+        str(out["html"]),
+        "--junit",
+        str(out["xml"]),
+        env=CANARIES,
+    )
     assert result.returncode == 0, result.stderr
-    text = report.read_text()
-    assert not any(v in text for v in CANARIES.values())
+    assert json.loads(out["json"].read_text())["environments"]["train"]["env"] is not None
+    for kind, path in out.items():
+        text = path.read_text()
+        found = [name for name, value in CANARIES.items() if value in text]
+        assert not found, f"{kind} report holds the value of {found}"
+    assert not any(v in result.stdout + result.stderr for v in CANARIES.values())
 
 
 def test_fingerprint_sections(repo: Path) -> None:
