@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -314,8 +315,7 @@ def _write_report(
     ]
     for path, render in renderings:
         if path is not None and str(path) != "-":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(render(report), encoding="utf-8")
+            write_whole(path, render(report))
             written.append(path)
     return written
 
@@ -563,5 +563,20 @@ def _emit(result: R, render: Callable[[R, Console], None], json_path: Path | Non
         return
     render(result, stdout_console())
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(result.to_json(), encoding="utf-8")
+        write_whole(json_path, result.to_json())
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: into a temporary file beside it, then
+    renamed over it, so that a full disk or a killed process never leaves a truncated
+    report for a CI gate to read. A folder that does not exist is made; a file that cannot
+    be written is a ParityError (exit 3) naming it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):  # nothing to remove where no folder could be made
+            tmp.unlink(missing_ok=True)
+        raise ParityError(f"could not write {path}: {e.strerror or e}") from None

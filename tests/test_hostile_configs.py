@@ -4,12 +4,13 @@ output, the right exit code, and no traceback; none of them passes by accident."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import LOCAL_CONFIG, run_cli
+from conftest import LOCAL_CONFIG, ROOT, run_cli
 
 ADAPTER = """
 import numpy as np
@@ -226,3 +227,44 @@ def test_a_bundle_whose_schema_version_is_a_number_says_so(
     code, stderr = check(cfg, "--against", str(bundle))
     assert code == 2, stderr
     assert "schema_version must be a string such as '1', not int 1" in stderr
+
+
+def test_a_report_that_cannot_be_written_is_exit_3_naming_it(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    cfg = write_project(ADAPTER, CONFIG)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code, err = check(cfg, "--json", str(tmp_path / "taken" / "report.json"))
+    assert code == 3
+    assert f"could not write {tmp_path / 'taken' / 'report.json'}" in err
+    # A folder that does not exist yet is made.
+    code, err = check(cfg, "--json", str(tmp_path / "new" / "deeper" / "report.json"))
+    assert code == 0, err
+    assert (
+        json.loads((tmp_path / "new" / "deeper" / "report.json").read_text())["verdict"] == "pass"
+    )
+
+
+def test_a_full_disk_leaves_the_old_report_whole_and_no_partial_file(tmp_path: Path) -> None:
+    """A file-size limit stands in for a full disk: writing fails part-way (EFBIG)."""
+    report = tmp_path / "report.json"
+    report.write_text('{"verdict": "pass"}')
+    code = f"""
+import resource, sys
+from pathlib import Path
+from parity.cli import write_whole
+from parity.errors import ParityError
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    write_whole(Path({str(report)!r}), "x" * 100_000)
+except ParityError as e:
+    print(e)
+    sys.exit(3)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.startswith(f"could not write {report}: ")
+    assert report.read_text() == '{"verdict": "pass"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
