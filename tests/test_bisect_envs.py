@@ -282,6 +282,19 @@ def test_nothing_to_bisect_when_the_outputs_agree(repo: Path, cache: Path, tmp_p
     assert "nothing to bisect" in out
 
 
+@pytest.mark.slow
+def test_a_tolerance_table_for_an_output_the_model_lacks_is_a_config_error(
+    repo: Path, cache: Path, tmp_path: Path
+) -> None:
+    # `yy` is a typo for `y`: the bisection would judge `y` under the default tolerance.
+    config = project(tmp_path, repo, {})
+    config.write_text(config.read_text() + "\n[tolerance.outputs.yy]\natol = 1\n")
+    code, report, out = bisect(config, cache)
+    assert code == 2, out
+    assert "tolerance.outputs.yy: no output 'yy' (the model returns: 'y')" in out
+    assert report == {} and "Traceback" not in out
+
+
 def test_bisect_needs_venvs_from_pylocks(write_project: Any, tmp_path: Path) -> None:
     from conftest import LOCAL_CONFIG
 

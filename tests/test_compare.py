@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -332,6 +333,22 @@ def test_psnr_of_an_image_off_by_one_level_everywhere() -> None:
     assert result.psnr_db == pytest.approx(48.1308, abs=1e-4)
     failed = compare_arrays("y", ref, cand, TolerancePolicy(kind="psnr", min_db=49))
     assert failed.reason == "PSNR 48.13 dB, below min_db 49"
+
+
+def test_psnr_of_huge_differences_fails_and_never_overflows() -> None:
+    # Squared, 2e200 is inf: the PSNR was NaN, which no min_db caught, so this passed.
+    ref = np.array([1e200, -1e200, 0.0])
+    cand = np.array([-1e200, 1e200, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way either
+        result = compare_arrays("y", ref, cand, TolerancePolicy(kind="psnr", min_db=40))
+    # range 2e200, MSE (2e200)² · 2/3: 10 · log10(3/2) dB
+    assert result.psnr_db == pytest.approx(10 * np.log10(1.5))
+    assert result.reason == "PSNR 1.761 dB, below min_db 40"
+    # A range of ±1e308 (its width overflows a float) and a tiny difference: a high PSNR.
+    ref = np.array([1e308, -1e308, 0.0])
+    tiny = compare_arrays("y", ref, ref + np.array([0, 0, 1e-300]), TolerancePolicy(kind="psnr"))
+    assert tiny.passed and tiny.psnr_db is not None and 12000 < tiny.psnr_db < math.inf
 
 
 def test_dtype_change_fails_under_every_policy_and_says_so() -> None:

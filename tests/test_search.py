@@ -254,6 +254,29 @@ def test_an_unknown_output_is_a_usage_error(project: Path, tmp_path: Path) -> No
     assert not (tmp_path / "case").exists()
 
 
+def test_a_tolerance_table_for_an_output_the_model_lacks_is_a_config_error(
+    project: Path, tmp_path: Path
+) -> None:
+    # `means` is a typo for `mean`: searched under the default tolerance, unseen.
+    config = tmp_path / "typo.toml"
+    config.write_text(
+        (project / "parity.toml")
+        .read_text()
+        .replace('paths = ["src"]', f'paths = ["{project / "src"}"]')
+        .replace("[tolerance.outputs.mean]", "[tolerance.outputs.means]")
+    )
+    result = run_cli(
+        "parity", "search", "--config", str(config), "--out", str(tmp_path / "case"), "-q"
+    )
+    assert result.returncode == 2, result.stderr
+    assert (
+        "tolerance.outputs.means: no output 'means' (the model returns: 'mean', 'y')"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr and "work folder kept" not in result.stderr
+    assert not (tmp_path / "case").exists()
+
+
 def test_out_must_be_new_or_an_earlier_case(project: Path, tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -46,7 +46,7 @@ from envlock.progress import Progress, quiet
 from parity.config import ParityConfig
 from parity.errors import ConfigError
 from parity.jsontext import json_safe, json_text
-from parity.judging.judge import judge_outputs
+from parity.judging.judge import check_tolerance_tables, judge_outputs
 from parity.runs.replay import EnvRun, WorkFolder, replay_environments
 
 Outcome = Literal["fail", "pass", "unresolved"]
@@ -301,6 +301,7 @@ def _bisect(
     input_digest, _ = replay_environments(config, [ref, cand], work.path, cache_dir, say, False)
     if ref.error or cand.error:
         return finish("error", "an environment failed before any combination was tried")
+    check_tolerance_tables(config, set(ref.outputs) | set(cand.outputs))
     failing, candidate_diffs = _judge_outputs(config, ref, cand)
     if not failing:
         return finish("pass", "the outputs agree within tolerance: nothing to bisect")

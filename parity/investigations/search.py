@@ -48,11 +48,11 @@ from envlock.names import shown_path
 from envlock.progress import Progress, quiet
 from parity.comparison import OutputComparison
 from parity.config import ParityConfig
-from parity.errors import ParityError, WorkerError
+from parity.errors import ConfigError, ParityError, WorkerError
 from parity.inputs.samples import load_samples
 from parity.inputs.seeded import ArraySpec, InputSpec, generate, value_range
 from parity.jsontext import json_safe, json_text
-from parity.judging.judge import judge_outputs
+from parity.judging.judge import check_tolerance_tables, judge_outputs
 from parity.policies import TolerancePolicy
 from parity.runs.replay import EnvRun, WorkFolder, materialize_all
 from parity.runs.serving import Session, serving
@@ -245,7 +245,9 @@ def search(
         key=lambda r: r.spec.name != config.reference,
     )
     # The workers' logs are kept for whatever went wrong inside an environment.
-    with WorkFolder(None, say, keep_on=(BaseException,), drop_on=(SearchError,)) as work:
+    with WorkFolder(
+        None, say, keep_on=(BaseException,), drop_on=(SearchError, ConfigError)
+    ) as work:
         materialize_all(runs, cache_dir, say)
         seeded_inputs = _seeded_inputs(config)
         batches = math.ceil(_count(seeded_inputs) / config.inputs.batch_size)
@@ -370,6 +372,8 @@ def _replay_seeded(
     for start in range(0, count, size):
         batch = {k: v[start : start + size] for k, v in inputs.items()}
         ref, cand = session.ask(batch)
+        if start == 0:  # the first answers name the outputs: a table for none is a typo
+            check_tolerance_tables(config, set(ref) | set(cand))
         for j in range(min(size, count - start)):
             outputs = _judge(
                 config,

@@ -52,7 +52,11 @@ class _Noise(Judge):
     def __init__(self, policy: Psnr, ref_dtype: np.dtype) -> None:
         self.policy = policy
         self.ref_dtype = ref_dtype
-        self.sum_sq = 0.0
+        # The sum of squared differences as scale² · ssq, rescaled as larger differences
+        # come (as BLAS's nrm2 does): squaring 1e200 would overflow to inf, and
+        # span² / inf gave 0, then a math domain error, or a NaN that passed every min_db.
+        self.scale = 0.0
+        self.ssq = 0.0
         self.ref_lo = math.inf
         self.ref_hi = -math.inf
 
@@ -70,8 +74,15 @@ class _Noise(Judge):
     def test(self, rb: np.ndarray, cb: np.ndarray, d: BlockDiff) -> np.ndarray:
         import numpy as np
 
-        finite = np.isfinite(d.diff)
-        self.sum_sq += float(np.square(d.diff[finite]).sum())
+        diffs = d.diff[np.isfinite(d.diff)]
+        largest = float(np.abs(diffs).max()) if diffs.size else 0.0
+        if largest > 0:
+            ssq = float(np.square(diffs / largest).sum())
+            if largest > self.scale:
+                self.ssq = self.ssq * (self.scale / largest) ** 2 + ssq
+                self.scale = largest
+            else:
+                self.ssq += ssq * (largest / self.scale) ** 2
         return super().test(rb, cb, d)
 
     def verdict(self, tally: Tally) -> Verdict:
@@ -84,11 +95,15 @@ class _Noise(Judge):
         import numpy as np
 
         if self.policy.data_range is not None:
-            span = self.policy.data_range
+            span_db = 20 * math.log10(self.policy.data_range)
         elif self.ref_dtype.kind in "iub":
             info = np.iinfo(self.ref_dtype) if self.ref_dtype.kind != "b" else None
-            span = float(info.max - info.min) if info else 1.0
+            span_db = 20 * math.log10(float(info.max - info.min)) if info else 0.0
+        elif self.ref_hi > self.ref_lo:  # halves: the range of ±1e308 does not overflow
+            span_db = 20 * (math.log10(self.ref_hi / 2 - self.ref_lo / 2) + math.log10(2))
         else:
-            span = self.ref_hi - self.ref_lo if self.ref_hi > self.ref_lo else 1.0
-        mse = self.sum_sq / total if total else 0.0
-        return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
+            span_db = 0.0
+        if self.scale == 0 or not total:
+            return math.inf
+        # 10·log10(span² / mse), mse = scale² · ssq / total, in logarithms: nothing overflows
+        return span_db - 20 * math.log10(self.scale) - 10 * math.log10(self.ssq / total)
