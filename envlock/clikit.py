@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,10 @@ class CommandError(click.ClickException):
 
 
 def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
-    """Decorator: turn exceptions of `types` (which carry `exit_code`) into clean exits."""
+    """Decorator: turn exceptions of `types` (which carry `exit_code`) into clean exits,
+    and any other exception (a bug in the tool itself) into one line and exit 3, never a
+    traceback and never exit 1, which means "parity failed"; `<TOOL>_DEBUG=1` (e.g.
+    `PARITY_DEBUG=1`) lets the traceback through for a bug report."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -29,6 +33,20 @@ def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
             except types as e:
                 raise CommandError(str(e), getattr(e, "exit_code", 3)) from None
+            except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except Exception as e:
+                tool = fn.__module__.split(".")[0]  # parity or envlock
+                if os.environ.get(f"{tool.upper()}_DEBUG"):
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise CommandError(
+                    f"internal error in {tool}: {type(e).__name__}"
+                    + (f": {first}" if first else "")
+                    + f" (a bug: rerun with {tool.upper()}_DEBUG=1 for the traceback and "
+                    "report it)",
+                    3,
+                ) from None
 
         return wrapper  # type: ignore[return-value]
 

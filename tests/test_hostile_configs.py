@@ -268,3 +268,29 @@ except ParityError as e:
     assert done.stdout.startswith(f"could not write {report}: ")
     assert report.read_text() == '{"verdict": "pass"}'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_bug_in_parity_itself_is_one_line_and_exit_3(
+    write_project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No input is known to crash parity (each one found is fixed above); this stands in
+    # for the next one: the check raising what no domain error covers.
+    from click.testing import CliRunner
+
+    import parity.cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    cfg = write_project(ADAPTER, CONFIG)
+    monkeypatch.setattr(parity.cli, "run_check", broken)
+    monkeypatch.delenv("PARITY_DEBUG", raising=False)
+    result = CliRunner().invoke(parity.cli.main, ["check", "--config", str(cfg), "-q"])
+    assert result.exit_code == 3  # not 1, which says the environments differ
+    assert result.output == (
+        "Error: internal error in parity: TypeError: unsupported operand type(s) for +: "
+        "'int' and 'str' (a bug: rerun with PARITY_DEBUG=1 for the traceback and report it)\n"
+    )
+    monkeypatch.setenv("PARITY_DEBUG", "1")
+    result = CliRunner().invoke(parity.cli.main, ["check", "--config", str(cfg), "-q"])
+    assert isinstance(result.exception, TypeError)  # the traceback, for the bug report
