@@ -12,17 +12,19 @@ import socket
 import subprocess
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, lock_tiny_spec, run_cli
+from conftest import BIN, ROOT, lock_tiny_spec, run_cli
 
-from envlock import read_lock
+from envlock import probe, read_lock
 from envlock.fetch import fetch
 from envlock.images import compare_trees
+from parity.runs import worker
 
 pytestmark = pytest.mark.slow
 LOCAL_BASE = os.environ.get("ENVLOCK_TEST_BASE", "envlock/local-base:bookworm")
@@ -399,6 +401,94 @@ def test_the_worker_runs_sandboxed_and_cannot_reach_the_network(
     assert accepted == []
     assert (uid, caps, no_new_privs) == (10001, 0, 1)
     assert (writes_root, writes_tmp) == (0, 1)
+
+
+def _worker_containers(client: Any, skip: set[str]) -> dict[str, dict[str, Any]]:
+    """The inspect record of every running parity worker container not in `skip`."""
+    import docker
+
+    seen = {}
+    for container in client.containers.list(filters={"label": "org.envlock.role=parity-worker"}):
+        if container.id in skip:
+            continue
+        try:
+            container.reload()  # the full inspect record, read now
+        except docker.errors.NotFound:  # it finished between listing and reading
+            continue
+        seen[container.id] = container.attrs
+    return seen
+
+
+def test_the_worker_container_is_configured_as_the_sandbox(
+    client: Any, reference_build: dict[str, Any], tmp_path: Path
+) -> None:
+    """What Docker itself reports about each live worker container: no network, a read-only
+    root, user 10001, no capabilities, no-new-privileges, the configured memory and process
+    limits, a tmpfs /tmp, and exactly the check's mounts, all read-only but the output
+    folder. Unlike probing from inside, this does not depend on how the daemon is set up
+    (CI's runs with --bridge=none, where no container has a network anyway)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    # Slow enough in predict for both containers to be seen while they run.
+    (src / "adapter.py").write_text(
+        "import time\n\ndef predict(inputs):\n    time.sleep(5)\n    return {'y': inputs['x']}\n"
+    )
+    image = reference_build["result"]["images"]["infer"]["tag"]
+    cfg = tmp_path / "parity.toml"
+    # Limits other than the defaults, so that the user's values are what must arrive.
+    cfg.write_text(
+        DOCKER_CONFIG.format(image=image, timeout=120).replace(
+            'backend = "docker"\n', 'backend = "docker"\nmemory = "3g"\npids = 300\n'
+        )
+    )
+    work = tmp_path / "work"
+    before = {c.id for c in client.containers.list(all=True)}
+    check = subprocess.Popen(
+        [str(BIN / "parity"), "check", "--config", str(cfg), "--workdir", str(work)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: dict[str, dict[str, Any]] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while check.poll() is None and len(seen) < 2 and time.monotonic() < deadline:
+            seen.update(_worker_containers(client, before | seen.keys()))
+            time.sleep(0.1)
+        output, _ = check.communicate(timeout=300)
+    finally:
+        if check.poll() is None:
+            check.kill()
+            check.wait()
+    assert check.returncode == 0, output
+    # Both environments' workers ran in a container of their own, each seen while it ran.
+    outs = {
+        m["Source"]: attrs
+        for attrs in seen.values()
+        for m in attrs["Mounts"]
+        if m["Destination"] == "/parity/out"
+    }
+    assert set(outs) == {str((work / name).resolve()) for name in ("train", "infer")}, seen
+    for out, attrs in outs.items():
+        host = attrs["HostConfig"]
+        assert host["NetworkMode"] == "none", out
+        assert list(attrs["NetworkSettings"]["Networks"]) == ["none"], out
+        assert host["ReadonlyRootfs"] is True, out
+        assert attrs["Config"]["User"] == "10001:10001", out
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"], out
+        assert host["SecurityOpt"] == ["no-new-privileges"], out
+        assert host["Privileged"] is False, out
+        assert (host["Memory"], host["PidsLimit"]) == (3 * 1024**3, 300), out
+        assert list(host["Tmpfs"]) == ["/tmp"], out
+        mounts = {m["Destination"]: (m["Type"], m["Source"], m["RW"]) for m in attrs["Mounts"]}
+        assert mounts == {
+            "/parity/worker/worker.py": ("bind", str(Path(worker.__file__).resolve()), False),
+            "/parity/probe/probe.py": ("bind", str(Path(probe.__file__).resolve()), False),
+            "/parity/inputs": ("bind", str((work / "inputs").resolve()), False),
+            "/parity/path0": ("bind", str(src.resolve()), False),
+            "/parity/out": ("bind", out, True),
+        }, out
 
 
 def test_a_container_that_outlives_its_timeout_is_killed(
