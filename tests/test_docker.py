@@ -6,23 +6,26 @@ so that there a missing daemon fails instead.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import subprocess
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, lock_tiny_spec, run_cli
+from conftest import BIN, ROOT, lock_tiny_spec, run_cli
 
-from envlock import read_lock
+from envlock import probe, read_lock
 from envlock.fetch import fetch
 from envlock.images import compare_trees
+from parity.runs import worker
 
 pytestmark = pytest.mark.slow
 LOCAL_BASE = os.environ.get("ENVLOCK_TEST_BASE", "envlock/local-base:bookworm")
@@ -347,9 +350,35 @@ def listener() -> Iterator[tuple[int, list[object]]]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def root_image(client: Any, reference_build: dict[str, Any]) -> Iterator[str]:
+    """The reference inference image with its user set back to root, as an image named
+    directly (from a registry) may be: then only the sandbox makes the worker user 10001."""
+    tag = f"envlock/test-root-user:{os.getpid()}"
+    infer = reference_build["result"]["images"]["infer"]["tag"]
+    client.images.build(
+        fileobj=io.BytesIO(f"FROM {infer}\nUSER 0:0\n".encode()),
+        tag=tag,
+        network_mode="none",
+        rm=True,  # no build container is left behind
+        forcerm=True,
+    )
+    assert client.images.get(tag).attrs["Config"]["User"] == "0:0"
+    yield tag
+    client.images.remove(tag)
+
+
 def test_the_worker_runs_sandboxed_and_cannot_reach_the_network(
-    reference_build: dict[str, Any], tmp_path: Path, listener: tuple[int, list[object]]
+    root_image: str, tmp_path: Path, listener: tuple[int, list[object]]
 ) -> None:
+    """What the model code sees from inside, in an image whose own user is root: uid
+    10001, no effective capabilities, NoNewPrivs set, /tmp writable and /opt/venv not (it
+    is root's, so that alone does not prove a read-only root), and no connection to the
+    host's loopback listener. The network half is weak evidence: the listener is
+    reachable only under network_mode=host, and on a daemon started with --bridge=none
+    (CI's) a container has no interface but lo whatever its network_mode. The
+    configuration test below proves network_mode none, and each other sandbox setting,
+    from what Docker reports."""
     port, accepted = listener
     src = tmp_path / "src"
     src.mkdir()
@@ -387,7 +416,7 @@ def test_the_worker_runs_sandboxed_and_cannot_reach_the_network(
             return {{"facts": np.array([facts] * len(inputs["x"]), dtype=np.int64)}}
         """)
     )
-    image = reference_build["result"]["images"]["infer"]["tag"]
+    image = root_image
     cfg = tmp_path / "parity.toml"
     cfg.write_text(DOCKER_CONFIG.format(image=image, timeout=120))
     work = tmp_path / "work"
@@ -399,6 +428,90 @@ def test_the_worker_runs_sandboxed_and_cannot_reach_the_network(
     assert accepted == []
     assert (uid, caps, no_new_privs) == (10001, 0, 1)
     assert (writes_root, writes_tmp) == (0, 1)
+
+
+def _worker_containers(client: Any, outs: set[str]) -> dict[str, dict[str, Any]]:
+    """The inspect record of each running parity worker container whose output folder
+    (mounted at /parity/out) is one of `outs`, by that folder."""
+    import docker
+
+    seen = {}
+    for container in client.containers.list(filters={"label": "org.envlock.role=parity-worker"}):
+        try:
+            container.reload()  # the full inspect record, read now
+        except docker.errors.NotFound:  # it finished between listing and reading
+            continue
+        for m in container.attrs["Mounts"]:
+            if m["Destination"] == "/parity/out" and m["Source"] in outs:
+                seen[m["Source"]] = container.attrs
+    return seen
+
+
+def test_the_worker_container_is_configured_as_the_sandbox(
+    client: Any, root_image: str, tmp_path: Path
+) -> None:
+    """What Docker itself reports about each live worker container (an image whose own
+    user is root): no network, a read-only root, user 10001, no capabilities,
+    no-new-privileges, the configured memory and process limits, a tmpfs /tmp, and exactly
+    the check's mounts, all read-only but the output folder. Unlike probing from inside,
+    this does not depend on how the daemon is set up (CI's runs with --bridge=none, where
+    no container has a network whatever its network_mode)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    # Slow enough in predict for both containers to be seen while they run.
+    (src / "adapter.py").write_text(
+        "import time\n\ndef predict(inputs):\n    time.sleep(5)\n    return {'y': inputs['x']}\n"
+    )
+    image = root_image
+    cfg = tmp_path / "parity.toml"
+    # Limits other than the defaults, so that the user's values are what must arrive.
+    cfg.write_text(
+        DOCKER_CONFIG.format(image=image, timeout=120).replace(
+            'backend = "docker"\n', 'backend = "docker"\nmemory = "3g"\npids = 300\n'
+        )
+    )
+    work = tmp_path / "work"
+    expected = {str((work / name).resolve()) for name in ("train", "infer")}
+    check = subprocess.Popen(
+        [str(BIN / "parity"), "check", "--config", str(cfg), "--workdir", str(work)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    outs: dict[str, dict[str, Any]] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while check.poll() is None and set(outs) != expected and time.monotonic() < deadline:
+            outs.update(_worker_containers(client, expected - set(outs)))
+            time.sleep(0.1)
+        output, _ = check.communicate(timeout=300)
+    finally:
+        if check.poll() is None:
+            check.kill()
+            check.wait()
+    assert check.returncode == 0, output
+    # Both environments' workers ran in a container of their own, each seen while it ran.
+    assert set(outs) == expected, output
+    for out, attrs in outs.items():
+        host = attrs["HostConfig"]
+        assert host["NetworkMode"] == "none", out
+        assert list(attrs["NetworkSettings"]["Networks"]) == ["none"], out
+        assert host["ReadonlyRootfs"] is True, out
+        assert attrs["Config"]["User"] == "10001:10001", out
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"], out
+        assert host["SecurityOpt"] == ["no-new-privileges"], out
+        assert host["Privileged"] is False, out
+        assert (host["Memory"], host["PidsLimit"]) == (3 * 1024**3, 300), out
+        assert list(host.get("Tmpfs") or {}) == ["/tmp"], out
+        mounts = {m["Destination"]: (m["Type"], m["Source"], m["RW"]) for m in attrs["Mounts"]}
+        assert mounts == {
+            "/parity/worker/worker.py": ("bind", str(Path(worker.__file__).resolve()), False),
+            "/parity/probe/probe.py": ("bind", str(Path(probe.__file__).resolve()), False),
+            "/parity/inputs": ("bind", str((work / "inputs").resolve()), False),
+            "/parity/path0": ("bind", str(src.resolve()), False),
+            "/parity/out": ("bind", out, True),
+        }, out
 
 
 def test_a_container_that_outlives_its_timeout_is_killed(
