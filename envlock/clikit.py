@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from envlock.envvars import redact
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -20,7 +22,8 @@ class CommandError(click.ClickException):
 
 
 def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
-    """Decorator: turn exceptions of `types` (which carry `exit_code`) into clean exits."""
+    """Decorator: turn exceptions of `types` (which carry `exit_code`) into clean exits,
+    the message without the value of any secret-looking variable of ours."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -28,7 +31,8 @@ def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except types as e:
-                raise CommandError(str(e), getattr(e, "exit_code", 3)) from None
+                # A message can quote a model's error: never with one of our secrets in it.
+                raise CommandError(redact(str(e)), getattr(e, "exit_code", 3)) from None
 
         return wrapper  # type: ignore[return-value]
 

@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from envlock.environments import BACKENDS
+from envlock.envvars import redactor, scrub
 from envlock.progress import Progress, quiet
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
@@ -272,7 +273,10 @@ def _describe(config: ParityConfig, run: EnvRun, inputs: dict[str, Any]) -> dict
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    # No value of a secret-looking variable of ours goes into a bundle (envlock.envvars).
+    secrets = redactor()
+    text = json.dumps(scrub(data, secrets), indent=2, sort_keys=False) + "\n"
+    path.write_text(secrets.redact(text), encoding="utf-8")
 
 
 def _write_manifest(folder: Path) -> None:
