@@ -155,6 +155,20 @@ def test_a_recording_never_writes_or_prints_a_secret(
     assert_no_secret(result.stdout, result.stderr, {})
     assert not out.exists()
 
+    # An output named after the secret: a bundle would keep the name, so none is written.
+    naming = """
+    import os
+
+    def predict(inputs):
+        return {"y": inputs["x"], os.environ["MY_API_TOKEN"]: inputs["x"]}
+    """
+    cfg = write_project(naming, CONFIG + 'pass_env = ["MY_API_TOKEN"]\n')
+    result = run_cli("parity", "record", "--config", str(cfg), "--out", str(out), env=ENV)
+    assert result.returncode == 3, result.stderr
+    assert "the output '[redacted]' is named after the value of a secret" in result.stderr
+    assert_no_secret(result.stdout, result.stderr, {})
+    assert not out.exists()
+
     # A bundle recorded in a folder named after the secret: neither its files nor the
     # message name it, and it still checks.
     cfg = write_project(SNOOPING, CONFIG)
