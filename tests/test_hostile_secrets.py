@@ -207,3 +207,41 @@ def test_a_bad_pass_env_is_a_config_error_naming_the_key(
     assert "Traceback" not in result.stderr
     assert f"{key}: {message}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_search_case_never_holds_a_secret(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    adapter = """
+    import os
+    import numpy as np
+
+    def predict(inputs):
+        x = inputs["x"].astype(np.float64)
+        drift = 1e-7 * x.sum(axis=(1, 2)) if os.environ.get("DRIFT") else 0.0
+        return {os.environ["MY_API_TOKEN"]: x.mean(axis=(1, 2)) + drift}
+    """
+    config = CONFIG + 'pass_env = ["MY_API_TOKEN"]\n\n[environments.infer.env]\nDRIFT = "1"\n'
+    cfg = write_project(adapter, config)
+    case = tmp_path / "case"
+    result = run_cli(
+        "parity",
+        "search",
+        "--config",
+        str(cfg),
+        "--examples",
+        "3",
+        "--out",
+        str(case),
+        "--json",
+        str(tmp_path / "search.json"),
+        env=ENV,
+        timeout=300,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    found = json.loads((case / "case.json").read_text(encoding="utf-8"))
+    assert found["output"] == "[redacted]", found
+    texts = {"json": (tmp_path / "search.json").read_text(encoding="utf-8")}
+    texts["case"] = (case / "case.json").read_text(encoding="utf-8")
+    assert_no_secret(result.stdout, result.stderr, texts)
