@@ -96,13 +96,15 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """The values of the secret-looking variables in `environ` (default: ours) worth
     redacting, longest first (so that one holding another is replaced whole)."""
     environ = os.environ if environ is None else environ
-    values = {
-        v
-        for k, v in environ.items()
-        if is_secret_name(k)
-        and len(v.strip()) >= MIN_SECRET_LENGTH
-        and v.strip().lower() not in _TRIVIAL
-    }
+    values = set()
+    for k, v in environ.items():
+        stripped = v.strip()  # as a model that reads it would likely use it
+        if (
+            is_secret_name(k)
+            and len(stripped) >= MIN_SECRET_LENGTH
+            and stripped.lower() not in _TRIVIAL
+        ):
+            values.update({v, stripped})
     return sorted(values, key=lambda v: (-len(v), v))
 
 
