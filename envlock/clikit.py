@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from envlock.envvars import redact
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -24,7 +26,8 @@ def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
     """Decorator: turn exceptions of `types` (which carry `exit_code`) into clean exits,
     and any other exception (a bug in the tool itself) into one line and exit 3, never a
     traceback and never exit 1, which means "parity failed"; `<TOOL>_DEBUG=1` (e.g.
-    `PARITY_DEBUG=1`) lets the traceback through for a bug report."""
+    `PARITY_DEBUG=1`) lets the traceback through for a bug report. A message never carries
+    the value of any secret-looking variable of ours."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -32,14 +35,15 @@ def domain_errors(*types: type[Exception]) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except types as e:
-                raise CommandError(str(e), getattr(e, "exit_code", 3)) from None
+                # A message can quote a model's error: never with one of our secrets in it.
+                raise CommandError(redact(str(e)), getattr(e, "exit_code", 3)) from None
             except (click.ClickException, click.exceptions.Exit, click.Abort):
                 raise
             except Exception as e:
                 tool = fn.__module__.split(".")[0]  # parity or envlock
                 if os.environ.get(f"{tool.upper()}_DEBUG"):
                     raise
-                first = (str(e).strip().splitlines() or [""])[0]
+                first = (redact(str(e)).strip().splitlines() or [""])[0]
                 raise CommandError(
                     f"internal error in {tool}: {type(e).__name__}"
                     + (f": {first}" if first else "")

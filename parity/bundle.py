@@ -31,12 +31,13 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from envlock.environments import BACKENDS
+from envlock.envvars import redactor, scrub
 from envlock.progress import Progress, quiet
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
@@ -137,6 +138,7 @@ def record_bundle(
             prefix = f"environment {env_name!r}"
             message = run.error if run.error.startswith(prefix) else f"{prefix}: {run.error}"
             raise ParityError(message)
+        _refuse_secret_names(env_name, run.outputs)
         if archive:
             staging = work.path / "bundle"
             staging.mkdir()
@@ -159,6 +161,18 @@ def record_bundle(
             raise
     say(f"bundle written: {out_dir}")
     return load_bundle(out_dir)
+
+
+def _refuse_secret_names(env_name: str, outputs: Iterable[str]) -> None:
+    """Refuse to record an output named after the value of a secret-looking variable of
+    ours: a bundle is made to be shared, and its outputs file keeps the names as they are."""
+    secrets = redactor()
+    for name in outputs:
+        if secrets.redact(name) != name:
+            raise ParityError(
+                f"environment {env_name!r}: the output {secrets.redact(name)!r} is named after "
+                "the value of a secret-looking environment variable; not recorded"
+            )
 
 
 def _check_archive_target(archive: Path, overwrite: bool) -> None:
@@ -272,7 +286,10 @@ def _describe(config: ParityConfig, run: EnvRun, inputs: dict[str, Any]) -> dict
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    # No value of a secret-looking variable of ours goes into a bundle (envlock.envvars).
+    secrets = redactor()
+    text = json.dumps(scrub(data, secrets), indent=2, sort_keys=False) + "\n"
+    path.write_text(secrets.redact(text), encoding="utf-8")
 
 
 def _write_manifest(folder: Path) -> None:

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from envlock.clikit import domain_errors
+from envlock.envvars import redactor, scrub
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
 from parity.bundle import Bundle, load_bundle, record_bundle
@@ -286,11 +287,12 @@ def _mlflow_target(
 def _log_to_mlflow(
     report: ParityReport, target: MlflowTarget, written: list[Path], say: Progress
 ) -> None:
+    report = scrub(report, redactor())
     with tempfile.TemporaryDirectory(prefix="parity-mlflow-") as tmp:
         files = list(written)
         if not any(p.suffix == ".json" for p in files):
             files.append(Path(tmp) / "report.json")
-            files[-1].write_text(report.to_json(), encoding="utf-8")
+            files[-1].write_text(redactor().redact(report.to_json()), encoding="utf-8")
         run_id = log_check(report, target, files, say)
     model = f"; {target.model_name}/{target.model_version} tagged" if target.model_name else ""
     say(f"logged to MLflow at {redacted(target.tracking_uri)}: run {run_id}{model}")
@@ -304,7 +306,9 @@ def _write_report(
     html_path: Path | None,
     metrics_path: Path | None,
 ) -> list[Path]:
-    """Print the report and write the files asked for; the files written."""
+    """Print the report and write the files asked for; the files written. No value of a
+    secret-looking variable of ours is in any of them (`envlock.envvars.scrub`)."""
+    report = scrub(report, redactor())
     _emit(report, render_terminal, json_path)
     written = [json_path] if json_path is not None and str(json_path) != "-" else []
     renderings: list[tuple[Path | None, Callable[[ParityReport], str]]] = [
@@ -400,8 +404,11 @@ def record_command(
         archive=archive,
     ) as bundle:
         click.echo(
-            f"recorded {name!r}: {len(bundle.outputs)} outputs on {config.inputs.count} inputs "
-            f"({bundle.input_digest[:19]}…) into {out} (manifest {bundle.manifest_digest})"
+            redactor().redact(
+                f"recorded {name!r}: {len(bundle.outputs)} outputs on {config.inputs.count} "
+                f"inputs ({bundle.input_digest[:19]}…) into {out} (manifest "
+                f"{bundle.manifest_digest})"
+            )
         )
         if target is not None:
             run_id = log_bundle(bundle, target, mlflow_run)
@@ -557,11 +564,22 @@ R = TypeVar("R", bound=_Result)
 
 def _emit(result: R, render: Callable[[R, Console], None], json_path: Path | None) -> None:
     """Every command's output, one way: `render` prints `result` on stdout (colour only on
-    a terminal), and its JSON goes to `json_path`; `-` prints the JSON instead."""
+    a terminal), and its JSON goes to `json_path`; `-` prints the JSON instead. The value of
+    a secret-looking variable of ours is replaced wherever it is, before anything is
+    written (a model can raise an error holding one, or name an output after it)."""
+    secrets = redactor()
+    result = scrub(result, secrets)
     if json_path is not None and str(json_path) == "-":
-        click.echo(result.to_json(), nl=False)
+        click.echo(secrets.redact(result.to_json()), nl=False)
         return
-    render(result, stdout_console())
+    console = stdout_console()
+    if secrets:  # and a last pass over the text printed
+        with console.capture() as captured:
+            render(result, console)
+        console.file.write(secrets.redact(captured.get()))
+        console.file.flush()
+    else:
+        render(result, console)
     if json_path is not None:
         write_whole(json_path, result.to_json())
 
@@ -570,7 +588,9 @@ def write_whole(path: Path, text: str) -> None:
     """Write `text` to `path` whole or not at all: into a temporary file beside it, then
     renamed over it, so that a full disk or a killed process never leaves a truncated
     report for a CI gate to read. A folder that does not exist is made; a file that cannot
-    be written is a ParityError (exit 3) naming it."""
+    be written is a ParityError (exit 3) naming it. The value of a secret-looking variable
+    of ours never gets into the file (a last pass over the text)."""
+    text = redactor().redact(text)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

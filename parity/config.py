@@ -16,6 +16,7 @@ from typing import Any
 
 from envlock import LockFileError, read_lock
 from envlock.environments import BACKENDS, EnvironmentSpec
+from envlock.envvars import LEAKY_ENV
 from parity.errors import ConfigError
 from parity.inputs.samples import SampleFolder, sample_folder
 from parity.inputs.seeded import GENERATORS, LAYOUTS, ArraySpec, InputSpec
@@ -111,6 +112,8 @@ class ParityConfig:
     timeout: float = 900.0
     threads: int | None = 1
     env: dict[str, str] = field(default_factory=dict)
+    # names of parity's own environment variables both workers get as they are (`run.pass_env`)
+    pass_env: tuple[str, ...] = ()
     calibrate: bool = False
     stages: str | None = None  # module:function giving the adapter's stages (localization)
     localize: bool = False  # after a failing check, find the first stage that diverges
@@ -231,7 +234,9 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     )
 
     run = root.table("run", required=False)
-    run.reject_unknown({"reference", "timeout", "threads", "env", "calibrate", "localize"})
+    run.reject_unknown(
+        {"reference", "timeout", "threads", "env", "pass_env", "calibrate", "localize"}
+    )
     names = list(root.table("environments").data)  # as declared, usable or not
     reference = run.get("reference", str, names[0] if len(names) == 2 else "")
     if reference not in names and not against:
@@ -250,6 +255,7 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     calibrate = run.get("calibrate", bool, False, what="true or false")
     localize = run.get("localize", bool, False, what="true or false")
     env = _env_vars(run.table("env", required=False))
+    pass_env = _pass_env(run)
 
     tolerance, per_output = _read_tolerances(root.table("tolerance", required=False))
 
@@ -290,6 +296,7 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
         timeout=timeout,
         threads=threads or None,
         env=env,
+        pass_env=pass_env,
         calibrate=calibrate,
         stages=stages,
         localize=localize,
@@ -308,6 +315,32 @@ def _env_vars(t: _Table) -> dict[str, str]:
             raise t.fail(k, "an environment variable's value cannot hold a NUL character")
         env[k] = value
     return env
+
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _pass_env(run: _Table) -> tuple[str, ...]:
+    """`run.pass_env`: names of parity's environment variables that workers get as they are
+    (the only way a secret-looking one reaches them); never one that would show a worker
+    this interpreter's packages."""
+    names = run.get("pass_env", list, [], what="a list of environment variable names")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise run.fail(f"pass_env[{i}]", f"must be a string, not {_kind(name)}")
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise run.fail(
+                f"pass_env[{i}]",
+                f"{name!r} is not an environment variable name (letters, digits and '_', "
+                "not starting with a digit)",
+            )
+        if name in LEAKY_ENV:
+            raise run.fail(
+                f"pass_env[{i}]",
+                f"{name} would show the workers this interpreter's packages, not their "
+                "environment's",
+            )
+    return tuple(dict.fromkeys(names))
 
 
 def _read_inputs(t: _Table, base: Path) -> InputSpec | SampleFolder:

@@ -7,17 +7,14 @@ venv or this interpreter a file appears where it is; a container mounts it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from envlock.envvars import child_environment
 from envlock.errors import EnvlockError
-
-# Variables that would make a child interpreter see the host's packages instead of its own.
-_LEAKY = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")
 
 
 class RunTimeout(EnvlockError):
@@ -59,8 +56,7 @@ class Environment:
         timeout: float,
     ) -> int:
         """Run `python script args...` inside; return its exit status, or raise `RunTimeout`."""
-        child_env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
-        child_env.update(env)
+        child_env = child_environment(env)
         with log.open("wb") as out:
             # -s: no user site-packages; the environment is exactly what its lock installed.
             proc = subprocess.Popen(

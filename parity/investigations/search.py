@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envlock.envvars import redactor, scrub
 from envlock.errors import EnvlockError
 from envlock.names import shown_path
 from envlock.progress import Progress, quiet
@@ -636,7 +637,8 @@ def save_case(config: ParityConfig, inputs: Arrays, out: Path, result: SearchRes
     (tmp / CASE_INPUTS).mkdir(parents=True)
     np.savez(tmp / CASE_INPUTS / CASE_SAMPLE, **{k: v[0] for k, v in inputs.items()})
     (tmp / CASE_CONFIG).write_text(case_config(config), encoding="utf-8")
-    (tmp / CASE_FILE).write_text(result.to_json(), encoding="utf-8")
+    secrets = redactor()  # no value of a secret-looking variable of ours (envlock.envvars)
+    (tmp / CASE_FILE).write_text(secrets.redact(scrub(result, secrets).to_json()), "utf-8")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -25,6 +25,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from envlock.envvars import redactor
 from envlock.progress import Progress
 from envlock.progress import quiet as say_nothing
 from parity.comparison import describe_disagreements
@@ -62,14 +63,17 @@ def stdout_console() -> Console:
 
 def progress_printer(quiet: bool) -> Progress:
     """A progress callback writing `parity: message` lines to stderr (nothing when quiet);
-    on a terminal each line starts with a dim timestamp."""
+    on a terminal each line starts with a dim timestamp. No value of a secret-looking
+    variable of ours is printed (`envlock.envvars`)."""
     if quiet:
         return say_nothing
     console = Console(stderr=True, highlight=False)
+    secrets = redactor()  # a message can hold a model's error or an output's name
     if not console.is_terminal:
-        return lambda message: click.echo(f"parity: {message}", err=True)
+        return lambda message: click.echo(f"parity: {secrets.redact(message)}", err=True)
 
     def show(message: str) -> None:
+        message = secrets.redact(message)
         line = Text.assemble((time.strftime("%H:%M:%S"), "dim"), " parity: ", literal(message))
         console.print(line, soft_wrap=True)
 

@@ -12,6 +12,7 @@ answers with files in its output folder; `error.json` says why the model failed.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,10 @@ def prepare_job(
     }
     (outdir / "job.json").write_text(json.dumps(job, indent=2))
     # The worker must not change the environment it runs in, not even with bytecode caches.
-    env = {"PYTHONDONTWRITEBYTECODE": "1", **config.env, **env_vars}
+    # Of parity's own variables it gets only what envlock lets through (system, numerics)
+    # and those `run.pass_env` names, passed here so that containers get them too.
+    passed = {k: os.environ[k] for k in config.pass_env if k in os.environ}
+    env = {"PYTHONDONTWRITEBYTECODE": "1", **passed, **config.env, **env_vars}
     if config.threads:
         for var in THREAD_VARS:
             env.setdefault(var, str(config.threads))

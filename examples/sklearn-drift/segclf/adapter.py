@@ -10,7 +10,8 @@ step is NumPy-version dependent (see `segclf.features`), so it drifts where `pre
 stage, the `scorer` Pipeline itself, so that each of its steps' outputs is compared.
 
 The models are the joblib files `segclf.train` wrote into `artifacts/` beside this file
-(or the folder named by SEGCLF_ARTIFACTS), loaded once, in whatever scikit-learn this
+(or the folder named by SEGCLF_ARTIFACTS: set it under `[run.env]`, or name it in
+`run.pass_env`, since a worker gets only the variables it needs), loaded once, in whatever scikit-learn this
 environment has.
 """
 
