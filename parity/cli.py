@@ -136,7 +136,8 @@ class _Commands(click.Group):
 def _say_interrupted(signum: int, stopped: int) -> None:
     """One line on stderr, written directly: a signal handler may run inside a write to
     sys.stderr, which must not be entered again."""
-    line = f"parity: interrupted by {_SIGNALS.get(signum, signum)}: stopped {stopped} worker(s)\n"
+    line = f"parity: interrupted by {_SIGNALS.get(signum, signum)}"
+    line += f": stopped {stopped} worker(s)\n" if stopped else "\n"
     with contextlib.suppress(OSError):
         os.write(sys.stderr.fileno(), line.encode())
 
@@ -144,7 +145,10 @@ def _say_interrupted(signum: int, stopped: int) -> None:
 @click.group(cls=_Commands)
 @click.version_option(package_name="envlock-parity")
 def main() -> None:
-    """Replay seeded inputs through two environments and prove they agree."""
+    """Replay seeded inputs through two environments and prove they agree.
+
+    Ctrl-C (exit 130) or SIGTERM (exit 143) stops every worker at once; no report is
+    written."""
 
 
 @main.command("check")

@@ -40,6 +40,12 @@ class RunTimeout(EnvlockError):
     exit_code = 3
 
 
+class Stopped(BaseException):
+    """A script killed by `stop_all`: the command that ran it is ending (interrupted). Not
+    an Exception, as KeyboardInterrupt is not: nothing should report it as the script's own
+    failure."""
+
+
 @dataclass(frozen=True)
 class Mount:
     """A host file or folder a script needs, and whether it may write there."""
@@ -100,6 +106,8 @@ class Environment:
                         kill_group(proc.pid)
             finally:
                 status = proc.wait()
+        if RUNNING.stopping:
+            raise Stopped(f"{self.description}: stopped")
         if not exited:
             raise RunTimeout(f"timed out after {timeout:g}s and was killed")
         return status
@@ -143,6 +151,11 @@ class Running:
                 _quietly(stop)
         return len(stops)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop_all` was called (and not yet `resume`)."""
+        return self._stopping
+
     def resume(self) -> None:
         """Let scripts run again after `stop_all`."""
         with self._lock:
@@ -185,7 +198,11 @@ def _exits_within(pid: int, timeout: float) -> bool:
     try:
         poll = select.poll()
         poll.register(fd, select.POLLIN)
-        return bool(poll.poll(timeout * 1000))
+        deadline = time.monotonic() + timeout
+        while not poll.poll(min(max(deadline - time.monotonic(), 0), 86400) * 1000):
+            if time.monotonic() >= deadline:  # a day at a time: poll takes a C int of ms
+                return False
+        return True
     finally:
         os.close(fd)
 

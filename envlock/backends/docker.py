@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from envlock.backends.base import RUNNING, Environment, Mount, RunTimeout
+from envlock.backends.base import RUNNING, Environment, Mount, RunTimeout, Stopped
 from envlock.errors import EnvlockError
 
 USER = "10001:10001"
@@ -119,6 +119,8 @@ class DockerEnvironment(Environment):
                     raise RunTimeout(
                         f"timed out after {timeout:g}s; container {container.short_id} was killed"
                     ) from None
+            if RUNNING.stopping:
+                raise Stopped(f"container {container.short_id}: stopped")
             return status
         finally:
             log.write_bytes(container.logs(stdout=True, stderr=True)[-1_000_000:])
