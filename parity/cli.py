@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 import click
 from rich.console import Console
 
-from envlock.backends import stop_all
-from envlock.backends.base import RUNNING
-from envlock.clikit import domain_errors
+from envlock.clikit import InterruptibleGroup, domain_errors
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
 from parity.bundle import Bundle, load_bundle, record_bundle
@@ -73,76 +67,7 @@ def quiet_option(fn: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")(fn)
 
 
-# How long an interrupted command may take to unwind (workers already killed, threads
-# joined, its temporary work folder removed) before it exits anyway.
-UNWIND_SECONDS = 2.0
-_SIGNALS: dict[int, str] = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM: every worker has been stopped and the command ends, exit 128 +
-    the signal's number, with no report (it is raised wherever the command was, so it
-    never reaches the code that writes one)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(_SIGNALS.get(signum, str(signum)))
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-class _Commands(click.Group):
-    """The `parity` command group: SIGINT and SIGTERM stop every worker at once, say so
-    in one line and end the command with exit 130 or 143 (`Interrupted`)."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return super().main(*args, **kwargs)  # only the main thread gets signals
-        exit_timer: list[threading.Timer] = []
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if exit_timer:  # a second signal while unwinding: no more waiting
-                os._exit(128 + signum)
-            _say_interrupted(signum, stop_all())
-            # Unwinding waits for threads that may still be in a build: it gets so long.
-            timer = threading.Timer(UNWIND_SECONDS, os._exit, (128 + signum,))
-            timer.daemon = True
-            timer.start()
-            exit_timer.append(timer)
-            raise Interrupted(signum)
-
-        previous = {s: signal.signal(s, on_signal) for s in _SIGNALS}
-        try:
-            return super().main(*args, **kwargs)
-        except Interrupted as e:
-            sys.exit(e.exit_code)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            for timer in exit_timer:
-                timer.cancel()
-            RUNNING.resume()
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:  # raised by a handler of the command's own (search)
-            _say_interrupted(signal.SIGINT, stop_all())
-            raise Interrupted(signal.SIGINT) from None
-
-
-def _say_interrupted(signum: int, stopped: int) -> None:
-    """One line on stderr, written directly: a signal handler may run inside a write to
-    sys.stderr, which must not be entered again."""
-    line = f"parity: interrupted by {_SIGNALS.get(signum, signum)}"
-    line += f": stopped {stopped} worker(s)\n" if stopped else "\n"
-    with contextlib.suppress(OSError):
-        os.write(sys.stderr.fileno(), line.encode())
-
-
-@click.group(cls=_Commands)
+@click.group(cls=InterruptibleGroup)
 @click.version_option(package_name="envlock-parity")
 def main() -> None:
     """Replay seeded inputs through two environments and prove they agree.

@@ -221,3 +221,46 @@ def test_an_interrupted_recording_leaves_no_bundle(
     assert sorted(p.name for p in tmp_path.iterdir()) == [cfg.name, "pids", "src", "tmp"]
     assert list((tmp_path / "tmp").iterdir()) == []
     assert still_running(pids) == []
+
+
+FAKE_UV = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "uv 0.9.9"; exit 0; fi
+echo $$ > "{pidfile}.tmp" && mv "{pidfile}.tmp" "{pidfile}"
+exec sleep 300
+"""
+
+
+def test_sigterm_ends_an_envlock_command_and_the_uv_it_runs(tmp_path: Path) -> None:
+    # A uv that hangs (a solve that never ends): SIGTERM ends envlock and uv with it.
+    pidfile = tmp_path / "uv.pid"
+    uv = tmp_path / "uv"
+    uv.write_text(FAKE_UV.format(pidfile=pidfile))
+    uv.chmod(0o755)
+    spec = tmp_path / "pyproject.toml"
+    spec.write_text('[project]\nname = "x"\nversion = "0"\ndependencies = []\n')
+    proc = subprocess.Popen(
+        [str(BIN / "envlock"), "lock", "--spec", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ENVLOCK_UV": str(uv)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "uv did not start"
+            time.sleep(0.05)
+        uv_pid = int(pidfile.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        if pidfile.exists() and not gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert proc.returncode == 143, stderr
+    assert stderr.splitlines()[-1] == "envlock: interrupted by SIGTERM", stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "pylock.toml").exists()
+    assert still_running([uv_pid]) == []
