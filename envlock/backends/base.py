@@ -98,7 +98,7 @@ class Environment:
             try:
                 with RUNNING.running(lambda: kill_group(proc.pid)):
                     try:
-                        exited = _exits_within(proc.pid, timeout)
+                        exited = _exits_within(proc, timeout)
                     finally:
                         # However it ended, what the script started dies with it: the
                         # group is killed while its leader is not yet reaped, so the group's
@@ -184,13 +184,20 @@ def _quietly(stop: Callable[[], None]) -> None:
         stop()
 
 
-def _exits_within(pid: int, timeout: float) -> bool:
-    """Whether child process `pid` exits within `timeout` seconds. It is left unreaped."""
+def _exits_within(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether child process `proc` exits within `timeout` seconds. Where the system allows
+    (Linux: pidfd; else waitid), it is left unreaped: its id stays its group's."""
     try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux (5.3+): poll
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+
+        if not hasattr(os, "waitid"):  # macOS: reaped, the group killed just after
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
         deadline = time.monotonic() + timeout
-        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
