@@ -14,7 +14,7 @@ import click
 import envlock.probe
 from envlock.backends import VenvBackend, default_cache_dir
 from envlock.backends.docker import docker_client
-from envlock.clikit import CommandError, domain_errors
+from envlock.clikit import CommandError, InterruptibleGroup, domain_errors
 from envlock.diff import diff as diff_sides
 from envlock.diff import load_side, summarize
 from envlock.errors import EnvlockError
@@ -47,10 +47,12 @@ def _progress(message: str) -> None:
     click.echo(f"envlock: {message}", err=True)
 
 
-@click.group()
+@click.group(cls=InterruptibleGroup)
 @click.version_option(package_name="envlock-parity")
 def main() -> None:
-    """Build every environment of a model from one lock file, and tell how they differ."""
+    """Build every environment of a model from one lock file, and tell how they differ.
+
+    Ctrl-C (exit 130) or SIGTERM (exit 143) ends any command at once."""
 
 
 @main.command("lock")

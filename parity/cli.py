@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 import click
 from rich.console import Console
 
-from envlock.clikit import domain_errors
+from envlock.clikit import InterruptibleGroup, domain_errors
 from envlock.envvars import redactor, scrub
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
@@ -68,10 +68,13 @@ def quiet_option(fn: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")(fn)
 
 
-@click.group()
+@click.group(cls=InterruptibleGroup)
 @click.version_option(package_name="envlock-parity")
 def main() -> None:
-    """Replay seeded inputs through two environments and prove they agree."""
+    """Replay seeded inputs through two environments and prove they agree.
+
+    Ctrl-C (exit 130) or SIGTERM (exit 143) stops every worker at once; no report is
+    written."""
 
 
 @main.command("check")
@@ -600,3 +603,7 @@ def write_whole(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):  # nothing to remove where no folder could be made
             tmp.unlink(missing_ok=True)
         raise ParityError(f"could not write {path}: {e.strerror or e}") from None
+    except BaseException:  # interrupted: no half-written file either
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise

@@ -5,7 +5,7 @@ Every backend gives an `Environment`: something that can start a Python script i
 
 from __future__ import annotations
 
-from envlock.backends.base import Environment, LocalEnvironment, Mount, RunTimeout
+from envlock.backends.base import Environment, LocalEnvironment, Mount, RunTimeout, stop_all
 from envlock.backends.venv import VenvBackend, default_cache_dir
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "RunTimeout",
     "VenvBackend",
     "default_cache_dir",
+    "stop_all",
 ]

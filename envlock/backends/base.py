@@ -3,15 +3,30 @@
 A caller names the files the script needs (`Mount`s); the environment says where each one
 appears inside it (`layout`) and runs the script with a time limit (`run_python`). For a
 venv or this interpreter a file appears where it is; a container mounts it.
+
+Nothing a script starts outlives it: the script runs in a process group (a session) of its
+own, killed whole when `run_python` returns for any reason (exit, time limit, exception),
+so a process the model forked dies with it; on Linux the script is also killed when the
+thread that started it dies (`PR_SET_PDEATHSIG`). Every script running is listed in
+`RUNNING`, and `stop_all()` kills them all at once (a command interrupted by Ctrl-C or
+SIGTERM calls it from its signal handler).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import select
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from envlock.envvars import child_environment
 from envlock.errors import EnvlockError
@@ -21,6 +36,12 @@ class RunTimeout(EnvlockError):
     """A script ran past its time limit and was killed."""
 
     exit_code = 3
+
+
+class Stopped(BaseException):
+    """A script killed by `stop_all`: the command that ran it is ending (interrupted). Not
+    an Exception, as KeyboardInterrupt is not: nothing should report it as the script's own
+    failure."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,9 @@ class Environment:
     description: str
     root: Path | None = None
     created: bool = False
+    # Whether a script inside sees the host's process ids (not in a container): the
+    # worker then watches the host's process and kills its own group when it is gone.
+    shares_host_pids: ClassVar[bool] = True
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Where each named mount appears inside the environment (here: where it is)."""
@@ -65,16 +89,152 @@ class Environment:
                 stdout=out,
                 stderr=out,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a process group of its own, killed whole below
+                preexec_fn=_dies_with_parent(),
             )
             try:
-                return proc.wait(timeout=timeout)
+                with RUNNING.running(lambda: kill_group(proc.pid)):
+                    try:
+                        exited = _exits_within(proc, timeout)
+                    finally:
+                        # However it ended, what the script started dies with it: the
+                        # group is killed while its leader is not yet reaped, so the group's
+                        # id cannot have been reused by then.
+                        kill_group(proc.pid)
+            finally:
+                status = proc.wait()
+        if RUNNING.stopping:
+            raise Stopped(f"{self.description}: stopped")
+        if not exited:
+            raise RunTimeout(f"timed out after {timeout:g}s and was killed")
+        return status
+
+
+class Running:
+    """What is running now for the scripts of `run_python` (any backend), each with the
+    function that kills it; `stop_all` kills them all, and from then on kills at once
+    anything that starts, until `resume`."""
+
+    def __init__(self) -> None:
+        # Re-entrant: a signal handler may call `stop_all` in a thread that holds it.
+        self._lock = threading.RLock()
+        self._stops: dict[int, Callable[[], None]] = {}
+        self._next = 0
+        self._stopping = False
+
+    @contextlib.contextmanager
+    def running(self, stop: Callable[[], None]) -> Iterator[None]:
+        """Listed while the block runs: `stop` kills what it runs (it is called at once
+        when everything is being stopped)."""
+        with self._lock:
+            token = self._next
+            self._next += 1
+            self._stops[token] = stop
+            if self._stopping:
+                _quietly(stop)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._stops[token]
+
+    def stop_all(self) -> int:
+        """Kill everything running now, and anything that starts later (until `resume`);
+        how many were running."""
+        with self._lock:  # held: nothing leaves the list (and is reaped) while it is killed
+            self._stopping = True
+            stops = list(self._stops.values())
+            for stop in stops:
+                _quietly(stop)
+        return len(stops)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop_all` was called (and not yet `resume`)."""
+        return self._stopping
+
+    def resume(self) -> None:
+        """Let scripts run again after `stop_all`."""
+        with self._lock:
+            self._stopping = False
+
+    def __len__(self) -> int:
+        return len(self._stops)
+
+
+RUNNING = Running()
+
+
+def stop_all() -> int:
+    """Kill every script `run_python` is running, in any backend; how many there were."""
+    return RUNNING.stop_all()
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL to process group `pgid`; nothing when it is gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _quietly(stop: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):  # gone already, or its daemon does not answer
+        stop()
+
+
+def _exits_within(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether child process `proc` exits within `timeout` seconds. Where the system allows
+    (Linux: pidfd; else waitid), it is left unreaped: its id stays its group's."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+
+        if not hasattr(os, "waitid"):  # macOS: reaped, the group killed just after
+            try:
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise RunTimeout(f"timed out after {timeout:g}s and was killed") from None
-            except BaseException:
-                proc.kill()
-                raise
+                return False
+            return True
+        deadline = time.monotonic() + timeout
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+    try:
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while not poll.poll(min(max(deadline - time.monotonic(), 0), 86400) * 1000):
+            if time.monotonic() >= deadline:  # a day at a time: poll takes a C int of ms
+                return False
+        return True
+    finally:
+        os.close(fd)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _dies_with_parent() -> Callable[[], None] | None:
+    """On Linux, the function a child runs before its program starts so that it gets
+    SIGKILL when the thread that started it dies (with its process, even by SIGKILL);
+    None elsewhere. The C function is looked up here, never in the forked child."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    sigkill = int(signal.SIGKILL)
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill)
+
+    return die_with_parent
 
 
 def LocalEnvironment(python: str | Path | None = None) -> Environment:

@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from envlock.backends.base import Environment, Mount, RunTimeout
+from envlock.backends.base import RUNNING, Environment, Mount, RunTimeout, Stopped
 from envlock.errors import EnvlockError
 
 USER = "10001:10001"
@@ -58,6 +58,7 @@ class DockerEnvironment(Environment):
     gpus: bool = False
     memory: str = "4g"
     pids: int = 512
+    shares_host_pids: ClassVar[bool] = False  # its own pid namespace, killed by Docker
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Each mount appears under /parity/<name> (a file keeps its name)."""
@@ -109,13 +110,17 @@ class DockerEnvironment(Environment):
             labels={"org.envlock.role": "parity-worker"},
         )
         try:
-            try:
-                status = int(container.wait(timeout=timeout)["StatusCode"])
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                container.kill()
-                raise RunTimeout(
-                    f"timed out after {timeout:g}s; container {container.short_id} was killed"
-                ) from None
+            # Listed while it runs: Ctrl-C or SIGTERM of the command kills it (`stop_all`).
+            with RUNNING.running(container.kill):
+                try:
+                    status = int(container.wait(timeout=timeout)["StatusCode"])
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    container.kill()
+                    raise RunTimeout(
+                        f"timed out after {timeout:g}s; container {container.short_id} was killed"
+                    ) from None
+            if RUNNING.stopping:
+                raise Stopped(f"container {container.short_id}: stopped")
             return status
         finally:
             log.write_bytes(container.logs(stdout=True, stderr=True)[-1_000_000:])

@@ -79,6 +79,10 @@ def prepare_job(
         "inputs_wait": config.timeout,
         "outdir": inside["out"],
         "probe": inside["probe"],
+        # The worker kills its process group once this process is gone (killed by -9
+        # too): nothing the model started outlives parity. Not from inside a container,
+        # which cannot see it (Docker kills a container's processes itself).
+        "host_pid": os.getpid() if environment.shares_host_pids else None,
         **fields(inside),
     }
     (outdir / "job.json").write_text(json.dumps(job, indent=2))

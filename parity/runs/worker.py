@@ -40,6 +40,11 @@ It exits 0 on `stop` (at once, even inside a prediction), 2 when no request come
 `inputs_wait` seconds.
 
 Exit status: 0 done, 1 the model raised, 2 the job itself is unusable.
+
+With `host_pid` in the job (the host's process, when the worker can see it: not in a
+container) and the worker leading a process group of its own (as the host starts it), the
+worker forks a watchdog before the model loads: when the host or the worker is gone, killed
+by -9 too, it kills the whole group, so nothing the model started outlives the host.
 """
 
 from __future__ import annotations
@@ -1029,6 +1034,60 @@ def _checked_outputs(result: Any, count: int) -> dict[str, Any]:
     return outputs
 
 
+def _watch_host(host: Any) -> None:
+    """Fork a watchdog that kills this process group (the worker, what the model starts,
+    and itself) as soon as the `host` process or the worker is gone. Only in a group the
+    worker leads: any other group could hold the host or unrelated processes."""
+    if not isinstance(host, int) or isinstance(host, bool) or host <= 1:
+        return
+    if not hasattr(os, "fork") or os.getpgrp() != os.getpid():
+        return
+    worker = os.getpid()
+    try:
+        if os.fork() != 0:
+            return
+    except OSError:
+        return
+    try:  # the watchdog: nothing here may return into the worker's code
+        import signal
+
+        _wait_gone(host, worker)
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _wait_gone(host: int, worker: int) -> None:
+    """Return when process `host`, or the watchdog's parent `worker`, is gone."""
+    import select
+
+    fds = []
+    try:
+        for pid in (host, worker):
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                return
+        if os.getppid() != worker:  # the worker was gone before it was watched
+            return
+        poll = select.poll()
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        poll.poll()
+    except (AttributeError, OSError):  # no pidfd (not Linux 5.3+): ask every 0.2 s
+        while os.getppid() == worker:
+            try:
+                os.kill(host, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            time.sleep(0.2)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def main(argv: list[str]) -> int:
     """Read the job file named on the command line and run it."""
     if len(argv) != 2:
@@ -1043,6 +1102,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         sys.stderr.write(f"parity-worker: unusable job {argv[1]}: {exc}\n")
         return 2
+    _watch_host(job.get("host_pid"))
     return run(job)
 
 
