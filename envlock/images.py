@@ -22,6 +22,7 @@ from typing import Any
 import tomli_w
 
 import envlock.probe
+from envlock.backends.base import RUNNING
 from envlock.backends.docker import SANDBOX, docker_client
 from envlock.errors import EnvlockError, LockFileError
 from envlock.fetch import fetch, verify_wheelhouse
@@ -39,6 +40,12 @@ LABEL_GROUP = "org.envlock.group"
 
 class BuildError(EnvlockError):
     """docker could not build an image; the message ends with the builder's last lines."""
+
+    exit_code = 3
+
+
+class ProbeError(EnvlockError):
+    """The fingerprint probe could not run in an image, or wrote no fingerprint."""
 
     exit_code = 3
 
@@ -308,19 +315,45 @@ def prove_shared(
     )
 
 
-def fingerprint_image(client: Any, tag: str) -> dict[str, Any]:
-    """The fingerprint probe's output, run inside `tag` with no network."""
+def fingerprint_image(client: Any, tag: str, timeout: float = 300) -> dict[str, Any]:
+    """The fingerprint probe's output, run inside `tag` in the workers' sandbox (no
+    network, memory and process limits, a private /tmp), killed after `timeout` seconds."""
+    import requests
+
     probe = Path(envlock.probe.__file__).resolve()
-    output = client.containers.run(
+    container = client.containers.run(
         tag,
         ["python", "-s", "/envlock/probe.py"],
-        remove=True,
+        detach=True,
         **SANDBOX,
+        mem_limit="4g",
+        pids_limit=512,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+        environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
         volumes={str(probe): {"bind": "/envlock/probe.py", "mode": "ro"}},
-        stdout=True,
-        stderr=False,
+        labels={"org.envlock.role": "fingerprint"},
     )
-    data: dict[str, Any] = json.loads(output)
+    try:
+        with RUNNING.running(container.kill):
+            try:
+                status = int(container.wait(timeout=timeout)["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                container.kill()
+                raise ProbeError(
+                    f"fingerprinting {tag} timed out after {timeout:g}s; the container was killed"
+                ) from None
+        output = container.logs(stdout=True, stderr=False)
+        if status != 0:
+            tail = container.logs(stdout=False, stderr=True)[-2000:].decode("utf-8", "replace")
+            raise ProbeError(f"fingerprinting {tag}: the probe exited with {status}: {tail}")
+    finally:
+        container.remove(force=True)
+    try:
+        data = json.loads(output)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProbeError(f"fingerprinting {tag}: the probe wrote no JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ProbeError(f"fingerprinting {tag}: the probe wrote no JSON object")
     return data
 
 

@@ -504,6 +504,11 @@ def test_the_worker_container_is_configured_as_the_sandbox(
         assert host["Privileged"] is False, out
         assert (host["Memory"], host["PidsLimit"]) == (3 * 1024**3, 300), out
         assert list(host.get("Tmpfs") or {}) == ["/tmp"], out
+        # The daemon keeps at most 10 MB of what a worker prints (a flood fills no disk).
+        assert host["LogConfig"] == {
+            "Type": "json-file",
+            "Config": {"max-size": "10m", "max-file": "1"},
+        }, out
         mounts = {m["Destination"]: (m["Type"], m["Source"], m["RW"]) for m in attrs["Mounts"]}
         assert mounts == {
             "/parity/worker/worker.py": ("bind", str(Path(worker.__file__).resolve()), False),

@@ -26,7 +26,11 @@ SANDBOX: dict[str, Any] = {
     "user": USER,
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges"],
+    # What the daemon keeps of a container's output: a worker that floods stdout must not
+    # fill the host's disk (the json-file driver rotates at max-size, keeping one file).
+    "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "1"}},
 }
+LOG_TAIL = 1_000_000  # bytes of a container's output kept in its log on the host
 
 
 class DockerUnavailable(EnvlockError):
@@ -123,5 +127,5 @@ class DockerEnvironment(Environment):
                 raise Stopped(f"container {container.short_id}: stopped")
             return status
         finally:
-            log.write_bytes(container.logs(stdout=True, stderr=True)[-1_000_000:])
+            log.write_bytes(container.logs(stdout=True, stderr=True)[-LOG_TAIL:])
             container.remove(force=True)
