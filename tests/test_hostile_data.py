@@ -19,23 +19,35 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import LOCAL_CONFIG, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import envlock.probe
 import parity.inputs.samples as samples_module
+from envlock.environments import EnvironmentSpec
 from parity.bundle import MAX_BUNDLE_BYTES, MAX_MEMBERS, _write_manifest, load_bundle
 from parity.errors import BundleError, ConfigError, HostileOutputError
 from parity.inputs.samples import MAX_ARRAYS as MAX_SAMPLE_ARRAYS
 from parity.inputs.samples import MAX_SAMPLE_BYTES, load_samples, sample_folder
+from parity.judging.versions import version_diffs
 from parity.outputs import (
+    FINGERPRINT,
     MAX_ARRAYS,
     MAX_JSON_DEPTH,
     MAX_OUTPUT_BYTES,
+    Fields,
+    ListOf,
+    MapOf,
+    Maybe,
+    Shape,
     load_fingerprint,
     load_json,
     load_outputs,
+    shape_problem,
     worker_seconds,
 )
 from parity.runs.job import model_failure
+from parity.runs.replay import EnvRun, summary
 
 GiB = 1 << 30
 DEEP = 100_000
@@ -142,6 +154,44 @@ def test_a_wrong_typed_fingerprint_field_refuses_the_file_naming_it(
     path.write_text(json.dumps({**real_fingerprint(), **change}))
     with pytest.raises(HostileOutputError, match=f"infer/fingerprint.json: {problem}"):
         load_fingerprint(path)
+
+
+def strategy(shape: Shape) -> st.SearchStrategy[Any]:
+    """Any JSON value of `shape`: what a fingerprint that passes the check may hold."""
+    if isinstance(shape, Maybe):
+        return st.none() | strategy(shape.shape)
+    if isinstance(shape, ListOf):
+        return st.lists(strategy(shape.item), max_size=3)
+    if isinstance(shape, MapOf):
+        return st.dictionaries(st.text(max_size=8), strategy(shape.value), max_size=3)
+    if isinstance(shape, Fields):
+        fields = {k: strategy(v) for k, v in shape.fields.items()}
+        required = {k: fields.pop(k) for k in shape.required}
+        return st.fixed_dictionaries(required, optional=fields)
+    kinds = {
+        "string": st.text(max_size=8),
+        "integer": st.integers(),
+        "number": st.floats() | st.integers(),
+        "boolean": st.booleans(),
+        "null": st.none(),
+    }
+    return st.one_of(*(kinds[k] for k in sorted(shape)))
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(strategy(FINGERPRINT), strategy(FINGERPRINT))
+def test_whatever_passes_the_check_is_judged_and_summarized_without_error(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    # The check is the contract downstream code relies on: envlock's diff, the version
+    # judgement and the report's summary take any fingerprint it lets through.
+    assert shape_problem(a, FINGERPRINT) is None and shape_problem(b, FINGERPRINT) is None
+    ref = EnvRun(EnvironmentSpec("train", "local"), fingerprint=a)
+    cand = EnvRun(EnvironmentSpec("infer", "local"), fingerprint=b)
+    for d in version_diffs(ref, cand):
+        assert d.reason()
+    for run in (ref, cand):
+        assert summary(run).fingerprinted == bool(run.fingerprint)
 
 
 def test_result_timings_of_the_wrong_type_are_dropped(tmp_path: Path) -> None:
