@@ -70,39 +70,39 @@ def load_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
 def parse_json(raw: bytes, where: str) -> dict[str, Any]:
     """The JSON object in `raw` (read from `where`, named in errors), nested at most
     `MAX_JSON_DEPTH` deep; raise `HostileOutputError` otherwise."""
+    too_deep = HostileOutputError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HostileOutputError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:  # the parser's own limit (about 1,000 levels): no crash
+        raise too_deep from None
     if json_depth(raw) > MAX_JSON_DEPTH:
-        raise HostileOutputError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise HostileOutputError(f"{where}: not valid JSON ({e})") from None
-    except RecursionError:  # not reached after the depth check; a parser's limit is no crash
-        raise HostileOutputError(f"{where}: nested too deep") from None
+        raise too_deep
     if not isinstance(data, dict):
         raise HostileOutputError(f"{where}: expected a JSON object")
     return data
 
 
 MAX_JSON_DEPTH = 64  # what a worker writes is 4 deep; recursive readers stay far from limits
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_DEPTH_CHUNK = 1 << 22  # brackets per step of the depth scan (32 MiB of counts)
+_KEEP = b'"[]{}'
+_DROP = bytes(b for b in range(256) if b not in _KEEP)
+_STRING = re.compile(rb'"[^"]*"')
+_DEPTH_CHUNK = 1 << 22  # brackets per step (32 MiB of running depths)
 
 
 def json_depth(raw: bytes) -> int:
-    """How deep the arrays and objects of the JSON text `raw` nest (brackets outside
-    strings), found without parsing it: a pass in C over the text, then over its brackets
-    in bounded chunks."""
+    """How deep the arrays and objects of the valid JSON text `raw` nest, from its brackets
+    outside strings: escapes removed, then all but quotes and brackets, then strings, each a
+    pass in C; the running depth is summed in bounded chunks."""
     import numpy as np
 
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    # Escapes left to right, as a parser reads them: `\\` first, then `\"`.
+    bare = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)
+    brackets = _STRING.sub(b"", bare)
     depth = deepest = 0
     for start in range(0, len(brackets), _DEPTH_CHUNK):
-        chunk = np.frombuffer(brackets[start : start + _DEPTH_CHUNK], dtype=np.uint8)
+        chunk = np.frombuffer(brackets, np.uint8, min(_DEPTH_CHUNK, len(brackets) - start), start)
         steps = np.where((chunk == ord("[")) | (chunk == ord("{")), 1, -1)
         running = np.cumsum(steps, dtype=np.int64) + depth
         deepest = max(deepest, int(running.max()))

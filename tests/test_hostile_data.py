@@ -88,10 +88,13 @@ def test_json_nested_too_deep_is_refused_naming_the_file(tmp_path: Path, text: s
 def test_brackets_inside_strings_are_not_nesting(tmp_path: Path) -> None:
     path = tmp_path / "result.json"
     text = deep_json(DEEP)
-    path.write_text(
-        json.dumps({"s": text, "q": 'a\\"[[[' + "{" * 100, "x": deep_json(MAX_JSON_DEPTH - 1)})
-    )
+    strings = {"s": text, "q": 'a\\"[[[' + "{" * 100, "b": "\\", "c": '\\"' + "[" * 99}
+    # 64 deep: the object, then 63 lists; escaped quotes and backslashes end no string early.
+    path.write_text(json.dumps(strings)[:-1] + f', "x": {deep_json(MAX_JSON_DEPTH - 1)}}}')
     assert load_json(path)["s"] == text
+    path.write_text(json.dumps(strings)[:-1] + f', "x": {deep_json(MAX_JSON_DEPTH)}}}')
+    with pytest.raises(HostileOutputError, match="nested more than 64 levels deep"):
+        load_json(path)
 
 
 # The worker's fingerprint, result and error files --------------------------------------------
