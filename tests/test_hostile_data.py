@@ -26,6 +26,7 @@ import envlock.probe
 import parity.inputs.samples as samples_module
 from envlock.environments import EnvironmentSpec
 from parity.bundle import MAX_BUNDLE_BYTES, MAX_MEMBERS, _write_manifest, load_bundle
+from parity.config import load_config
 from parity.errors import BundleError, ConfigError, HostileOutputError
 from parity.inputs.samples import MAX_ARRAYS as MAX_SAMPLE_ARRAYS
 from parity.inputs.samples import MAX_SAMPLE_BYTES, load_samples, sample_folder
@@ -708,3 +709,34 @@ def test_a_deeply_nested_config_is_a_config_error(tmp_path: Path, value: str) ->
     code, stderr = cli("check", "--config", str(cfg), "-q")
     assert code == 2
     assert stderr == f"Error: {cfg}: nested more than 32 levels deep; not a parity config\n"
+
+
+def batch_config(folder: Path, value: str) -> Path:
+    (folder / "src").mkdir()
+    cfg = folder / "parity.toml"
+    cfg.write_text(
+        LOCAL_CONFIG.format(timeout=120).replace("batch_size = 5", f"batch_size = {value}")
+    )
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be at least 1"),
+        ("-3", "must be at least 1"),
+        ("1e3", "must be an integer, not a number"),
+        ("true", "must be an integer, not a boolean"),
+        ('"5"', "must be an integer"),
+    ],
+)
+def test_an_odd_batch_size_is_a_config_error(tmp_path: Path, value: str, message: str) -> None:
+    cfg = batch_config(tmp_path, value)
+    with pytest.raises(ConfigError, match=f"inputs.batch_size: {message}"):
+        load_config(cfg)
+
+
+def test_a_batch_size_beyond_the_count_is_one_batch(tmp_path: Path) -> None:
+    # Not an error: the worker takes all 12 inputs at once (a range step past the count).
+    cfg = batch_config(tmp_path, str(10**20))
+    assert load_config(cfg).inputs.batch_size == 10**20
