@@ -664,8 +664,8 @@ class _Members:
             return
         try:
             name = rel.relative_to(self.folder).as_posix()
-        except ValueError:
-            name = str(rel)
+        except ValueError:  # beside the folder that holds the manifest
+            name = None
         if name not in self.manifest:
             raise BundleError(
                 f"{self.archive}: member {str(rel)!r} is not in the bundle's manifest; refused"

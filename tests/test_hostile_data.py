@@ -522,6 +522,20 @@ def test_a_member_not_in_the_manifest_is_refused_before_anything_is_extracted(
 
 
 @pytest.mark.parametrize("kind", ARCHIVES)
+def test_a_member_beside_the_folder_of_the_manifest_is_refused(tmp_path: Path, kind: str) -> None:
+    # The manifest of `x/` lists bundle.json: `x/bundle.json`, not the one beside `x/`.
+    members: list[tuple[str, bytes | int]] = [
+        ("x/manifest.json", manifest_of(LISTED)),
+        ("bundle.json", b"{}\n"),
+    ]
+    archive = ARCHIVES[kind](tmp_path / f"b.{kind}", members)
+    target = tmp_path / "out"
+    with pytest.raises(BundleError, match=r"member 'bundle\.json' is not in the bundle's manifest"):
+        load_bundle(archive, extract_to=target)
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ARCHIVES)
 def test_a_member_declaring_another_size_than_the_manifest_is_refused_unwritten(
     tmp_path: Path, kind: str
 ) -> None:
