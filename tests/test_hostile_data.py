@@ -293,12 +293,15 @@ def test_a_model_spoiling_its_workers_files_is_an_environment_error(
         SPOILING_ADAPTER,
         LOCAL_CONFIG.format(timeout=120) + f"\n[environments.infer.env]\n{env}\n",
     )
-    code, stderr = cli("check", "--config", str(cfg), "-q", "--json", str(tmp_path / "r.json"))
+    work = tmp_path / "work"  # kept as the evidence of a failure: here, not in /tmp
+    report = tmp_path / "r.json"
+    code, stderr = cli(
+        "check", "--config", str(cfg), "-q", "--json", str(report), "--workdir", str(work)
+    )
     assert code == 3, stderr
-    errors = json.loads((tmp_path / "r.json").read_text())["errors"]
-    assert len(errors) == 1, errors
-    assert errors[0].startswith("environment 'infer': "), errors
-    assert f"infer/{file}: {problem}" in errors[0], errors
+    errors = json.loads(report.read_text())["errors"]
+    unusable = "the model failed, and the worker's account is unusable: " if fail else ""
+    assert errors == [f"environment 'infer': {unusable}{work}/infer/{file}: {problem}"]
 
 
 # Worker outputs ------------------------------------------------------------------------------
