@@ -275,8 +275,9 @@ def predict(inputs):
             "distributions must be a list, not an integer",
         ),
         ("error.json", deep_json(), True, "nested more than 64 levels deep"),
+        ("result.json", deep_json(), False, "nested more than 64 levels deep"),
     ],
-    ids=["deep-fingerprint", "distributions", "deep-error"],
+    ids=["deep-fingerprint", "distributions", "deep-error", "deep-result"],
 )
 def test_a_model_spoiling_its_workers_files_is_an_environment_error(
     write_project: Callable[..., Path],

@@ -311,9 +311,9 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
     outputs = load_outputs(outdir / "outputs.npz")
     try:
         run.fingerprint = load_fingerprint(outdir / "fingerprint.json")
+        seconds = worker_seconds(outdir / "result.json")
     except HostileOutputError as e:
         raise WorkerError(run.name, str(e)) from None
-    seconds = worker_seconds(outdir / "result.json")
     for k in ("load", "predict"):
         if k in seconds:
             run.seconds[f"worker_{k}"] = seconds[k]
