@@ -29,6 +29,7 @@ from parity.bundle import MAX_BUNDLE_BYTES, MAX_MEMBERS, _write_manifest, load_b
 from parity.config import load_config
 from parity.errors import BundleError, ConfigError, HostileOutputError
 from parity.inputs.samples import MAX_ARRAYS as MAX_SAMPLE_ARRAYS
+from parity.inputs.samples import MAX_INPUT_BYTES as MAX_FOLDER_BYTES
 from parity.inputs.samples import MAX_SAMPLE_BYTES, load_samples, sample_folder
 from parity.judging.versions import version_diffs
 from parity.outputs import (
@@ -670,6 +671,17 @@ def test_a_sample_declaring_more_than_the_limit_is_a_config_error(samples: Path)
     with pytest.raises(
         ConfigError,
         match=f"samples/001.npz: {size} bytes uncompressed, more than {MAX_SAMPLE_BYTES}$",
+    ):
+        load_folder(samples)
+
+
+def test_samples_declaring_more_than_the_folder_limit_are_a_config_error(samples: Path) -> None:
+    # Each file declares the most one sample may (1 GiB); nine of them are over 8 GiB.
+    for i in range(9):
+        np.savez(samples / f"{i:03d}.npz", x=np.full((2, 2), i, np.float32))
+        declare_zip_sizes(samples / f"{i:03d}.npz", {"x.npy": MAX_SAMPLE_BYTES})
+    with pytest.raises(
+        ConfigError, match=f"more than {MAX_FOLDER_BYTES} bytes of samples in samples$"
     ):
         load_folder(samples)
 
