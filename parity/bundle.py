@@ -42,7 +42,24 @@ from envlock.progress import Progress, quiet
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
 from parity.errors import BundleError, ConfigError, HostileOutputError, ParityError
-from parity.outputs import MAX_JSON_BYTES, MAX_OUTPUT_BYTES, load_json, load_outputs
+from parity.outputs import (
+    CPU,
+    FINGERPRINT,
+    MAX_JSON_BYTES,
+    MAX_OUTPUT_BYTES,
+    NUMBER,
+    NUMPY,
+    TEXT,
+    TORCH,
+    Fields,
+    MapOf,
+    Shape,
+    check_json,
+    load_json,
+    load_outputs,
+    parse_json,
+    shape_problem,
+)
 from parity.runs.replay import (
     EnvironmentSummary,
     EnvRun,
@@ -346,7 +363,7 @@ def _read(path: Path, root: Path, extracted: Path | None) -> Bundle:
     for name in (BUNDLE_FILE, FINGERPRINT_FILE, OUTPUTS_FILE):
         if name not in manifest:
             raise BundleError(f"{path}: {name} is not in the bundle's manifest")
-    fingerprint = _json(path, root, FINGERPRINT_FILE)
+    fingerprint = _json(path, root, FINGERPRINT_FILE, FINGERPRINT)
     try:
         outputs: dict[str, OutputArray] = dict(load_outputs(root / OUTPUTS_FILE))
     except HostileOutputError as e:
@@ -369,18 +386,23 @@ def _read(path: Path, root: Path, extracted: Path | None) -> Bundle:
     )
 
 
-def _json(path: Path, root: Path, name: str) -> dict[str, Any]:
+def _json(path: Path, root: Path, name: str, shape: Shape | None = None) -> dict[str, Any]:
     file = root / name
     if not file.exists():
         raise BundleError(f"{path}: no {name} (not a parity bundle?)")
     try:
-        return load_json(file)
+        data = load_json(file)
+        return data if shape is None else check_json(file, data, shape)
     except HostileOutputError as e:
         raise BundleError(f"{path}: {name}: {str(e).removeprefix(f'{file}: ')}") from None
 
 
 def _manifest(path: Path, root: Path) -> dict[str, tuple[str, int]]:
-    data = _json(path, root, MANIFEST_FILE)
+    return _manifest_entries(path, _json(path, root, MANIFEST_FILE))
+
+
+def _manifest_entries(path: Path, data: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """The manifest's entries, relative path -> (sha256, size), each checked."""
     files = data.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"{path}: {MANIFEST_FILE}: expected an object 'files'")
@@ -393,8 +415,9 @@ def _manifest(path: Path, root: Path) -> dict[str, tuple[str, int]]:
             or not digest.startswith("sha256:")
             or not isinstance(size, int)
             or isinstance(size, bool)
+            or size < 0
         ):
-            raise BundleError(f"{path}: {MANIFEST_FILE}: entry {name!r} needs sha256 and size")
+            raise BundleError(f"{path}: {MANIFEST_FILE}: entry {name!r:.200} needs sha256 and size")
         _member_path(path, name)
         if name == MANIFEST_FILE:
             raise BundleError(f"{path}: {MANIFEST_FILE} cannot list itself")
@@ -440,6 +463,9 @@ def _summary(path: Path, data: dict[str, Any]) -> EnvironmentSummary:
     for key, kinds in _SUMMARY_TYPES.items():
         if key in values and not isinstance(values[key], kinds):
             raise BundleError(f"{path}: {BUNDLE_FILE}: environment.{key} has the wrong type")
+    problem = shape_problem(values, _SUMMARY_SHAPE, "environment")
+    if problem is not None:
+        raise BundleError(f"{path}: {BUNDLE_FILE}: {problem}")
     if not _NAME.match(values["name"]):
         raise BundleError(f"{path}: {BUNDLE_FILE}: environment.name must be an identifier")
     if values["backend"] not in BACKENDS:
@@ -488,6 +514,16 @@ _SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "seconds": (dict,),
     "fingerprinted": (bool,),
 }
+# What the summary's objects hold, as `summary` makes them from a fingerprint.
+_SUMMARY_SHAPE = Fields(
+    {
+        "packages": MapOf(TEXT),
+        "env": MapOf(TEXT),
+        "libraries": Fields({"numpy": NUMPY, "torch": TORCH}),
+        "cpu": CPU,
+        "seconds": MapOf(NUMBER),
+    }
+)
 # Fields added after bundles were first written: an older bundle lacks them (their defaults).
 _SUMMARY_LATER = {"fingerprinted"}
 assert set(_SUMMARY_TYPES) == {f.name for f in fields(EnvironmentSummary)}
@@ -513,12 +549,17 @@ def _member_path(archive: Path, name: str) -> PurePosixPath:
 
 def _extract(archive: Path, target: Path) -> None:
     """Extract `archive` into `target` by hand: every member is checked before anything is
-    written, and only plain files and folders are made."""
-    members: list[tuple[PurePosixPath, int, Any]] = []
+    written (a plain file or folder, a safe path, listed in the archive's own manifest with
+    the size its header declares, the count and total bounded), and only plain files and
+    folders are made, each exactly the size declared."""
+    members = _Members(archive)
     try:
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
-                for info in _bounded(archive, zf.infolist()):
+                infos = zf.infolist()
+                if len(infos) > MAX_MEMBERS:
+                    raise BundleError(f"{archive}: more than {MAX_MEMBERS} members; refused")
+                for info in infos:
                     kind = stat.S_IFMT(info.external_attr >> 16)
                     if info.flag_bits & 0x1:
                         raise BundleError(
@@ -528,9 +569,13 @@ def _extract(archive: Path, target: Path) -> None:
                         raise BundleError(
                             f"{archive}: refused member {info.filename!r} (not a file or folder)"
                         )
-                    members.append((_member_path(archive, info.filename), info.file_size, info))
-                _check_members(archive, members)
-                for rel, size, info in members:
+                    members.add(info.filename, info.file_size, info.is_dir(), info)
+                found = members.manifest_member()
+                if found is not None:
+                    with zf.open(found) as src:
+                        members.read_manifest(src)
+                members.check_all()
+                for rel, size, info in members.files:
                     if info.is_dir():
                         (target / rel).mkdir(parents=True, exist_ok=True)
                     else:
@@ -538,44 +583,120 @@ def _extract(archive: Path, target: Path) -> None:
                             _copy(archive, src, target / rel, size)
         else:
             with tarfile.open(archive, "r:gz") as tf:
-                for ti in _bounded(archive, tf):
+                # Headers are read in order (each member's data is skipped, not written);
+                # once the manifest is read, each later member is checked as soon as its
+                # header is, before the archive is read past it.
+                for ti in tf:
                     if not (ti.isfile() or ti.isdir()):
                         raise BundleError(
                             f"{archive}: refused member {ti.name!r} (a link or device, "
                             "not a file or folder)"
                         )
-                    members.append((_member_path(archive, ti.name), ti.size, ti))
-                _check_members(archive, members)
-                for rel, size, ti in members:
+                    members.add(ti.name, ti.size, ti.isdir(), ti)
+                    if members.manifest is None and members.manifest_member() is ti:
+                        reader = tf.extractfile(ti)
+                        assert reader is not None  # a regular file always has a reader
+                        with reader:
+                            members.read_manifest(reader)
+                members.check_all()
+                for rel, size, ti in members.files:
                     if ti.isdir():
                         (target / rel).mkdir(parents=True, exist_ok=True)
                     else:
                         reader = tf.extractfile(ti)
-                        assert reader is not None  # a regular file always has a reader
+                        assert reader is not None
                         with reader:
                             _copy(archive, reader, target / rel, size)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise BundleError(f"{archive}: not a readable archive ({e})") from None
 
 
-def _bounded(archive: Path, members: Any) -> Iterator[Any]:
-    for i, member in enumerate(members):
-        if i >= MAX_MEMBERS:
-            raise BundleError(f"{archive}: more than {MAX_MEMBERS} members; refused")
-        yield member
+class _Members:
+    """An archive's members as they are listed, each checked before anything is extracted:
+    a safe path, not twice, at most `MAX_MEMBERS` and `MAX_BUNDLE_BYTES` in all, and once
+    the archive's manifest is read (`read_manifest`), listed in it with its size."""
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.files: list[tuple[PurePosixPath, int, Any]] = []
+        self.manifest: dict[str, tuple[str, int]] | None = None
+        self.folder: PurePosixPath | None = None  # where the manifest is: the bundle's root
+        self._seen: set[PurePosixPath] = set()
+        self._total = 0
+
+    def add(self, name: str, size: int, is_dir: bool, handle: Any) -> None:
+        if len(self.files) >= MAX_MEMBERS:
+            raise BundleError(f"{self.archive}: more than {MAX_MEMBERS} members; refused")
+        rel = _member_path(self.archive, name)
+        if rel in self._seen:
+            raise BundleError(f"{self.archive}: member {str(rel)!r} appears twice")
+        self._seen.add(rel)
+        self._total += size
+        if self._total > MAX_BUNDLE_BYTES:
+            raise BundleError(
+                f"{self.archive}: more than {MAX_BUNDLE_BYTES} bytes uncompressed "
+                f"(member {str(rel)!r} declares {size}); refused"
+            )
+        self.files.append((rel, size, handle))
+        if self.manifest is not None and not is_dir:
+            self._check(rel, size)
+
+    def manifest_member(self) -> Any:
+        """The member that is the bundle's manifest: `manifest.json` at the archive's root
+        or inside its one folder (an archive of the bundle's folder itself)."""
+        for rel, _, handle in self.files:
+            if rel.name == MANIFEST_FILE and len(rel.parts) <= 2 and not _is_dir(handle):
+                return handle
+        return None
+
+    def read_manifest(self, src: IO[bytes]) -> None:
+        """Read the manifest from its member (at most `MAX_JSON_BYTES`) and check every
+        member listed so far against it."""
+        handle = self.manifest_member()
+        rel = next(r for r, _, h in self.files if h is handle)
+        where = f"{self.archive}: {rel}"
+        raw = src.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise BundleError(f"{where}: larger than {MAX_JSON_BYTES} bytes")
+        try:
+            data = parse_json(raw, where)
+        except HostileOutputError as e:
+            raise BundleError(str(e)) from None
+        self.manifest = _manifest_entries(self.archive, data)
+        self.folder = rel.parent
+        for member, size, handle in self.files:
+            if not _is_dir(handle):
+                self._check(member, size)
+
+    def check_all(self) -> None:
+        """Refuse an archive without a manifest (nothing in it can be checked)."""
+        if self.manifest is None:
+            raise BundleError(f"{self.archive}: no {MANIFEST_FILE} (not a parity bundle?)")
+
+    def _check(self, rel: PurePosixPath, size: int) -> None:
+        assert self.manifest is not None and self.folder is not None
+        if rel == self.folder / MANIFEST_FILE:
+            if size > MAX_JSON_BYTES:
+                raise BundleError(f"{self.archive}: {rel} declares {size} bytes; refused")
+            return
+        try:
+            name = rel.relative_to(self.folder).as_posix()
+        except ValueError:  # beside the folder that holds the manifest
+            name = None
+        if name not in self.manifest:
+            raise BundleError(
+                f"{self.archive}: member {str(rel)!r} is not in the bundle's manifest; refused"
+            )
+        listed = self.manifest[name][1]
+        if size != listed:
+            raise BundleError(
+                f"{self.archive}: member {str(rel)!r} declares {size} bytes, the manifest "
+                f"{listed}; refused"
+            )
 
 
-def _check_members(archive: Path, members: list[tuple[PurePosixPath, int, Any]]) -> None:
-    total = sum(size for _, size, _ in members)
-    if total > MAX_BUNDLE_BYTES:
-        raise BundleError(
-            f"{archive}: {total} bytes uncompressed, more than the limit of {MAX_BUNDLE_BYTES}"
-        )
-    seen: set[PurePosixPath] = set()
-    for rel, _, _ in members:
-        if rel in seen:
-            raise BundleError(f"{archive}: member {str(rel)!r} appears twice")
-        seen.add(rel)
+def _is_dir(handle: Any) -> bool:
+    return bool(handle.is_dir() if isinstance(handle, zipfile.ZipInfo) else handle.isdir())
 
 
 def _copy(archive: Path, src: IO[bytes], dest: Path, size: int) -> None:
@@ -588,3 +709,5 @@ def _copy(archive: Path, src: IO[bytes], dest: Path, size: int) -> None:
             if written > size:
                 raise BundleError(f"{archive}: member {dest.name!r} is larger than declared")
             out.write(chunk)
+    if written != size:
+        raise BundleError(f"{archive}: member {dest.name!r} holds {written} bytes, {size} declared")

@@ -175,6 +175,24 @@ class _Table:
                 raise self.fail(name, f"unknown key (expected one of: {hint})")
 
 
+MAX_CONFIG_BYTES = 16 << 20
+MAX_CONFIG_DEPTH = 32  # a parity config nests 5 deep ([tolerance.outputs.y] and a list)
+
+
+def _depth(data: Any) -> int:
+    """How deep tables and arrays nest in parsed TOML (iteratively: any depth is safe)."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_CONFIG_DEPTH:
+            break
+        items = value.values() if isinstance(value, dict) else value
+        todo.extend((v, depth + 1) for v in items if isinstance(v, dict | list))
+    return deepest
+
+
 def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     """Read and validate a parity config; raise `ConfigError` naming the file and key.
 
@@ -186,12 +204,20 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, None, "config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_CONFIG_BYTES} bytes; not a config")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(path, None, "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, None, f"not valid TOML: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        data = None
+    if data is None or _depth(data) > MAX_CONFIG_DEPTH:
+        raise ConfigError(
+            path, None, f"nested more than {MAX_CONFIG_DEPTH} levels deep; not a parity config"
+        )
     base = path.resolve().parent
     root = _Table(path, "", data)
     root.reject_unknown({"model", "inputs", "environments", "run", "tolerance", "policy"})

@@ -12,6 +12,7 @@ When the folder is tracked by DVC (`dvc add samples` writes `samples.dvc` beside
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from dataclasses import dataclass
@@ -126,18 +127,52 @@ def load_samples(spec: SampleFolder) -> dict[str, np.ndarray]:
 
 
 def _checked_size(spec: SampleFolder, path: Path, where: str) -> int:
-    """The uncompressed size of one sample file, checked before anything is loaded."""
+    """The uncompressed size of one sample file, checked before anything is loaded: at most
+    `MAX_ARRAYS` arrays and `MAX_SAMPLE_BYTES`, each member an `.npy` array whose header
+    declares no more data than the member holds (numpy makes room for what a header
+    declares before it reads)."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except (OSError, zipfile.BadZipFile) as e:
+            if len(infos) > MAX_ARRAYS:
+                raise spec.fail(f"{where}: {len(infos)} arrays (at most {MAX_ARRAYS})")
+            size = sum(i.file_size for i in infos)
+            if size > MAX_SAMPLE_BYTES:
+                raise spec.fail(f"{where}: {size} bytes uncompressed, more than {MAX_SAMPLE_BYTES}")
+            for info in infos:
+                _check_member(spec, zf, info, where)
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise spec.fail(f"{where}: not a readable .npz file ({e})") from None
-    if len(infos) > MAX_ARRAYS:
-        raise spec.fail(f"{where}: {len(infos)} arrays (at most {MAX_ARRAYS})")
-    size = sum(i.file_size for i in infos)
-    if size > MAX_SAMPLE_BYTES:
-        raise spec.fail(f"{where}: {size} bytes uncompressed, more than {MAX_SAMPLE_BYTES}")
     return size
+
+
+def _check_member(
+    spec: SampleFolder, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
+) -> None:
+    import numpy as np
+
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise spec.fail(f"{where}: member {name!r:.100} is not an .npy array")
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=_MAX_HEADER)
+    except (ValueError, SyntaxError) as e:
+        raise spec.fail(
+            f"{where}: array {name[:-4]!r:.100} is not a readable .npy array ({e})"
+        ) from None
+    declared = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+    if declared > info.file_size:
+        raise spec.fail(
+            f"{where}: array {name[:-4]!r:.100} declares {declared} bytes (shape "
+            f"{list(shape)}) in a member of {info.file_size}"
+        )
+
+
+_MAX_HEADER = 10_000  # numpy's own default bound on an .npy header
 
 
 def _mismatch(

@@ -21,8 +21,8 @@ from typing import Any
 import envlock.probe
 from envlock.backends import Environment, Mount
 from parity.config import ParityConfig
-from parity.errors import WorkerError
-from parity.outputs import load_json
+from parity.errors import HostileOutputError, WorkerError
+from parity.outputs import ERROR, check_json, load_json
 from parity.runs import worker as worker_module
 
 INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
@@ -102,8 +102,12 @@ def model_failure(name: str, error_file: Path, what: str) -> WorkerError | None:
     says where (e.g. "in the worker (predict)")."""
     if not error_file.exists():
         return None
-    err = load_json(error_file)
-    where = what.format(stage=err.get("stage"))
+    try:
+        err = check_json(error_file, load_json(error_file), ERROR)
+    except HostileOutputError as e:
+        # The model failed all the same; the report says why its account is unusable.
+        return WorkerError(name, f"the model failed, and the worker's account is unusable: {e}")
+    where = what.format(stage=err["stage"])
     trace = str(err.get("traceback") or "").strip()  # none when the message says it all
     return WorkerError(
         name,

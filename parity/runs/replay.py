@@ -35,10 +35,10 @@ from envlock.names import shown_path
 from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
-from parity.errors import ParityError, WorkerError
+from parity.errors import HostileOutputError, ParityError, WorkerError
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
-from parity.outputs import load_json, load_outputs
+from parity.outputs import load_fingerprint, load_outputs, worker_seconds
 from parity.runs.caught import WARNINGS_FILE, CaughtWarnings, read_caught
 from parity.runs.job import ABORT, INPUTS, INPUTS_FILE, exited, model_failure, prepare_job
 
@@ -309,13 +309,14 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
         raise
     run.warnings = read_caught(outdir / WARNINGS_FILE)
     outputs = load_outputs(outdir / "outputs.npz")
-    run.fingerprint = load_json(outdir / "fingerprint.json")
-    result = load_json(outdir / "result.json")
-    seconds = result.get("seconds", {})
-    if isinstance(seconds, dict):
-        for k in ("load", "predict"):
-            if isinstance(seconds.get(k), int | float):
-                run.seconds[f"worker_{k}"] = float(seconds[k])
+    try:
+        run.fingerprint = load_fingerprint(outdir / "fingerprint.json")
+        seconds = worker_seconds(outdir / "result.json")
+    except HostileOutputError as e:
+        raise WorkerError(run.name, str(e)) from None
+    for k in ("load", "predict"):
+        if k in seconds:
+            run.seconds[f"worker_{k}"] = seconds[k]
     return dict(outputs)
 
 
