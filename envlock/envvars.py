@@ -21,6 +21,7 @@ the value of every secret-looking variable of ours with `REDACTED`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -92,10 +93,28 @@ def child_environment(
     return child
 
 
+# Secret-looking variables a configuration sets for the processes it runs (a config's
+# `[run.env]`, say): their values are redacted as our own secrets' are.
+_DECLARED: set[str] = set()
+
+
+def declare_secrets(env: Mapping[str, str]) -> None:
+    """Redact, from now on, the values of the secret-looking variables in `env`: variables
+    a configuration gives a process run inside an environment, which it can print."""
+    _DECLARED.update(_worth_redacting(env))
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The values of the secret-looking variables in `environ` (default: ours) worth
-    redacting, longest first (so that one holding another is replaced whole)."""
-    environ = os.environ if environ is None else environ
+    """The values of the secret-looking variables in `environ` (default: ours, and those
+    declared with `declare_secrets`) worth redacting, longest first (so that one holding
+    another is replaced whole)."""
+    values = _worth_redacting(os.environ if environ is None else environ)
+    if environ is None:
+        values |= _DECLARED
+    return sorted(values, key=lambda v: (-len(v), v))
+
+
+def _worth_redacting(environ: Mapping[str, str]) -> set[str]:
     values = set()
     for k, v in environ.items():
         stripped = v.strip()  # as a model that reads it would likely use it
@@ -105,7 +124,7 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
             and stripped.lower() not in _TRIVIAL
         ):
             values.update({v, stripped})
-    return sorted(values, key=lambda v: (-len(v), v))
+    return values
 
 
 class Redactor:
@@ -127,8 +146,14 @@ class Redactor:
 
 
 def redactor(environ: Mapping[str, str] | None = None) -> Redactor:
-    """A `Redactor` of the secret values in `environ` (default: ours, as it is now)."""
-    return Redactor(secret_values(environ))
+    """A `Redactor` of the secret values in `environ` (default: ours, as it is now, and
+    those declared), compiled once for each set of values."""
+    return _redactor(tuple(secret_values(environ)))
+
+
+@functools.lru_cache(maxsize=8)
+def _redactor(values: tuple[str, ...]) -> Redactor:
+    return Redactor(values)
 
 
 def redact(text: str) -> str:

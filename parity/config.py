@@ -16,7 +16,7 @@ from typing import Any
 
 from envlock import LockFileError, read_lock
 from envlock.environments import BACKENDS, EnvironmentSpec
-from envlock.envvars import LEAKY_ENV
+from envlock.envvars import LEAKY_ENV, declare_secrets
 from parity.errors import ConfigError
 from parity.inputs.samples import SampleFolder, sample_folder
 from parity.inputs.seeded import GENERATORS, LAYOUTS, ArraySpec, InputSpec
@@ -340,6 +340,7 @@ def _env_vars(t: _Table) -> dict[str, str]:
         if "\0" in value:
             raise t.fail(k, "an environment variable's value cannot hold a NUL character")
         env[k] = value
+    declare_secrets(env)  # a token set here for the model is never shown either
     return env
 
 

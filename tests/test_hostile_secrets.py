@@ -107,6 +107,28 @@ def test_a_worker_gets_numerics_variables_but_no_secret_or_other_variable_unless
     assert saw in stdout and saw in stderr
 
 
+def test_a_token_set_in_the_config_for_the_model_is_never_shown_either(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Not from parity's environment: [run.env] gives it to the workers, who can print it.
+    token = "hf_cfg_5e1d9a0c7b"
+    adapter = """
+    import os
+
+    def predict(inputs):
+        print("using", os.environ["HF_TOKEN"])
+        raise RuntimeError(f"the hub refused {os.environ['HF_TOKEN']}")
+    """
+    cfg = write_project(adapter, CONFIG + f'\n[run.env]\nHF_TOKEN = "{token}"\n')
+    code, stdout, stderr, texts = check(cfg, tmp_path)
+    assert code == 3, stderr
+    assert set(texts) == {"json", "md", "html", "xml"}
+    for where, text in {"stdout": stdout, "stderr": stderr, **texts}.items():
+        assert token not in text, where
+    assert "the hub refused [redacted]" in stderr
+    assert all("the hub refused [redacted]" in e for e in json.loads(texts["json"])["errors"])
+
+
 def test_an_output_named_after_a_secret_and_a_warning_quoting_it_are_redacted(
     write_project: Callable[..., Path], tmp_path: Path
 ) -> None:

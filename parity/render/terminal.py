@@ -68,12 +68,13 @@ def progress_printer(quiet: bool) -> Progress:
     if quiet:
         return say_nothing
     console = Console(stderr=True, highlight=False)
-    secrets = redactor()  # a message can hold a model's error or an output's name
+    # A message can hold a model's error or an output's name; the secrets are looked up
+    # per message, since a config read after this point can declare more (`[run.env]`).
     if not console.is_terminal:
-        return lambda message: click.echo(f"parity: {secrets.redact(message)}", err=True)
+        return lambda message: click.echo(f"parity: {redactor().redact(message)}", err=True)
 
     def show(message: str) -> None:
-        message = secrets.redact(message)
+        message = redactor().redact(message)
         line = Text.assemble((time.strftime("%H:%M:%S"), "dim"), " parity: ", literal(message))
         console.print(line, soft_wrap=True)
 
