@@ -135,6 +135,6 @@ def _say_interrupted(prog: str, signum: int, stopped: int) -> None:
     """One line on stderr, written directly: a signal handler may run inside a write to
     sys.stderr, which must not be entered again."""
     line = f"{prog}: interrupted by {_SIGNALS.get(signum, signum)}"
-    line += f": stopped {stopped} worker(s)\n" if stopped else "\n"
+    line += f": stopped {stopped} process(es)\n" if stopped else "\n"
     with contextlib.suppress(OSError):
         os.write(sys.stderr.fileno(), line.encode())

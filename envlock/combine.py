@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 import tomli_w
 from packaging.utils import canonicalize_name
 
-from envlock.backends.base import Environment
+from envlock.backends.base import Environment, run_tool
 from envlock.errors import LockFileError
 from envlock.lockfile import LockedEnv, read_lock
 from envlock.uvtool import find_uv
@@ -176,13 +175,7 @@ def incompatibilities(environment: Environment) -> list[str]:
     """What `uv pip check` finds wrong in an environment's installed packages (a package
     requiring a version of another that is not installed); empty when it is consistent."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PYTHON")}
-    proc = subprocess.run(
-        [find_uv(), "pip", "check", "--python", str(environment.python)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    proc = run_tool([find_uv(), "pip", "check", "--python", str(environment.python)], env=env)
     if proc.returncode == 0:
         return []
     lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 import tomli_w
 
+from envlock.backends.base import run_tool
 from envlock.errors import LockFileError, MaterializeError, StaleLockError
 from envlock.lockfile import MAIN, TOOL_TABLE, read_lock
 from envlock.progress import Progress, quiet
@@ -184,7 +184,7 @@ def _ordered_package(pkg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_uv(cmd: list[str], cwd: Path, spec: Path) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    proc = run_tool(cmd, cwd=cwd)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise MaterializeError(f"uv could not lock {spec}:\n{tail}")

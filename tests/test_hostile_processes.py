@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,7 +175,7 @@ def test_ctrl_c_and_sigterm_stop_every_worker_at_once(
     assert took < 10, f"took {took:.1f}s"
     assert "Traceback" not in stderr
     # One line says it, last; the workers killed are not reported as failing.
-    assert stderr.splitlines()[-1] == f"parity: interrupted by {name}: stopped 2 worker(s)"
+    assert stderr.splitlines()[-1] == f"parity: interrupted by {name}: stopped 2 process(es)"
     assert "error" not in stderr.lower() and "status -9" not in stderr, stderr
     assert not report.exists()  # --json was asked: no verdict is claimed
     assert sorted(p.name for p in tmp_path.iterdir()) == [cfg.name, "pids", "src", "tmp"]
@@ -216,7 +217,7 @@ def test_an_interrupted_recording_leaves_no_bundle(
         proc.kill()
         proc.wait()
     assert proc.returncode == 143, stderr
-    assert stderr.splitlines()[-1] == "parity: interrupted by SIGTERM: stopped 1 worker(s)"
+    assert stderr.splitlines()[-1] == "parity: interrupted by SIGTERM: stopped 1 process(es)"
     assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [cfg.name, "pids", "src", "tmp"]
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -260,7 +261,57 @@ def test_sigterm_ends_an_envlock_command_and_the_uv_it_runs(tmp_path: Path) -> N
         if pidfile.exists() and not gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
     assert proc.returncode == 143, stderr
-    assert stderr.splitlines()[-1] == "envlock: interrupted by SIGTERM", stderr
+    last = stderr.splitlines()[-1]
+    assert last == "envlock: interrupted by SIGTERM: stopped 1 process(es)", stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "pylock.toml").exists()
+    assert still_running([uv_pid]) == []
+
+
+def test_sigterm_while_a_venv_is_built_in_a_worker_thread_ends_its_uv(
+    tmp_path: Path, repo: Path
+) -> None:
+    # The venvs of a check are built in worker threads, which no signal reaches: the uv
+    # each one runs is killed through the list of what is running, not by the exception.
+    pidfile = tmp_path / "uv.pid"
+    uv = tmp_path / "uv"
+    uv.write_text(FAKE_UV.format(pidfile=pidfile))
+    uv.chmod(0o755)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
+    cfg = tmp_path / "parity.toml"
+    lock = repo / "locks" / "pylock.toml"
+    cfg.write_text(
+        LOCAL_CONFIG.format(timeout=60).replace(
+            '[environments.infer]\nbackend = "local"', f'[environments.infer]\nlock = "{lock}"'
+        )
+    )
+    assert f'lock = "{lock}"' in cfg.read_text()
+    proc = subprocess.Popen(
+        [str(BIN / "parity"), "check", "--config", str(cfg), "--cache-dir", str(tmp_path / "c")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ENVLOCK_UV": str(uv)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "uv did not start"
+            time.sleep(0.05)
+        uv_pid = int(pidfile.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        if pidfile.exists() and not gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert proc.returncode == 143, stderr
+    # uv, and the train worker if it had started
+    assert re.fullmatch(
+        r"parity: interrupted by SIGTERM: stopped [12] process\(es\)", stderr.splitlines()[-1]
+    ), stderr
+    assert "Traceback" not in stderr
     assert still_running([uv_pid]) == []

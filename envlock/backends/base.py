@@ -170,6 +170,37 @@ def stop_all() -> int:
     return RUNNING.stop_all()
 
 
+def run_tool(
+    cmd: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool (uv) to completion, its output captured as text, as `run_python` runs a
+    script: in a process group of its own, listed in `RUNNING` so that Ctrl-C or SIGTERM
+    kills it from whichever thread started it (a venv built in a worker thread), dying
+    with this process (even by SIGKILL), and killed whole if its caller is interrupted.
+    Raise OSError when it cannot start."""
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_dies_with_parent(),
+    )
+    try:
+        with RUNNING.running(lambda: kill_group(proc.pid)):
+            stdout, stderr = proc.communicate()
+    except BaseException:
+        kill_group(proc.pid)
+        proc.wait()
+        raise
+    if RUNNING.stopping:
+        raise Stopped(f"{Path(cmd[0]).name}: stopped")
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, stdout, stderr)
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL to process group `pgid`; nothing when it is gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import tomllib
@@ -32,7 +31,7 @@ from typing import Any
 import tomli_w
 from filelock import FileLock
 
-from envlock.backends.base import Environment
+from envlock.backends.base import Environment, run_tool
 from envlock.errors import LockFileError, MaterializeError
 from envlock.lockfile import MAIN, LockedEnv
 from envlock.progress import Progress, quiet
@@ -147,7 +146,7 @@ class VenvBackend:
 
     def _uv(self, cmd: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PYTHON")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        proc = run_tool(cmd, env=env)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
             raise MaterializeError(f"uv failed ({' '.join(cmd[1:3])}):\n{tail}")
