@@ -252,6 +252,7 @@ def _c_order(
         view = picked.reshape((*rest[::-1], r1 - r0)).T
         for g in range(0, r1 - r0, group):
             yield np.ascontiguousarray(view[g : g + group]).reshape(-1)
+        del view, picked  # before the next pass fills its own
 
 
 def _picked(
