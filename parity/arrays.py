@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -219,7 +221,9 @@ def _c_order(
     shape: each pass over the stream picks the elements of the next few indices of the
     first axis (as many as `budget` holds) and transposes them; where one index holds more
     than `budget`, its elements (a Fortran-ordered array of `shape[1:]`) are ordered the
-    same way, one index at a time. The cost is one pass over the stream per segment."""
+    same way, one index at a time. The stream is read once, its bands written to a
+    temporary file (`_spool`) and read back one at a time; where that file cannot be
+    written, the stream is read once per band instead."""
     import numpy as np
 
     n0, rest = shape[0], shape[1:]
@@ -230,29 +234,100 @@ def _c_order(
     if n0 == 1:  # the rest, in Fortran order
         yield from _c_order(stream, rest, budget)
         return
-    if per > budget:
-        for index in range(n0):
-            yield from _c_order(
-                functools.partial(_picked, stream, n0, index, index + 1), rest, budget
-            )
-        return
-    rows = max(1, budget // per)
+    if per > budget:  # one index at a time, each a Fortran-ordered array of the rest
+        bands = [(index, index + 1) for index in range(n0)]
+    else:
+        rows = max(1, budget // per)
+        bands = [(r0, min(n0, r0 + rows)) for r0 in range(0, n0, rows)]
     group = max(1, (READ_BYTES // 8) // per)  # rows per segment yielded
-    for r0 in range(0, n0, rows):
-        r1 = min(n0, r0 + rows)
-        picked: np.ndarray | None = None
-        filled = 0
-        for piece in _picked(stream, n0, r0, r1):
-            if picked is None:
-                picked = np.empty(per * (r1 - r0), dtype=piece.dtype)
-            picked[filled : filled + piece.size] = piece
-            filled += piece.size
-        assert picked is not None and filled == picked.size
-        # picked is (rest in Fortran order, row): reversing the axes gives (row, rest...)
-        view = picked.reshape((*rest[::-1], r1 - r0)).T
-        for g in range(0, r1 - r0, group):
-            yield np.ascontiguousarray(view[g : g + group]).reshape(-1)
-        del view, picked  # before the next pass fills its own
+    with contextlib.ExitStack() as stack:
+        spool = _spool(stream, n0, per, bands, stack) if len(bands) > 1 else None
+        for r0, r1 in bands:
+            size = per * (r1 - r0)
+            if spool is not None:
+                pieces = functools.partial(_spooled, *spool, r0 * per, size)
+            else:
+                pieces = functools.partial(_picked, stream, n0, r0, r1)
+            if per > budget:
+                yield from _c_order(pieces, rest, budget)
+                continue
+            picked = _gathered(pieces(), size)
+            # picked is (rest in Fortran order, row): reversing the axes gives (row, rest...)
+            view = picked.reshape((*rest[::-1], r1 - r0)).T
+            for g in range(0, r1 - r0, group):
+                yield np.ascontiguousarray(view[g : g + group]).reshape(-1)
+            del view, picked  # before the next band is read
+
+
+def _gathered(pieces: Iterator[np.ndarray], size: int) -> np.ndarray:
+    """The `size` elements `pieces` yield, in one array."""
+    import numpy as np
+
+    gathered: np.ndarray | None = None
+    filled = 0
+    for piece in pieces:
+        if gathered is None:
+            gathered = np.empty(size, dtype=piece.dtype)
+        gathered[filled : filled + piece.size] = piece
+        filled += piece.size
+    assert gathered is not None and filled == size
+    return gathered
+
+
+def _spool(
+    stream: Callable[[], Iterator[np.ndarray]],
+    n0: int,
+    per: int,
+    bands: list[tuple[int, int]],
+    stack: contextlib.ExitStack,
+) -> tuple[int, np.dtype] | None:
+    """One pass over a Fortran-order stream that writes each band of first-axis indices
+    (as `_picked` gives it) to its own region of a temporary file, which `stack` closes:
+    band [r0, r1) at element `r0 * per`. The file and the elements' dtype, or None when
+    the file cannot be written (a full disk): then each band is a pass over the stream.
+    Reading a large member once, not once per band, keeps a multi-gigabyte
+    Fortran-ordered output quick; the file is in the page cache, not in memory."""
+
+    try:
+        spool = stack.enter_context(tempfile.TemporaryFile(prefix="parity-fortran-"))  # noqa: SIM115
+        fd = spool.fileno()
+        dtype: np.dtype | None = None
+        written = [r0 * per for r0, _ in bands]  # where each band's next element goes
+        position = 0
+        for chunk in stream():
+            dtype = chunk.dtype
+            for band, (r0, r1) in enumerate(bands):
+                for piece in _pick(chunk, position, n0, r0, r1):
+                    _pwrite(fd, piece, written[band] * dtype.itemsize)
+                    written[band] += piece.size
+            position = (position + chunk.size) % n0
+    except OSError:
+        return None
+    assert dtype is not None
+    return fd, dtype
+
+
+def _spooled(fd: int, dtype: np.dtype, start: int, size: int) -> Iterator[np.ndarray]:
+    """Elements [start, start + size) of a spool file, in chunks of about `READ_BYTES`."""
+    import numpy as np
+
+    item = dtype.itemsize
+    step = max(1, READ_BYTES // item)
+    for at in range(start, start + size, step):
+        n = min(step, start + size - at)
+        data = os.pread(fd, n * item, at * item)
+        if len(data) != n * item:
+            raise OSError(f"a temporary file gave {len(data)} of {n * item} bytes")
+        yield np.frombuffer(data, dtype=dtype)
+
+
+def _pwrite(fd: int, piece: np.ndarray, offset: int) -> None:
+    import numpy as np
+
+    view = np.ascontiguousarray(piece).data.cast("B")
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def _picked(
@@ -262,23 +337,29 @@ def _picked(
     first index is in [r0, r1), in stream order (a Fortran-order array of the rest)."""
     position = 0  # the first index of the next element
     for chunk in stream():
-        c, done = chunk.size, 0
-        if position:  # the end of a column begun in an earlier chunk
-            take = min(n0 - position, c)
-            lo, hi = max(r0, position), min(r1, position + take)
-            if lo < hi:
-                yield chunk[lo - position : hi - position]
-            done, position = take, (position + take) % n0
-        whole = (c - done) // n0
-        if whole:
-            yield chunk[done : done + whole * n0].reshape(whole, n0)[:, r0:r1].reshape(-1)
-            done += whole * n0
-        if done < c:  # the start of a column that goes on in the next chunk
-            take = c - done
-            lo, hi = r0, min(r1, take)
-            if lo < hi:
-                yield chunk[done + lo : done + hi]
-            position = take
+        yield from _pick(chunk, position, n0, r0, r1)
+        position = (position + chunk.size) % n0
+
+
+def _pick(chunk: np.ndarray, position: int, n0: int, r0: int, r1: int) -> Iterator[np.ndarray]:
+    """The elements of `chunk`, part of a Fortran-order stream whose first axis has `n0`
+    indices and whose first element has first index `position`, whose first index is in
+    [r0, r1), in order."""
+    c, done = chunk.size, 0
+    if position:  # the end of a column begun in an earlier chunk
+        take = min(n0 - position, c)
+        lo, hi = max(r0, position), min(r1, position + take)
+        if lo < hi:
+            yield chunk[lo - position : hi - position]
+        done = take
+    whole = (c - done) // n0
+    if whole:
+        yield chunk[done : done + whole * n0].reshape(whole, n0)[:, r0:r1].reshape(-1)
+        done += whole * n0
+    if done < c:  # the start of a column that goes on in the next chunk
+        lo, hi = r0, min(r1, c - done)
+        if lo < hi:
+            yield chunk[done + lo : done + hi]
 
 
 def _rechunk(segments: Iterator[np.ndarray], elements: int) -> Iterator[np.ndarray]:

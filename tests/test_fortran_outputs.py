@@ -32,6 +32,9 @@ from parity.judging.compare import compare_arrays
 from parity.outputs import load_outputs
 from parity.policies import TolerancePolicy
 
+# Sums of differences near the float64 maximum overflow to inf, as they do in memory.
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
 DTYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8]
 
 
@@ -107,6 +110,26 @@ def test_adversarial_values_in_every_layout(
     with np.errstate(over="ignore"):  # -1e300 is -inf in float16
         halves = ref.astype(np.float16)
     all_orders_agree(tmp_path, halves, (halves * np.float16(1.5)), TolerancePolicy(rtol=0.1))
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 5), (2, 6, 5, 3)])
+def test_without_a_temporary_file_each_band_is_a_pass_over_the_member(
+    shape: tuple[int, ...], small_passes: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The bands are spooled to a temporary file; on a full disk they are read from the
+    member instead, one pass each, with the same result."""
+    import errno
+    import tempfile
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ref = np.arange(math.prod(shape), dtype=np.float64).reshape(shape)
+    cand = ref.copy()
+    cand.flat[5] = -1.0
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "TemporaryFile", full)
+        all_orders_agree(tmp_path, ref, cand, TolerancePolicy())
 
 
 def test_decisions_and_pictures_read_the_right_rows(small_passes: None, tmp_path: Path) -> None:

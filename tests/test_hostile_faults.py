@@ -237,3 +237,18 @@ def test_a_bug_in_parity_after_the_run_is_an_error_verdict_with_its_traceback_ke
     assert f"the traceback is in {folders[0] / 'parity-traceback.txt'}" in error
     assert trace.startswith("Traceback") and "RuntimeError: boom" in trace
     shutil.rmtree(folders[0])
+
+
+def test_a_difference_beyond_2_to_the_1023_has_a_histogram_bin() -> None:
+    """Found by tests/test_fortran_outputs.py: the top bin's upper edge was 2.0**1024, an
+    OverflowError that aborted the comparison."""
+    import sys
+
+    import numpy as np
+
+    from parity.judging.compare import compare_arrays
+
+    result = compare_arrays("y", np.array([0.0, 1.0]), np.array([2.0**1023, 1.0]))
+    assert result.max_abs_diff == 2.0**1023 and not result.passed
+    assert result.histogram.bins == ((2.0**1023, sys.float_info.max, 1),)
+    assert result.histogram.zero == 1
