@@ -3,7 +3,8 @@
 An `OutputArray` knows its shape and dtype and yields its elements in C order, a block
 at a time. `MemoryArray` wraps an array already in memory; `NpzMember` reads one array
 of a worker's `.npz` archive straight from the zip entry (stored or deflated), so two
-2 GB outputs are compared with a few blocks in memory at once. Nothing is unpickled:
+2 GB outputs are compared with a few blocks in memory at once; a Fortran-ordered member
+is given in C order too, through bounded bands (`_c_order`). Nothing is unpickled:
 the member's header is parsed by numpy's format reader and object dtypes are refused.
 """
 
