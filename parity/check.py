@@ -8,16 +8,21 @@ and return the one `ParityReport` every renderer formats.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import time
+import traceback
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envlock.environments import EnvironmentSpec
 from envlock.lockfile import MAIN
 from envlock.progress import Progress, quiet
 from parity.config import ParityConfig
-from parity.errors import BundleError, ConfigError
+from parity.errors import BundleError, ConfigError, ParityError
 from parity.inputs.samples import SampleFolder
 from parity.investigations.localize import localize_failure
 from parity.judging.caught import dropped, judge_warnings
@@ -71,7 +76,7 @@ def run_check(
             ref,
             cand,
             [r.error for r in runs if r.error],
-            {r.name: summary(r) for r in runs},
+            {r.name: functools.partial(summary, r) for r in runs},
             work=work,
             input_digest=input_digest,
             calibrate=calibrate,
@@ -130,8 +135,8 @@ def check_against(
             cand,
             [cand.error] if cand.error else [],
             {
-                ref.name: dataclasses.replace(bundle.environment, name=ref.name),
-                name: summary(cand),
+                ref.name: lambda: dataclasses.replace(bundle.environment, name=ref.name),
+                name: functools.partial(summary, cand),
             },
             work=work,
             input_digest=input_digest,
@@ -204,7 +209,7 @@ def _conclude(
     ref: EnvRun,
     cand: EnvRun,
     errors: list[str],
-    environments: dict[str, EnvironmentSummary],
+    environments: dict[str, Callable[[], EnvironmentSummary]],
     *,
     work: WorkFolder,
     input_digest: str,
@@ -215,29 +220,51 @@ def _conclude(
     localize: bool = False,
 ) -> ParityReport:
     """Judge the replayed outputs, localize a failure if asked, and make the report (the
-    work folder is kept when an environment failed)."""
+    work folder is kept when an environment failed).
+
+    Whatever fails here, after the environments ran, is one more of the report's errors
+    (`_AfterTheRun`), never an exception: reading an output that turns out truncated or
+    corrupt, localizing, describing the inputs, summarizing an environment. The verdict is
+    then `error`, so a CI gate still gets every report it asked for, and never a pass. A
+    `ConfigError` (a tolerance table naming no output) stays a usage error."""
+    errors = list(errors)
+    after = _AfterTheRun(errors, (ref, cand), work, say)
     finished = time.perf_counter()
-    if errors:  # nothing to compare; the warnings caught before the failure are evidence
-        judgement = Judgement(OutputsJudgement([], []), warnings=judge_warnings(config, ref, cand))
-    else:
-        judgement = judge(config, ref, cand, say)
-    reasons = judgement.reasons if not errors else []
-    verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
+    judgement = Judgement(OutputsJudgement([], []))
+    if not errors:
+        with after("judging the outputs"):
+            judgement = judge(config, ref, cand, say)
+    reasons = [] if errors else judgement.reasons
+    if errors:  # nothing was compared; the warnings caught before the failure are evidence
+        with after("judging the warnings"):
+            judgement = dataclasses.replace(judgement, warnings=judge_warnings(config, ref, cand))
     compared = time.perf_counter()
     localization = None
-    if localize and verdict == "fail":
-        localization = localize_failure(
-            config, ref, cand, judgement.outputs.comparisons, work.path, say
-        )
+    if localize and reasons and not errors:
+        with after("localizing the failure"):
+            localization = localize_failure(
+                config, ref, cand, judgement.outputs.comparisons, work.path, say
+            )
     localized = time.perf_counter()
+    inputs: dict[str, Any] = {"digest": input_digest}  # when describing it fails
+    with after("describing the inputs"):
+        inputs = describe_inputs(config, input_digest, say)
+    summaries = {}
+    for name, summarize in environments.items():
+        with after(f"summarizing environment {name!r}"):
+            summaries[name] = summarize()
+        if name not in summaries:  # what is known without its fingerprint
+            run = ref if name == ref.name else cand
+            summaries[name] = summary(dataclasses.replace(run, fingerprint={}))
+    verdict: Verdict = "error" if errors else ("fail" if reasons else "pass")
     work.keep = work.keep or bool(errors)
     return ParityReport(
         verdict=verdict,
         config=str(config.path),
         reference=ref.name,
         candidate=cand.name,
-        inputs=describe_inputs(config, input_digest, say),
-        environments=environments,
+        inputs=inputs,
+        environments=summaries,
         outputs=judgement.outputs.comparisons,
         version_diffs=judgement.version_diffs,
         reasons=reasons,
@@ -254,6 +281,62 @@ def _conclude(
         warnings=judgement.warnings,
         warnings_dropped=dropped(ref, cand),
     )
+
+
+class _AfterTheRun:
+    """Turns a failure after the environments ran into one of the report's `errors`.
+
+    `with after("judging the outputs"): ...` records what failed and why: an unreadable
+    output names its environment (the one whose file it is); a `ParityError`, `OSError`,
+    a corrupt archive or a malformed `.npy` member is said in one line. Any other
+    exception is parity's own bug: its type and message are the error, and its traceback
+    is written to `parity-traceback.txt` in the work folder (which is kept), since a
+    report for the CI gate is worth more than a traceback on the terminal."""
+
+    def __init__(
+        self, errors: list[str], runs: tuple[EnvRun, ...], work: WorkFolder, say: Progress
+    ) -> None:
+        self.errors = errors
+        self.runs = runs
+        self.work = work
+        self.say = say
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError:
+            raise
+        except Exception as e:  # see the class docstring
+            error = self._error(what, e)
+            self.errors.append(error)
+            self.say(f"error: {error.splitlines()[0]}")
+
+    def _error(self, what: str, e: Exception) -> str:
+        message = str(e).strip() or type(e).__name__
+        whose = self._whose(message)
+        if isinstance(e, ParityError | OSError | zipfile.BadZipFile):
+            if whose is not None:
+                return f"environment {whose!r}: its outputs are unreadable: {message}"
+            return f"{what} failed: {message}"
+        self.work.keep = True
+        trace = self.work.path / "parity-traceback.txt"
+        with contextlib.suppress(OSError):
+            trace.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
+        where = f" (environment {whose!r})" if whose is not None else ""
+        return (
+            f"{what}{where} failed with an unexpected {type(e).__name__}: {message} (a bug "
+            f"in parity, please report it; the traceback is in {trace})"
+        )
+
+    def _whose(self, message: str) -> str | None:
+        """The environment whose output file `message` names, if one does."""
+        for run in self.runs:
+            for output in (*run.outputs.values(), *run.repeat.values()):
+                path = getattr(output, "path", None)
+                if path is not None and str(path) in message:
+                    return run.name
+        return None
 
 
 def _different_inputs(config: ParityConfig, bundle: Bundle, input_digest: str) -> BundleError:

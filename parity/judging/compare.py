@@ -19,6 +19,7 @@ sample of an image-like output is drawn in both environments (`Pictures`).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -349,7 +350,7 @@ class _Accumulator:
         bins: tuple[tuple[float, float, int], ...] = ()
         if by_exp:
             lo, hi = min(by_exp), max(by_exp)
-            bins = tuple((2.0**e, 2.0 ** (e + 1), by_exp.get(e, 0)) for e in range(lo, hi + 1))
+            bins = tuple((2.0**e, _upper(e), by_exp.get(e, 0)) for e in range(lo, hi + 1))
         return Histogram(zero=self.abs_sketch.zeros, bins=bins, inf=inf)
 
     def _columns(self) -> Columns | None:
@@ -368,6 +369,12 @@ class _Accumulator:
             width=self.layout.width,
             values=tuple(tuple(float(v) for v in row) for row in self.heat),
         )
+
+
+def _upper(exponent: int) -> float:
+    """The upper edge of the bin [2**exponent, 2**(exponent + 1)): the largest float64 for
+    the top one, as 2**1024 is beyond float64."""
+    return 2.0 ** (exponent + 1) if exponent < 1023 else sys.float_info.max
 
 
 def _real(value: object) -> float:

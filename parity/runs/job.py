@@ -116,10 +116,21 @@ def model_failure(name: str, error_file: Path, what: str) -> WorkerError | None:
     )
 
 
-def exited(name: str, status: int | None, log: Path) -> WorkerError:
-    """A worker that exited without saying why: its status and the end of its log."""
+def exited(
+    name: str, status: int | None, log: Path, *, missing: str | None = None, python: str = ""
+) -> WorkerError:
+    """A worker that exited without saying why: its status and the end of its log. With
+    `missing`, the file it exited without writing, and where it ran (`python`): a status 0
+    that wrote nothing is a wrong interpreter or a model that ended the process itself."""
     tail = log_tail(log) if log.exists() else "(no output)"
-    return WorkerError(name, f"worker exited with status {status}; last output:\n{tail}")
+    if missing is None:
+        return WorkerError(name, f"worker exited with status {status}; last output:\n{tail}")
+    where = f" (in {python})" if python else ""
+    return WorkerError(
+        name,
+        f"the worker{where} exited with status {status} without writing its outputs "
+        f"({missing}); last output:\n{tail}",
+    )
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

@@ -16,6 +16,7 @@ through here (check, bundle, bisect, localize, search).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -167,7 +168,19 @@ def materialize(run: EnvRun, cache_dir: Path | None, say: Progress) -> Environme
     """Make `run`'s environment exist (its lock read into `run.lock` first) and return it."""
     run.lock = read_spec_lock(run.spec)
     run.environment = open_environment(run.spec, run.lock, cache_dir=cache_dir, progress=say)
+    if run.environment.kind == "local":  # an interpreter named in the config: it must exist
+        _check_interpreter(run.name, str(run.environment.python))
     return run.environment
+
+
+def _check_interpreter(name: str, python: str) -> None:
+    """Raise `WorkerError` naming environment `name` when its interpreter `python` (a path,
+    or a name looked up on PATH) does not exist or cannot be run."""
+    found = shutil.which(python) if os.sep not in python else python
+    if found is None or not Path(found).exists():
+        raise WorkerError(name, f"python {python} does not exist")
+    if not Path(found).is_file() or not os.access(found, os.X_OK):
+        raise WorkerError(name, f"python {python} is not an executable file")
 
 
 def materialize_all(runs: list[EnvRun], cache_dir: Path | None, say: Progress) -> None:
@@ -355,6 +368,11 @@ def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: An
         raise failure
     if status != 0:
         raise exited(run.name, status, job.log)
+    # Status 0 and nothing written: not a Python that ran the worker (`/bin/true`), or a
+    # model that ended the process itself (`os._exit(0)`).
+    written = "stages.npz" if job_fields.get("mode") == "stages" else "outputs.npz"
+    if not (outdir / written).exists():
+        raise exited(run.name, status, job.log, missing=written, python=run.environment.description)
 
 
 def summary(run: EnvRun) -> EnvironmentSummary:

@@ -1030,7 +1030,9 @@ def _checked_outputs(result: Any, count: int) -> dict[str, Any]:
                 f"outputs {first!r} and {name!r} have the same name {key!r} as text; "
                 f"output names must be distinct strings"
             )
-        outputs[key] = arr
+        # C order always (one batch copied at most): a Fortran-ordered output is
+        # written, and read back, in C order.
+        outputs[key] = np.ascontiguousarray(arr)
     return outputs
 
 
