@@ -152,6 +152,7 @@ def record_bundle(
         run = EnvRun(spec)
         digest, _ = replay_environments(config, [run], work.path, cache_dir, say, calibrate=False)
         if run.error:
+            work.keep = True  # its log is the evidence, as for a check
             prefix = f"environment {env_name!r}"
             message = run.error if run.error.startswith(prefix) else f"{prefix}: {run.error}"
             raise ParityError(message)

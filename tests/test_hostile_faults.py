@@ -202,12 +202,14 @@ def test_the_work_folder_is_removed_unless_a_failure_keeps_it(project: Path, gol
     code, _, stderr = parity("check", "--against", str(golden), cwd=project, temp=temp)
     assert code == 2 and "was recorded on a different input set" in stderr, stderr
     assert kept(stderr) == [] and left_in(temp) == []
-    # A worker that fails while recording: removed (the message carries its log's end).
+    # A worker that fails while recording: kept, as for a check (its log is the evidence).
     (project / "parity.toml").write_text(infer_with('python = "/bin/true"\n'))
     code, _, stderr = parity("record", "--env", "infer", "--out", "b", cwd=project, temp=temp)
     assert code == 3 and "without writing its outputs (outputs.npz)" in stderr, stderr
     assert not (project / "b").exists()
-    assert kept(stderr) == [] and left_in(temp) == []
+    (folder,) = kept(stderr)
+    assert (folder / "infer" / "worker.log").is_file()
+    assert left_in(temp) == [folder]
 
 
 def test_a_bug_in_parity_after_the_run_is_an_error_verdict_with_its_traceback_kept(
