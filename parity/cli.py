@@ -64,8 +64,13 @@ def cache_dir_option(fn: F) -> F:
 
 
 def quiet_option(fn: F) -> F:
-    """`-q/--quiet`: no progress on stderr."""
-    return click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")(fn)
+    """`-q/--quiet`: no progress on stderr, but where a work folder was kept."""
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="No progress on stderr (only where a work folder was kept, if one was).",
+    )(fn)
 
 
 @click.group(cls=InterruptibleGroup)

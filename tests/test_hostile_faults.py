@@ -210,6 +210,15 @@ def test_the_work_folder_is_removed_unless_a_failure_keeps_it(project: Path, gol
     (folder,) = kept(stderr)
     assert (folder / "infer" / "worker.log").is_file()
     assert left_in(temp) == [folder]
+    shutil.rmtree(folder)
+    # Quiet, a check prints no progress but still where it left its evidence.
+    code, _, stderr = parity("check", "-q", cwd=project, temp=temp)
+    assert code == 3, stderr
+    (folder,) = kept(stderr)
+    assert [line for line in stderr.splitlines() if line.startswith("parity:")] == [
+        f"{KEPT}{folder}"
+    ]
+    assert left_in(temp) == [folder]
 
 
 def test_a_bug_in_parity_after_the_run_is_an_error_verdict_with_its_traceback_kept(

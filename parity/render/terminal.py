@@ -27,11 +27,11 @@ from rich.text import Text
 
 from envlock.envvars import redactor
 from envlock.progress import Progress
-from envlock.progress import quiet as say_nothing
 from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
 from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.policies import measure as policy_measure
+from parity.runs.replay import KEPT
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
@@ -62,11 +62,17 @@ def stdout_console() -> Console:
 
 
 def progress_printer(quiet: bool) -> Progress:
-    """A progress callback writing `parity: message` lines to stderr (nothing when quiet);
-    on a terminal each line starts with a dim timestamp. No value of a secret-looking
+    """A progress callback writing `parity: message` lines to stderr; on a terminal each
+    line starts with a dim timestamp. When quiet, only where a work folder was kept (the
+    evidence of a failure, left on disk: not progress). No value of a secret-looking
     variable of ours is printed (`envlock.envvars`)."""
     if quiet:
-        return say_nothing
+
+        def kept_only(message: str) -> None:
+            if message.startswith(KEPT):
+                click.echo(f"parity: {redactor().redact(message)}", err=True)
+
+        return kept_only
     console = Console(stderr=True, highlight=False)
     # A message can hold a model's error or an output's name; the secrets are looked up
     # per message, since a config read after this point can declare more (`[run.env]`).

@@ -128,6 +128,10 @@ class EnvRun:
         return self.spec.name
 
 
+# How progress says a work folder was left on disk (the one progress line -q still prints).
+KEPT = "work folder kept: "
+
+
 class WorkFolder:
     """The folder a command works in: `workdir` when given (then always kept), else a new
     temporary folder, deleted on leaving unless `keep` was set (something failed inside an
@@ -159,7 +163,7 @@ class WorkFolder:
             and not issubclass(kind, self._drop_on)
         )
         if self.given or self.keep or failed:
-            self._say(f"work folder kept: {self.path}")
+            self._say(f"{KEPT}{self.path}")
         else:
             shutil.rmtree(self.path, ignore_errors=True)
 
