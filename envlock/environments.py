@@ -19,7 +19,6 @@ from envlock.backends.base import Environment, LocalEnvironment
 from envlock.backends.docker import DockerEnvironment, docker_client
 from envlock.backends.venv import VenvBackend
 from envlock.errors import EnvlockError
-from envlock.images import default_repository, image_tag, role_for
 from envlock.lockfile import MAIN, LockedEnv, read_lock
 from envlock.names import shown_path
 from envlock.progress import Progress, quiet
@@ -124,6 +123,8 @@ class ImageBackend:
         """The image for `spec` (its `image`, else the one `envlock build` tags for the
         lock and group); raise `EnvlockError` when it has not been built."""
         import docker
+
+        from envlock.images import default_repository, image_tag, role_for
 
         if spec.image:
             tag = spec.image

@@ -8,36 +8,27 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import click
-from rich.console import Console
 
 from envlock.clikit import InterruptibleGroup, domain_errors
 from envlock.envvars import redactor, scrub
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
-from parity.bundle import Bundle, load_bundle, record_bundle
 from parity.check import check_against, run_check
 from parity.config import load_config
 from parity.errors import ParityError
-from parity.integrations.mlflow import (
-    BUNDLE_ARTIFACTS,
-    MlflowTarget,
-    check_model_version,
-    default_tracking_uri,
-    download_bundle,
-    is_mlflow_uri,
-    log_bundle,
-    log_check,
-    redacted,
-)
-from parity.render.html import render_html
-from parity.render.junit import render_junit
-from parity.render.markdown import render_markdown
-from parity.render.metrics import render_metrics
 from parity.render.terminal import progress_printer, render_terminal, stdout_console
 from parity.report import ParityReport
+
+if TYPE_CHECKING:
+    # Imported where they are used (issue 17): a plain `parity check` needs no bundle
+    # (tarfile, zipfile), no MLflow integration and no renderer of a file not asked for.
+    from rich.console import Console
+
+    from parity.bundle import Bundle
+    from parity.integrations.mlflow import MlflowTarget
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -221,6 +212,8 @@ def check_command(
     # With --against the bundle's recording is the reference: its environment may be gone.
     config = load_config(config_path) if against is None else load_config(config_path, against=True)
     if target is not None:
+        from parity.integrations.mlflow import check_model_version
+
         check_model_version(target)  # a mistyped --model is refused before anything runs
     progress = progress_printer(quiet)
     if against is None:
@@ -253,6 +246,9 @@ def check_command(
 @contextmanager
 def _open_bundle(against: str, config_path: Path, mlflow_uri: str | None) -> Iterator[Bundle]:
     """The bundle at a path, or downloaded from an MLflow `runs:/` or `models:/` URI."""
+    from parity.bundle import load_bundle
+    from parity.integrations.mlflow import download_bundle, is_mlflow_uri
+
     if not is_mlflow_uri(against):
         with load_bundle(Path(against)) as bundle:
             yield bundle
@@ -277,6 +273,8 @@ def _mlflow_target(
         raise click.UsageError("--alias moves an alias to --model's version: add --model")
     if not (mlflow_log or uri or model_ref):
         return None
+    from parity.integrations.mlflow import MlflowTarget, default_tracking_uri
+
     name = version = None
     if model_ref:
         name, _, version = model_ref.removeprefix("models:/").rpartition("/")
@@ -295,6 +293,8 @@ def _mlflow_target(
 def _log_to_mlflow(
     report: ParityReport, target: MlflowTarget, written: list[Path], say: Progress
 ) -> None:
+    from parity.integrations.mlflow import log_check, redacted
+
     report = scrub(report, redactor())
     with tempfile.TemporaryDirectory(prefix="parity-mlflow-") as tmp:
         files = list(written)
@@ -319,17 +319,36 @@ def _write_report(
     report = scrub(report, redactor())
     _emit(report, render_terminal, json_path)
     written = [json_path] if json_path is not None and str(json_path) != "-" else []
-    renderings: list[tuple[Path | None, Callable[[ParityReport], str]]] = [
-        (junit_path, render_junit),
-        (markdown_path, render_markdown),
-        (html_path, render_html),
-        (metrics_path, render_metrics),
+    renderings: list[tuple[Path | None, str]] = [
+        (junit_path, "junit"),
+        (markdown_path, "markdown"),
+        (html_path, "html"),
+        (metrics_path, "metrics"),
     ]
-    for path, render in renderings:
+    for path, kind in renderings:
         if path is not None and str(path) != "-":
-            write_whole(path, render(report))
+            write_whole(path, _renderer(kind)(report))
             written.append(path)
     return written
+
+
+def _renderer(kind: str) -> Callable[[ParityReport], str]:
+    """The renderer of one report file, imported only when that file is asked for."""
+    if kind == "junit":
+        from parity.render.junit import render_junit
+
+        return render_junit
+    if kind == "markdown":
+        from parity.render.markdown import render_markdown
+
+        return render_markdown
+    if kind == "html":
+        from parity.render.html import render_html
+
+        return render_html
+    from parity.render.metrics import render_metrics
+
+    return render_metrics
 
 
 @main.command("record")
@@ -399,6 +418,9 @@ def record_command(
         parity record --out golden --mlflow-run 0b1c...   # next to the training run's model
         parity check --against models:/espcn/3 --model espcn/3
     """
+    from parity.bundle import record_bundle
+    from parity.integrations.mlflow import BUNDLE_ARTIFACTS, log_bundle, redacted
+
     target = _mlflow_target(config_path, mlflow_log or bool(mlflow_run), mlflow_uri, None, None)
     config = load_config(config_path)
     name = env_name or config.reference

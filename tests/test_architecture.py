@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -121,3 +122,45 @@ def test_every_parity_subpackage_is_in_the_architecture_document() -> None:
     )
     assert packages, "parity has subpackages"
     assert [p for p in packages if f"parity.{p}" not in text] == []
+
+
+# What a plain `parity check` of two venvs never uses (issue 17): heavy third-party
+# packages (pandas alone takes a second and a half), and the parts of parity and envlock
+# behind an option (bundles, MLflow, report files, Docker images). Each is imported where
+# it is used; importing one at module level again fails here.
+NOT_ON_THE_CHECK_PATH = [
+    "deepdiff",
+    "pandas",
+    "mlflow",
+    "docker",
+    "dvc",
+    "hypothesis",
+    "requests",
+    "jsonschema",
+    "filelock",
+    "urllib.request",
+    "parity.bundle",
+    "parity.integrations.mlflow",
+    "parity.investigations.search",
+    "parity.render.html",
+    "parity.render.junit",
+    "parity.render.markdown",
+    "parity.render.metrics",
+    "envlock.images",
+]
+
+
+def test_the_check_command_and_a_config_import_only_what_a_check_uses() -> None:
+    code = (
+        "import contextlib, sys\n"
+        "from pathlib import Path\n"
+        "import parity.cli\n"
+        "from parity.config import load_config\n"
+        "with contextlib.redirect_stdout(None), contextlib.suppress(SystemExit):\n"
+        "    parity.cli.main(['check', '--help'])\n"
+        "load_config(Path('parity.toml'))\n"
+        f"print(sorted(set({NOT_ON_THE_CHECK_PATH!r}) & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

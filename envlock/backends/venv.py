@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from filelock import FileLock
 
 from envlock.backends.base import Environment, run_tool
 from envlock.errors import LockFileError, MaterializeError
@@ -89,6 +88,8 @@ class VenvBackend:
         cached = self.find(lock, group)
         if cached is not None:
             return cached
+        from filelock import FileLock  # only to build: a cached venv needs no lock (issue 17)
+
         say = progress or quiet
         key = self.key(lock, group)
         locks = self.cache_dir / ".locks"
