@@ -107,19 +107,23 @@ def distributions() -> list[dict[str, Any]]:
 
     seen: dict[str, dict[str, Any]] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"]
+        # Parsed once: `dist.version` and `dist.requires` would each parse it again.
+        meta = dist.metadata
+        name = meta["Name"]
         if not name:
             continue
         key = re.sub(r"[-_.]+", "-", name).lower()
         if key in seen:  # the first one on sys.path is the one imports get
             continue
         installer = dist.read_text("INSTALLER")
+        requires = meta.get_all("Requires-Dist")
         seen[key] = {
             "name": key,
-            "version": dist.version,
+            "version": meta["Version"],
             "installer": installer.strip() if installer else None,
             "files_sha256": files_digest(dist.read_text("RECORD")),
-            "requires": required_names(dist.requires),
+            # an egg-info distribution keeps them in requires.txt instead
+            "requires": required_names(requires if requires is not None else dist.requires),
         }
     return [seen[k] for k in sorted(seen)]
 
