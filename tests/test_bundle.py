@@ -344,14 +344,21 @@ def test_record_of_a_failing_model_exits_3_and_writes_nothing(tmp_path: Path) ->
         )
     )
     (tmp_path / "parity.toml").write_text(CONFIG)
-    result = run_cli("parity", "record", "--out", "golden", "-q", cwd=tmp_path)
+    result = run_cli(
+        "parity", "record", "--out", "golden", "-q", cwd=tmp_path, env={"TMPDIR": str(tmp_path)}
+    )
     assert result.returncode == 3
-    assert result.stderr.startswith(
+    # Quiet, it says only where it kept the worker's log (the evidence), and why it failed.
+    kept, error = result.stderr.split("\n", 1)
+    assert kept.startswith(f"parity: work folder kept: {tmp_path}/parity-"), result.stderr
+    assert (Path(kept.split(": ", 2)[2]) / "train" / "worker.log").is_file()
+    assert error.startswith(
         "Error: environment 'train': the model failed in the worker (predict): "
         "RuntimeError: no weights"
     )
     assert not (tmp_path / "golden").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.toml", "src"]
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("parity-"))
+    assert left == ["parity.toml", "src"]
 
 
 # The training environment is gone by deploy time: its lock deleted, or its table removed.
