@@ -40,6 +40,8 @@ MIN_ELEMENTS = 1 << 23
 SWITCH = "PARITY_COMPARE_KERNEL"
 _MODES = ("auto", "numpy", "numba")
 
+_MARGIN = 1 - 2.0**-40  # far below any rounding error of one product
+
 # The rules the compiled pass knows (`Judge.fused`).
 ALLCLOSE, EXACT, ULP = 0, 1, 2
 
@@ -124,9 +126,16 @@ def _first_pass(
     abs_top: np.ndarray,
     rel_top: np.ndarray,
 ) -> None:
-    """One block's statistics, added to the state arrays (see `FusedPass`)."""
+    """One block's statistics, added to the state arrays (see `FusedPass`). The state is
+    kept in local variables during the loop, so that the compiler keeps it in registers."""
     top = np.uint64(1) << np.uint64(bu.itemsize * 8 - 1)
     shift = np.uint64(48)
+    mismatched, special_bad, nan_bads = counts[_MISMATCHED], counts[_SPECIAL_BAD], counts[_NAN_BAD]
+    worst, finite_abs, finite_rel = counts[_WORST], counts[_FINITE_ABS], counts[_FINITE_REL]
+    abs_zeros, rel_zeros = counts[_ABS_ZEROS], counts[_REL_ZEROS]
+    max_abs, worst_b, worst_a = floats[_MAX_ABS], floats[_WORST_B], floats[_WORST_A]
+    max_rel, atol_pass, rtol_pass = floats[_MAX_REL], floats[_ATOL_PASS], floats[_RTOL_PASS]
+    most_ulp = ulps[0]
     sum_abs = 0.0
     sum_rel = 0.0
     for k in range(b.size):
@@ -143,46 +152,58 @@ def _first_pass(
             dist = ka - kb if ka > kb else kb - ka
             if bad:
                 dist = np.uint64(0)
-            if dist > ulps[0]:
-                ulps[0] = dist
+            if dist > most_ulp:
+                most_ulp = dist
             ok = dist <= max_ulp
         if bad:
             ok = False
-            counts[_SPECIAL_BAD] += 1
+            special_bad += 1
             if nan_bad:
-                counts[_NAN_BAD] += 1
+                nan_bads += 1
         if not ok:
-            counts[_MISMATCHED] += 1
-        if d > floats[_MAX_ABS]:
-            floats[_MAX_ABS] = d
-            counts[_WORST] = start + k
-            floats[_WORST_B] = bf
-            floats[_WORST_A] = af
+            mismatched += 1
+        if d > max_abs:
+            max_abs = d
+            worst = start + k
+            worst_b = bf
+            worst_a = af
         if math.isfinite(d):
             sum_abs += d
-            counts[_FINITE_ABS] += 1
+            finite_abs += 1
         if math.isfinite(rel):
             sum_rel += rel
-            counts[_FINITE_REL] += 1
-        if rel > floats[_MAX_REL]:
-            floats[_MAX_REL] = rel
+            finite_rel += 1
+        if rel > max_rel:
+            max_rel = rel
         slack = d if rtol == 0 else d - rtol * ab
-        if slack > floats[_ATOL_PASS]:
-            floats[_ATOL_PASS] = slack
-        if d > atol:
+        if slack > atol_pass:
+            atol_pass = slack
+        # (d - atol) / ab > rtol_pass, with a division only where it may be (rarely): the
+        # product's rounding is covered by the margin, the quotient decides.
+        if d > atol and d - atol >= rtol_pass * ab * _MARGIN:
             need = (d - atol) / ab
-            if need > floats[_RTOL_PASS]:
-                floats[_RTOL_PASS] = need
+            if need > rtol_pass:
+                rtol_pass = need
         if d > 0:
             abs_top[np.float64(d).view(np.uint64) >> shift] += 1
         else:
-            counts[_ABS_ZEROS] += 1
+            abs_zeros += 1
         if rel > 0:
             rel_top[np.float64(rel).view(np.uint64) >> shift] += 1
         else:
-            counts[_REL_ZEROS] += 1
+            rel_zeros += 1
+    counts[_MISMATCHED], counts[_SPECIAL_BAD], counts[_NAN_BAD] = mismatched, special_bad, nan_bads
+    counts[_WORST], counts[_FINITE_ABS], counts[_FINITE_REL] = worst, finite_abs, finite_rel
+    counts[_ABS_ZEROS], counts[_REL_ZEROS] = abs_zeros, rel_zeros
+    floats[_MAX_ABS], floats[_WORST_B], floats[_WORST_A] = max_abs, worst_b, worst_a
+    floats[_MAX_REL], floats[_ATOL_PASS], floats[_RTOL_PASS] = max_rel, atol_pass, rtol_pass
+    ulps[0] = most_ulp
     floats[_SUM_ABS] += sum_abs
     floats[_SUM_REL] += sum_rel
+
+
+_CHUNK = 1024  # elements whose differences a quantile pass computes at a time (16 KiB)
+_FINITE_MAX = 1.7976931348623157e308
 
 
 def _scan(
@@ -198,19 +219,44 @@ def _scan(
     sub: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
+    wanted: np.ndarray,
 ) -> None:
     """One block of a quantile refining pass (`parity.judging.quantiles`): the keys of
     target t's candidates (positive values of sketch `which[t]`, 0 abs and 1 rel, whose
     key >> shift[t] is prefix[t]) are collected into buf from offsets[t], or counted in
-    sub[t] by their next 16 bits, with their smallest and largest key."""
-    for k in range(b.size):
-        d, _, rel, _, _ = _element(np.float64(b[k]), np.float64(a[k]))
+    sub[t] by their next 16 bits, with their smallest and largest key. wanted[w, bin]:
+    whether any target of sketch w lies in the top-16-bit bin `bin` (zero: none)."""
+    zero = np.uint64(0)
+    top = np.uint64(48)
+    dbuf = np.empty(_CHUNK)
+    rbuf = np.empty(_CHUNK)
+    n = b.size
+    for k in range(n):
+        i = k % _CHUNK
+        if i == 0:  # the chunk's differences, in SIMD where all are finite
+            m = min(n, k + _CHUNK) - k
+            nonfinite = 0
+            for j in range(m):
+                bf = np.float64(b[k + j])
+                d = abs(np.float64(a[k + j]) - bf)
+                r = d / abs(bf)
+                dbuf[j] = d
+                rbuf[j] = r if d != 0 else 0.0
+                nonfinite += 0 if d <= _FINITE_MAX else 1
+            if nonfinite:
+                for j in range(m):
+                    exact = _element(np.float64(b[k + j]), np.float64(a[k + j]))
+                    dbuf[j] = exact[0]
+                    rbuf[j] = exact[2]
+        d = dbuf[i]
+        rel = rbuf[i]
+        key_abs = np.float64(d).view(np.uint64) if d > 0 else zero
+        key_rel = np.float64(rel).view(np.uint64) if rel > 0 else zero
+        if not (wanted[0, key_abs >> top] or wanted[1, key_rel >> top]):
+            continue  # most values: no target starts with their top 16 bits
         for t in range(prefix.size):
-            v = d if which[t] == 0 else rel
-            if not v > 0:
-                continue
-            key = np.float64(v).view(np.uint64)
-            if (key >> np.uint64(shift[t])) != np.uint64(prefix[t]):
+            key = key_abs if which[t] == 0 else key_rel
+            if key == zero or (key >> np.uint64(shift[t])) != np.uint64(prefix[t]):
                 continue
             if collect[t]:
                 if fill[t] < offsets[t + 1] - offsets[t]:  # never past its own buffer
@@ -343,9 +389,14 @@ class FusedPass:
         sub = np.zeros((n, 1 << 16), dtype=np.int64)
         lo = np.full(n, -1, dtype=np.int64)
         hi = np.full(n, -1, dtype=np.int64)
+        wanted = np.zeros((2, 1 << 16), dtype=np.bool_)
+        for w, t in targets:
+            wanted[w, t.prefix >> (48 - t.shift)] = True  # its top 16 bits
         for rb, cb in blocks():
             b, a = np.ravel(rb), np.ravel(cb)
-            self.scanner(b, a, which, prefix, shift, collect, offsets, fill, buf, sub, lo, hi)
+            self.scanner(
+                b, a, which, prefix, shift, collect, offsets, fill, buf, sub, lo, hi, wanted
+            )
         for i, (_, t) in enumerate(targets):
             if collect[i]:
                 if fill[i] != sizes[i]:
