@@ -211,7 +211,9 @@ def _settle(pending: list[list[Target]]) -> None:
     for targets in pending:
         for t in targets:
             if t.collected:
-                part = np.partition(np.concatenate(t.collected), sorted(set(t.ranks.values())))
+                # The collected arrays are this pass's own: partitioned in place, no copy.
+                part = t.collected[0] if len(t.collected) == 1 else np.concatenate(t.collected)
+                part.partition(sorted(set(t.ranks.values())))
                 t.resolved = {r: _value(int(part[w])) for r, w in t.ranks.items()}
                 t.collected = []
             elif t.lo >= 0 and t.lo == t.hi:
