@@ -205,3 +205,21 @@ def test_an_unknown_switch_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(kernels.SWITCH, "fortran")
     with pytest.raises(ValueError, match="PARITY_COMPARE_KERNEL='fortran'"):
         compare_arrays("y", np.zeros(3), np.ones(3))
+
+
+def test_without_a_writable_cache_the_kernels_are_compiled_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read-only install with no home: numba finds no cache locator and refuses
+    cache=True; the kernels are compiled for the process instead, with the same results."""
+    from numba.core import caching
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    monkeypatch.setattr(kernels, "_compiled", {})
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal(5000).astype(np.float32)
+    cand = ref + np.float32(1e-3)
+    slow, fast, started = both(ref, cand, keep_limit=100)
+    assert started == 1
+    assert_same(fast, slow)
+    assert kernels._compiled["first"]._cache.__class__.__name__ == "NullCache"
