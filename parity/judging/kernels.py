@@ -128,6 +128,16 @@ def _first_pass(
 ) -> None:
     """One block's statistics, added to the state arrays (see `FusedPass`). The state is
     kept in local variables during the loop, so that the compiler keeps it in registers."""
+    n = b.size
+    k = 0
+    while k < n and bu[k] == au[k]:  # stops at the first difference: cheap when there is one
+        k += 1
+    if k == n:  # bitwise identical (as the NumPy path finds them): every difference is zero
+        counts[_FINITE_ABS] += n
+        counts[_FINITE_REL] += n
+        counts[_ABS_ZEROS] += n
+        counts[_REL_ZEROS] += n
+        return
     top = np.uint64(1) << np.uint64(bu.itemsize * 8 - 1)
     shift = np.uint64(48)
     mismatched, special_bad, nan_bads = counts[_MISMATCHED], counts[_SPECIAL_BAD], counts[_NAN_BAD]
@@ -226,11 +236,16 @@ def _scan(
     key >> shift[t] is prefix[t]) are collected into buf from offsets[t], or counted in
     sub[t] by their next 16 bits, with their smallest and largest key. wanted[w, bin]:
     whether any target of sketch w lies in the top-16-bit bin `bin` (zero: none)."""
+    n = b.size
+    k = 0
+    while k < n and (b[k] == a[k] or (b[k] != b[k] and a[k] != a[k])):
+        k += 1
+    if k == n:  # equal, or NaN in both, everywhere: no positive difference to look at
+        return
     zero = np.uint64(0)
     top = np.uint64(48)
     dbuf = np.empty(_CHUNK)
     rbuf = np.empty(_CHUNK)
-    n = b.size
     for k in range(n):
         i = k % _CHUNK
         if i == 0:  # the chunk's differences, in SIMD where all are finite
