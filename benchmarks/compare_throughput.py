@@ -10,9 +10,13 @@ each variant in its own fresh process so that peaks do not mix, times (median of
   allclose  numpy.allclose(candidate, reference, rtol, atol) on the arrays in memory
   memory    compare_arrays on the same arrays in memory
   archive   compare_arrays on the two archives, read block by block
-and prints GB/s (bytes of both inputs / seconds, 1 GB = 1e9 bytes), the ratio to
-allclose, the peak resident memory above the process's baseline (the in-memory variants'
-baseline includes the loaded arrays) and how many passes over the data compare_arrays made.
+the last two on each path (PARITY_COMPARE_KERNEL): numpy, the reference path, and numba,
+the compiled pass (parity.judging.kernels; its first run in a process loads the cached
+kernels, or compiles them once: the median hides it), and prints GB/s (bytes of both
+inputs / seconds, 1 GB = 1e9 bytes), the ratio to allclose, the peak resident memory
+above the process's baseline (the in-memory variants' baseline includes the loaded
+arrays; the numba path's includes importing numba and loading its kernels, ~100 MiB) and
+how many passes over the data compare_arrays made.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ CHUNK = 1 << 22  # elements generated at a time
 COLS = 1024  # outputs are (rows, 1024) float32
 SEED = 7
 VARIANTS = ("allclose", "memory", "archive")
+PATHS = ("numpy", "numba")  # compare_arrays's, by PARITY_COMPARE_KERNEL
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -151,12 +156,13 @@ def measure(
 
 
 def measure_apart(
-    variant: str, reference: Path, candidate: Path, args: argparse.Namespace
+    variant: str, path: str, reference: Path, candidate: Path, args: argparse.Namespace
 ) -> Measurement:
-    """`measure` in a fresh interpreter, so that its peak memory is its own."""
+    """`measure` in a fresh interpreter on `path`, so that its peak memory is its own."""
     cmd = [sys.executable, __file__, "--measure", variant, str(reference), str(candidate)]
     cmd += ["--repeat", str(args.repeat), "--rtol", repr(args.rtol), "--atol", repr(args.atol)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = {**os.environ, "PARITY_COMPARE_KERNEL": path}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return Measurement(**json.loads(out.stdout))
 
 
@@ -188,20 +194,23 @@ def main() -> int:
     )
     print("GB/s: bytes of both inputs / seconds;  x allclose: throughput / allclose's")
     print(
-        f"{'per output':>10}  {'variant':<8} {'seconds':>8} {'GB/s':>7} {'x allclose':>10}"
-        f" {'peak above baseline':>19} {'passes':>6}  verdict"
+        f"{'per output':>10}  {'variant':<8} {'path':<5} {'seconds':>8} {'GB/s':>7}"
+        f" {'x allclose':>10} {'peak above baseline':>19} {'passes':>6}  verdict"
     )
     with tempfile.TemporaryDirectory(prefix="parity-compare-bench-") as tmp:
         reference, candidate = Path(tmp) / "reference.npz", Path(tmp) / "candidate.npz"
         for size in sizes:
             write_outputs(reference, candidate, size)
             allclose = None
-            for variant in VARIANTS:
-                m = measure_apart(variant, reference, candidate, args)
+            runs = [(v, p) for v in VARIANTS for p in (("-",) if v == "allclose" else PATHS)]
+            for variant, path in runs:
+                m = measure_apart(
+                    variant, "numpy" if path == "-" else path, reference, candidate, args
+                )
                 allclose = allclose or m  # VARIANTS starts with allclose
                 passes = "-" if m.passes is None else str(m.passes)
                 print(
-                    f"{label(size):>10}  {variant:<8} {m.median:8.3f}"
+                    f"{label(size):>10}  {variant:<8} {path:<5} {m.median:8.3f}"
                     f" {2 * size / m.median / 1e9:7.3f} {allclose.median / m.median:10.3f}"
                     f" {m.peak / 2**20:15.0f} MiB {passes:>6}  {'pass' if m.passed else 'FAIL'}",
                     flush=True,

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from parity.judging.kernels import FusedPass
+    from parity.judging.quantiles import Target
     from parity.policies.base import Judge
 
 # 64 Ki elements: each block's dozen float64 work arrays (512 KiB each) are reused by the
@@ -104,21 +106,38 @@ def compare_arrays(
     unfit = rule.unfit(output)
     acc = _Accumulator(output, rule.judge(output), (atol, rtol), keep_limit)
     block = acc.unit * max(1, block_elements // acc.unit)
+    fused = _fused(output, acc)
     start = 0
     for rb, cb in zip(ref.blocks(block), cand.blocks(block), strict=True):
-        acc.add(start, rb, cb)
+        if fused is None:
+            acc.add(start, rb, cb)
+        else:
+            fused.add(start, rb, cb)
         start += int(rb.size)
         if on_block is not None:
             on_block(start, size)
+    if fused is not None:
+        acc.judge.fused_seen(fused.finish(acc, acc.abs_sketch, acc.rel_sketch))
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return zip(ref.blocks(block), cand.blocks(block), strict=True)
 
     def replay() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for rb, cb in zip(ref.blocks(block), cand.blocks(block), strict=True):
+        for rb, cb in blocks():
             if not acc.identical(rb, cb):
                 d = BlockDiff(rb, cb, acc.work)
                 yield d.diff, d.rel
 
+    def scan(pending: list[list[Target]], collect_limit: int) -> None:
+        assert fused is not None
+        fused.scan(blocks, pending, collect_limit)
+
     (median_abs, p99_abs), (median_rel, p99_rel) = resolve(
-        [acc.abs_sketch, acc.rel_sketch], QUANTILES, replay, keep_limit
+        [acc.abs_sketch, acc.rel_sketch],
+        QUANTILES,
+        replay,
+        keep_limit,
+        scan=None if fused is None else scan,
     )
     result = acc.result(base, median_abs, p99_abs, median_rel, p99_rel)
     if unfit and result.passed:
@@ -129,6 +148,15 @@ def compare_arrays(
         drawn = sample_pictures(ref, cand, acc.layout, result.worst_index[0])
         result = replace(result, pictures=drawn)
     return result
+
+
+def _fused(output: Output, acc: _Accumulator) -> FusedPass | None:
+    """The compiled pass for this comparison, when `parity.judging.kernels` allows it."""
+    views = acc.heat is not None or acc.columns is not None
+    from parity.judging import kernels
+
+    rule = kernels.fused_rule(output, acc.judge, views)
+    return None if rule is None else kernels.FusedPass(rule)
 
 
 def measure_noise(first: np.ndarray | OutputArray, second: np.ndarray | OutputArray) -> Noise:

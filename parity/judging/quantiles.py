@@ -81,20 +81,27 @@ def resolve(
     qs: Sequence[float],
     stream: Callable[[], Iterable[Sequence[np.ndarray]]],
     collect_limit: int = KEEP_LIMIT,
+    scan: Callable[[list[list[Target]], int], None] | None = None,
 ) -> list[list[float]]:
     """The quantiles `qs` of each sketch's values; `stream()` replays the values, one tuple
-    of blocks (one block per sketch) at a time, for sketches that dropped theirs."""
+    of blocks (one block per sketch) at a time, for sketches that dropped theirs. `scan`,
+    if given, makes each pass in place of `stream`: it leaves in every target what the
+    values it replays would (the compiled pass, `parity.judging.kernels`)."""
     ranks = [_ranks(s.total, qs) for s in sketches]
     stats: list[dict[int, float]] = []
-    pending: list[list[_Target]] = []
+    pending: list[list[Target]] = []
     for s, rs in zip(sketches, ranks, strict=True):
         found, targets = _start(s, {r for pair in rs for r in pair})
         stats.append(found)
         pending.append(targets)
     while any(pending):
-        _refine(pending, stream, collect_limit)
+        if scan is None:
+            _refine(pending, stream, collect_limit)
+        else:
+            scan(pending, collect_limit)
+        _settle(pending)
         for i, targets in enumerate(pending):
-            still: list[_Target] = []
+            still: list[Target] = []
             for t in targets:
                 for part in [t] if t.resolved is not None else t.split():
                     if part.resolved is not None:
@@ -109,7 +116,7 @@ def resolve(
 
 
 @dataclass
-class _Target:
+class Target:
     """Order statistics known to lie among the positive values whose key starts `prefix`."""
 
     prefix: int
@@ -122,13 +129,13 @@ class _Target:
     lo: int = -1
     hi: int = -1
 
-    def split(self) -> list[_Target]:
+    def split(self) -> list[Target]:
         """The narrower targets this one's sub-histogram points to."""
         assert self.sub is not None
         shift = self.shift - _BITS
         targets = []
         for b, ranks in _by_bin(self.sub, self.ranks).items():
-            t = _Target((self.prefix << _BITS) | b, shift, int(self.sub[b]), ranks)
+            t = Target((self.prefix << _BITS) | b, shift, int(self.sub[b]), ranks)
             if shift == 0:  # the whole key is known: so is the value
                 t.resolved = dict.fromkeys(ranks, _value(t.prefix))
             targets.append(t)
@@ -148,7 +155,7 @@ def _by_bin(counts: np.ndarray, ranks: dict[int, int]) -> dict[int, dict[int, in
     return by_bin
 
 
-def _start(sketch: QuantileSketch, ranks: set[int]) -> tuple[dict[int, float], list[_Target]]:
+def _start(sketch: QuantileSketch, ranks: set[int]) -> tuple[dict[int, float], list[Target]]:
     import numpy as np
 
     found: dict[int, float] = {}
@@ -167,11 +174,11 @@ def _start(sketch: QuantileSketch, ranks: set[int]) -> tuple[dict[int, float], l
         return found, []
     assert sketch.top is not None
     by_bin = _by_bin(sketch.top, positive_ranks)
-    return found, [_Target(b, 48, int(sketch.top[b]), rs) for b, rs in by_bin.items()]
+    return found, [Target(b, 48, int(sketch.top[b]), rs) for b, rs in by_bin.items()]
 
 
 def _refine(
-    pending: list[list[_Target]],
+    pending: list[list[Target]],
     stream: Callable[[], Iterable[Sequence[np.ndarray]]],
     collect_limit: int,
 ) -> None:
@@ -195,10 +202,18 @@ def _refine(
                 t.hi = max(t.hi, hi)
                 sub = np.bincount((mine >> (t.shift - _BITS)) & (_BINS - 1), minlength=_BINS)
                 t.sub = sub if t.sub is None else t.sub + sub
+
+
+def _settle(pending: list[list[Target]]) -> None:
+    """After a pass: resolve the targets whose candidates were collected, or all alike."""
+    import numpy as np
+
     for targets in pending:
         for t in targets:
             if t.collected:
-                part = np.partition(np.concatenate(t.collected), sorted(set(t.ranks.values())))
+                # The collected arrays are this pass's own: partitioned in place, no copy.
+                part = t.collected[0] if len(t.collected) == 1 else np.concatenate(t.collected)
+                part.partition(sorted(set(t.ranks.values())))
                 t.resolved = {r: _value(int(part[w])) for r, w in t.ranks.items()}
                 t.collected = []
             elif t.lo >= 0 and t.lo == t.hi:

@@ -59,6 +59,9 @@ class _Close(Judge):
             ok: np.ndarray = d.diff <= self.policy.atol + self.policy.rtol * d.abs_b
         return ok
 
+    def fused(self) -> tuple[int, float, float, int] | None:
+        return 0, self.policy.atol, self.policy.rtol, 0  # kernels.ALLCLOSE
+
     def verdict(self, tally: Tally) -> Verdict:
         p = self.policy
         return elementwise(tally, f"beyond atol={p.atol:g}, rtol={p.rtol:g}")

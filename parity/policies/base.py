@@ -176,6 +176,16 @@ class Judge(ABC):
         mask: np.ndarray = d.diff == 0
         return mask
 
+    def fused(self) -> tuple[int, float, float, int] | None:
+        """The rule as the compiled pass of `parity.judging.kernels` computes it in place of
+        `see` and `test`: (rule, atol, rtol, max_ulp), rule one of its ALLCLOSE, EXACT,
+        ULP; None (the default) when only `test` can judge."""
+        return None
+
+    def fused_seen(self, max_ulp: int) -> None:  # noqa: B027 - most judges keep nothing
+        """What the compiled pass measured that `test` would have kept (the largest ULP
+        distance)."""
+
     @abstractmethod
     def verdict(self, tally: Tally) -> Verdict:
         """The judgement, once every block has been seen."""

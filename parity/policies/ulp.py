@@ -71,6 +71,12 @@ class _Distance(Judge):
         ok: np.ndarray = dist <= self.policy.max_ulp
         return ok
 
+    def fused(self) -> tuple[int, float, float, int] | None:
+        return (2, 0.0, 0.0, self.policy.max_ulp) if self.same_dtype else None  # kernels.ULP
+
+    def fused_seen(self, max_ulp: int) -> None:
+        self.max_ulp = max(self.max_ulp, max_ulp)
+
     def verdict(self, tally: Tally) -> Verdict:
         beyond = f"more than {self.policy.max_ulp} ULP apart (max {self.max_ulp} ULP)"
         return elementwise(tally, beyond, max_ulp_diff=self.max_ulp)
