@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 from envlock.classify import Severity, severity
 from envlock.errors import EnvlockError, LockFileError
 from envlock.lockfile import MAIN, LockedEnv, read_lock
+from envlock.probe import TORCH_SETTINGS
 
 ABSENT = None
 
@@ -145,18 +146,7 @@ def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
         }
     torch = fp.get("torch") or {}
     if torch:
-        keys = (
-            "cuda",
-            "cudnn",
-            "cpu_capability",
-            "threads",
-            "deterministic_algorithms",
-            "cudnn_deterministic",
-            "cudnn_benchmark",
-            "tf32_matmul",
-            "tf32_cudnn",
-        )
-        norm["torch"] = {k: torch.get(k) for k in keys if k in torch}
+        norm["torch"] = {k: torch.get(k) for k in TORCH_SETTINGS if k in torch}
         devices = torch.get("devices")
         if devices:
             norm["torch"]["devices"] = ", ".join(

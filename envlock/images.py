@@ -22,8 +22,7 @@ from typing import Any
 import tomli_w
 
 import envlock.probe
-from envlock.backends.base import RUNNING
-from envlock.backends.docker import SANDBOX, docker_client
+from envlock.backends.docker import SANDBOX, docker_client, wait_for
 from envlock.errors import EnvlockError, LockFileError
 from envlock.fetch import fetch, verify_wheelhouse
 from envlock.lockfile import MAIN, LockedEnv
@@ -318,7 +317,6 @@ def prove_shared(
 def fingerprint_image(client: Any, tag: str, timeout: float = 300) -> dict[str, Any]:
     """The fingerprint probe's output, run inside `tag` in the workers' sandbox (no
     network, memory and process limits, a private /tmp), killed after `timeout` seconds."""
-    import requests
 
     probe = Path(envlock.probe.__file__).resolve()
     container = client.containers.run(
@@ -334,14 +332,11 @@ def fingerprint_image(client: Any, tag: str, timeout: float = 300) -> dict[str, 
         labels={"org.envlock.role": "fingerprint"},
     )
     try:
-        with RUNNING.running(container.kill):
-            try:
-                status = int(container.wait(timeout=timeout)["StatusCode"])
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                container.kill()
-                raise ProbeError(
-                    f"fingerprinting {tag} timed out after {timeout:g}s; the container was killed"
-                ) from None
+        status = wait_for(container, timeout)
+        if status is None:
+            raise ProbeError(
+                f"fingerprinting {tag} timed out after {timeout:g}s; the container was killed"
+            )
         output = container.logs(stdout=True, stderr=False)
         if status != 0:
             tail = container.logs(stdout=False, stderr=True)[-2000:].decode("utf-8", "replace")

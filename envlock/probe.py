@@ -291,6 +291,21 @@ def anonymous_library(name: Any) -> bool:
     return isinstance(name, str) and re.fullmatch(r"dep\d+", name) is not None
 
 
+# The settings of torch's that change numerics, as `torch_section` records them (with
+# `version`, `devices` and, when reading them failed, `error`).
+TORCH_SETTINGS = (
+    "cuda",
+    "cudnn",
+    "cpu_capability",
+    "threads",
+    "deterministic_algorithms",
+    "cudnn_deterministic",
+    "cudnn_benchmark",
+    "tf32_matmul",
+    "tf32_cudnn",
+)
+
+
 def torch_section() -> dict[str, Any] | None:
     """torch's version, CUDA/cuDNN and the flags that change numerics, if torch is imported."""
     torch = sys.modules.get("torch")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envlock.probe import TORCH_SETTINGS
 from parity.arrays import NpzMember
 from parity.errors import HostileOutputError
 
@@ -167,21 +168,7 @@ NUMPY = Fields(
 TORCH = Fields(
     {
         "version": TEXT,
-        **dict.fromkeys(
-            (
-                "cuda",
-                "cudnn",
-                "cpu_capability",
-                "threads",
-                "deterministic_algorithms",
-                "cudnn_deterministic",
-                "cudnn_benchmark",
-                "tf32_matmul",
-                "tf32_cudnn",
-                "error",
-            ),
-            SCALAR,
-        ),
+        **dict.fromkeys((*TORCH_SETTINGS, "error"), SCALAR),
         "devices": ListOf(Fields({"name": SCALAR, "capability": ListOf(SCALAR)})),
     }
 )

@@ -231,16 +231,15 @@ exec sleep 300
 """
 
 
-def test_sigterm_ends_an_envlock_command_and_the_uv_it_runs(tmp_path: Path) -> None:
-    # A uv that hangs (a solve that never ends): SIGTERM ends envlock and uv with it.
+def sigterm_while_uv_hangs(command: list[str], tmp_path: Path) -> tuple[int, str, int]:
+    """Run `command` with a uv that hangs (a solve or an install that never ends), send it
+    SIGTERM once uv runs: its exit code, its stderr and uv's pid."""
     pidfile = tmp_path / "uv.pid"
     uv = tmp_path / "uv"
     uv.write_text(FAKE_UV.format(pidfile=pidfile))
     uv.chmod(0o755)
-    spec = tmp_path / "pyproject.toml"
-    spec.write_text('[project]\nname = "x"\nversion = "0"\ndependencies = []\n')
     proc = subprocess.Popen(
-        [str(BIN / "envlock"), "lock", "--spec", str(spec)],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -260,7 +259,15 @@ def test_sigterm_ends_an_envlock_command_and_the_uv_it_runs(tmp_path: Path) -> N
         proc.wait()
         if pidfile.exists() and not gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
-    assert proc.returncode == 143, stderr
+    return proc.returncode, stderr, uv_pid
+
+
+def test_sigterm_ends_an_envlock_command_and_the_uv_it_runs(tmp_path: Path) -> None:
+    spec = tmp_path / "pyproject.toml"
+    spec.write_text('[project]\nname = "x"\nversion = "0"\ndependencies = []\n')
+    command = [str(BIN / "envlock"), "lock", "--spec", str(spec)]
+    code, stderr, uv_pid = sigterm_while_uv_hangs(command, tmp_path)
+    assert code == 143, stderr
     last = stderr.splitlines()[-1]
     assert last == "envlock: interrupted by SIGTERM: stopped 1 process(es)", stderr
     assert "Traceback" not in stderr
@@ -273,10 +280,6 @@ def test_sigterm_while_a_venv_is_built_in_a_worker_thread_ends_its_uv(
 ) -> None:
     # The venvs of a check are built in worker threads, which no signal reaches: the uv
     # each one runs is killed through the list of what is running, not by the exception.
-    pidfile = tmp_path / "uv.pid"
-    uv = tmp_path / "uv"
-    uv.write_text(FAKE_UV.format(pidfile=pidfile))
-    uv.chmod(0o755)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
     cfg = tmp_path / "parity.toml"
@@ -287,28 +290,9 @@ def test_sigterm_while_a_venv_is_built_in_a_worker_thread_ends_its_uv(
         )
     )
     assert f'lock = "{lock}"' in cfg.read_text()
-    proc = subprocess.Popen(
-        [str(BIN / "parity"), "check", "--config", str(cfg), "--cache-dir", str(tmp_path / "c")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "ENVLOCK_UV": str(uv)},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not pidfile.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "uv did not start"
-            time.sleep(0.05)
-        uv_pid = int(pidfile.read_text())
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-        if pidfile.exists() and not gone(int(pidfile.read_text())):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-    assert proc.returncode == 143, stderr
+    command = [str(BIN / "parity"), "check", "--config", str(cfg), "--cache-dir", str(tmp_path)]
+    code, stderr, uv_pid = sigterm_while_uv_hangs(command, tmp_path)
+    assert code == 143, stderr
     # uv, and the train worker if it had started
     assert re.fullmatch(
         r"parity: interrupted by SIGTERM: stopped [12] process\(es\)", stderr.splitlines()[-1]

@@ -83,7 +83,6 @@ class DockerEnvironment(Environment):
     ) -> int:
         """Run `python script args...` in a fresh container; remove it afterwards."""
         import docker
-        import requests
 
         client = docker_client()
         inside = self.layout(mounts)
@@ -114,18 +113,27 @@ class DockerEnvironment(Environment):
             labels={"org.envlock.role": "parity-worker"},
         )
         try:
-            # Listed while it runs: Ctrl-C or SIGTERM of the command kills it (`stop_all`).
-            with RUNNING.running(container.kill):
-                try:
-                    status = int(container.wait(timeout=timeout)["StatusCode"])
-                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                    container.kill()
-                    raise RunTimeout(
-                        f"timed out after {timeout:g}s; container {container.short_id} was killed"
-                    ) from None
+            status = wait_for(container, timeout)
+            if status is None:
+                raise RunTimeout(
+                    f"timed out after {timeout:g}s; container {container.short_id} was killed"
+                )
             if RUNNING.stopping:
                 raise Stopped(f"container {container.short_id}: stopped")
             return status
         finally:
             log.write_bytes(container.logs(stdout=True, stderr=True)[-LOG_TAIL:])
             container.remove(force=True)
+
+
+def wait_for(container: Any, timeout: float) -> int | None:
+    """`container`'s exit status, or None when it ran past `timeout` seconds and was
+    killed; listed while it runs, so that Ctrl-C or SIGTERM of the command kills it."""
+    import requests
+
+    with RUNNING.running(container.kill):
+        try:
+            return int(container.wait(timeout=timeout)["StatusCode"])
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            container.kill()
+            return None
