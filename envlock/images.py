@@ -22,7 +22,13 @@ from typing import Any
 import tomli_w
 
 import envlock.probe
-from envlock.backends.docker import SANDBOX, docker_client, wait_for
+from envlock.backends.docker import (
+    CONTAINER_ENV,
+    SANDBOX,
+    TMPFS,
+    docker_client,
+    wait_for,
+)
 from envlock.errors import EnvlockError, LockFileError
 from envlock.fetch import fetch, verify_wheelhouse
 from envlock.lockfile import MAIN, LockedEnv
@@ -326,8 +332,8 @@ def fingerprint_image(client: Any, tag: str, timeout: float = 300) -> dict[str, 
         **SANDBOX,
         mem_limit="4g",
         pids_limit=512,
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
-        environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
+        tmpfs=TMPFS,
+        environment=CONTAINER_ENV,
         volumes={str(probe): {"bind": "/envlock/probe.py", "mode": "ro"}},
         labels={"org.envlock.role": "fingerprint"},
     )

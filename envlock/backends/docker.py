@@ -30,6 +30,9 @@ SANDBOX: dict[str, Any] = {
     # fill the host's disk (the json-file driver rotates at max-size, keeping one file).
     "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "1"}},
 }
+# A private, size-bounded /tmp (the root is read-only) and a HOME in it, for every container.
+TMPFS = {"/tmp": "rw,nosuid,nodev,size=512m"}
+CONTAINER_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
 LOG_TAIL = 1_000_000  # bytes of a container's output kept in its log on the host
 
 
@@ -105,8 +108,8 @@ class DockerEnvironment(Environment):
             **SANDBOX,
             mem_limit=self.memory,
             pids_limit=self.pids,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
-            environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **env},
+            tmpfs=TMPFS,
+            environment={**CONTAINER_ENV, **env},
             volumes=volumes,
             working_dir="/tmp",
             device_requests=device_requests,
