@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
 from envlock.envvars import child_environment
 from envlock.errors import EnvlockError
@@ -86,12 +86,14 @@ class Environment:
             proc = subprocess.Popen(
                 [str(self.python), "-s", script, *args],
                 env=child_env,
-                stdout=out,
-                stderr=out,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a process group of its own, killed whole below
                 preexec_fn=_dies_with_parent(),
             )
+            assert proc.stdout is not None
+            pump = BoundedLog(proc.stdout, out)
             try:
                 with RUNNING.running(lambda: kill_group(proc.pid)):
                     try:
@@ -103,11 +105,79 @@ class Environment:
                         kill_group(proc.pid)
             finally:
                 status = proc.wait()
+                pump.finish()
         if RUNNING.stopping:
             raise Stopped(f"{self.description}: stopped")
         if not exited:
             raise RunTimeout(f"timed out after {timeout:g}s and was killed")
         return status
+
+
+# Bytes of a script's output its log keeps: the first LOG_HEAD as they come (what failed
+# at start), the last LOG_TAIL when it ends (what failed at the end); a model printing
+# without end fills neither the disk nor, read back for an error message, the memory.
+LOG_HEAD = 1_000_000
+LOG_TAIL = 1_000_000
+# How long output is still read once the script's group is dead: only a process that left
+# the group (setsid) can still be writing, and it is not waited for.
+_DRAIN = 2.0
+
+
+class BoundedLog:
+    """Copies a script's output from a pipe into its log in a thread of its own: the first
+    `LOG_HEAD` bytes as they come, then only the last `LOG_TAIL` bytes, written with a line
+    saying how many bytes were left out between them when `finish` is called."""
+
+    def __init__(self, pipe: IO[bytes], out: IO[bytes]) -> None:
+        self._pipe, self._out = pipe, out
+        self._head = 0
+        self._tail = bytearray()
+        self._dropped = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="script-log", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self._pipe.fileno()
+        deadline = None
+        while True:
+            if self._done.is_set() and deadline is None:
+                deadline = time.monotonic() + _DRAIN
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            ready, _, _ = select.select([fd], [], [], 0.1 if deadline is None else 0.05)
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
+        if self._head < LOG_HEAD:
+            first = chunk[: LOG_HEAD - self._head]
+            self._out.write(first)
+            self._out.flush()
+            self._head += len(first)
+            chunk = chunk[len(first) :]
+        if chunk:
+            self._tail += chunk
+            excess = len(self._tail) - LOG_TAIL
+            if excess > 0:
+                del self._tail[:excess]
+                self._dropped += excess
+
+    def finish(self) -> None:
+        """Read what is left (briefly: see `_DRAIN`), then write the kept end to the log."""
+        self._done.set()
+        self._thread.join()
+        self._pipe.close()
+        if self._dropped:
+            self._out.write(
+                f"\n[... {self._dropped:,} bytes of output left out here ...]\n".encode()
+            )
+        self._out.write(self._tail)
+        self._out.flush()
 
 
 class Running:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from envlock.backends.base import RUNNING, Environment, Mount, RunTimeout, Stopped
+from envlock.backends.base import LOG_TAIL, RUNNING, Environment, Mount, RunTimeout, Stopped
 from envlock.errors import EnvlockError
 
 USER = "10001:10001"
@@ -33,7 +33,6 @@ SANDBOX: dict[str, Any] = {
 # A private, size-bounded /tmp (the root is read-only) and a HOME in it, for every container.
 TMPFS = {"/tmp": "rw,nosuid,nodev,size=512m"}
 CONTAINER_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
-LOG_TAIL = 1_000_000  # bytes of a container's output kept in its log on the host
 
 
 class DockerUnavailable(EnvlockError):

@@ -135,5 +135,7 @@ def exited(
 
 def log_tail(path: Path, lines: int = 20) -> str:
     """The last `lines` lines of a worker's log (decoded leniently)."""
-    text = path.read_bytes()[-20000:].decode("utf-8", "replace")
+    with path.open("rb") as log:  # its end only: a log can be large
+        log.seek(max(log.seek(0, os.SEEK_END) - 20000, 0))
+        text = log.read().decode("utf-8", "replace")
     return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
