@@ -74,13 +74,18 @@ class Difference:
         return f"{self.component}: {shown}"
 
     def to_json(self) -> dict[str, Any]:
-        """The difference as `envlock diff --json` has always printed it."""
+        """The difference as `envlock diff --json` prints it: the fields it has always
+        printed (`component`, `explanation`: lines for people) and the structured ones a
+        program reads (`section`, `key`, `why`)."""
         data: dict[str, Any] = {
             "component": self.component,
+            "section": self.section,
+            "key": self.key,
             "a": self.a,
             "b": self.b,
             "severity": self.severity,
             "explanation": self.explanation,
+            "why": self.why,
         }
         if self.caused_by:  # only on a derived difference
             data["caused_by"] = self.caused_by

@@ -287,7 +287,7 @@ def test_each_difference_gives_its_section_key_and_reason_apart() -> None:
     assert threads.explanation == f"env OMP_NUM_THREADS: 1; 2 vs 4; {threads.why}"
 
 
-def test_diff_json_keeps_its_shape(tmp_path: Path) -> None:
+def test_diff_json_keeps_its_shape_and_gives_the_structured_fields(tmp_path: Path) -> None:
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"distributions": [{"name": "pip", "version": "24"}]}))
     b.write_text(json.dumps({"distributions": [{"name": "pip", "version": "25"}]}))
@@ -296,11 +296,14 @@ def test_diff_json_keeps_its_shape(tmp_path: Path) -> None:
     assert json.loads(result.stdout) == [
         {
             "component": "package pip",
+            "section": "package",
+            "key": "pip",
             "a": "24",
             "b": "25",
             "severity": "benign",
             "explanation": "pip: major version differs (24 vs 25); "
             "tooling, does not reach a model's numbers.",
+            "why": "tooling, does not reach a model's numbers.",
         }
     ]
 
