@@ -33,6 +33,7 @@ _EXPORTS = {
     "build_images": "envlock.images",
     "Difference": "envlock.diff",
     "load_side": "envlock.diff",
+    "load_sides": "envlock.diff",
     "summarize": "envlock.diff",
     # `envlock.diff` is the module; its function is exported under the name it does.
     "diff_environments": "envlock.diff:diff",

@@ -16,7 +16,7 @@ from envlock.backends import VenvBackend, default_cache_dir
 from envlock.backends.docker import docker_client
 from envlock.clikit import CommandError, InterruptibleGroup, domain_errors
 from envlock.diff import diff as diff_sides
-from envlock.diff import load_side, summarize
+from envlock.diff import load_sides, summarize
 from envlock.errors import EnvlockError
 from envlock.fetch import default_mirrors, fetch, verify_wheel_files, verify_wheelhouse
 from envlock.images import (
@@ -417,7 +417,7 @@ def diff_command(a: str, b: str, as_json: bool) -> None:
         envlock diff locks/pylock.toml#train examples/numpy-drift/locks/pylock.toml#train
         envlock fingerprint --python A/bin/python > a.json; envlock diff a.json b.json
     """
-    differences = diff_sides(load_side(a), load_side(b))
+    differences = diff_sides(*load_sides(a, b))
     if as_json:
         click.echo(json.dumps([d.to_json() for d in differences], indent=2))
     elif not differences:

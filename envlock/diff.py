@@ -23,6 +23,7 @@ from packaging.version import InvalidVersion, Version
 
 from envlock.classify import Severity, severity
 from envlock.errors import EnvlockError, LockFileError
+from envlock.locked import fingerprint_markers
 from envlock.lockfile import MAIN, LockedEnv, read_lock
 from envlock.probe import TORCH_SETTINGS
 
@@ -101,6 +102,10 @@ class Side:
     kind: str  # "fingerprint" or "lock"
     # Package -> the names its Requires-Dist gives (fingerprints record them; locks do not).
     requires: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A fingerprint's environment markers (`locked.fingerprint_markers`); a lock's group.
+    markers: dict[str, str] | None = None
+    lock: LockedEnv | None = None
+    group: str = MAIN
 
 
 def load_side(spec: str, default_group: str = MAIN) -> Side:
@@ -116,9 +121,33 @@ def load_side(spec: str, default_group: str = MAIN) -> Side:
             raise LockFileError(path, f"not a fingerprint (invalid JSON: {e})") from None
         if not isinstance(data, dict) or "distributions" not in data:
             raise LockFileError(path, "not a fingerprint (no 'distributions')")
-        return Side(spec, from_fingerprint(data), "fingerprint", requires_of(data))
+        return Side(
+            spec,
+            from_fingerprint(data),
+            "fingerprint",
+            requires_of(data),
+            markers=fingerprint_markers(data),
+        )
     lock = read_lock(path)
-    return Side(spec, from_lock(lock, group or default_group), "lock")
+    group = group or default_group
+    return Side(spec, from_lock(lock, group), "lock", lock=lock, group=group)
+
+
+def load_sides(a: str, b: str) -> tuple[Side, Side]:
+    """Both sides of a diff (`load_side`); a lock diffed against a fingerprint has its
+    markers evaluated for the fingerprinted environment (its Python, its platform), not for
+    the host running the diff."""
+    first, second = load_side(a), load_side(b)
+    return for_each_other(first, second), for_each_other(second, first)
+
+
+def for_each_other(side: Side, other: Side) -> Side:
+    """`side`, a lock's packages chosen for `other`'s environment when `other` is a
+    fingerprint that tells its markers; else `side` as it is."""
+    if side.lock is None or other.markers is None:
+        return side
+    data = from_lock(side.lock, side.group, other.markers)
+    return dataclasses.replace(side, data=data)
 
 
 def from_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
@@ -190,10 +219,11 @@ def _library(lib: Any, blas: Any) -> str | None:
     return f"{name} {version}" if version else f"{name}"
 
 
-def from_lock(lock: LockedEnv, group: str) -> dict[str, Any]:
-    """The comparable parts of a lock group: its packages and the interpreter it allows."""
+def from_lock(lock: LockedEnv, group: str, markers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The comparable parts of a lock group: its packages (for the environment `markers`
+    describe; default: this host) and the interpreter it allows."""
     lock.check_group(group)
-    norm: dict[str, Any] = {"package": lock.versions(group)}
+    norm: dict[str, Any] = {"package": lock.versions(group, markers)}
     if lock.requires_python:
         norm["python"] = {"version": lock.requires_python}
     return _stringify(norm)

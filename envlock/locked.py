@@ -197,6 +197,47 @@ class LockedEnv:
         return (self.path.parent / value) if isinstance(value, str) else None
 
 
+# The marker variables a fingerprint without `markers` (one recorded before they were)
+# still gives, from its interpreter and platform sections.
+_SYS_PLATFORM = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}
+
+
+def fingerprint_markers(fingerprint: Mapping[str, object]) -> dict[str, str] | None:
+    """The PEP 508 marker variables of the environment a fingerprint describes: those it
+    recorded, else what its interpreter and platform sections tell (version, machine,
+    system); None when it tells nothing, and the caller evaluates markers for this host."""
+    recorded = fingerprint.get("markers")
+    if (
+        isinstance(recorded, dict)
+        and recorded
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items())
+    ):
+        return dict(recorded)
+    python, plat = fingerprint.get("python"), fingerprint.get("platform")
+    if not isinstance(python, dict) or not isinstance(python.get("version"), str):
+        return None
+    found = {k: str(v) for k, v in default_environment().items()}
+    version = python["version"]
+    found["python_full_version"] = version
+    found["python_version"] = ".".join(version.split(".")[:2])
+    if isinstance(python.get("implementation"), str):
+        found["platform_python_implementation"] = python["implementation"]
+        found["implementation_name"] = python["implementation"].lower()
+        if python["implementation"] == "CPython":  # PyPy's own version is not recorded
+            found["implementation_version"] = version
+    if isinstance(plat, dict):
+        system, machine = plat.get("system"), plat.get("machine")
+        if isinstance(system, str) and system:
+            found["platform_system"] = system
+            found["sys_platform"] = _SYS_PLATFORM.get(system, system.lower())
+            found["os_name"] = "nt" if system == "Windows" else "posix"
+        if isinstance(machine, str) and machine:
+            found["platform_machine"] = machine
+        if isinstance(plat.get("release"), str):
+            found["platform_release"] = plat["release"]
+    return found
+
+
 def _applies(
     marker: str | None, groups: Iterable[str], environment: Mapping[str, str] | None
 ) -> bool:

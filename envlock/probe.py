@@ -340,6 +340,29 @@ def torch_section() -> dict[str, Any] | None:
     return section
 
 
+def markers() -> dict[str, str]:
+    """This interpreter's PEP 508 environment markers, as `packaging` computes them: what a
+    lock's markers are evaluated on for this environment (not for the host reading it)."""
+
+    def fmt(info: Any) -> str:
+        v = f"{info.major}.{info.minor}.{info.micro}"
+        return v if info.releaselevel == "final" else v + info.releaselevel[0] + str(info.serial)
+
+    return {
+        "implementation_name": sys.implementation.name,
+        "implementation_version": fmt(sys.implementation.version),
+        "os_name": os.name,
+        "platform_machine": platform.machine(),
+        "platform_release": platform.release(),
+        "platform_system": platform.system(),
+        "platform_version": platform.version(),
+        "python_full_version": platform.python_version(),
+        "platform_python_implementation": platform.python_implementation(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    }
+
+
 def collect(imports: bool = False) -> dict[str, Any]:
     """The fingerprint of this interpreter's environment, as a JSON-ready dict.
 
@@ -368,6 +391,7 @@ def collect(imports: bool = False) -> dict[str, Any]:
             "machine": platform.machine(),
             "libc": "-".join(platform.libc_ver()) or None,
         },
+        "markers": markers(),
         "cpu": cpu(),
         "distributions": distributions(),
         "env": env,

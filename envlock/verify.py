@@ -93,7 +93,11 @@ def verify_fingerprint(
     `benign` (not a failure; see `failures`), unless `strict`. A source tree the lock names
     (the project itself) may be installed or not.
     """
-    locked: dict[str, str] = lock.versions(group)
+    from envlock.locked import fingerprint_markers
+
+    # The lock's markers are evaluated for the environment fingerprinted, not for this host.
+    markers = fingerprint_markers(fingerprint)
+    locked: dict[str, str] = lock.versions(group, markers)
     digests: dict[str, Any] = {
         canonical(str(d["name"])): d.get("files_sha256")
         for d in fingerprint.get("distributions", [])
@@ -107,7 +111,7 @@ def verify_fingerprint(
     }
     # envlock installs no source tree; an environment that has the project installed (its
     # own development venv) is still what the lock describes.
-    for source in lock.sources_in(group):
+    for source in lock.sources_in(group, markers):
         installed.pop(canonical(source.name), None)
     problems = compare_versions(locked, installed, strict=strict)
     for name in sorted(set(locked) & set(installed)):

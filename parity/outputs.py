@@ -188,6 +188,7 @@ FINGERPRINT = Fields(
             }
         ),
         "platform": Fields({"system": TEXT, "release": TEXT, "machine": TEXT, "libc": MAYBE_TEXT}),
+        "markers": MapOf(TEXT),
         "cpu": CPU,
         "distributions": ListOf(
             Fields(

@@ -31,6 +31,7 @@ from envlock import LockedEnv
 from envlock.backends import Environment, RunTimeout
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
+from envlock.locked import fingerprint_markers
 from envlock.lockfile import MAIN
 from envlock.names import shown_path
 from envlock.progress import Progress
@@ -81,14 +82,14 @@ class LockView:
     groups: dict[str, str]
 
     @classmethod
-    def of(cls, lock: LockedEnv, group: str) -> LockView:
-        """The view of `lock` from an environment that installs `group` (markers evaluated
-        on this machine, as `LockedEnv.versions` and `group_of` do)."""
+    def of(cls, lock: LockedEnv, group: str, markers: dict[str, str] | None = None) -> LockView:
+        """The view of `lock` from an environment that installs `group`, its markers
+        evaluated for that environment (`markers`, from its fingerprint; else this host)."""
         groups: dict[str, str] = {}
         for g in (MAIN, *[g for g in lock.groups if g != MAIN]):
-            for p in lock.packages_in(g):
+            for p in lock.packages_in(g, markers):
                 groups.setdefault(p.name, g)
-        return cls(shown_path(lock.path), group, lock.versions(group), groups)
+        return cls(shown_path(lock.path), group, lock.versions(group, markers), groups)
 
     def group_of(self, name: str) -> str | None:
         """The smallest group that installs package `name`, or None (not in the lock)."""
@@ -119,7 +120,8 @@ class EnvRun:
     def lock_view(self) -> LockView | None:
         """What this environment's lock pins, from the lock itself or as recorded."""
         if self.lock is not None:
-            return LockView.of(self.lock, self.spec.group)
+            markers = fingerprint_markers(self.fingerprint) if self.fingerprint else None
+            return LockView.of(self.lock, self.spec.group, markers)
         return self.recorded_lock
 
     @property
