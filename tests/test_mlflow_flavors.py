@@ -94,6 +94,52 @@ def test_a_column_mismatch_lists_the_columns_and_the_inputs() -> None:
     assert "x (5, 3) float32" in message and "width 4" in message
 
 
+def test_array_columns_get_one_array_per_sample_that_mlflow_accepts() -> None:
+    from mlflow.models.utils import _enforce_schema
+    from mlflow.types.schema import Array
+
+    schema = Schema(
+        [
+            ColSpec(Array("double"), "x"),
+            ColSpec(Array(Array("float")), "m"),
+            ColSpec("long", "k"),
+        ]
+    )
+    batch = {
+        "x": BATCH["x"],  # (5, 4) float32: a row of 4 doubles per sample
+        "m": np.arange(60, dtype=np.float32).reshape(5, 3, 4),
+        "k": np.arange(5, dtype=np.int32),
+    }
+    frame = _mlflow_input(URI, schema, batch)
+    assert list(frame.columns) == ["x", "m", "k"]
+    enforced = _enforce_schema(frame, schema)  # MLflow's own check takes it as it is
+    for i in range(5):
+        assert np.array_equal(np.asarray(enforced["x"][i]), BATCH["x"][i])
+        assert np.asarray(enforced["x"][i]).dtype == np.float64  # cast where safe
+        assert np.array_equal(np.asarray(enforced["m"][i]), batch["m"][i])
+    assert enforced["k"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_an_array_column_given_one_value_per_sample_is_a_clear_error() -> None:
+    from mlflow.types.schema import Array
+
+    schema = Schema([ColSpec(Array("double"), "x")])
+    with pytest.raises(ModelInputError) as e:
+        _mlflow_input(URI, schema, {"x": np.zeros(5, np.float64)})
+    assert "for the Array column(s) 'x' one array per sample" in str(e.value)
+    assert "x (5,) float64" in str(e.value)
+
+
+def test_an_object_or_map_column_is_refused_naming_it() -> None:
+    from mlflow.types.schema import Map, Object, Property
+
+    for kind in (Object([Property("a", "double")]), Map("double")):
+        schema = Schema([ColSpec(kind, "x")])
+        with pytest.raises(ModelInputError) as e:
+            _mlflow_input(URI, schema, {"x": np.zeros((5, 1))})
+        assert "takes column 'x' as" in str(e.value) and "a dict per row" in str(e.value)
+
+
 def test_outputs_of_every_kind_become_named_arrays() -> None:
     frame = pd.DataFrame({"p": [0.1, 0.2], 3: [1, 2]})
     assert sorted(_checked_outputs(_mlflow_outputs(frame), 2)) == ["3", "p"]
@@ -402,6 +448,42 @@ def test_pyfunc_with_named_tensors_gets_a_dict_and_returns_one(
     assert sorted(outputs) == ["total", "weighted"]
     np.testing.assert_allclose(outputs["weighted"], inputs["x"] * inputs["k"][:, None], rtol=1e-6)
     np.testing.assert_allclose(outputs["total"], inputs["x"].sum(axis=1), rtol=1e-6)
+
+
+ROW_SUMS = """\
+import mlflow
+import numpy as np
+
+
+class RowSums(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return {"sums": np.stack([np.asarray(r).sum(axis=-1) for r in model_input["x"]])}
+
+
+mlflow.models.set_model(RowSums())
+"""
+
+
+@pytest.mark.slow
+def test_pyfunc_with_an_array_column_gets_one_array_per_sample(
+    store: Store, tmp_path: Path
+) -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array
+
+    path = store.root / "rowsums.py"
+    path.write_text(ROW_SUMS)
+    signature = ModelSignature(inputs=Schema([ColSpec(Array("double"), "x")]))
+    uri = logged(
+        store,
+        lambda: mlflow.pyfunc.log_model(
+            name="model", python_model=str(path), signature=signature, pip_requirements=[]
+        ),
+    )
+    result, report, work = check(store, tmp_path, uri, X4)
+    passed(result, report)
+    inputs, outputs = replayed(work)
+    np.testing.assert_allclose(outputs["sums"], inputs["x"].astype(np.float64).sum(axis=1))
 
 
 @pytest.mark.slow

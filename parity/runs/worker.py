@@ -354,29 +354,65 @@ def _as_frame(uri: str, schema: Any, batch: dict[str, Any]) -> Any:
     specs = schema.inputs
     names = schema.input_names()
     width = len(specs)
+    types = {s.name if s.name is not None else i: s.type for i, s in enumerate(specs)}
+    for name in batch:
+        if name in types and _nested(types[name])[1] in ("Object", "Map"):
+            raise ModelInputError(
+                f"the MLflow model {uri} takes column {name!r} as {types[name]} (a dict per "
+                f"row): parity's inputs are arrays, and no array is one; wrap the model in a "
+                f"PythonModel that builds that column from arrays"
+            )
+    depth = {n: _nested(kind)[0] for n, kind in types.items()}
     columns: dict[Any, Any] = {}
     if schema.has_input_names() and set(batch) <= set(names):
         missing = [s.name for s in specs if s.required and s.name not in batch]
-        wrong = [n for n, a in batch.items() if not (a.ndim == 1 or a.shape[1:] == (1,))]
+        # A scalar column takes one value per sample; an Array column (of Arrays...) one
+        # array per sample, of as many dimensions as the Arrays are nested.
+        wrong = [
+            n
+            for n, a in batch.items()
+            if not (a.ndim == depth[n] + 1 or (depth[n] == 0 and a.shape[1:] == (1,)))
+        ]
         if not missing and not wrong:
-            columns = {n: batch[n].reshape(len(batch[n])) for n in names if n in batch}
-    if not columns and len(batch) == 1:
+            columns = {
+                n: _cast(batch[n].reshape(len(batch[n])), types[n])
+                if depth[n] == 0
+                else list(_cast(batch[n], _nested(types[n])[2]))
+                for n in names
+                if n in batch
+            }
+    if not columns and len(batch) == 1 and not any(depth.values()):
         arr = next(iter(batch.values()))
         if arr.ndim == 2 and arr.shape[1] == width:
-            columns = {n: arr[:, i] for i, n in enumerate(names)}
+            columns = {n: _cast(arr[:, i], types[n]) for i, n in enumerate(names)}
         elif width == 1 and arr.ndim == 1:
-            columns = {names[0]: arr}
+            columns = {names[0]: _cast(arr, types[names[0]])}
     if not columns:
+        arrays = [n for n, d in depth.items() if d]
+        how = (
+            f"name each input like a column: one value per sample, or for the Array "
+            f"column(s) {', '.join(map(repr, arrays))} one array per sample"
+            if arrays
+            else f"name each input like a column (one value per sample), or give one 2-D "
+            f"input of width {width} (its columns in that order)"
+        )
         raise ModelInputError(
             f"the MLflow model {uri} takes a table with the columns {_schema_text(schema)}; "
-            f"the inputs are {_shapes(batch)}: name each input like a column (one value "
-            f"per sample), or give one 2-D input of width {width} (its columns in that order)"
+            f"the inputs are {_shapes(batch)}: {how}"
         )
-    types = {s.name if s.name is not None else i: s.type for i, s in enumerate(specs)}
-    frame = pd.DataFrame({n: _cast(a, types[n]) for n, a in columns.items()})
+    frame = pd.DataFrame(columns)
     if not schema.has_input_names():
         frame.columns = pd.RangeIndex(len(frame.columns))
     return frame
+
+
+def _nested(kind: Any) -> tuple[int, str, Any]:
+    """An MLflow column type as (how many Arrays are nested, the innermost type's class
+    name, the innermost type): `Array(Array(float))` is (2, "DataType", float)."""
+    depth = 0
+    while type(kind).__name__ == "Array" and hasattr(kind, "dtype"):
+        depth, kind = depth + 1, kind.dtype
+    return depth, type(kind).__name__, kind
 
 
 def _cast(arr: Any, kind: Any) -> Any:
