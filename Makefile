@@ -40,13 +40,15 @@ test: $(SYNCED)
 test-fast: $(SYNCED)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
-## ruff, mypy, and the layers of docs/ARCHITECTURE.md: import contracts and no import cycles.
+## ruff, mypy, the layers of docs/ARCHITECTURE.md (import contracts, no import cycles), and
+## docs/COMMANDS.md current with the commands' --help.
 lint: $(SYNCED)
 	$(VENV)/bin/ruff check envlock parity model tests benchmarks scripts
 	$(VENV)/bin/ruff format --check envlock parity model tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python scripts/import_cycles.py
+	$(VENV)/bin/python scripts/command_reference.py --check
 
 lock-check: $(SYNCED)
 	$(VENV)/bin/envlock lock --check --spec locks/pyproject.toml

@@ -30,3 +30,17 @@ def test_the_commands_users_were_promised_exist() -> None:
         envlock_main.commands
     )
     assert "check" in parity_main.commands
+
+
+def test_the_command_reference_is_current() -> None:
+    """docs/COMMANDS.md is generated from the commands: a changed option or help text
+    without it regenerated fails here (and in `make lint`), with the diff."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "command_reference.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
