@@ -6,6 +6,7 @@ so that there a missing daemon fails instead.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -129,14 +130,59 @@ def test_both_images_build_from_one_lock_and_share_the_environment(
     assert (train["group"], infer["group"]) == ("train", "main")
     assert result["proof"]["method"] == "layers" and result["proof"]["identical"] is True
     base_layers = client.images.get(LOCAL_BASE).attrs["RootFS"]["Layers"]
-    shared = len(base_layers) + 2  # the wheel layer and the install layer
-    assert train["layers"][:shared] == infer["layers"][:shared]
-    assert train["layers"][shared] != infer["layers"][shared]
+    # The inference image is the base plus one layer (the venv); the training image is
+    # exactly those layers, the same digests, plus one (the training-only files).
+    assert infer["layers"][: len(base_layers)] == base_layers
+    assert len(infer["layers"]) == len(base_layers) + 1
+    assert train["layers"][: len(infer["layers"])] == infer["layers"]
+    assert len(train["layers"]) == len(infer["layers"]) + 1
     labels = client.images.get(infer["tag"]).attrs["Config"]["Labels"]
     assert labels["org.envlock.lock-digest"] == lock.digest
     assert labels["org.envlock.base-digest"] == result["base_digest"]
+    assert labels["org.envlock.base"] == LOCAL_BASE
+    dockerfile = (ROOT / "Dockerfile.infer").read_bytes()
+    assert (
+        labels["org.envlock.dockerfile-digest"]
+        == f"sha256:{hashlib.sha256(dockerfile).hexdigest()}"
+    )
     config = client.images.get(infer["tag"]).attrs["Config"]
     assert config["User"] == "10001:10001"
+
+
+# What an image holds: the bytes of the files and links under /opt/venv (each inode once, as
+# docker counts a layer's size), whether the builder's /opt/envlock is there, and pip.
+_CONTENTS = """\
+import importlib.util, json, os
+seen, size = set(), 0
+for top, dirs, files in os.walk("/opt/venv"):
+    for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+        st = os.lstat(os.path.join(top, name))
+        if st.st_ino not in seen:
+            seen.add(st.st_ino)
+            size += st.st_size
+print(json.dumps({"venv_bytes": size, "builder_files": os.path.exists("/opt/envlock"),
+                  "pip": importlib.util.find_spec("pip") is not None}))
+"""
+
+
+def test_images_hold_the_venv_and_no_wheelhouse(client: Any, fresh_build: dict[str, Any]) -> None:
+    """Each image above its base is the venv and nothing else: no wheelhouse (the wheels
+    stay in the builder stages), no pip, and the training image's own layer holds only
+    the training-only files, not a second copy of the shared venv."""
+    base_size = client.images.get(LOCAL_BASE).attrs["Size"]
+    seen = {}
+    for role, image in fresh_build["images"].items():
+        out = client.containers.run(
+            image["tag"], ["python", "-c", _CONTENTS], network_mode="none", remove=True
+        )
+        seen[role] = json.loads(out)
+        assert seen[role]["builder_files"] is False and seen[role]["pip"] is False, role
+        above_base = client.images.get(image["tag"]).attrs["Size"] - base_size
+        # Directories weigh nothing in docker's count; 1 MiB leaves room for other drivers.
+        assert seen[role]["venv_bytes"] <= above_base <= seen[role]["venv_bytes"] + 2**20, role
+    train_only = seen["train"]["venv_bytes"] - seen["infer"]["venv_bytes"]
+    sizes = {r: client.images.get(i["tag"]).attrs["Size"] for r, i in fresh_build["images"].items()}
+    assert train_only > 0 and sizes["train"] - sizes["infer"] <= train_only + 2**20
 
 
 def test_installed_trees_agree_where_shared_and_differ_under_drift(
@@ -156,7 +202,7 @@ def test_rebuild_with_an_unchanged_lock_is_a_cache_hit(reference_build: dict[str
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert [i["cached"] for i in result["images"].values()] == [True, True]
-    assert "unchanged lock and base, cache hit" in again.stderr
+    assert "unchanged lock, base and Dockerfile, cache hit" in again.stderr
 
 
 def test_verify_image_against_its_lock_group(reference_build: dict[str, Any]) -> None:
