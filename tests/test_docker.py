@@ -6,6 +6,7 @@ so that there a missing daemon fails instead.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,90 @@ def test_images_hold_the_venv_and_no_wheelhouse(client: Any, fresh_build: dict[s
     train_only = seen["train"]["venv_bytes"] - seen["infer"]["venv_bytes"]
     sizes = {r: client.images.get(i["tag"]).attrs["Size"] for r, i in fresh_build["images"].items()}
     assert train_only > 0 and sizes["train"] - sizes["infer"] <= train_only + 2**20
+
+
+def _wheel(folder: Path, name: str, files: dict[str, str]) -> str:
+    """A pure-Python wheel `name`-1.0 holding `files` in `folder`; its requirements line."""
+    dist = f"{name}-1.0.dist-info"
+    files = {
+        **files,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return f"{name}==1.0 --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n"
+
+
+def _train_stage(client: Any, tmp_path: Path, train_files: dict[str, str]) -> tuple[str, str]:
+    """Build Dockerfile.train's `train` stage over a `main` wheel holding shared/core.py and
+    a training-only wheel holding `train_files`: (the build's error or "", its added files)."""
+    import docker
+
+    for group, name, files in [
+        ("main", "sharedpkg", {"shared/core.py": "X = 1\n"}),
+        ("train", "trainpkg", train_files),
+    ]:
+        (tmp_path / group).mkdir()
+        line = _wheel(tmp_path / group, name, files)
+        (tmp_path / group / "requirements.txt").write_text(line)
+    (tmp_path / "Dockerfile.train").write_bytes((ROOT / "Dockerfile.train").read_bytes())
+    tag = f"envlock/test-train-stage:{os.getpid()}"
+    try:
+        client.images.build(
+            path=str(tmp_path),
+            dockerfile="Dockerfile.train",
+            target="train",
+            buildargs={"BASE": LOCAL_BASE},
+            tag=tag,
+            network_mode="none",
+            rm=True,
+            forcerm=True,
+        )
+    except docker.errors.BuildError as e:
+        return "\n".join(str(c.get("stream", "")) for c in e.build_log), ""
+    try:
+        added = client.containers.run(
+            tag, ["sh", "-c", "cd /opt/envlock/added && find . ! -type d | sort"], remove=True
+        )
+    finally:
+        client.images.remove(tag)
+    return "", added.decode()
+
+
+def test_the_training_layer_holds_only_what_the_training_install_added(
+    client: Any, tmp_path: Path
+) -> None:
+    error, added = _train_stage(client, tmp_path, {"trainonly/__init__.py": "Y = 2\n"})
+    assert error == ""
+    site = "./lib/python3.11/site-packages"
+    dist = f"{site}/trainpkg-1.0.dist-info"
+    assert sorted(added.split()) == [
+        f"{site}/trainonly/__init__.py",
+        f"{site}/trainonly/__pycache__/__init__.cpython-311.pyc",
+        f"{dist}/INSTALLER",
+        f"{dist}/METADATA",
+        f"{dist}/RECORD",
+        f"{dist}/REQUESTED",
+        f"{dist}/WHEEL",
+    ]
+
+
+def test_a_training_install_that_overwrites_a_shared_file_fails_the_build(
+    client: Any, tmp_path: Path
+) -> None:
+    # The shared layer would be shadowed in the training image: the proof by layers would lie.
+    error, _ = _train_stage(client, tmp_path, {"shared/core.py": "X = 2\n"})
+    assert "the training-only install changed the shared venv:" in error
+    assert "./lib/python3.11/site-packages/shared/core.py" in error
 
 
 def test_installed_trees_agree_where_shared_and_differ_under_drift(
