@@ -45,7 +45,10 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
 def layer_rows(client: Any, tag: str, top: int = 2) -> list[tuple[int, str]]:
     """The `top` largest layers of `tag`: (bytes, instruction), largest first."""
     history = client.api.history(tag)
-    rows = [(int(h["Size"]), " ".join(str(h["CreatedBy"]).split())) for h in history]
+    rows = [
+        (int(h["Size"]), " ".join(str(h["CreatedBy"]).split()) or "(no instruction: imported)")
+        for h in history
+    ]
     return sorted((r for r in rows if r[0] > 0), reverse=True)[:top]
 
 
