@@ -5,10 +5,17 @@ pinned with the lock (recording it the first time), builds `Dockerfile.train` an
 `Dockerfile.infer` through the docker SDK with no network, and proves the environment both
 images share is identical: by their layer digests when the builder could share them, else
 by the installed trees (every distribution's name, version and RECORD file hashes).
+
+The Dockerfiles are multi-stage: pip installs in builder stages, and the images hold only
+the venv (no wheelhouse). The inference image is the base plus one layer, the venv; the
+training image is those same layers plus one holding only the files its training-only
+packages added, so the layers prove the shared environment identical whenever the builder
+could reuse them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +48,9 @@ ROLES = {"train": ("Dockerfile.train", "train"), "infer": ("Dockerfile.infer", M
 LABEL_LOCK = "org.envlock.lock-digest"
 LABEL_BASE_DIGEST = "org.envlock.base-digest"
 LABEL_GROUP = "org.envlock.group"
+# The sha256 of the Dockerfile an image was built from: an image from another Dockerfile
+# (an older layout, say) is rebuilt, not taken as a cache hit.
+LABEL_DOCKERFILE = "org.envlock.dockerfile-digest"
 
 
 class BuildError(EnvlockError):
@@ -243,6 +253,7 @@ def _build_one(
 ) -> BuiltImage:
     import docker
 
+    recipe = "sha256:" + hashlib.sha256((context / dockerfile).read_bytes()).hexdigest()
     if not no_cache:
         try:
             existing = client.images.get(tag)
@@ -250,8 +261,9 @@ def _build_one(
             if (
                 labels.get(LABEL_LOCK) == lock.digest
                 and labels.get(LABEL_BASE_DIGEST) == base_digest
+                and labels.get(LABEL_DOCKERFILE) == recipe
             ):
-                say(f"[{role}] {tag}: unchanged lock and base, cache hit")
+                say(f"[{role}] {tag}: unchanged lock, base and Dockerfile, cache hit")
                 return BuiltImage(
                     role, group, tag, existing.id, tuple(existing.attrs["RootFS"]["Layers"]), True
                 )
@@ -264,6 +276,7 @@ def _build_one(
         dockerfile=dockerfile,
         tag=tag,
         buildargs=buildargs,
+        labels={LABEL_DOCKERFILE: recipe},
         network_mode="none",
         rm=True,
         forcerm=True,
@@ -292,22 +305,29 @@ def prove_shared(
     base_layers: tuple[str, ...],
     lock: LockedEnv,
 ) -> SharedProof:
-    """Show the `main` environment is the same in both images: layers, else installed trees."""
-    common = 0
-    for a, b in zip(train.layers, infer.layers, strict=False):
-        if a != b:
-            break
-        common += 1
-    env_layers = common - len(base_layers)
-    if train.layers[: len(base_layers)] == base_layers and env_layers >= 2:
-        shared = ", ".join(
-            d.removeprefix("sha256:")[:12] for d in train.layers[len(base_layers) : common]
-        )
+    """Show the `main` environment is the same in both images: layers, else installed trees.
+
+    By layers when both images start with the base's layers and every layer the inference
+    image adds to the base is, at the same place, the training image's too: the inference
+    image is then a prefix of the training image, whose further layers only add the
+    training-only files (Dockerfile.train refuses to build if they would change or remove
+    a file of the shared venv).
+    """
+    n = len(base_layers)
+    env = infer.layers[n:]
+    if (
+        env
+        and infer.layers[:n] == base_layers
+        and train.layers[: len(infer.layers)] == infer.layers
+    ):
+        shared = ", ".join(d.removeprefix("sha256:")[:12] for d in env)
+        extra = len(train.layers) - len(infer.layers)
         return SharedProof(
             "layers",
             True,
-            f"the shared environment is the same layers in both images ({env_layers} layers "
-            f"above the base: {shared})",
+            f"the shared environment is the same layers in both images ({len(env)} "
+            f"layer{'s' if len(env) != 1 else ''} above the base: {shared}); the training "
+            f"image adds {extra} layer{'s' if extra != 1 else ''} of training-only files",
         )
     differences = compare_trees(client, train.tag, infer.tag, sorted(lock.versions(MAIN)))
     if differences:

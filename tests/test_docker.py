@@ -6,6 +6,8 @@ so that there a missing daemon fails instead.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -14,6 +16,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,14 +132,143 @@ def test_both_images_build_from_one_lock_and_share_the_environment(
     assert (train["group"], infer["group"]) == ("train", "main")
     assert result["proof"]["method"] == "layers" and result["proof"]["identical"] is True
     base_layers = client.images.get(LOCAL_BASE).attrs["RootFS"]["Layers"]
-    shared = len(base_layers) + 2  # the wheel layer and the install layer
-    assert train["layers"][:shared] == infer["layers"][:shared]
-    assert train["layers"][shared] != infer["layers"][shared]
+    # The inference image is the base plus one layer (the venv); the training image is
+    # exactly those layers, the same digests, plus one (the training-only files).
+    assert infer["layers"][: len(base_layers)] == base_layers
+    assert len(infer["layers"]) == len(base_layers) + 1
+    assert train["layers"][: len(infer["layers"])] == infer["layers"]
+    assert len(train["layers"]) == len(infer["layers"]) + 1
     labels = client.images.get(infer["tag"]).attrs["Config"]["Labels"]
     assert labels["org.envlock.lock-digest"] == lock.digest
     assert labels["org.envlock.base-digest"] == result["base_digest"]
+    assert labels["org.envlock.base"] == LOCAL_BASE
+    dockerfile = (ROOT / "Dockerfile.infer").read_bytes()
+    assert (
+        labels["org.envlock.dockerfile-digest"]
+        == f"sha256:{hashlib.sha256(dockerfile).hexdigest()}"
+    )
     config = client.images.get(infer["tag"]).attrs["Config"]
     assert config["User"] == "10001:10001"
+
+
+# What an image holds: the bytes of the files and links under /opt/venv (each inode once, as
+# docker counts a layer's size), whether the builder's /opt/envlock is there, and pip.
+_CONTENTS = """\
+import importlib.util, json, os
+seen, size = set(), 0
+for top, dirs, files in os.walk("/opt/venv"):
+    for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+        st = os.lstat(os.path.join(top, name))
+        if st.st_ino not in seen:
+            seen.add(st.st_ino)
+            size += st.st_size
+print(json.dumps({"venv_bytes": size, "builder_files": os.path.exists("/opt/envlock"),
+                  "pip": importlib.util.find_spec("pip") is not None}))
+"""
+
+
+def test_images_hold_the_venv_and_no_wheelhouse(client: Any, fresh_build: dict[str, Any]) -> None:
+    """Each image above its base is the venv and nothing else: no wheelhouse (the wheels
+    stay in the builder stages), no pip, and the training image's own layer holds only
+    the training-only files, not a second copy of the shared venv."""
+    base_size = client.images.get(LOCAL_BASE).attrs["Size"]
+    seen = {}
+    for role, image in fresh_build["images"].items():
+        out = client.containers.run(
+            image["tag"], ["python", "-c", _CONTENTS], network_mode="none", remove=True
+        )
+        seen[role] = json.loads(out)
+        assert seen[role]["builder_files"] is False and seen[role]["pip"] is False, role
+        above_base = client.images.get(image["tag"]).attrs["Size"] - base_size
+        # Directories weigh nothing in docker's count; 1 MiB leaves room for other drivers.
+        assert seen[role]["venv_bytes"] <= above_base <= seen[role]["venv_bytes"] + 2**20, role
+    train_only = seen["train"]["venv_bytes"] - seen["infer"]["venv_bytes"]
+    sizes = {r: client.images.get(i["tag"]).attrs["Size"] for r, i in fresh_build["images"].items()}
+    assert train_only > 0 and sizes["train"] - sizes["infer"] <= train_only + 2**20
+
+
+def _wheel(folder: Path, name: str, files: dict[str, str]) -> str:
+    """A pure-Python wheel `name`-1.0 holding `files` in `folder`; its requirements line."""
+    dist = f"{name}-1.0.dist-info"
+    files = {
+        **files,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return f"{name}==1.0 --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n"
+
+
+def _train_stage(client: Any, tmp_path: Path, train_files: dict[str, str]) -> tuple[str, str]:
+    """Build Dockerfile.train's `train` stage over a `main` wheel holding shared/core.py and
+    a training-only wheel holding `train_files`: (the build's error or "", its added files)."""
+    import docker
+
+    for group, name, files in [
+        ("main", "sharedpkg", {"shared/core.py": "X = 1\n"}),
+        ("train", "trainpkg", train_files),
+    ]:
+        (tmp_path / group).mkdir()
+        line = _wheel(tmp_path / group, name, files)
+        (tmp_path / group / "requirements.txt").write_text(line)
+    (tmp_path / "Dockerfile.train").write_bytes((ROOT / "Dockerfile.train").read_bytes())
+    tag = f"envlock/test-train-stage:{os.getpid()}"
+    try:
+        client.images.build(
+            path=str(tmp_path),
+            dockerfile="Dockerfile.train",
+            target="train",
+            buildargs={"BASE": LOCAL_BASE},
+            tag=tag,
+            network_mode="none",
+            rm=True,
+            forcerm=True,
+        )
+    except docker.errors.BuildError as e:
+        return "\n".join(str(c.get("stream", "")) for c in e.build_log), ""
+    try:
+        added = client.containers.run(
+            tag, ["sh", "-c", "cd /opt/envlock/added && find . ! -type d | sort"], remove=True
+        )
+    finally:
+        client.images.remove(tag)
+    return "", added.decode()
+
+
+def test_the_training_layer_holds_only_what_the_training_install_added(
+    client: Any, tmp_path: Path
+) -> None:
+    error, added = _train_stage(client, tmp_path, {"trainonly/__init__.py": "Y = 2\n"})
+    assert error == ""
+    site = "./lib/python3.11/site-packages"
+    dist = f"{site}/trainpkg-1.0.dist-info"
+    assert sorted(added.split()) == [
+        f"{site}/trainonly/__init__.py",
+        f"{site}/trainonly/__pycache__/__init__.cpython-311.pyc",
+        f"{dist}/INSTALLER",
+        f"{dist}/METADATA",
+        f"{dist}/RECORD",
+        f"{dist}/REQUESTED",
+        f"{dist}/WHEEL",
+    ]
+
+
+def test_a_training_install_that_overwrites_a_shared_file_fails_the_build(
+    client: Any, tmp_path: Path
+) -> None:
+    # The shared layer would be shadowed in the training image: the proof by layers would lie.
+    error, _ = _train_stage(client, tmp_path, {"shared/core.py": "X = 2\n"})
+    assert "the training-only install changed the shared venv:" in error
+    assert "./lib/python3.11/site-packages/shared/core.py" in error
 
 
 def test_installed_trees_agree_where_shared_and_differ_under_drift(
@@ -156,7 +288,7 @@ def test_rebuild_with_an_unchanged_lock_is_a_cache_hit(reference_build: dict[str
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert [i["cached"] for i in result["images"].values()] == [True, True]
-    assert "unchanged lock and base, cache hit" in again.stderr
+    assert "unchanged lock, base and Dockerfile, cache hit" in again.stderr
 
 
 def test_verify_image_against_its_lock_group(reference_build: dict[str, Any]) -> None:
