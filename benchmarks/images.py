@@ -92,6 +92,42 @@ def build_layout(
     return dict(json.loads(out))
 
 
+# The last commit whose Dockerfiles installed from a wheelhouse COPYed into the image (single
+# stage): what `--sizes-only` compares with by default.
+SINGLE_STAGE = "7b6dc9a"
+
+
+def sizes_only(base: str, before: str) -> int:
+    """Image sizes with the Dockerfiles here and at `before`, builder cache allowed."""
+    from results import record  # beside this script
+
+    with tempfile.TemporaryDirectory(prefix="images-bench-") as tmp:
+        env = {**os.environ, "ENVLOCK_CACHE_DIR": str(Path(tmp) / "cache")}
+        build = [str(BIN / "envlock"), "build", "--base", base, "--json"]
+        build += ["--pins", str(Path(tmp) / "pins.toml")]
+        layouts = {"here": build_layout(build, env, "envlock/images-bench-here", ROOT)}
+        old = Path(tmp) / "before"
+        old.mkdir()
+        for name in ("Dockerfile.train", "Dockerfile.infer"):
+            (old / name).write_text(timed(["git", "show", f"{before}:{name}"])[1])
+        layouts[before] = build_layout(build, env, "envlock/images-bench-before", old)
+    print(f"base: {base}")
+    sizes = {label: image_sizes(label, result, base) for label, result in layouts.items()}
+    for role in ("train", "infer"):
+        here, then = sizes["here"][role], sizes[before][role]
+        print(
+            f"{role} image here / {before}: {here / then:6.3f}   "
+            f"{here:,} B vs {then:,} B, {then - here:,} B less"
+        )
+        record(
+            f"{role} image size, here / wheelhouse inside ({before})",
+            here / then,
+            target=1.0,
+            detail=f"{here / 1e9:.2f} GB vs {then / 1e9:.2f} GB",
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -103,7 +139,15 @@ def main() -> int:
         metavar="REF",
         help="Also build the Dockerfiles at this git ref (e.g. main) and compare image sizes.",
     )
+    parser.add_argument(
+        "--sizes-only",
+        action="store_true",
+        help=f"Only the sizes, here and (default --before {SINGLE_STAGE}, the last commit whose "
+        "images kept the wheelhouse) before: no cold build, no parity timings.",
+    )
     args = parser.parse_args()
+    if args.sizes_only:
+        return sizes_only(args.base, args.before or SINGLE_STAGE)
     with tempfile.TemporaryDirectory(prefix="images-bench-") as tmp:
         env = {**os.environ, "ENVLOCK_CACHE_DIR": str(Path(tmp) / "cache")}
         build = [
