@@ -64,6 +64,9 @@ class Environment:
     # Whether a script inside sees the host's process ids (not in a container): the
     # worker then watches the host's process and kills its own group when it is gone.
     shares_host_pids: ClassVar[bool] = True
+    # Whether its interpreter runs on this machine's file system, so that the host can
+    # fingerprint it in a process of its own and cache that (`envlock.fingerprints`).
+    probes_on_host: ClassVar[bool] = True
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Where each named mount appears inside the environment (here: where it is)."""

@@ -66,6 +66,7 @@ class DockerEnvironment(Environment):
     memory: str = "4g"
     pids: int = 512
     shares_host_pids: ClassVar[bool] = False  # its own pid namespace, killed by Docker
+    probes_on_host: ClassVar[bool] = False  # its files are the image's: probed inside
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Each mount appears under /parity/<name> (a file keeps its name)."""

@@ -16,6 +16,7 @@ through here (check, bundle, bisect, localize, search).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -31,15 +32,17 @@ from envlock import LockedEnv
 from envlock.backends import Environment, RunTimeout
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
+from envlock.fingerprints import StaticFingerprint, static_fingerprint
 from envlock.lockfile import MAIN
 from envlock.names import shown_path
+from envlock.probe import RUNTIME
 from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
 from parity.errors import HostileOutputError, ParityError, WorkerError
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
-from parity.outputs import load_fingerprint, load_outputs, worker_seconds
+from parity.outputs import FINGERPRINT, check_json, load_fingerprint, load_outputs, worker_seconds
 from parity.runs.caught import WARNINGS_FILE, CaughtWarnings, read_caught
 from parity.runs.job import ABORT, INPUTS, INPUTS_FILE, exited, model_failure, prepare_job
 
@@ -296,8 +299,9 @@ def _run_environment(
         environment = materialize(run, cache_dir, tell)
         t1 = time.perf_counter()
         run.seconds["materialize"] = round(t1 - t0, 3)
+        static = _static_fingerprint(run, cache_dir, tell)
         tell(f"running {config.inputs.count} inputs in {environment.description}")
-        run.outputs = _replay(run, config, work / run.name)
+        run.outputs = _replay(run, config, work / run.name, static, cache_dir)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
         if calibrate:
@@ -310,14 +314,42 @@ def _run_environment(
         tell(f"error: {str(e).splitlines()[0]}")
 
 
-def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
+def _static_fingerprint(
+    run: EnvRun, cache_dir: Path | None, tell: Progress
+) -> StaticFingerprint | None:
+    """What `run`'s environment holds, as the host fingerprints it (`envlock.fingerprints`:
+    reused while the environment is unchanged), or None where the worker must probe it in
+    full (a container)."""
+    assert run.environment is not None
+    static = static_fingerprint(run.environment, cache_dir)
+    if static is not None:
+        tell(
+            "fingerprint reused: environment unchanged since it was taken"
+            if static.reused
+            else "fingerprint taken"
+        )
+    return static
+
+
+def _replay(
+    run: EnvRun,
+    config: ParityConfig,
+    outdir: Path,
+    static: StaticFingerprint | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, OutputArray]:
     """Run the worker once in `run`'s environment; its outputs (read lazily from outdir).
-    The first run's warnings become `run.warnings`, also when the worker failed."""
+    The first run's warnings become `run.warnings`, also when the worker failed. With
+    `static` (what the environment holds, taken by the host), the worker takes only the
+    rest of the fingerprint where its sys.path is the one `static` was read from (else all
+    of it, as without), and the host takes `static` again after the run: a model that
+    changed its environment shows in the fingerprint as when the worker probed it all."""
     if run.fingerprint:  # a calibration run: the first run's fingerprint, times, warnings stand
         run_worker(run, config, outdir)
         return dict(load_outputs(outdir / "outputs.npz"))
+    fields = {} if static is None else {"static_paths": static.paths}
     try:
-        run_worker(run, config, outdir)
+        run_worker(run, config, outdir, **fields)
     except ParityError:
         # unreadable: the worker's own failure is what the report says
         if (outdir / WARNINGS_FILE).exists():
@@ -328,6 +360,21 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
     outputs = load_outputs(outdir / "outputs.npz")
     try:
         run.fingerprint = load_fingerprint(outdir / "fingerprint.json")
+        if static is not None and run.environment and "distributions" not in run.fingerprint:
+            # The worker took the sections about itself; what the environment holds is the
+            # host's, taken again in case the model changed the environment.
+            after = static_fingerprint(run.environment, cache_dir) or static
+            run.fingerprint = check_json(
+                outdir / "fingerprint.json",
+                {
+                    **after.sections,
+                    **{k: run.fingerprint[k] for k in RUNTIME if k in run.fingerprint},
+                },
+                FINGERPRINT,
+            )
+            (outdir / "fingerprint.json").write_text(
+                json.dumps(run.fingerprint, indent=2, sort_keys=True), encoding="utf-8"
+            )
         seconds = worker_seconds(outdir / "result.json")
     except HostileOutputError as e:
         raise WorkerError(run.name, str(e)) from None
