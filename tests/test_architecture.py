@@ -147,6 +147,7 @@ NOT_ON_THE_CHECK_PATH = [
     "parity.render.markdown",
     "parity.render.metrics",
     "envlock.images",
+    "parity.runs.worker",
 ]
 
 
@@ -164,3 +165,13 @@ def test_the_check_command_and_a_config_import_only_what_a_check_uses() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_host_and_the_worker_agree_on_the_job_protocol() -> None:
+    """The host does not import the worker (issue 17), so the constants both sides use are
+    written twice: here they must agree."""
+    from parity.runs import job, worker
+
+    assert Path(worker.__file__) == job.WORKER
+    for name in ("JOB_SCHEMA", "WARNINGS_FILE", "WARNING_ENTRIES", "WARNING_MESSAGE"):
+        assert getattr(job, name) == getattr(worker, name), name

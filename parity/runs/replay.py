@@ -29,7 +29,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from envlock import LockedEnv
-from envlock.backends import Environment, RunTimeout
+from envlock.backends import Environment, RunTimeout, default_cache_dir
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
 from envlock.fingerprints import StaticFingerprint, static_fingerprint
@@ -44,7 +44,15 @@ from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
 from parity.outputs import FINGERPRINT, check_json, load_fingerprint, load_outputs, worker_seconds
 from parity.runs.caught import WARNINGS_FILE, CaughtWarnings, read_caught
-from parity.runs.job import ABORT, INPUTS, INPUTS_FILE, exited, model_failure, prepare_job
+from parity.runs.job import (
+    ABORT,
+    INPUTS,
+    INPUTS_FILE,
+    compiled_scripts,
+    exited,
+    model_failure,
+    prepare_job,
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ class EnvRun:
     warnings: CaughtWarnings | None = None
     # a bundle's recorded view of its lock, for a run that has no `lock` to read
     recorded_lock: LockView | None = None
+    # the worker and the probe compiled for the environment's interpreter, if it has them
+    scripts: dict[str, Path] | None = None
 
     def lock_view(self) -> LockView | None:
         """What this environment's lock pins, from the lock itself or as recorded."""
@@ -300,6 +310,10 @@ def _run_environment(
         t1 = time.perf_counter()
         run.seconds["materialize"] = round(t1 - t0, 3)
         static = _static_fingerprint(run, cache_dir, tell)
+        if static is not None:
+            run.scripts = compiled_scripts(
+                static.sections.get("python"), cache_dir or default_cache_dir()
+            )
         tell(f"running {config.inputs.count} inputs in {environment.description}")
         run.outputs = _replay(run, config, work / run.name, static, cache_dir)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
@@ -402,6 +416,7 @@ def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: An
             "batch_size": config.inputs.batch_size,
             **job_fields,
         },
+        run.scripts,
     )
     try:
         status = run.environment.run_python(
