@@ -81,8 +81,10 @@ class Environment:
         env: Mapping[str, str],
         log: Path,
         timeout: float,
+        started: Callable[[], None] | None = None,
     ) -> int:
-        """Run `python script args...` inside; return its exit status, or raise `RunTimeout`."""
+        """Run `python script args...` inside; return its exit status, or raise `RunTimeout`.
+        `started` is called once the script's process has started."""
         child_env = child_environment(env)
         with log.open("wb") as out:
             # -s: no user site-packages; the environment is exactly what its lock installed.
@@ -95,6 +97,8 @@ class Environment:
                 start_new_session=True,  # a process group of its own, killed whole below
                 preexec_fn=_dies_with_parent(),
             )
+            if started is not None:
+                started()
             try:
                 with RUNNING.running(lambda: kill_group(proc.pid)):
                     try:

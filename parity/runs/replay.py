@@ -20,7 +20,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +143,10 @@ class EnvRun:
         return self.spec.name
 
 
+# How long making the inputs waits for the workers to start (seconds): they start in a
+# few milliseconds from a cached environment; one being built is not waited for.
+START_WAIT = 1.0
+
 # How progress says a work folder was left on disk (the one progress line -q still prints).
 KEPT = "work folder kept: "
 
@@ -225,18 +231,27 @@ def replay_environments(
     say: Progress,
     calibrate: bool,
     input_digest: str | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> tuple[str, float]:
     """Materialize each run's environment and replay the input set in it, all at once; the
     input set's digest and when it was ready (`time.perf_counter()`).
 
     Failures inside an environment become that run's `error`. With `input_digest`, the
-    inputs file is already in `work/inputs` and is not made again."""
+    inputs file is already in `work/inputs` and is not made again. `meanwhile` is called
+    once the inputs are written, while the workers run (what the caller prepares then)."""
     # Workers start first and import the model while the inputs are made here; each waits
-    # for the inputs file, which appears whole (written aside, then renamed).
+    # for the inputs file, which appears whole (written aside, then renamed). Making the
+    # inputs waits (a little) until the workers have started: a start-up that competes with
+    # NumPy's import for the interpreter would come later, the workers' own start too.
+    starting = [threading.Event() for _ in runs]
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         futures = [
-            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate) for r in runs
+            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate, e)
+            for r, e in zip(runs, starting, strict=True)
         ]
+        deadline = time.monotonic() + START_WAIT
+        for event in starting:
+            event.wait(max(deadline - time.monotonic(), 0))
         if input_digest is None:
             try:
                 input_digest = write_inputs(config, work / INPUTS)
@@ -246,6 +261,8 @@ def replay_environments(
             say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
             say_input_warnings(config, say)
         generated = time.perf_counter()
+        if meanwhile is not None:
+            meanwhile()
         for future in futures:
             future.result()
     return input_digest, generated
@@ -302,7 +319,10 @@ def _run_environment(
     work: Path,
     say: Progress,
     calibrate: bool,
+    starting: threading.Event | None = None,
 ) -> None:
+    """Materialize `run`'s environment and replay the inputs in it; `starting` is set once
+    its worker has started (or the run ended before)."""
     tell = _told(run, say)
     try:
         t0 = time.perf_counter()
@@ -315,7 +335,7 @@ def _run_environment(
                 static.sections.get("python"), cache_dir or default_cache_dir()
             )
         tell(f"running {config.inputs.count} inputs in {environment.description}")
-        run.outputs = _replay(run, config, work / run.name, static, cache_dir)
+        run.outputs = _replay(run, config, work / run.name, static, cache_dir, starting)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
         if calibrate:
@@ -326,6 +346,9 @@ def _run_environment(
     except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
+    finally:
+        if starting is not None:
+            starting.set()
 
 
 def _static_fingerprint(
@@ -351,6 +374,7 @@ def _replay(
     outdir: Path,
     static: StaticFingerprint | None = None,
     cache_dir: Path | None = None,
+    starting: threading.Event | None = None,
 ) -> dict[str, OutputArray]:
     """Run the worker once in `run`'s environment; its outputs (read lazily from outdir).
     The first run's warnings become `run.warnings`, also when the worker failed. With
@@ -363,7 +387,7 @@ def _replay(
         return dict(load_outputs(outdir / "outputs.npz"))
     fields = {} if static is None else {"static_paths": static.paths}
     try:
-        run_worker(run, config, outdir, **fields)
+        run_worker(run, config, outdir, starting=starting, **fields)
     except ParityError:
         # unreadable: the worker's own failure is what the report says
         if (outdir / WARNINGS_FILE).exists():
@@ -398,10 +422,17 @@ def _replay(
     return dict(outputs)
 
 
-def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: Any) -> None:
+def run_worker(
+    run: EnvRun,
+    config: ParityConfig,
+    outdir: Path,
+    starting: threading.Event | None = None,
+    **job_fields: Any,
+) -> None:
     """Run the worker once in `run`'s environment on the inputs file in
     `outdir.parent / INPUTS`, writing into `outdir`; `job_fields` add to (or replace) the
-    job's fields, e.g. `mode`. Raise `WorkerError` when the worker fails or times out."""
+    job's fields, e.g. `mode`; `starting` is set once the worker has started. Raise
+    `WorkerError` when the worker fails or times out."""
     assert run.environment is not None
     job = prepare_job(
         run.environment,
@@ -426,6 +457,7 @@ def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: An
             env=job.env,
             log=job.log,
             timeout=config.timeout,
+            started=None if starting is None else starting.set,
         )
     except RunTimeout as e:
         raise WorkerError(run.name, f"worker {e} (log: {job.log})") from None
