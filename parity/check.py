@@ -47,7 +47,6 @@ def _also(meanwhile: Callable[[], None] | None) -> Callable[[], None]:
     caller's `meanwhile`."""
 
     def prepare() -> None:
-        import parity.investigations.localize
         import parity.judging.caught
         import parity.judging.judge
         import parity.report  # noqa: F401
@@ -257,7 +256,6 @@ def _conclude(
     corrupt, localizing, describing the inputs, summarizing an environment. The verdict is
     then `error`, so a CI gate still gets every report it asked for, and never a pass. A
     `ConfigError` (a tolerance table naming no output) stays a usage error."""
-    from parity.investigations.localize import localize_failure
     from parity.judging.caught import dropped, judge_warnings
     from parity.judging.judge import Judgement, OutputsJudgement, judge
     from parity.report import ParityReport, Verdict
@@ -276,6 +274,8 @@ def _conclude(
     compared = time.perf_counter()
     localization = None
     if localize and reasons and not errors:
+        from parity.investigations.localize import localize_failure
+
         with after("localizing the failure"):
             localization = localize_failure(
                 config, ref, cand, judgement.outputs.comparisons, work.path, say

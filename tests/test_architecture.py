@@ -189,6 +189,7 @@ NOT_BEFORE_THE_WORKERS_START = [
     "parity.investigations.localize",
     "parity.render.terminal",
     "parity.report",
+    "envlock.backends.docker",
 ]
 
 
