@@ -34,7 +34,7 @@ from envlock import LockedEnv
 from envlock.backends import Environment, RunTimeout, default_cache_dir
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
-from envlock.fingerprints import StaticFingerprint, static_fingerprint
+from envlock.fingerprints import FingerprintError, StaticFingerprint, static_fingerprint
 from envlock.lockfile import MAIN
 from envlock.names import shown_path
 from envlock.probe import RUNTIME
@@ -356,9 +356,13 @@ def _static_fingerprint(
 ) -> StaticFingerprint | None:
     """What `run`'s environment holds, as the host fingerprints it (`envlock.fingerprints`:
     reused while the environment is unchanged), or None where the worker must probe it in
-    full (a container)."""
+    full (a container, or an interpreter the probe failed in: the worker's run says why,
+    as without the host's probe)."""
     assert run.environment is not None
-    static = static_fingerprint(run.environment, cache_dir)
+    try:
+        static = static_fingerprint(run.environment, cache_dir)
+    except FingerprintError:
+        return None
     if static is not None:
         tell(
             "fingerprint reused: environment unchanged since it was taken"
@@ -401,7 +405,10 @@ def _replay(
         if static is not None and run.environment and "distributions" not in run.fingerprint:
             # The worker took the sections about itself; what the environment holds is the
             # host's, taken again in case the model changed the environment.
-            after = static_fingerprint(run.environment, cache_dir) or static
+            try:
+                after = static_fingerprint(run.environment, cache_dir) or static
+            except FingerprintError as e:
+                raise WorkerError(run.name, str(e)) from None
             run.fingerprint = check_json(
                 outdir / "fingerprint.json",
                 {
