@@ -10,12 +10,17 @@ Measures, in this order and in one process:
          model and runs the same inputs in the same batches with the same thread settings
          (median of --repeat runs)
 and prints warm / slower-bare, the figure the main job promises to keep at or under 1.3.
+The warm and bare runs alternate (a shared machine's load falls on both alike), and each
+is also measured in CPU seconds (user + system, children included): the last line is the
+warm check's CPU over both bare runs' together (the same two inferences, which a loaded
+machine disturbs less than wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,10 +49,21 @@ for start in range(0, {count}, {batch}):
 """
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    """Wall seconds of one command, which must succeed (parity: exit 0)."""
-    t0 = time.perf_counter()
+CPU: dict[str, list[float]] = {}  # CPU seconds of each timed run, by label
+
+
+def cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, label: str = "") -> float:
+    """Wall seconds of one command, which must succeed (parity: exit 0); its CPU seconds
+    are kept under `label`."""
+    t0, c0 = time.perf_counter(), cpu()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    CPU.setdefault(label, []).append(cpu() - c0)
     return time.perf_counter() - t0
 
 
@@ -76,7 +92,6 @@ def main() -> int:
         no_uv_cache = {**os.environ, "UV_CACHE_DIR": str(Path(tmp) / "uv-cache")}
         cold = timed(check(cache), no_uv_cache)
         cold_cached = timed(check(Path(tmp) / "cache2"))
-        warm_runs = [timed(check(cache)) for _ in range(args.repeat)]
 
         inputs_path = Path(tmp) / "inputs.npz"
         np.savez(inputs_path, **generate(config.inputs))
@@ -90,13 +105,17 @@ def main() -> int:
         env = dict(os.environ)
         if config.threads:
             env.update({var: str(config.threads) for var in THREAD_VARS})
-        bare: dict[str, list[float]] = {}
+        pythons = {}
         for spec in config.environments:
             assert spec.lock is not None, "the benchmark measures venv environments"
-            python = VenvBackend(cache).materialize(read_lock(spec.lock), spec.group).python
-            bare[spec.name] = [
-                timed([str(python), "-s", "-c", code], env) for _ in range(args.repeat)
-            ]
+            pythons[spec.name] = VenvBackend(cache).materialize(read_lock(spec.lock), spec.group)
+        bare: dict[str, list[float]] = {name: [] for name in pythons}
+        warm_runs = []
+        for _ in range(args.repeat):
+            warm_runs.append(timed(check(cache), label="warm"))
+            for name, environment in pythons.items():
+                cmd = [str(environment.python), "-s", "-c", code]
+                bare[name].append(timed(cmd, env, label=name))
 
     warm = statistics.median(warm_runs)
     bare_median = {name: statistics.median(runs) for name, runs in bare.items()}
@@ -116,6 +135,12 @@ def main() -> int:
     ratio = warm / bare_median[slowest]
     print(f"warm / slower bare run ({slowest}):          {ratio:7.2f}   (target <= 1.30)")
     print(f"cold / warm:                              {cold / warm:7.2f}")
+    both = sum(statistics.median(CPU[name]) for name in bare)
+    print(
+        f"warm CPU / both bare runs' CPU:           {statistics.median(CPU['warm']) / both:7.2f}"
+        f"   ({statistics.median(CPU['warm']):.2f} s / {both:.2f} s, medians)"
+    )
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0 if ratio <= 1.3 else 1
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from envlock.backends.base import Environment, LocalEnvironment
-from envlock.backends.docker import DockerEnvironment, docker_client
 from envlock.backends.venv import VenvBackend
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN, LockedEnv, read_lock
@@ -124,6 +123,7 @@ class ImageBackend:
         lock and group); raise `EnvlockError` when it has not been built."""
         import docker
 
+        from envlock.backends.docker import DockerEnvironment, docker_client
         from envlock.images import default_repository, image_tag, role_for
 
         if spec.image:

@@ -363,6 +363,15 @@ def markers() -> dict[str, str]:
     }
 
 
+# The sections of a fingerprint that describe what the environment holds (its interpreter,
+# the machine, its installed distributions): the same for every process started in it while
+# its files are unchanged, so they can be taken once and reused (`stamp` says when they must
+# be taken again). The others (`RUNTIME`) describe one process: the variables it ran with,
+# the libraries it imported and their settings, taken where the model ran, after it ran.
+STATIC = ("schema", "python", "platform", "markers", "cpu", "distributions", "conda")
+RUNTIME = ("env", "env_withheld", "numpy", "threadpools", "torch")
+
+
 def collect(imports: bool = False) -> dict[str, Any]:
     """The fingerprint of this interpreter's environment, as a JSON-ready dict.
 
@@ -374,7 +383,12 @@ def collect(imports: bool = False) -> dict[str, Any]:
             # Not installed, or broken: that section is left out.
             with contextlib.suppress(Exception):
                 __import__(module)
-    env, withheld = environment_variables()
+    return {**static_sections(), **runtime_sections(imports)}
+
+
+def static_sections() -> dict[str, Any]:
+    """The `STATIC` sections of this interpreter's fingerprint (`conda` only in a conda
+    environment)."""
     fp: dict[str, Any] = {
         "schema": SCHEMA,
         "python": {
@@ -394,12 +408,18 @@ def collect(imports: bool = False) -> dict[str, Any]:
         "markers": markers(),
         "cpu": cpu(),
         "distributions": distributions(),
-        "env": env,
-        "env_withheld": withheld,
     }
     conda = conda_packages(sys.prefix)
     if conda is not None:
         fp["conda"] = conda
+    return fp
+
+
+def runtime_sections(imports: bool = False) -> dict[str, Any]:
+    """The `RUNTIME` sections of this process's fingerprint: the numerics variables it runs
+    with, and the libraries it has imported (each section only when imported)."""
+    env, withheld = environment_variables()
+    fp: dict[str, Any] = {"env": env, "env_withheld": withheld}
     sections = (
         ("numpy", numpy_section()),
         (
@@ -414,12 +434,86 @@ def collect(imports: bool = False) -> dict[str, Any]:
     return fp
 
 
+# What `stamp` looks at in each folder on sys.path: installed distributions' metadata and
+# the path files that can add folders to sys.path.
+_STAMPED = (".dist-info", ".egg-info", ".egg-link", ".pth", ".egg")
+
+
+def stamp(paths: list[str], executable: str, prefix: str) -> str:
+    """A cheap digest of everything the `STATIC` sections are read from, without reading
+    any of it: the interpreter's file (its size, modification time and inode), the machine
+    (uname, boot id), and, for each folder on `paths` (sys.path as the probe saw it), the
+    folder's modification time (an entry added, removed or renamed changes it) and the
+    size, modification time and inode of every file of each `*.dist-info`/`*.egg-info`
+    in it and of each `.pth`/`.egg-link` file, and the same of `prefix`'s conda-meta.
+    Whatever installs, uninstalls or edits a distribution's metadata changes it.
+
+    Computed by the probe before it reads the environment, and by the host later on the
+    same paths: equal stamps mean the environment's metadata is as it was when probed."""
+    import hashlib
+
+    parts: list[str] = [repr(os.uname()) if hasattr(os, "uname") else sys.platform]
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
+        parts.append(f.read().strip())
+    parts.append(executable + " " + _stat(os.path.realpath(executable)))
+    conda = os.path.join(prefix, "conda-meta")
+    for folder in [*paths, conda]:
+        parts.append(folder + " " + _stat(folder))
+        try:
+            names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        except OSError:
+            continue
+        for name in names:
+            if folder != conda and not name.endswith(_STAMPED):
+                continue
+            path = os.path.join(folder, name)
+            parts.append(name + " " + _stat(path))
+            if os.path.isdir(path):
+                with contextlib.suppress(OSError):
+                    for inner in sorted(os.listdir(path)):
+                        parts.append(name + "/" + inner + " " + _stat(os.path.join(path, inner)))
+    return "stamp:" + hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()
+
+
+def _stat(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+
+def static_entry() -> dict[str, Any]:
+    """What `probe.py --static` writes: the `STATIC` sections, the folders on sys.path
+    they were read from and the `stamp` of those, taken before reading them (a change made
+    while the probe reads shows as a stamp that no longer matches)."""
+    paths = list(sys.path)
+    taken = stamp(paths, sys.executable, sys.prefix)
+    return {
+        "fingerprint": static_sections(),
+        "paths": paths,
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "stamp": taken,
+    }
+
+
 def main(argv: list[str]) -> int:
-    """`probe.py [--no-import] [OUT]`: write the fingerprint as JSON to OUT, or to stdout."""
+    """`probe.py [--no-import | --static] [OUT]`: write the fingerprint as JSON to OUT, or
+    to stdout; with `--static`, what `static_entry` gives, read as a process the worker
+    starts sees its environment (this file's folder not on sys.path)."""
     args = argv[1:]
     imports = "--no-import" not in args
-    args = [a for a in args if a != "--no-import"]
-    text = json.dumps(collect(imports=imports), indent=2, sort_keys=True)
+    static = "--static" in args
+    args = [a for a in args if a not in ("--no-import", "--static")]
+    if static:
+        here = os.path.dirname(os.path.abspath(__file__))
+        if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+            del sys.path[0]
+        data = static_entry()
+    else:
+        data = collect(imports=imports)
+    text = json.dumps(data, indent=2, sort_keys=True)
     if args:
         with open(args[0], "w", encoding="utf-8") as f:
             f.write(text)

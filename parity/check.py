@@ -24,10 +24,6 @@ from envlock.progress import Progress, quiet
 from parity.config import ParityConfig
 from parity.errors import BundleError, ConfigError, ParityError
 from parity.inputs.samples import SampleFolder
-from parity.investigations.localize import localize_failure
-from parity.judging.caught import dropped, judge_warnings
-from parity.judging.judge import Judgement, OutputsJudgement, judge
-from parity.report import BundleReference, ParityReport, Verdict
 from parity.runs.job import INPUTS
 from parity.runs.replay import (
     EnvironmentSummary,
@@ -42,6 +38,23 @@ from parity.runs.replay import (
 
 if TYPE_CHECKING:
     from parity.bundle import Bundle
+    from parity.report import ParityReport
+
+
+def _also(meanwhile: Callable[[], None] | None) -> Callable[[], None]:
+    """What to do while the workers run: import what judging and reporting need (a
+    check's start-up imports only what starting the workers needs, issue 17), then the
+    caller's `meanwhile`."""
+
+    def prepare() -> None:
+        import parity.judging.caught
+        import parity.judging.judge
+        import parity.report  # noqa: F401
+
+        if meanwhile is not None:
+            meanwhile()
+
+    return prepare
 
 
 def run_check(
@@ -52,6 +65,7 @@ def run_check(
     progress: Progress | None = None,
     calibrate: bool | None = None,
     localize: bool | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ParityReport:
     """Run the parity check `config` describes and return its report (never raises for
     failures inside environments: they become the report's errors and an `error` verdict).
@@ -60,14 +74,16 @@ def run_check(
     inputs twice, and how much it disagrees with itself is reported per output. With
     `localize` (default: the config's `run.localize`) a failing check runs the worst
     sample through the adapter's stages in both environments and the report names the
-    first stage, and module, beyond tolerance (`parity.investigations.localize`)."""
+    first stage, and module, beyond tolerance (`parity.investigations.localize`).
+    `meanwhile` is called once while the environments run (the host waits on them then):
+    the caller's own preparation, e.g. importing what rendering the report needs."""
     say = progress or quiet
     calibrate = _calibration(config, calibrate)
     started = time.perf_counter()
     runs = [EnvRun(spec) for spec in config.environments]
     with WorkFolder(workdir, say) as work:
         input_digest, generated = replay_environments(
-            config, runs, work.path, cache_dir, say, calibrate
+            config, runs, work.path, cache_dir, say, calibrate, meanwhile=_also(meanwhile)
         )
         ref = next(r for r in runs if r.name == config.reference)
         cand = next(r for r in runs if r.name != config.reference)
@@ -97,6 +113,7 @@ def check_against(
     progress: Progress | None = None,
     calibrate: bool | None = None,
     localize: bool | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ParityReport:
     """Check one environment of `config` (default: the one that is not the reference, i.e.
     the inference side) against a golden bundle, which stands in for the reference
@@ -106,7 +123,8 @@ def check_against(
     is gone (`load_config(..., against=True)`); progress says the reference is the
     bundle's recording. Raise `ConfigError` for an environment to check that the config
     lacks and `BundleError` when the bundle answers a different input set; failures
-    inside the environment become the report's errors, as in `run_check`."""
+    inside the environment become the report's errors, as in `run_check` (and `meanwhile`
+    is called as there)."""
     say = progress or quiet
     calibrate = _calibration(config, calibrate)
     name = _candidate(config, env_name)
@@ -125,7 +143,16 @@ def check_against(
                 f"names {config.adapter}"
             )
         cand = EnvRun(config.environment(name))
-        replay_environments(config, [cand], work.path, cache_dir, say, calibrate, input_digest)
+        replay_environments(
+            config,
+            [cand],
+            work.path,
+            cache_dir,
+            say,
+            calibrate,
+            input_digest,
+            meanwhile=_also(meanwhile),
+        )
         ref = _bundle_run(bundle, cand)
         if (note := _old_bundle_note(bundle, cand)) is not None:
             say(note)
@@ -146,6 +173,8 @@ def check_against(
             generated=generated,
             localize=config.localize if localize is None else localize,
         )
+    from parity.report import BundleReference
+
     return dataclasses.replace(
         report,
         against=BundleReference(
@@ -227,6 +256,10 @@ def _conclude(
     corrupt, localizing, describing the inputs, summarizing an environment. The verdict is
     then `error`, so a CI gate still gets every report it asked for, and never a pass. A
     `ConfigError` (a tolerance table naming no output) stays a usage error."""
+    from parity.judging.caught import dropped, judge_warnings
+    from parity.judging.judge import Judgement, OutputsJudgement, judge
+    from parity.report import ParityReport, Verdict
+
     errors = list(errors)
     after = _AfterTheRun(errors, (ref, cand), work, say)
     finished = time.perf_counter()
@@ -241,6 +274,8 @@ def _conclude(
     compared = time.perf_counter()
     localization = None
     if localize and reasons and not errors:
+        from parity.investigations.localize import localize_failure
+
         with after("localizing the failure"):
             localization = localize_failure(
                 config, ref, cand, judgement.outputs.comparisons, work.path, say

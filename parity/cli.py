@@ -19,8 +19,7 @@ from envlock.progress import Progress
 from parity.check import check_against, run_check
 from parity.config import load_config
 from parity.errors import ParityError
-from parity.render.terminal import progress_printer, render_terminal, stdout_console
-from parity.report import ParityReport
+from parity.render.progress import progress_printer
 
 if TYPE_CHECKING:
     # Imported where they are used (issue 17): a plain `parity check` needs no bundle
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
 
     from parity.bundle import Bundle
     from parity.integrations.mlflow import MlflowTarget
+    from parity.report import ParityReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -224,6 +224,7 @@ def check_command(
             progress=progress,
             calibrate=calibrate,
             localize=localize,
+            meanwhile=_import_renderer,
         )
     else:
         with _open_bundle(str(against), config_path, mlflow_uri) as bundle:
@@ -236,11 +237,18 @@ def check_command(
                 progress=progress,
                 calibrate=calibrate,
                 localize=localize,
+                meanwhile=_import_renderer,
             )
     written = _write_report(report, json_path, junit_path, markdown_path, html_path, metrics_path)
     if target is not None:
         _log_to_mlflow(report, target, written, progress)
     raise SystemExit(report.exit_code)
+
+
+def _import_renderer() -> None:
+    """Import the terminal renderer (rich): called while the workers run, so that the
+    check's start-up does not wait for it (issue 17)."""
+    import parity.render.terminal  # noqa: F401
 
 
 @contextmanager
@@ -316,6 +324,8 @@ def _write_report(
 ) -> list[Path]:
     """Print the report and write the files asked for; the files written. No value of a
     secret-looking variable of ours is in any of them (`envlock.envvars.scrub`)."""
+    from parity.render.terminal import render_terminal
+
     report = scrub(report, redactor())
     _emit(report, render_terminal, json_path)
     written = [json_path] if json_path is not None and str(json_path) != "-" else []
@@ -602,6 +612,8 @@ def _emit(result: R, render: Callable[[R, Console], None], json_path: Path | Non
     if json_path is not None and str(json_path) == "-":
         click.echo(secrets.redact(result.to_json()), nl=False)
         return
+    from parity.render.terminal import stdout_console
+
     console = stdout_console()
     if secrets:  # and a last pass over the text printed
         with console.capture() as captured:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from parity.comparison import OutputComparison
-from parity.investigations.localize import Localization
 from parity.jsontext import json_safe, json_text
 from parity.judging.caught import WarningFinding
 from parity.judging.versions import VersionDiff
 from parity.runs.replay import EnvironmentSummary
+
+if TYPE_CHECKING:
+    from parity.investigations.localize import Localization
 
 __all__ = [
     "BundleReference",

@@ -147,6 +147,7 @@ NOT_ON_THE_CHECK_PATH = [
     "parity.render.markdown",
     "parity.render.metrics",
     "envlock.images",
+    "parity.runs.worker",
 ]
 
 
@@ -160,6 +161,48 @@ def test_the_check_command_and_a_config_import_only_what_a_check_uses() -> None:
         "    parity.cli.main(['check', '--help'])\n"
         "load_config(Path('parity.toml'))\n"
         f"print(sorted(set({NOT_ON_THE_CHECK_PATH!r}) & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_host_and_the_worker_agree_on_the_job_protocol() -> None:
+    """The host does not import the worker (issue 17), so the constants both sides use are
+    written twice: here they must agree."""
+    from parity.runs import job, worker
+
+    assert Path(worker.__file__) == job.WORKER
+    for name in ("JOB_SCHEMA", "WARNINGS_FILE", "WARNING_ENTRIES", "WARNING_MESSAGE"):
+        assert getattr(job, name) == getattr(worker, name), name
+
+
+# What a `parity check` needs only once its workers run (issue 17): imported while they run
+# (`parity.check`'s meanwhile), so that they start after the command imported only what
+# starting them needs. Importing one at start-up again fails here.
+NOT_BEFORE_THE_WORKERS_START = [
+    "numpy",
+    "rich",
+    "envlock.diff",
+    "parity.judging.judge",
+    "parity.judging.compare",
+    "parity.investigations.localize",
+    "parity.render.terminal",
+    "parity.report",
+    "envlock.backends.docker",
+]
+
+
+def test_a_check_starts_its_workers_before_importing_judging_and_rendering() -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import parity.cli, parity.check, parity.runs.replay\n"
+        "from parity.config import load_config\n"
+        "from parity.render.progress import progress_printer\n"
+        "progress_printer(True)\n"
+        "load_config(Path('parity.toml'))\n"
+        f"print(sorted(set({NOT_BEFORE_THE_WORKERS_START!r}) & set(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -227,12 +227,14 @@ def test_a_bug_in_parity_after_the_run_is_an_error_verdict_with_its_traceback_ke
     """No real input is known to raise anything but a ParityError, OSError or a corrupt
     archive while judging, so a judge that raises RuntimeError stands in for a bug."""
     import parity.check
+    import parity.judging.judge
     from parity.config import load_config
 
     def judge(*_: object, **__: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(parity.check, "judge", judge)
+    # parity.check imports it when judging (issue 17: not before the workers start)
+    monkeypatch.setattr(parity.judging.judge, "judge", judge)
     said: list[str] = []
     report = parity.check.run_check(
         load_config(project / "parity.toml"),

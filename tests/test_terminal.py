@@ -20,13 +20,8 @@ from parity.policies import TolerancePolicy
 from parity.render.html import render_html
 from parity.render.junit import render_junit
 from parity.render.markdown import render_markdown
-from parity.render.terminal import (
-    WIDTH,
-    progress_printer,
-    render_terminal,
-    render_text,
-    stdout_console,
-)
+from parity.render.progress import progress_printer
+from parity.render.terminal import WIDTH, render_terminal, render_text, stdout_console
 from parity.report import EnvironmentSummary, ParityReport, VersionDiff
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -64,6 +64,9 @@ class Environment:
     # Whether a script inside sees the host's process ids (not in a container): the
     # worker then watches the host's process and kills its own group when it is gone.
     shares_host_pids: ClassVar[bool] = True
+    # Whether its interpreter runs on this machine's file system, so that the host can
+    # fingerprint it in a process of its own and cache that (`envlock.fingerprints`).
+    probes_on_host: ClassVar[bool] = True
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Where each named mount appears inside the environment (here: where it is)."""
@@ -78,8 +81,10 @@ class Environment:
         env: Mapping[str, str],
         log: Path,
         timeout: float,
+        started: Callable[[], None] | None = None,
     ) -> int:
-        """Run `python script args...` inside; return its exit status, or raise `RunTimeout`."""
+        """Run `python script args...` inside; return its exit status, or raise `RunTimeout`.
+        `started` is called once the script's process has started."""
         child_env = child_environment(env)
         with log.open("wb") as out:
             # -s: no user site-packages; the environment is exactly what its lock installed.
@@ -97,6 +102,8 @@ class Environment:
             try:
                 with RUNNING.running(lambda: kill_group(proc.pid)):
                     try:
+                        if started is not None:
+                            started()
                         exited = _exits_within(proc, timeout)
                     finally:
                         # However it ended, what the script started dies with it: the

@@ -9,7 +9,7 @@ under test is the image that ships.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,6 +65,7 @@ class DockerEnvironment(Environment):
     memory: str = "4g"
     pids: int = 512
     shares_host_pids: ClassVar[bool] = False  # its own pid namespace, killed by Docker
+    probes_on_host: ClassVar[bool] = False  # its files are the image's: probed inside
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Each mount appears under /parity/<name> (a file keeps its name)."""
@@ -82,8 +83,10 @@ class DockerEnvironment(Environment):
         env: Mapping[str, str],
         log: Path,
         timeout: float,
+        started: Callable[[], None] | None = None,
     ) -> int:
-        """Run `python script args...` in a fresh container; remove it afterwards."""
+        """Run `python script args...` in a fresh container; remove it afterwards.
+        `started` is called once the container has started."""
         import docker
 
         client = docker_client()
@@ -114,6 +117,8 @@ class DockerEnvironment(Environment):
             device_requests=device_requests,
             labels={"org.envlock.role": "parity-worker"},
         )
+        if started is not None:
+            started()
         try:
             status = wait_for(container, timeout)
             if status is None:

@@ -31,7 +31,6 @@ from parity.comparison import describe_disagreements
 from parity.inputs.seeded import describe_label
 from parity.policies import advises_tolerances, reads_difference, would_pass
 from parity.policies import measure as policy_measure
-from parity.runs.replay import KEPT
 
 if TYPE_CHECKING:
     from parity.comparison import OutputComparison
@@ -61,18 +60,10 @@ def stdout_console() -> Console:
     return console
 
 
-def progress_printer(quiet: bool) -> Progress:
-    """A progress callback writing `parity: message` lines to stderr; on a terminal each
-    line starts with a dim timestamp. When quiet, only where a work folder was kept (the
-    evidence of a failure, left on disk: not progress). No value of a secret-looking
-    variable of ours is printed (`envlock.envvars`)."""
-    if quiet:
-
-        def kept_only(message: str) -> None:
-            if message.startswith(KEPT):
-                click.echo(f"parity: {redactor().redact(message)}", err=True)
-
-        return kept_only
+def terminal_progress() -> Progress:
+    """`parity.render.progress.progress_printer(quiet=False)`: `parity: message` lines on
+    stderr, each with a dim timestamp when stderr is a terminal; no value of a
+    secret-looking variable of ours is printed (`envlock.envvars`)."""
     console = Console(stderr=True, highlight=False)
     # A message can hold a model's error or an output's name; the secrets are looked up
     # per message, since a config read after this point can declare more (`[run.env]`).

@@ -9,7 +9,7 @@ from typing import Any
 
 from parity.errors import HostileOutputError
 from parity.outputs import load_json
-from parity.runs.worker import WARNING_ENTRIES, WARNING_MESSAGE, WARNINGS_FILE
+from parity.runs.job import WARNING_ENTRIES, WARNING_MESSAGE, WARNINGS_FILE
 
 __all__ = ["WARNINGS_FILE", "CaughtWarning", "CaughtWarnings", "read_caught"]
 

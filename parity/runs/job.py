@@ -11,8 +11,12 @@ answers with files in its output folder; `error.json` says why the model failed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
+import sys
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,15 @@ from envlock.backends import Environment, Mount
 from parity.config import ParityConfig
 from parity.errors import HostileOutputError, WorkerError
 from parity.outputs import ERROR, check_json, load_json
-from parity.runs import worker as worker_module
+
+# The worker's file; the host never imports it (a thousand lines to compile on every run
+# without bytecode): the constants both sides use are repeated here, and a test holds
+# them equal to the worker's.
+WORKER = Path(__file__).with_name("worker.py")
+JOB_SCHEMA = 1
+WARNINGS_FILE = "warnings.json"
+WARNING_ENTRIES = 200  # distinct warnings a worker keeps; more are counted in `dropped`
+WARNING_MESSAGE = 2000  # characters of a warning's message a worker keeps
 
 INPUTS = "inputs"  # the folder the inputs file appears in (mounted read-only)
 INPUTS_FILE = "inputs.npz"
@@ -52,6 +64,56 @@ class Job:
         return [f"{self.inside['out']}/job.json"]
 
 
+def compiled_scripts(python: Mapping[str, Any] | None, cache_dir: Path) -> dict[str, Path] | None:
+    """The worker and the probe compiled to bytecode in `cache_dir` (once per version of
+    each), for an environment whose interpreter is the `python` a fingerprint describes,
+    when it reads this interpreter's bytecode (the same implementation and minor version,
+    not a pre-release); else None, and the worker runs from its source.
+
+    A script run by path is compiled on every run (Python caches bytecode only for imported
+    modules, and a worker runs with PYTHONDONTWRITEBYTECODE=1): a `.pyc` run by path is
+    not, and the worker and the probe are 1,500 lines."""
+    version = str((python or {}).get("version", ""))
+    implementation = (python or {}).get("implementation")
+    ours = f"{sys.version_info.major}.{sys.version_info.minor}."
+    if (
+        implementation != platform.python_implementation()
+        or not version.startswith(ours)
+        or not version.removeprefix(ours).isdigit()
+        or sys.version_info.releaselevel != "final"
+    ):
+        return None
+    compiled = {}
+    for name, source in (("worker", WORKER), ("probe", Path(envlock.probe.__file__))):
+        try:
+            text = source.read_bytes()
+            digest = hashlib.sha256(text).hexdigest()[:24]
+            target = cache_dir / "bytecode" / sys.implementation.cache_tag / f"{name}-{digest}.pyc"
+            if not target.is_file():
+                code = compile(text, str(source), "exec", dont_inherit=True)
+                data = _pyc(code)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+        except OSError:
+            return None  # a cache that cannot be written: the sources, as before
+        compiled[name] = target
+    return compiled
+
+
+def _pyc(code: Any) -> bytes:
+    """A `.pyc` of `code` that no source is checked against (the file's name holds the
+    source's digest instead)."""
+    import importlib.util
+    import marshal
+
+    flags = 0b01  # hash-based, unchecked (PEP 552): the hash field is not compared
+    return (
+        importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little") + bytes(8) + marshal.dumps(code)
+    )
+
+
 def prepare_job(
     environment: Environment,
     config: ParityConfig,
@@ -59,21 +121,24 @@ def prepare_job(
     outdir: Path,
     inputs: Path,
     fields: Callable[[Mapping[str, str]], dict[str, Any]],
+    scripts: Mapping[str, Path] | None = None,
 ) -> Job:
     """Write the job file for a worker in `environment` into `outdir` (made if missing),
     reading from the folder `inputs`; `fields(inside)` gives the mode's own fields from
-    where each mount appears inside."""
+    where each mount appears inside. `scripts` are the worker and the probe compiled for
+    the environment (`compiled_scripts`), when it has them."""
     outdir.mkdir(parents=True, exist_ok=True)
+    scripts = scripts or {}
     mounts = {
-        "worker": Mount(Path(worker_module.__file__)),
-        "probe": Mount(Path(envlock.probe.__file__)),
+        "worker": Mount(scripts.get("worker", WORKER)),
+        "probe": Mount(scripts.get("probe", Path(envlock.probe.__file__))),
         "inputs": Mount(inputs),
         "out": Mount(outdir, writable=True),
         **{f"path{i}": Mount(p) for i, p in enumerate(config.model_paths)},
     }
     inside = environment.layout(mounts)
     job = {
-        "schema": worker_module.JOB_SCHEMA,
+        "schema": JOB_SCHEMA,
         "adapter": config.adapter,
         "paths": [inside[f"path{i}"] for i in range(len(config.model_paths))],
         "inputs_wait": config.timeout,

@@ -16,10 +16,13 @@ through here (check, bundle, bisect, localize, search).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +31,31 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from envlock import LockedEnv
-from envlock.backends import Environment, RunTimeout
+from envlock.backends import Environment, RunTimeout, default_cache_dir
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
+from envlock.fingerprints import FingerprintError, StaticFingerprint, static_fingerprint
 from envlock.locked import fingerprint_markers
 from envlock.lockfile import MAIN
 from envlock.names import shown_path
+from envlock.probe import RUNTIME
 from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
 from parity.errors import HostileOutputError, ParityError, WorkerError
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
-from parity.outputs import load_fingerprint, load_outputs, worker_seconds
+from parity.outputs import FINGERPRINT, check_json, load_fingerprint, load_outputs, worker_seconds
 from parity.runs.caught import WARNINGS_FILE, CaughtWarnings, read_caught
-from parity.runs.job import ABORT, INPUTS, INPUTS_FILE, exited, model_failure, prepare_job
+from parity.runs.job import (
+    ABORT,
+    INPUTS,
+    INPUTS_FILE,
+    compiled_scripts,
+    exited,
+    model_failure,
+    prepare_job,
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,8 @@ class EnvRun:
     warnings: CaughtWarnings | None = None
     # a bundle's recorded view of its lock, for a run that has no `lock` to read
     recorded_lock: LockView | None = None
+    # the worker and the probe compiled for the environment's interpreter, if it has them
+    scripts: dict[str, Path] | None = None
 
     def lock_view(self) -> LockView | None:
         """What this environment's lock pins, from the lock itself or as recorded."""
@@ -129,6 +144,10 @@ class EnvRun:
         """The environment's name in the config."""
         return self.spec.name
 
+
+# How long making the inputs waits for the workers to start (seconds): they start in a
+# few milliseconds from a cached environment; one being built is not waited for.
+START_WAIT = 1.0
 
 # How progress says a work folder was left on disk (the one progress line -q still prints).
 KEPT = "work folder kept: "
@@ -214,18 +233,27 @@ def replay_environments(
     say: Progress,
     calibrate: bool,
     input_digest: str | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> tuple[str, float]:
     """Materialize each run's environment and replay the input set in it, all at once; the
     input set's digest and when it was ready (`time.perf_counter()`).
 
     Failures inside an environment become that run's `error`. With `input_digest`, the
-    inputs file is already in `work/inputs` and is not made again."""
+    inputs file is already in `work/inputs` and is not made again. `meanwhile` is called
+    once the inputs are written, while the workers run (what the caller prepares then)."""
     # Workers start first and import the model while the inputs are made here; each waits
-    # for the inputs file, which appears whole (written aside, then renamed).
+    # for the inputs file, which appears whole (written aside, then renamed). Making the
+    # inputs waits (a little) until the workers have started: a start-up that competes with
+    # NumPy's import for the interpreter would come later, the workers' own start too.
+    starting = [threading.Event() for _ in runs]
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         futures = [
-            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate) for r in runs
+            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate, e)
+            for r, e in zip(runs, starting, strict=True)
         ]
+        deadline = time.monotonic() + START_WAIT
+        for event in starting:
+            event.wait(max(deadline - time.monotonic(), 0))
         if input_digest is None:
             try:
                 input_digest = write_inputs(config, work / INPUTS)
@@ -235,6 +263,8 @@ def replay_environments(
             say(f"inputs: {config.inputs.label}, {input_digest[:19]}…")
             say_input_warnings(config, say)
         generated = time.perf_counter()
+        if meanwhile is not None:
+            meanwhile()
         for future in futures:
             future.result()
     return input_digest, generated
@@ -291,15 +321,23 @@ def _run_environment(
     work: Path,
     say: Progress,
     calibrate: bool,
+    starting: threading.Event | None = None,
 ) -> None:
+    """Materialize `run`'s environment and replay the inputs in it; `starting` is set once
+    its worker has started (or the run ended before)."""
     tell = _told(run, say)
     try:
         t0 = time.perf_counter()
         environment = materialize(run, cache_dir, tell)
         t1 = time.perf_counter()
         run.seconds["materialize"] = round(t1 - t0, 3)
+        static = _static_fingerprint(run, cache_dir, tell)
+        if static is not None:
+            run.scripts = compiled_scripts(
+                static.sections.get("python"), cache_dir or default_cache_dir()
+            )
         tell(f"running {config.inputs.count} inputs in {environment.description}")
-        run.outputs = _replay(run, config, work / run.name)
+        run.outputs = _replay(run, config, work / run.name, static, cache_dir, starting)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
         if calibrate:
@@ -310,16 +348,52 @@ def _run_environment(
     except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
+    finally:
+        if starting is not None:
+            starting.set()
 
 
-def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
+def _static_fingerprint(
+    run: EnvRun, cache_dir: Path | None, tell: Progress
+) -> StaticFingerprint | None:
+    """What `run`'s environment holds, as the host fingerprints it (`envlock.fingerprints`:
+    reused while the environment is unchanged), or None where the worker must probe it in
+    full (a container, or an interpreter the probe failed in: the worker's run says why,
+    as without the host's probe)."""
+    assert run.environment is not None
+    try:
+        static = static_fingerprint(run.environment, cache_dir)
+    except FingerprintError:
+        return None
+    if static is not None:
+        tell(
+            "fingerprint reused: environment unchanged since it was taken"
+            if static.reused
+            else "fingerprint taken"
+        )
+    return static
+
+
+def _replay(
+    run: EnvRun,
+    config: ParityConfig,
+    outdir: Path,
+    static: StaticFingerprint | None = None,
+    cache_dir: Path | None = None,
+    starting: threading.Event | None = None,
+) -> dict[str, OutputArray]:
     """Run the worker once in `run`'s environment; its outputs (read lazily from outdir).
-    The first run's warnings become `run.warnings`, also when the worker failed."""
+    The first run's warnings become `run.warnings`, also when the worker failed. With
+    `static` (what the environment holds, taken by the host), the worker takes only the
+    rest of the fingerprint where its sys.path is the one `static` was read from (else all
+    of it, as without), and the host takes `static` again after the run: a model that
+    changed its environment shows in the fingerprint as when the worker probed it all."""
     if run.fingerprint:  # a calibration run: the first run's fingerprint, times, warnings stand
         run_worker(run, config, outdir)
         return dict(load_outputs(outdir / "outputs.npz"))
+    fields = {} if static is None else {"static_paths": static.paths}
     try:
-        run_worker(run, config, outdir)
+        run_worker(run, config, outdir, starting=starting, **fields)
     except ParityError:
         # unreadable: the worker's own failure is what the report says
         if (outdir / WARNINGS_FILE).exists():
@@ -330,6 +404,24 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
     outputs = load_outputs(outdir / "outputs.npz")
     try:
         run.fingerprint = load_fingerprint(outdir / "fingerprint.json")
+        if static is not None and run.environment and "distributions" not in run.fingerprint:
+            # The worker took the sections about itself; what the environment holds is the
+            # host's, taken again in case the model changed the environment.
+            try:
+                after = static_fingerprint(run.environment, cache_dir) or static
+            except FingerprintError as e:
+                raise WorkerError(run.name, str(e)) from None
+            run.fingerprint = check_json(
+                outdir / "fingerprint.json",
+                {
+                    **after.sections,
+                    **{k: run.fingerprint[k] for k in RUNTIME if k in run.fingerprint},
+                },
+                FINGERPRINT,
+            )
+            (outdir / "fingerprint.json").write_text(
+                json.dumps(run.fingerprint, indent=2, sort_keys=True), encoding="utf-8"
+            )
         seconds = worker_seconds(outdir / "result.json")
     except HostileOutputError as e:
         raise WorkerError(run.name, str(e)) from None
@@ -339,10 +431,17 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
     return dict(outputs)
 
 
-def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: Any) -> None:
+def run_worker(
+    run: EnvRun,
+    config: ParityConfig,
+    outdir: Path,
+    starting: threading.Event | None = None,
+    **job_fields: Any,
+) -> None:
     """Run the worker once in `run`'s environment on the inputs file in
     `outdir.parent / INPUTS`, writing into `outdir`; `job_fields` add to (or replace) the
-    job's fields, e.g. `mode`. Raise `WorkerError` when the worker fails or times out."""
+    job's fields, e.g. `mode`; `starting` is set once the worker has started. Raise
+    `WorkerError` when the worker fails or times out."""
     assert run.environment is not None
     job = prepare_job(
         run.environment,
@@ -357,6 +456,7 @@ def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: An
             "batch_size": config.inputs.batch_size,
             **job_fields,
         },
+        run.scripts,
     )
     try:
         status = run.environment.run_python(
@@ -366,6 +466,7 @@ def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: An
             env=job.env,
             log=job.log,
             timeout=config.timeout,
+            started=None if starting is None else starting.set,
         )
     except RunTimeout as e:
         raise WorkerError(run.name, f"worker {e} (log: {job.log})") from None

@@ -7,7 +7,9 @@ the parity package), so the environment under test is exactly what its lock inst
 It writes into the job's output folder:
 
     outputs.npz        one array per model output, (count, ...) each; plain numeric dtypes
-    fingerprint.json   the environment's fingerprint (envlock's probe), taken after the run
+    fingerprint.json   the environment's fingerprint (envlock's probe), taken after the run;
+                       with `static_paths` in the job, only its sections about this
+                       process (the host has the rest, see `_fingerprint`)
     result.json        status, timings and the outputs' shapes and dtypes
     error.json         instead of outputs, when the model or the job failed
     warnings.json      every Python warning and log record of level WARNING or above while
@@ -502,6 +504,29 @@ def _load_probe(path: str) -> Any:
     return module
 
 
+# sys.path as the interpreter set it up, before the job's paths (or the model) changed it.
+_BASE_PATH = list(sys.path)
+_DISTRIBUTIONS = (".dist-info", ".egg-info", ".egg-link")
+
+
+def _fingerprint(job: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint this worker writes, taken after the model ran. With `static_paths`
+    in the job, the host took what the environment holds (`envlock.fingerprints`) from
+    those folders on sys.path: only the sections about this process are taken here, unless
+    this process's sys.path did not start as those folders or now holds another folder with
+    installed distributions in it (a model's folder), which only the full probe sees."""
+    probe = _load_probe(job["probe"])
+    static_paths = job.get("static_paths") or []
+    whole = not isinstance(static_paths, list) or not static_paths or static_paths != _BASE_PATH
+    for folder in sys.path if not whole else []:
+        if folder in static_paths or not os.path.isdir(folder or "."):
+            continue
+        with contextlib.suppress(OSError):
+            whole = whole or any(n.endswith(_DISTRIBUTIONS) for n in os.listdir(folder or "."))
+    fingerprint: dict[str, Any] = probe.collect() if whole else probe.runtime_sections()
+    return fingerprint
+
+
 def _wait_for(path: str, abort: Any, limit: float) -> bool:
     """Wait until `path` exists; False if `abort` appears or `limit` seconds pass first."""
     deadline = time.monotonic() + limit
@@ -586,7 +611,7 @@ def _predict(job: dict[str, Any], outdir: str, caught: _Caught) -> int:
     np.savez(tmp, **outputs)  # type: ignore[arg-type]  # numpy stubs mistype **arrays
     os.replace(tmp, os.path.join(outdir, "outputs.npz"))
     try:
-        fingerprint = _load_probe(job["probe"]).collect()
+        fingerprint = _fingerprint(job)
     except Exception as exc:
         _fail(outdir, "fingerprint", exc)
         return 1
