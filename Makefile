@@ -9,6 +9,7 @@ UV := $(BOOT)/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: parity drift bisect test test-fast lint bench lock-check clean
 
@@ -54,9 +55,9 @@ lock-check: $(SYNCED)
 	$(VENV)/bin/envlock lock --check --spec locks/pyproject.toml
 	$(VENV)/bin/envlock lock --check --spec examples/numpy-drift/locks/pyproject.toml
 
+## Every promised figure, measured in one run, in one table (benchmarks/bench.py; minutes).
 bench: $(SYNCED)
-	$(VENV)/bin/python benchmarks/parity_overhead.py
-	$(VENV)/bin/python benchmarks/compare_throughput.py
+	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BOOT)

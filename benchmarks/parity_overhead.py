@@ -9,7 +9,8 @@ Measures, in this order and in one process:
   bare   for each environment alone: a plain Python process in its venv that imports the
          model and runs the same inputs in the same batches with the same thread settings
          (median of --repeat runs)
-and prints warm / slower-bare, the figure the main job promises to keep at or under 1.3.
+and prints warm / slower-bare, the figure the project promises to keep at or under 1.1
+(--warm-only: no cold runs; the envlock cache's environments, built once if missing).
 The warm and bare runs alternate (a shared machine's load falls on both alike), and each
 is also measured in CPU seconds (user + system, children included): the last line is the
 warm check's CPU over both bare runs' together (the same two inferences, which a loaded
@@ -19,6 +20,7 @@ machine disturbs less than wall time).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -29,14 +31,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record  # beside this script
 
 from envlock import read_lock
-from envlock.backends import VenvBackend
+from envlock.backends import VenvBackend, default_cache_dir
 from parity.config import load_config
 from parity.inputs.seeded import generate
 from parity.runs.job import THREAD_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGET = 1.1  # warm check / the slower bare inference run (issue 17)
 BARE = """
 import sys, numpy as np
 sys.path[:0] = {paths!r}
@@ -71,12 +75,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="parity.toml")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="No cold runs: the environments of the envlock cache, built once if missing.",
+    )
     args = parser.parse_args()
     config = load_config(ROOT / args.config)
     parity_bin = str(Path(sys.executable).parent / "parity")
 
     with tempfile.TemporaryDirectory(prefix="parity-bench-") as tmp:
-        cache = Path(tmp) / "cache"
+        cache = default_cache_dir() if args.warm_only else Path(tmp) / "cache"
 
         def check(cache_dir: Path) -> list[str]:
             return [
@@ -90,8 +99,12 @@ def main() -> int:
             ]
 
         no_uv_cache = {**os.environ, "UV_CACHE_DIR": str(Path(tmp) / "uv-cache")}
-        cold = timed(check(cache), no_uv_cache)
-        cold_cached = timed(check(Path(tmp) / "cache2"))
+        if args.warm_only:
+            cold = cold_cached = math.nan
+            timed(check(cache))  # builds what is missing; then warm
+        else:
+            cold = timed(check(cache), no_uv_cache)
+            cold_cached = timed(check(Path(tmp) / "cache2"))
 
         inputs_path = Path(tmp) / "inputs.npz"
         np.savez(inputs_path, **generate(config.inputs))
@@ -133,15 +146,23 @@ def main() -> int:
             + ", ".join(f"{t:.2f}" for t in runs)
         )
     ratio = warm / bare_median[slowest]
-    print(f"warm / slower bare run ({slowest}):          {ratio:7.2f}   (target <= 1.30)")
+    print(f"warm / slower bare run ({slowest}):          {ratio:7.2f}   (target <= {TARGET:.2f})")
     print(f"cold / warm:                              {cold / warm:7.2f}")
     both = sum(statistics.median(CPU[name]) for name in bare)
+    cpu_ratio = statistics.median(CPU["warm"]) / both
     print(
-        f"warm CPU / both bare runs' CPU:           {statistics.median(CPU['warm']) / both:7.2f}"
+        f"warm CPU / both bare runs' CPU:           {cpu_ratio:7.2f}"
         f"   ({statistics.median(CPU['warm']):.2f} s / {both:.2f} s, medians)"
     )
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    return 0 if ratio <= 1.3 else 1
+    record(
+        "warm reference check / slower bare run (wall)",
+        ratio,
+        target=TARGET,
+        detail=f"{warm:.2f} s vs {bare_median[slowest]:.2f} s ({slowest})",
+    )
+    record("warm reference check CPU / both bare runs' CPU", cpu_ratio)
+    return 0 if ratio <= TARGET else 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import record  # beside this script
+
 from envlock import read_lock
 from envlock.backends import VenvBackend, default_cache_dir
 from parity.runs.job import THREAD_VARS
@@ -157,6 +159,12 @@ def main() -> int:
     ratios = []
     for mode, floor_s, check_s, floor_cpu, check_cpu, import_s in rows:
         ratios.append(check_s / floor_s)
+        record(
+            f"trivial check / floor, {mode} (wall)",
+            ratios[-1],
+            target=TARGET,
+            detail=f"{check_s:.2f} s vs {floor_s:.2f} s; CPU {check_cpu / floor_cpu:.2f}x",
+        )
         print(
             f"{mode:<28}{floor_s:9.2f}{check_s:9.2f}{ratios[-1]:10.2f}x"
             f"{floor_cpu:9.2f}{check_cpu:9.2f}{check_cpu / floor_cpu:10.2f}x{import_s:9.2f}"
