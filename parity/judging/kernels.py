@@ -552,7 +552,7 @@ def _workers(n: int) -> Any:
     return _pool
 
 
-FUSED_BLOCK = 1 << 22  # elements a block of the compiled pass holds (16 MiB of float32)
+FUSED_BLOCK = 1 << 20  # elements a block of the compiled pass holds (4 MiB of float32)
 SAMPLE = 1 << 18  # elements whose differences predict where the quantiles lie
 SPECULATE = True  # whether a pass speculates (tests compare both ways)
 SPEC_KEYS = 12 << 20  # keys the speculative ranges may collect at most (96 MiB)
@@ -790,27 +790,36 @@ class FusedPass:
                     still.append(t)
                     continue
                 rep = covering if covering and covering >> 48 == t.prefix else int(_NONE)
-                parts = []
-                for i in range(self.threads):
-                    keys = buf[self.base[i, w] : self.base[i, w] + self.fill[i, w]]
-                    parts.append(keys[(keys >> np.uint64(48)) == np.uint64(t.prefix)])
-                mine = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                # The bin's collected keys, copied once (no concatenation, no halves).
+                prefix, shift = np.uint64(t.prefix), np.uint64(48)
+                regions = [
+                    buf[self.base[i, w] : self.base[i, w] + self.fill[i, w]]
+                    for i in range(self.threads)
+                ]
+                masks = [(keys >> shift) == prefix for keys in regions]
+                sizes = [int(np.count_nonzero(mask)) for mask in masks]
+                mine = np.empty(sum(sizes), dtype=np.uint64)
+                at = 0
+                for keys, mask, size in zip(regions, masks, sizes, strict=True):
+                    np.compress(mask, keys, out=mine[at : at + size])
+                    at += size
+                del masks
                 same = t.count - int(mine.size)  # the representative's count
                 if same < 0 or (rep == int(_NONE) and same):
                     raise RuntimeError("quantile pass: a bin's count changed between passes")
-                if rep == int(_NONE):
-                    below, above = mine, mine[:0]
-                else:
-                    below, above = mine[mine < np.uint64(rep)], mine[mine > np.uint64(rep)]
-                lower = {r: w for r, w in t.ranks.items() if w < below.size}
-                upper = {
-                    r: w - below.size - same for r, w in t.ranks.items() if w >= below.size + same
-                }
-                below.partition(sorted(set(lower.values())) or [0]) if lower else None
-                above.partition(sorted(set(upper.values()))) if upper else None
+                # In the bin's order: the keys below the representative, `same` copies of
+                # it, the keys above; mine sorted holds the first and the last.
+                below = int(np.count_nonzero(mine < np.uint64(rep))) if same else mine.size
+                where = {}
+                for rank, within in t.ranks.items():
+                    if within < below:
+                        where[rank] = within
+                    elif within >= below + same:
+                        where[rank] = within - same
+                if where:  # mine is this look's own copy: partitioned in place
+                    mine.partition(sorted(set(where.values())))
                 resolved = dict.fromkeys(t.ranks, value(rep))
-                resolved.update({r: value(int(below[w])) for r, w in lower.items()})
-                resolved.update({r: value(int(above[w])) for r, w in upper.items()})
+                resolved.update({r: value(int(mine[i])) for r, i in where.items()})
                 t.resolved = resolved
             left.append(still)
         return left
