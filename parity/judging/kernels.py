@@ -8,9 +8,13 @@ or float64) judged by allclose, exact or ulp, and without a heatmap or per-colum
 blocks once: the NaN and infinity rules, the policy's test, the mismatched counts, the
 maxima and the worst element (its first occurrence), the sums for the means, the atol and
 rtol that would pass, the ULP distance, and the top-16-bit histograms of the absolute and
-relative differences that `parity.judging.quantiles` resolves to exact quantiles (further
-passes are compiled too: `FusedPass.scan`). Only the means may differ from the NumPy
-path's, in the last bits: the summation order differs.
+relative differences that `parity.judging.quantiles` resolves to exact quantiles. Each
+block is split over numba's threads (`threads`), 512 elements at a time computed into
+small buffers and reduced in SIMD; the keys of the quantile bins predicted from a sample
+are collected during the pass, so that most comparisons read the data once (`FusedPass`;
+further passes, when the prediction misses, are compiled too: `FusedPass.scan`). Only
+the means may differ from the NumPy path's, in the last bits: the summation order
+differs.
 
 `PARITY_COMPARE_KERNEL` chooses: `auto` (the default) uses the compiled pass for outputs
 of at least `MIN_ELEMENTS` elements when numba is importable; `numpy` never; `numba`
