@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from parity.arrays import MemoryArray
 from parity.comparison import OutputComparison
+from parity.errors import ConfigError
 from parity.judging import kernels
 from parity.judging.compare import compare_arrays
 from parity.judging.pictures import image_layout
@@ -74,9 +78,9 @@ class Spy:
         self.started = 0
         real = kernels.FusedPass.__init__
 
-        def init(this: kernels.FusedPass, rule: tuple[int, float, float, int]) -> None:
+        def init(this: kernels.FusedPass, *args: Any, **kw: Any) -> None:
             self.started += 1
-            real(this, rule)
+            real(this, *args, **kw)
 
         monkeypatch.setattr(kernels.FusedPass, "__init__", init)
 
@@ -121,17 +125,40 @@ def pairs(draw: st.DrawFn, dtypes: list[type]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(pairs([np.float32, np.float64]), fused_policies, st.integers(1, 50), st.integers(0, 40))
+@given(
+    pairs([np.float32, np.float64]),
+    fused_policies,
+    st.integers(1, 50),
+    st.integers(0, 40),
+    st.tuples(st.integers(1, 3), st.integers(1, 64), st.booleans()),
+)
 def test_the_compiled_pass_gives_the_numpy_paths_results(
     pair: tuple[np.ndarray, np.ndarray],
     policy: TolerancePolicy,
     block: int,
     keep: int,
+    split: tuple[int, int, bool],
 ) -> None:
     """Float32/64 under allclose, exact, ulp, with NaN, infinities, -0.0, subnormals and
     overflowing differences; small blocks and keep limits force the compiled quantile
-    passes, histogram levels included."""
+    passes, histogram levels included; blocks split over 1 to 3 threads, speculation on
+    a sample of 1 to 64 elements (its predictions right or wrong) or none."""
     ref, cand = pair
+    threads, sample, speculate = split
+    mp = pytest.MonkeyPatch()
+    mp.setattr(kernels, "threads", lambda: threads)
+    mp.setattr(kernels, "_MIN_SPLIT", 1)
+    mp.setattr(kernels, "SAMPLE", sample)
+    mp.setattr(kernels, "SPECULATE", speculate)
+    try:
+        _compare_both_ways(ref, cand, policy, block, keep)
+    finally:
+        mp.undo()
+
+
+def _compare_both_ways(
+    ref: np.ndarray, cand: np.ndarray, policy: TolerancePolicy, block: int, keep: int
+) -> None:
     views = image_layout(ref.shape) is not None or (ref.ndim == 2 and 0 < ref.shape[1] <= 64)
     for block_elements, keep_limit in ((block, keep), (1 << 16, 1 << 23)):
         slow, fast, started = both(
@@ -203,8 +230,77 @@ def test_auto_takes_the_compiled_pass_for_large_outputs_only(
 
 def test_an_unknown_switch_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.SWITCH, "fortran")
-    with pytest.raises(ValueError, match="PARITY_COMPARE_KERNEL='fortran'"):
+    with pytest.raises(ConfigError, match="PARITY_COMPARE_KERNEL: 'fortran': expected one of") as e:
         compare_arrays("y", np.zeros(3), np.ones(3))
+    assert e.value.exit_code == 2
+
+
+def test_numba_asked_for_but_missing_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PARITY_COMPARE_KERNEL=numba without numba: one line, exit 2, not an ImportError."""
+    monkeypatch.setenv(kernels.SWITCH, "numba")
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    with pytest.raises(ConfigError, match="needs numba, which is not importable") as e:
+        compare_arrays("y", np.zeros(3), np.ones(3))
+    assert e.value.exit_code == 2
+    assert "\n" not in str(e.value)
+
+
+class Counted(MemoryArray):
+    """An output in memory that counts the passes over it."""
+
+    passes = 0
+
+    def blocks(self, elements: int) -> Iterator[np.ndarray]:
+        self.passes += 1
+        yield from super().blocks(elements)
+
+
+def _few_ulp(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((rows, 1024), dtype=np.float32)
+    steps = rng.integers(-4, 5, ref.shape, dtype=np.int32)
+    return ref, (ref.view(np.int32) + steps).view(np.float32)
+
+
+def test_speculation_makes_one_pass_with_the_numpy_paths_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2 Mi float32 elements a few ULP apart: the quantile bins predicted from the sample
+    are collected during the first pass, so the compiled path reads the data once (the
+    NumPy path, keeping at most 64 Ki values, twice), or twice without speculation, with
+    the same results each way."""
+    ref, cand = _few_ulp(2048, 11)
+    results, passes = [], []
+    for path, speculate in (("numpy", True), ("numba", True), ("numba", False)):
+        monkeypatch.setenv(kernels.SWITCH, path)
+        monkeypatch.setattr(kernels, "SPECULATE", speculate)
+        r, c = Counted(ref), Counted(cand)
+        policy = TolerancePolicy(atol=1e-8, rtol=1e-5)
+        results.append(compare_arrays("y", r, c, policy, keep_limit=1 << 16))
+        passes.append(r.passes)
+    assert passes == [2, 1, 2]
+    assert_same(results[1], results[0])
+    assert_same(results[2], results[0])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_same_results_whatever_the_number_of_threads(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Blocks split over 1, 2 or 3 threads (ties of the largest difference across parts
+    resolve to the lowest index) give the NumPy path's results."""
+    ref, cand = _few_ulp(256, 12)
+    cand[3, 7] = ref[3, 7] + 1  # the largest difference, twice: the first is the worst
+    cand[200, 9] = ref[200, 9] + 1
+    ref[200, 9] = ref[3, 7]
+    cand[200, 9] = cand[3, 7]
+    monkeypatch.setattr(kernels, "threads", lambda: threads)
+    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
+    slow, fast, started = both(ref, cand, policy=TolerancePolicy(atol=1e-8, rtol=1e-5))
+    assert started == 1
+    assert_same(fast, slow)
+    assert fast.worst_index == (3, 7)
 
 
 def test_without_a_writable_cache_the_kernels_are_compiled_in_memory(

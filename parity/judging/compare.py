@@ -62,7 +62,7 @@ def compare_arrays(
     policy: TolerancePolicy | None = None,
     *,
     noise: dict[str, Noise] | None = None,
-    block_elements: int = BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     keep_limit: int = KEEP_LIMIT,
     on_block: Callable[[int, int], None] | None = None,
     pictures: bool = False,
@@ -72,6 +72,8 @@ def compare_arrays(
     `noise` is each environment's self-disagreement from a calibrated check: it marks a
     failure as nondeterministic and scales atol by the policy's `noise_factor`.
     `on_block(done, total)` is called after each block of the first pass (for progress).
+    `block_elements`: elements per block (default `BLOCK_ELEMENTS`, or the compiled
+    pass's `parity.judging.kernels.FUSED_BLOCK`).
     With `pictures`, an image-like output that differs carries the `Pictures` of the
     sample holding its worst element (that one sample is read again from each side)."""
     rule = (policy or TolerancePolicy()).rule
@@ -105,8 +107,10 @@ def compare_arrays(
     output = Output(ref.shape, ref.dtype, cand.dtype)
     unfit = rule.unfit(output)
     acc = _Accumulator(output, rule.judge(output), (atol, rtol), keep_limit)
-    block = acc.unit * max(1, block_elements // acc.unit)
     fused = _fused(output, acc)
+    if block_elements is None:  # the path's own: the compiled pass takes larger blocks
+        block_elements = BLOCK_ELEMENTS if fused is None else fused.block
+    block = acc.unit * max(1, block_elements // acc.unit)
     start = 0
     for rb, cb in zip(ref.blocks(block), cand.blocks(block), strict=True):
         if fused is None:
@@ -156,7 +160,7 @@ def _fused(output: Output, acc: _Accumulator) -> FusedPass | None:
     from parity.judging import kernels
 
     rule = kernels.fused_rule(output, acc.judge, views)
-    return None if rule is None else kernels.FusedPass(rule)
+    return None if rule is None else kernels.FusedPass(rule, output.total, QUANTILES)
 
 
 def measure_noise(first: np.ndarray | OutputArray, second: np.ndarray | OutputArray) -> Noise:

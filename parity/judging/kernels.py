@@ -8,9 +8,13 @@ or float64) judged by allclose, exact or ulp, and without a heatmap or per-colum
 blocks once: the NaN and infinity rules, the policy's test, the mismatched counts, the
 maxima and the worst element (its first occurrence), the sums for the means, the atol and
 rtol that would pass, the ULP distance, and the top-16-bit histograms of the absolute and
-relative differences that `parity.judging.quantiles` resolves to exact quantiles (further
-passes are compiled too: `FusedPass.scan`). Only the means may differ from the NumPy
-path's, in the last bits: the summation order differs.
+relative differences that `parity.judging.quantiles` resolves to exact quantiles. Each
+block is split over numba's threads (`threads`), 512 elements at a time computed into
+small buffers and reduced in SIMD; the keys of the quantile bins predicted from a sample
+are collected during the pass, so that most comparisons read the data once (`FusedPass`;
+further passes, when the prediction misses, are compiled too: `FusedPass.scan`). Only
+the means may differ from the NumPy path's, in the last bits: the summation order
+differs.
 
 `PARITY_COMPARE_KERNEL` chooses: `auto` (the default) uses the compiled pass for outputs
 of at least `MIN_ELEMENTS` elements when numba is importable; `numpy` never; `numba`
@@ -52,10 +56,12 @@ _MAX_ABS, _WORST_B, _WORST_A, _SUM_ABS, _SUM_REL, _MAX_REL, _ATOL_PASS, _RTOL_PA
 
 
 def mode() -> str:
-    """The switch's setting (`auto` when unset); ValueError for anything else."""
+    """The switch's setting (`auto` when unset); ConfigError (exit 2) for anything else."""
     value = os.environ.get(SWITCH, "auto").strip().lower() or "auto"
     if value not in _MODES:
-        raise ValueError(f"{SWITCH}={value!r}: expected one of {', '.join(_MODES)}")
+        from parity.errors import ConfigError
+
+        raise ConfigError(SWITCH, None, f"{value!r}: expected one of {', '.join(_MODES)}")
     return value
 
 
@@ -110,11 +116,102 @@ def _ordered(raw: Any, top: Any) -> Any:
     return top - mag if raw & top else top + mag
 
 
-def _first_pass(
+_CH = 512  # elements per chunk: its work buffers (5 x 4 KiB) stay in the L1 cache
+_SUBS = 4  # sub-histograms: runs of one bin do not wait on their own increments
+_FINITE_MAX = 1.7976931348623157e308
+_INT_MIN = np.int64(-(1 << 63))
+_LOW63 = np.int64((1 << 63) - 1)
+_NONE = np.uint64((1 << 64) - 1)  # not a key (a NaN's bits): the start of an empty range
+_RANGES = 4  # speculative ranges per sketch
+
+
+def _reduce(
+    dbuf: np.ndarray,
+    abuf: np.ndarray,
+    rbuf: np.ndarray,
+    sbuf: np.ndarray,
+    m: int,
+    atol: float,
+    rtol: float,
+) -> Any:
+    """A chunk's reductions where every difference is finite (rel may be +inf): compiled
+    with reassociation (the sums' order, hence the means' last bits) and without NaN, so
+    that they run in SIMD. The maxima are taken on the bit patterns as integers (ordered
+    like the non-negative floats; the slack d - rtol |b| mapped onto one ordered line):
+    LLVM vectorizes integer maxima, not floating-point ones."""
+    dint = dbuf.view(np.int64)
+    rint = rbuf.view(np.int64)
+    sint = sbuf.view(np.int64)
+    nok = 0
+    zd = 0
+    zr = 0
+    fr = 0
+    sa = 0.0
+    sr = 0.0
+    mx: Any = 0
+    mr: Any = 0
+    ap: Any = _INT_MIN
+    for j in range(m):
+        d = dbuf[j]
+        r = rbuf[j]
+        nok += 0 if d <= atol + rtol * abuf[j] else 1
+        zd += 1 if d == 0 else 0
+        zr += 1 if r == 0 else 0
+        finite = r <= _FINITE_MAX
+        fr += 1 if finite else 0
+        sa += d
+        sr += r if finite else 0.0
+        x = dint[j]
+        mx = x if x > mx else mx
+        y = rint[j]
+        mr = y if y > mr else mr
+        z = sint[j]
+        z ^= (z >> 63) & _LOW63
+        ap = z if z > ap else ap
+    return nok, zd, zr, fr, sa, sr, mx, mr, ap ^ ((ap >> 63) & _LOW63)
+
+
+def _take(keys: np.ndarray, ranges: np.ndarray, tbuf: np.ndarray, m: int) -> Any:
+    """Which of a chunk's keys to collect (see `_pass`), in SIMD: tbuf[j], and how many.
+    The ranges in use come first; a loop for one, two or four of them."""
+    lo0, sp0, rp0 = ranges[0, 0], ranges[0, 1], ranges[0, 2]
+    lo1, sp1, rp1 = ranges[1, 0], ranges[1, 1], ranges[1, 2]
+    lo2, sp2, rp2 = ranges[2, 0], ranges[2, 1], ranges[2, 2]
+    lo3, sp3, rp3 = ranges[3, 0], ranges[3, 1], ranges[3, 2]
+    taken: Any = 0
+    if lo1 == _NONE:
+        for j in range(m):
+            key = keys[j]
+            take = (key - lo0 <= sp0) & (key != rp0)
+            tbuf[j] = take
+            taken += np.int64(take)
+    elif lo2 == _NONE:
+        for j in range(m):
+            key = keys[j]
+            take = ((key - lo0 <= sp0) & (key != rp0)) | ((key - lo1 <= sp1) & (key != rp1))
+            tbuf[j] = take
+            taken += np.int64(take)
+    else:
+        for j in range(m):
+            key = keys[j]
+            take = (
+                ((key - lo0 <= sp0) & (key != rp0))
+                | ((key - lo1 <= sp1) & (key != rp1))
+                | ((key - lo2 <= sp2) & (key != rp2))
+                | ((key - lo3 <= sp3) & (key != rp3))
+            )
+            tbuf[j] = take
+            taken += np.int64(take)
+    return taken
+
+
+def _pass(
     b: np.ndarray,
     a: np.ndarray,
     bu: np.ndarray,
     au: np.ndarray,
+    lo: int,
+    hi: int,
     rule: int,
     atol: float,
     rtol: float,
@@ -123,16 +220,27 @@ def _first_pass(
     counts: np.ndarray,
     floats: np.ndarray,
     ulps: np.ndarray,
-    abs_top: np.ndarray,
-    rel_top: np.ndarray,
+    habs: np.ndarray,
+    hrel: np.ndarray,
+    speculating: bool,
+    ranges: np.ndarray,
+    buf: np.ndarray,
+    base: np.ndarray,
+    cap: np.ndarray,
+    fill: np.ndarray,
 ) -> None:
-    """One block's statistics, added to the state arrays (see `FusedPass`). The state is
-    kept in local variables during the loop, so that the compiler keeps it in registers."""
-    n = b.size
-    k = 0
-    while k < n and bu[k] == au[k]:  # stops at the first difference: cheap when there is one
+    """Elements lo..hi of one block: their statistics added to one thread's state (see
+    `FusedPass`). Speculating, the keys of sketch w (0 abs, 1 rel) that lie in one of its
+    ranges ranges[w, r] = (first key, span, representative) and are not that range's
+    representative (counted by the histogram alone) are collected into
+    buf[base[w]:base[w] + cap[w]], counted in fill[w] (past cap[w]: lost).
+    Chunk by chunk: the differences into small buffers, reduced in SIMD; a chunk with a
+    non-finite difference takes the exact element-by-element rules instead."""
+    k = lo
+    while k < hi and bu[k] == au[k]:  # stops at the first difference: cheap when there is one
         k += 1
-    if k == n:  # bitwise identical (as the NumPy path finds them): every difference is zero
+    if k == hi:  # bitwise identical (as the NumPy path finds them): every difference is zero
+        n = hi - lo
         counts[_FINITE_ABS] += n
         counts[_FINITE_REL] += n
         counts[_ABS_ZEROS] += n
@@ -140,6 +248,7 @@ def _first_pass(
         return
     top = np.uint64(1) << np.uint64(bu.itemsize * 8 - 1)
     shift = np.uint64(48)
+    zero = np.uint64(0)
     mismatched, special_bad, nan_bads = counts[_MISMATCHED], counts[_SPECIAL_BAD], counts[_NAN_BAD]
     worst, finite_abs, finite_rel = counts[_WORST], counts[_FINITE_ABS], counts[_FINITE_REL]
     abs_zeros, rel_zeros = counts[_ABS_ZEROS], counts[_REL_ZEROS]
@@ -148,60 +257,150 @@ def _first_pass(
     most_ulp = ulps[0]
     sum_abs = 0.0
     sum_rel = 0.0
-    for k in range(b.size):
-        bf = np.float64(b[k])
-        af = np.float64(a[k])
-        d, ab, rel, bad, nan_bad = _element(bf, af)
-        if rule == ALLCLOSE:
-            ok = d <= atol + rtol * ab
-        elif rule == EXACT:
-            ok = bu[k] == au[k]
+    dbuf = np.empty(_CH)
+    abuf = np.empty(_CH)
+    rbuf = np.empty(_CH)
+    sbuf = np.empty(_CH)
+    tbuf = np.empty(_CH, dtype=np.bool_)
+    dkey = dbuf.view(np.uint64)
+    rkey = rbuf.view(np.uint64)
+    for c0 in range(lo, hi, _CH):
+        m = min(hi, c0 + _CH) - c0
+        nonfinite = 0
+        for j in range(m):
+            bf = np.float64(b[c0 + j])  # float() would keep float32 in numba
+            d = abs(np.float64(a[c0 + j]) - bf)
+            ab = abs(bf)
+            r = d / ab
+            dbuf[j] = d
+            abuf[j] = ab
+            rbuf[j] = r if d != 0 else 0.0
+            sbuf[j] = d - rtol * ab
+            nonfinite += 0 if d <= _FINITE_MAX else 1
+        if nonfinite:  # NaN or infinities: the exact rules, element by element
+            for j in range(m):
+                k = c0 + j
+                bf = np.float64(b[k])
+                af = np.float64(a[k])
+                de, abe, rel, bad, nan_bad = _element(bf, af)
+                if rule == ALLCLOSE:
+                    oke = de <= atol + rtol * abe
+                elif rule == EXACT:
+                    oke = bu[k] == au[k]
+                else:
+                    ka = _ordered(np.uint64(au[k]), top)
+                    kb = _ordered(np.uint64(bu[k]), top)
+                    dist = ka - kb if ka > kb else kb - ka
+                    if bad:
+                        dist = zero
+                    if dist > most_ulp:
+                        most_ulp = dist
+                    oke = dist <= max_ulp
+                if bad:
+                    oke = False
+                    special_bad += 1
+                    if nan_bad:
+                        nan_bads += 1
+                if not oke:
+                    mismatched += 1
+                if de > max_abs:
+                    max_abs = de
+                    worst = start + k
+                    worst_b = bf
+                    worst_a = af
+                if math.isfinite(de):
+                    sum_abs += de
+                    finite_abs += 1
+                if math.isfinite(rel):
+                    sum_rel += rel
+                    finite_rel += 1
+                if rel > max_rel:
+                    max_rel = rel
+                slack = de if rtol == 0 else de - rtol * abe
+                if slack > atol_pass:
+                    atol_pass = slack
+                if de > atol and de - atol >= rtol_pass * abe * _MARGIN:
+                    need = (de - atol) / abe
+                    if need > rtol_pass:
+                        rtol_pass = need
+                dbuf[j] = de
+                rbuf[j] = rel
+                if de > 0:
+                    habs[np.float64(de).view(np.uint64) >> shift] += 1
+                else:
+                    abs_zeros += 1
+                if rel > 0:
+                    hrel[np.float64(rel).view(np.uint64) >> shift] += 1
+                else:
+                    rel_zeros += 1
         else:
-            ka = _ordered(np.uint64(au[k]), top)
-            kb = _ordered(np.uint64(bu[k]), top)
-            dist = ka - kb if ka > kb else kb - ka
-            if bad:
-                dist = np.uint64(0)
-            if dist > most_ulp:
-                most_ulp = dist
-            ok = dist <= max_ulp
-        if bad:
-            ok = False
-            special_bad += 1
-            if nan_bad:
-                nan_bads += 1
-        if not ok:
-            mismatched += 1
-        if d > max_abs:
-            max_abs = d
-            worst = start + k
-            worst_b = bf
-            worst_a = af
-        if math.isfinite(d):
-            sum_abs += d
-            finite_abs += 1
-        if math.isfinite(rel):
-            sum_rel += rel
-            finite_rel += 1
-        if rel > max_rel:
-            max_rel = rel
-        slack = d if rtol == 0 else d - rtol * ab
-        if slack > atol_pass:
-            atol_pass = slack
-        # (d - atol) / ab > rtol_pass, with a division only where it may be (rarely): the
-        # product's rounding is covered by the margin, the quotient decides.
-        if d > atol and d - atol >= rtol_pass * ab * _MARGIN:
-            need = (d - atol) / ab
-            if need > rtol_pass:
-                rtol_pass = need
-        if d > 0:
-            abs_top[np.float64(d).view(np.uint64) >> shift] += 1
-        else:
-            abs_zeros += 1
-        if rel > 0:
-            rel_top[np.float64(rel).view(np.uint64) >> shift] += 1
-        else:
-            rel_zeros += 1
+            nok, zd, zr, fr, sa, sr, mxi, mri, api = _reduce(dbuf, abuf, rbuf, sbuf, m, atol, rtol)
+            mx = np.int64(mxi).view(np.float64)
+            mr = np.int64(mri).view(np.float64)
+            ap = np.int64(api).view(np.float64)
+            if rule == ALLCLOSE:
+                mismatched += nok
+            elif rule == EXACT:
+                for j in range(m):
+                    mismatched += 0 if bu[c0 + j] == au[c0 + j] else 1
+            else:
+                for j in range(m):
+                    ka = _ordered(np.uint64(au[c0 + j]), top)
+                    kb = _ordered(np.uint64(bu[c0 + j]), top)
+                    dist = ka - kb if ka > kb else kb - ka
+                    most_ulp = max(most_ulp, dist)
+                    mismatched += 0 if dist <= max_ulp else 1
+            abs_zeros += zd
+            rel_zeros += zr
+            finite_abs += m
+            finite_rel += fr
+            sum_abs += sa
+            sum_rel += sr
+            if mx > max_abs:  # its first occurrence
+                j = 0
+                while dbuf[j] != mx:
+                    j += 1
+                max_abs = mx
+                worst = start + c0 + j
+                worst_b = np.float64(b[c0 + j])
+                worst_a = np.float64(a[c0 + j])
+            max_rel = max(max_rel, mr)
+            atol_pass = max(atol_pass, ap)
+            # (d - atol) / ab > rtol_pass, with a division only where it may be (rarely):
+            # the product's rounding is covered by the margin, the quotient decides.
+            bound = rtol_pass * _MARGIN
+            maybe = 0
+            for j in range(m):
+                d = dbuf[j]
+                maybe += 1 if d > atol and d - atol >= bound * abuf[j] else 0
+            if maybe:
+                for j in range(m):
+                    d = dbuf[j]
+                    if d > atol and d - atol >= rtol_pass * abuf[j] * _MARGIN:
+                        need = (d - atol) / abuf[j]
+                        if need > rtol_pass:
+                            rtol_pass = need
+            for j in range(m):  # zeros land in bin 0 of sub-histogram 0, taken off below
+                sub = np.uint64(j & (_SUBS - 1)) << np.uint64(16)
+                habs[sub + (dkey[j] >> shift)] += 1
+                hrel[sub + (rkey[j] >> shift)] += 1
+            habs[0] -= zd
+            hrel[0] -= zr
+        if speculating:  # dbuf, rbuf hold the chunk's differences (zero where none)
+            for w in range(2):
+                if ranges[w, 0, 0] == _NONE:
+                    continue
+                keys = dkey if w == 0 else rkey
+                taken = _take(keys, ranges[w], tbuf, m)
+                if taken:
+                    f = fill[w]
+                    room = cap[w]
+                    at = base[w]
+                    for j in range(m):
+                        if tbuf[j]:
+                            buf[at + min(f, room)] = keys[j]
+                            f += 1
+                    fill[w] = f
     counts[_MISMATCHED], counts[_SPECIAL_BAD], counts[_NAN_BAD] = mismatched, special_bad, nan_bads
     counts[_WORST], counts[_FINITE_ABS], counts[_FINITE_REL] = worst, finite_abs, finite_rel
     counts[_ABS_ZEROS], counts[_REL_ZEROS] = abs_zeros, rel_zeros
@@ -213,7 +412,6 @@ def _first_pass(
 
 
 _CHUNK = 1024  # elements whose differences a quantile pass computes at a time (16 KiB)
-_FINITE_MAX = 1.7976931348623157e308
 
 
 def _scan(
@@ -305,80 +503,338 @@ def _compile(fn: Callable[..., Any]) -> Any:
 
 def _kernels() -> tuple[Any, Any]:
     if not _compiled:
-        import numba
+        try:
+            import numba
+        except ImportError as e:
+            from parity.errors import ConfigError
+
+            raise ConfigError(
+                SWITCH,
+                None,
+                f"numba: the compiled comparison needs numba, which is not importable ({e}):"
+                f" install parity[fast], or set {SWITCH}=auto or numpy",
+            ) from None
 
         # The helpers are called from the kernels: compiled first, in place of the Python.
-        glob = _first_pass.__globals__
+        glob = _pass.__globals__
         glob["_element"] = numba.njit(inline="always", error_model="numpy")(_PY_ELEMENT)
         glob["_ordered"] = numba.njit(inline="always")(_PY_ORDERED)
-        _compiled["first"] = _compile(_first_pass)
+        glob["_take"] = numba.njit(_PY_TAKE)
+        # Reassociated sums and maxima without NaN (none reach it): SIMD reductions.
+        glob["_reduce"] = numba.njit(error_model="numpy", fastmath={"reassoc", "nnan", "nsz"})(
+            _PY_REDUCE
+        )
+        _compiled["first"] = _compile(_pass)
         _compiled["scan"] = _compile(_scan)
     return _compiled["first"], _compiled["scan"]
 
 
 _PY_ELEMENT = _element
 _PY_ORDERED = _ordered
+_PY_REDUCE = _reduce
+_PY_TAKE = _take
+
+
+def threads() -> int:
+    """How many threads a pass splits each block over: numba's setting (NUMBA_NUM_THREADS,
+    or `numba.set_num_threads`), at most the CPUs this process may use."""
+    import numba
+
+    return max(1, numba.get_num_threads())
+
+
+_pool: Any = None
+
+
+def _workers(n: int) -> Any:
+    """A pool of `n` threads (the calling thread is the pass's first)."""
+    global _pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _pool is None or _pool._max_workers < n:
+        _pool = ThreadPoolExecutor(n, thread_name_prefix="parity-compare")
+    return _pool
+
+
+FUSED_BLOCK = 1 << 20  # elements a block of the compiled pass holds (4 MiB of float32)
+SAMPLE = 1 << 18  # elements whose differences predict where the quantiles lie
+SPECULATE = True  # whether a pass speculates (tests compare both ways)
+SPEC_KEYS = 12 << 20  # keys the speculative ranges may collect at most (96 MiB)
+_MIN_SPLIT = 1 << 15  # fewer elements than this per thread: one thread takes the block
+
+
+def _ranges(keys: np.ndarray, runs: list[tuple[int, int]]) -> tuple[list[Any], int]:
+    """A speculative range (first key, last key, representative or 0) for each run of
+    bins, and how many of the sample's `keys` the ranges would collect."""
+    top16 = keys >> np.uint64(48)
+    spec = []
+    others = 0
+    for first, last in runs:
+        mine = keys[(top16 >= first) & (top16 <= last)]
+        rep = 0
+        if mine.size:
+            uniq, counts = np.unique(mine, return_counts=True)
+            i = int(np.argmax(counts))
+            rep = int(uniq[i]) if counts[i] > 1 else 0
+            others += int(mine.size) - (int(counts[i]) if rep else 0)
+        spec.append((max(first << 48, 1), ((last + 1) << 48) - 1, rep))
+    return spec, others
+
+
+def _runs(bins: list[int]) -> list[tuple[int, int]]:
+    """Sorted bins as runs of consecutive ones (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for b in bins:
+        if runs and runs[-1][1] == b - 1:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((b, b))
+    return runs
 
 
 class FusedPass:
-    """The compiled pass's state over one comparison; `finish` hands it to the comparison's
-    accumulator and sketches as the NumPy path would have left them."""
+    """The compiled pass's state over one comparison, one row per thread; `finish` hands
+    it to the comparison's accumulator and sketches as the NumPy path would have left
+    them. Each block is split into one contiguous part per thread; merging the rows in
+    thread order (sums, maxima, the lowest index of the largest difference) gives the
+    same results whatever the number of threads, the means up to their last bits.
 
-    def __init__(self, rule: tuple[int, float, float, int]) -> None:
+    Speculation: the first `SAMPLE` elements predict, for the median and p99 of each
+    sketch, the top-16-bit bins their ranks will fall in (with a margin of six standard
+    errors), and each such bin's most frequent key (its representative); the pass then
+    collects every key of those bins but the representative (the sample's too, by a
+    second look at it), at most `SPEC_KEYS` in all. A quantile whose bin was speculated
+    and collected whole is exact from those keys and the bin's count, without a further
+    pass over the data; any other takes the quantile passes (`scan`)."""
+
+    def __init__(
+        self,
+        rule: tuple[int, float, float, int],
+        total: int,
+        quantiles: tuple[float, ...],
+        speculate: bool | None = None,
+    ) -> None:
         self.rule, self.atol, self.rtol, self.max_ulp = rule
-        self.counts = np.zeros(8, dtype=np.int64)
-        self.counts[_WORST] = -1
-        self.floats = np.zeros(8)
-        self.ulps = np.zeros(1, dtype=np.uint64)
-        self.abs_top = np.zeros(1 << 16, dtype=np.int64)
-        self.rel_top = np.zeros(1 << 16, dtype=np.int64)
-        self.total = 0
         self.first, self.scanner = _kernels()
+        self.threads = threads()
+        t = self.threads
+        self.counts = np.zeros((t, 8), dtype=np.int64)
+        self.counts[:, _WORST] = -1
+        self.floats = np.zeros((t, 8))
+        self.ulps = np.zeros((t, 1), dtype=np.uint64)
+        self.habs = np.zeros((t, _SUBS << 16), dtype=np.int64)
+        self.hrel = np.zeros((t, _SUBS << 16), dtype=np.int64)
+        self.ranges = np.zeros((2, _RANGES, 3), dtype=np.uint64)
+        self.ranges[:, :, 0] = _NONE  # empty: no key but _NONE is past it
+        self.speculating = False
+        self.buf = np.empty(0, dtype=np.uint64)
+        self.base = np.zeros((t, 2), dtype=np.int64)
+        self.cap = np.zeros((t, 2), dtype=np.int64)
+        self.fill = np.zeros((t, 2), dtype=np.int64)
+        self.total = 0
+        self.expected = total
+        self.quantiles = quantiles
+        self.predicted = not (SPECULATE if speculate is None else speculate)
+        self.block = FUSED_BLOCK
+
+    def _run(self, b: np.ndarray, a: np.ndarray, start: int, rows: list[Any] | None = None) -> None:
+        """Elements of one block, split over the threads (`rows`: other state, one row)."""
+        u = np.dtype(f"u{b.dtype.itemsize}")
+        bu, au = b.view(u), a.view(u)
+        n = int(b.size)
+        parts = max(1, min(self.threads, n // _MIN_SPLIT))
+        cuts = [n * i // parts for i in range(parts + 1)]
+        max_ulp = np.uint64(min(self.max_ulp, (1 << 64) - 1))
+
+        def part(i: int) -> None:
+            state = rows or [
+                self.counts[i],
+                self.floats[i],
+                self.ulps[i],
+                self.habs[i],
+                self.hrel[i],
+            ]
+            self.first(
+                b, a, bu, au, cuts[i], cuts[i + 1], self.rule, self.atol, self.rtol, max_ulp,
+                start, *state, self.speculating, self.ranges, self.buf, self.base[i],
+                self.cap[i], self.fill[i],
+            )  # fmt: skip
+
+        if parts == 1:
+            part(0)
+            return
+        pool = _workers(parts - 1)
+        futures = [pool.submit(part, i) for i in range(1, parts)]
+        part(0)
+        for f in futures:
+            f.result()
 
     def add(self, start: int, rb: np.ndarray, cb: np.ndarray) -> None:
         """Account for one pair of blocks (flat, C order, of one float dtype)."""
-        u = np.dtype(f"u{rb.dtype.itemsize}")
         b, a = np.ravel(rb), np.ravel(cb)
-        self.first(
-            b,
-            a,
-            b.view(u),
-            a.view(u),
-            self.rule,
-            self.atol,
-            self.rtol,
-            np.uint64(min(self.max_ulp, (1 << 64) - 1)),
-            start,
-            self.counts,
-            self.floats,
-            self.ulps,
-            self.abs_top,
-            self.rel_top,
-        )
+        if not self.predicted:
+            cut = min(int(b.size), SAMPLE)
+            self._run(b[:cut], a[:cut], start)
+            self.total += cut
+            self._predict(b[:cut], a[:cut])
+            if self.speculating:  # the sample's keys, its statistics again apart
+                scratch = [
+                    np.zeros(8, dtype=np.int64),
+                    np.zeros(8),
+                    np.zeros(1, dtype=np.uint64),
+                    np.zeros(_SUBS << 16, dtype=np.int64),
+                    np.zeros(_SUBS << 16, dtype=np.int64),
+                ]
+                self._run(b[:cut], a[:cut], start, scratch)
+            b, a, start = b[cut:], a[cut:], start + cut
+            if not b.size:
+                return
+        self._run(b, a, start)
         self.total += int(b.size)
+
+    def _predict(self, b: np.ndarray, a: np.ndarray) -> None:
+        """The speculated bins and their representatives, from the sample `b`, `a` that
+        the pass has seen (see the class)."""
+        self.predicted = True
+        n0 = self.total
+        if n0 == 0 or self.expected <= n0:
+            return  # nothing more to read: the quantile passes will be short
+        zeros = self.counts[:, [_ABS_ZEROS, _REL_ZEROS]].sum(axis=0)
+        with np.errstate(all="ignore"):
+            bf = b.astype(np.float64)
+            d = np.abs(a.astype(np.float64) - bf)
+            rel = np.where(d == 0, 0.0, d / np.abs(bf))
+        room = SPEC_KEYS
+        for w, (hist, values) in enumerate(((self.habs, d), (self.hrel, rel))):
+            top = hist.sum(axis=0).reshape(_SUBS, -1).sum(axis=0)
+            cum = np.cumsum(top) + zeros[w]
+            if cum[-1] <= zeros[w]:
+                continue  # no positive difference so far: nothing to predict from
+            keys = values[np.isfinite(values) & (values > 0)].view(np.uint64)
+            bins: set[int] = set()
+            for q in self.quantiles:
+                spread = 6 * math.sqrt(q * (1 - q) / n0) + 2 / n0
+                low, high = (q - spread) * (n0 - 1), (q + spread) * (n0 - 1) + 1
+                if high < zeros[w]:
+                    continue  # among the zeros
+                first = int(np.searchsorted(cum, max(low, zeros[w]), side="right"))
+                last = int(np.searchsorted(cum, min(high, n0 - 1), side="right"))
+                bins.update(range(first, min(last, (1 << 16) - 1) + 1))
+            if not bins or len(bins) > 64:
+                continue
+            runs = _runs(sorted(bins))
+            if len(runs) > _RANGES:
+                continue
+            spec, others = _ranges(keys, runs)
+            if len(bins) <= _RANGES and len(bins) > len(runs):  # a representative each?
+                apart, fewer = _ranges(keys, [(b, b) for b in sorted(bins)])
+                if fewer < others // 2:
+                    spec, others = apart, fewer
+            want = int(others / n0 * self.expected * 1.25) + 4096 * self.threads
+            if want > room:
+                continue
+            room -= want
+            for r, (first, last, rep) in enumerate(spec):
+                self.ranges[w, r] = (first, last - first, rep)
+            self.cap[:, w] = want // self.threads
+        if room == SPEC_KEYS:
+            return
+        offset = 0
+        for i in range(self.threads):
+            for w in range(2):
+                self.base[i, w] = offset
+                offset += int(self.cap[i, w]) + 1  # and a slot for what does not fit
+        self.buf = np.empty(offset, dtype=np.uint64)
+        self.speculating = True
 
     def finish(self, acc: Any, abs_sketch: QuantileSketch, rel_sketch: QuantileSketch) -> int:
         """Fill the accumulator's statistics and the sketches; the largest ULP distance."""
-        c, f = self.counts, self.floats
+        c, f = self.counts.sum(axis=0), self.floats
         acc.mismatched = int(c[_MISMATCHED])
         acc.special_bad = int(c[_SPECIAL_BAD])
         acc.nan_mismatched = int(c[_NAN_BAD])
-        acc.max_abs = float(f[_MAX_ABS])
-        if c[_WORST] >= 0:
-            acc.worst = int(c[_WORST])
-            acc.worst_values = (float(f[_WORST_B]), float(f[_WORST_A]))
-        acc.sum_abs, acc.finite_abs = float(f[_SUM_ABS]), int(c[_FINITE_ABS])
-        acc.sum_rel, acc.finite_rel = float(f[_SUM_REL]), int(c[_FINITE_REL])
-        acc.max_rel = float(f[_MAX_REL])
-        acc.atol_to_pass = float(f[_ATOL_PASS])
-        acc.rtol_to_pass = float(f[_RTOL_PASS])
-        for sketch, top, zeros in (
-            (abs_sketch, self.abs_top, c[_ABS_ZEROS]),
-            (rel_sketch, self.rel_top, c[_REL_ZEROS]),
+        worst = -1
+        for i in range(self.threads):  # the largest, at its lowest index
+            w = int(self.counts[i, _WORST])
+            if w < 0:
+                continue
+            best = f[i, _MAX_ABS] > acc.max_abs or (f[i, _MAX_ABS] == acc.max_abs and w < worst)
+            if worst < 0 or best:
+                worst = w
+                acc.max_abs = float(f[i, _MAX_ABS])
+                acc.worst = w
+                acc.worst_values = (float(f[i, _WORST_B]), float(f[i, _WORST_A]))
+        acc.sum_abs, acc.finite_abs = float(f[:, _SUM_ABS].sum()), int(c[_FINITE_ABS])
+        acc.sum_rel, acc.finite_rel = float(f[:, _SUM_REL].sum()), int(c[_FINITE_REL])
+        acc.max_rel = float(f[:, _MAX_REL].max())
+        acc.atol_to_pass = float(f[:, _ATOL_PASS].max())
+        acc.rtol_to_pass = float(f[:, _RTOL_PASS].max())
+        for sketch, hist, zeros in (
+            (abs_sketch, self.habs, c[_ABS_ZEROS]),
+            (rel_sketch, self.hrel, c[_REL_ZEROS]),
         ):
             sketch.total, sketch.zeros = self.total, int(zeros)
+            top = hist.sum(axis=0).reshape(_SUBS, -1).sum(axis=0)
             sketch.kept, sketch.kept_count, sketch.top = None, 0, top
-        return int(self.ulps[0])
+        return int(self.ulps.max())
+
+    def _speculated(self, pending: list[list[Target]]) -> list[list[Target]]:
+        """Resolve the top-level targets whose bin was speculated and collected whole (see
+        the class); the others, still pending."""
+        from parity.judging.quantiles import _value as value
+
+        left: list[list[Target]] = []
+        buf, self.buf = self.buf, np.empty(0, dtype=np.uint64)  # this look only
+        for w, targets in enumerate(pending):
+            still = []
+            whole = bool((self.fill[:, w] <= self.cap[:, w]).all())
+            for t in targets:
+                covering = self._covering(w, t) if t.shift == 48 and whole else None
+                if covering is None:
+                    still.append(t)
+                    continue
+                rep = covering if covering and covering >> 48 == t.prefix else int(_NONE)
+                # The bin's collected keys, copied once (no concatenation, no halves).
+                prefix, shift = np.uint64(t.prefix), np.uint64(48)
+                regions = [
+                    buf[self.base[i, w] : self.base[i, w] + self.fill[i, w]]
+                    for i in range(self.threads)
+                ]
+                masks = [(keys >> shift) == prefix for keys in regions]
+                sizes = [int(np.count_nonzero(mask)) for mask in masks]
+                mine = np.empty(sum(sizes), dtype=np.uint64)
+                at = 0
+                for keys, mask, size in zip(regions, masks, sizes, strict=True):
+                    np.compress(mask, keys, out=mine[at : at + size])
+                    at += size
+                del masks
+                same = t.count - int(mine.size)  # the representative's count
+                if same < 0 or (rep == int(_NONE) and same):
+                    raise RuntimeError("quantile pass: a bin's count changed between passes")
+                # In the bin's order: the keys below the representative, `same` copies of
+                # it, the keys above; mine sorted holds the first and the last.
+                below = int(np.count_nonzero(mine < np.uint64(rep))) if same else mine.size
+                where = {}
+                for rank, within in t.ranks.items():
+                    if within < below:
+                        where[rank] = within
+                    elif within >= below + same:
+                        where[rank] = within - same
+                if where:  # mine is this look's own copy: partitioned in place
+                    mine.partition(sorted(set(where.values())))
+                resolved = dict.fromkeys(t.ranks, value(rep))
+                resolved.update({r: value(int(mine[i])) for r, i in where.items()})
+                t.resolved = resolved
+            left.append(still)
+        return left
+
+    def _covering(self, w: int, t: Target) -> int | None:
+        """The representative (0: none) of the range of sketch w holding target t's whole
+        bin, or None when no range does."""
+        for first, span, rep in self.ranges[w].tolist():
+            if first <= t.prefix << 48 and ((t.prefix + 1) << 48) - 1 <= first + span:
+                return int(rep)
+        return None
 
     def scan(
         self,
@@ -387,7 +843,10 @@ class FusedPass:
         collect_limit: int,
     ) -> None:
         """One refining pass over `blocks()` for the targets of the two sketches (abs,
-        rel), leaving in each what `parity.judging.quantiles` expects of a pass."""
+        rel), leaving in each what `parity.judging.quantiles` expects of a pass. Targets the
+        speculative ranges resolve take no pass."""
+        if self.buf.size:
+            pending = self._speculated(pending)
         targets = [(w, t) for w, ts in enumerate(pending) for t in ts]
         if not targets:
             return
