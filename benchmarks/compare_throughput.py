@@ -35,9 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from results import record  # beside this script
 
 from parity.arrays import OutputArray
 
+TARGET = 3.0  # compare_arrays's throughput over numpy.allclose's (issue 17)
+MEMORY_TARGET = 256  # MiB of peak memory above the baseline, at any size (issue 17)
 CHUNK = 1 << 22  # elements generated at a time
 COLS = 1024  # outputs are (rows, 1024) float32
 SEED = 7
@@ -215,6 +218,21 @@ def main() -> int:
                     f" {m.peak / 2**20:15.0f} MiB {passes:>6}  {'pass' if m.passed else 'FAIL'}",
                     flush=True,
                 )
+                if variant != "allclose" and path == "numba":
+                    record(
+                        f"compare {label(size)} float32, {variant}, x numpy.allclose",
+                        allclose.median / m.median,
+                        target=TARGET,
+                        at_most=False,
+                        detail=f"{m.median:.3f} s vs {allclose.median:.3f} s, {m.passes} pass(es)",
+                    )
+                    record(
+                        f"compare {label(size)} float32, {variant}, peak memory",
+                        m.peak / 2**20,
+                        target=MEMORY_TARGET,
+                        unit=" MiB",
+                        detail="above the baseline; numba and its kernels included",
+                    )
     return 0
 
 
