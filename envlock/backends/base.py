@@ -64,6 +64,9 @@ class Environment:
     # Whether a script inside sees the host's process ids (not in a container): the
     # worker then watches the host's process and kills its own group when it is gone.
     shares_host_pids: ClassVar[bool] = True
+    # Whether `run_python` runs scripts: not for a serving endpoint, which answers requests
+    # (`envlock.backends.endpoint`); a caller asks this, never the backend's kind.
+    runs_scripts: ClassVar[bool] = True
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Where each named mount appears inside the environment (here: where it is)."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
 from parity.config import ParityConfig
-from parity.runs.replay import EnvRun, LockView
+from parity.runs.replay import RUNTIME_SECTIONS, EnvRun, LockView, recorded
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,13 @@ def judge_versions(config: ParityConfig, ref: EnvRun, cand: EnvRun) -> list[Vers
 
 
 def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
-    """Every way the two environments differ (packages first), classified by envlock's diff."""
+    """Every way the two environments differ (packages first), classified by envlock's diff.
+    What one fingerprint does not record at all (an endpoint's recorded fingerprint knows
+    nothing of the server process's variables and thread pools) is compared in neither."""
+    a, b = _comparable(ref.fingerprint, cand.fingerprint)
     differences = diff_environments(
-        Side(
-            ref.spec.name,
-            from_fingerprint(ref.fingerprint),
-            "fingerprint",
-            requires_of(ref.fingerprint),
-        ),
-        Side(
-            cand.spec.name,
-            from_fingerprint(cand.fingerprint),
-            "fingerprint",
-            requires_of(cand.fingerprint),
-        ),
+        Side(ref.spec.name, from_fingerprint(a), "fingerprint", requires_of(a)),
+        Side(cand.spec.name, from_fingerprint(b), "fingerprint", requires_of(b)),
     )
     diffs = []
     views = ref.lock_view(), cand.lock_view()  # what the locks pin, as read or recorded
@@ -112,6 +106,14 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     for root in roots:
         ordered += [root, *(v for v in diffs if v.caused_by == root.name)]
     return ordered + [v for v in diffs if v not in ordered]
+
+
+def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two fingerprints without the runtime sections either lacks (`RUNTIME_SECTIONS`,
+    and torch's thread count), so what one did not record is not a difference."""
+    if all(k in a and k in b for k in RUNTIME_SECTIONS):
+        return a, b
+    return recorded(a), recorded(b)
 
 
 def _name(component: str | None) -> str | None:

@@ -29,6 +29,7 @@ from packaging.utils import canonicalize_name
 
 from envlock import LockedEnv
 from envlock.backends import Environment, RunTimeout
+from envlock.backends.endpoint import EndpointEnvironment
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN
@@ -36,7 +37,7 @@ from envlock.names import shown_path
 from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
-from parity.errors import HostileOutputError, ParityError, WorkerError
+from parity.errors import ConfigError, HostileOutputError, ParityError, WorkerError
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
 from parity.outputs import load_fingerprint, load_outputs, worker_seconds
@@ -297,22 +298,31 @@ def _run_environment(
         t1 = time.perf_counter()
         run.seconds["materialize"] = round(t1 - t0, 3)
         tell(f"running {config.inputs.count} inputs in {environment.description}")
-        run.outputs = _replay(run, config, work / run.name)
+        run.outputs = _replay(run, config, work / run.name, tell)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
         if calibrate:
             t2 = time.perf_counter()
             tell("calibrating: running the same inputs a second time")
-            run.repeat = _replay(run, config, work / f"{run.name}.repeat")
+            run.repeat = _replay(run, config, work / f"{run.name}.repeat", tell)
             run.seconds["repeat"] = round(time.perf_counter() - t2, 3)
+    except ConfigError:
+        raise  # the config does not fit the environment (an endpoint's model): exit 2
     except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
 
 
-def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, OutputArray]:
+def _replay(
+    run: EnvRun, config: ParityConfig, outdir: Path, say: Progress
+) -> dict[str, OutputArray]:
     """Run the worker once in `run`'s environment; its outputs (read lazily from outdir).
-    The first run's warnings become `run.warnings`, also when the worker failed."""
+    The first run's warnings become `run.warnings`, also when the worker failed. An
+    environment that runs no scripts (a serving endpoint) is asked instead
+    (`parity.runs.endpoint`): it catches no warnings, and its versions are what was
+    recorded of it (a fingerprint file), else unknown."""
+    if run.environment is not None and not run.environment.runs_scripts:
+        return _replay_endpoint(run, config, outdir, say)
     if run.fingerprint:  # a calibration run: the first run's fingerprint, times, warnings stand
         run_worker(run, config, outdir)
         return dict(load_outputs(outdir / "outputs.npz"))
@@ -335,6 +345,43 @@ def _replay(run: EnvRun, config: ParityConfig, outdir: Path) -> dict[str, Output
         if k in seconds:
             run.seconds[f"worker_{k}"] = seconds[k]
     return dict(outputs)
+
+
+def _replay_endpoint(
+    run: EnvRun, config: ParityConfig, outdir: Path, say: Progress
+) -> dict[str, OutputArray]:
+    """Replay the inputs through `run`'s endpoint; its outputs, read as a worker's are."""
+    from parity.runs.endpoint import replay_endpoint
+
+    assert isinstance(run.environment, EndpointEnvironment)
+    replay_endpoint(run.name, run.environment, config, outdir, say)
+    outputs = load_outputs(outdir / "outputs.npz")
+    if not run.seconds.get("worker_predict"):  # the first replay (not a calibration's)
+        try:
+            if (outdir / "fingerprint.json").exists():
+                run.fingerprint = recorded(load_fingerprint(outdir / "fingerprint.json"))
+            seconds = worker_seconds(outdir / "result.json")
+        except HostileOutputError as e:
+            raise WorkerError(run.name, f"{e} (the fingerprint recorded for it)") from None
+        for k in ("load", "predict"):
+            if k in seconds:
+                run.seconds[f"worker_{k}"] = seconds[k]
+    return dict(outputs)
+
+
+# What a fingerprint says of the process that took it, not of what is installed: a
+# fingerprint recorded where a server was built knows nothing of the server's own process.
+RUNTIME_SECTIONS = ("env", "threadpools")
+
+
+def recorded(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint recorded apart from the process that serves (an endpoint's): what is
+    installed, without what only the recording process had (its variables, thread pools,
+    torch's thread count), which is unknown for the server, not different."""
+    kept = {k: v for k, v in fingerprint.items() if k not in RUNTIME_SECTIONS}
+    if isinstance(kept.get("torch"), dict):
+        kept["torch"] = {k: v for k, v in kept["torch"].items() if k != "threads"}
+    return kept
 
 
 def run_worker(run: EnvRun, config: ParityConfig, outdir: Path, **job_fields: Any) -> None:
