@@ -53,6 +53,7 @@ class EnvironmentSpec:
     request_timeout: float = 60.0
     retries: int = 3
     fingerprint: Path | None = None
+    serving: tuple[str, ...] = ()  # the server's own packages (what they bring is expected)
 
 
 class Backend(Protocol):
@@ -190,6 +191,7 @@ class EndpointBackend:
         "request_timeout": (int, float),
         "retries": int,
         "fingerprint": str,
+        "serving": list,
     }
 
     @staticmethod

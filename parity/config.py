@@ -587,6 +587,11 @@ def _endpoint_settings(e: _Table, base: Path, extra: dict[str, Any]) -> None:
             if not found.is_file():
                 raise e.fail(key, f"file not found: {extra[key]}")
             extra[key] = found
+    serving = extra["serving"] or []
+    for i, package in enumerate(serving):
+        if not isinstance(package, str) or not _MODEL.match(package):
+            raise e.fail(f"serving[{i}]", f"must be a package's name, got {package!r}")
+    extra["serving"] = tuple(serving)
     if extra["ca_bundle"] is not None and not extra["verify"]:
         raise e.fail("ca_bundle", "given with verify = false: certificates are not checked")
 

@@ -382,7 +382,7 @@ def test_binary_requests_and_responses_round_trip_bits() -> None:
     ("output", "said"),
     [
         ({"name": "y", "datatype": "FP32", "shape": [2], "data": [1.0, None]}, "value 1 is null"),
-        ({"name": "y", "datatype": "FP32", "shape": [2], "data": [1.0, 0.1]}, "is not a float32 value"),  # noqa: E501
+        ({"name": "y", "datatype": "FP32", "shape": [2], "data": [1.0, 0.1000000001]}, "is neither a float32 value nor the shortest text of one"),  # noqa: E501
         ({"name": "y", "datatype": "UINT8", "shape": [2], "data": [1, 256]}, "beyond uint8's range"),  # noqa: E501
         ({"name": "y", "datatype": "FP32", "shape": [3], "data": [1.0, 2.0]}, "2 values for a shape of 3"),  # noqa: E501
         ({"name": "y", "datatype": "BYTES", "shape": [1], "data": ["a"]}, "is not a numeric OIP datatype"),  # noqa: E501
@@ -395,7 +395,34 @@ def test_answers_that_cannot_be_read_exactly_are_refused(output: dict, said: str
     assert said in str(e.value)
 
 
+def test_json_floats_written_as_the_shortest_text_of_a_float32_are_read_exactly() -> None:
+    values = np.array([0.1, 1 / 3, 1e-45, 3.4028235e38], dtype=np.float32)
+    texts = [str(v) for v in values]  # "0.1", "0.33333334", ...: float32's shortest text
+    answer = f'{{"outputs": [{{"name": "y", "datatype": "FP32", "shape": [4], "data": [{", ".join(texts)}]}}]}}'  # noqa: E501
+    assert read_response(answer.encode(), None)["y"].tobytes() == values.tobytes()
+
+
 def test_nested_json_data_is_read_row_major() -> None:
     answer = {"outputs": [{"name": "y", "datatype": "INT64", "shape": [2, 2],
                            "data": [[1, 2], [3, 4]]}]}  # fmt: skip
     assert read_response(json.dumps(answer).encode(), None)["y"].tolist() == [[1, 2], [3, 4]]
+
+
+def test_an_endpoint_is_checked_against_a_golden_bundle(
+    serve: Callable[..., str], project: Callable[..., Path], tmp_path: Path
+) -> None:
+    url = serve()
+    cfg = project(url)
+    bundle = tmp_path / "golden"
+    done = run_cli("parity", "record", "--config", str(cfg), "--env", "local", "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    code, text, report = check(cfg, "--against", str(bundle))
+    assert code == 0, text
+    assert report["candidate"] == "served" and report["against"]
+    assert all(o["passed"] and o["mismatched"] == 0 for o in report["outputs"])
+    assert report["versions_known"] is False  # nothing recorded of the endpoint
+
+    other = serve(model="other")  # the endpoint now serves another model
+    code, text, _ = check(project(other), "--against", str(bundle))
+    assert code == 2, text
+    assert "has no model 'tiny' (it serves: other)" in text

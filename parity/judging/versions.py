@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
@@ -79,11 +81,20 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     )
     diffs = []
     views = ref.lock_view(), cand.lock_view()  # what the locks pin, as read or recorded
+    stacks = _serving_stack(ref, a, b), _serving_stack(cand, b, a)
     for d in differences:
         expected, note = (False, None)
         if d.section == "package":
             name = d.key
             expected, note = _explain(name, (ref, d.a, views[0]), (cand, d.b, views[1]))
+            for run, stack, only in ((ref, stacks[0], d.b is None), (cand, stacks[1], d.a is None)):
+                if only and canonicalize_name(name) in stack:
+                    server = stack[canonicalize_name(name)]
+                    expected = True
+                    note = (
+                        f"the serving stack: {server} runs the server, not the model "
+                        f"(installed in {run.spec.name} only)"
+                    )
         elif (d.section, d.key) == ("python", "version"):
             name = "python"
         else:
@@ -106,6 +117,27 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     for root in roots:
         ordered += [root, *(v for v in diffs if v.caused_by == root.name)]
     return ordered + [v for v in diffs if v not in ordered]
+
+
+def _serving_stack(run: EnvRun, fp: dict[str, Any], other: dict[str, Any]) -> dict[str, str]:
+    """The packages of an endpoint's server (`run.serving`) and everything they require,
+    transitively, that the other environment lacks: name -> the server package it comes
+    with. Empty for an environment that is not an endpoint."""
+    if not run.serving:
+        return {}
+    requires = {canonicalize_name(k): v for k, v in requires_of(fp).items()}
+    ours = {canonicalize_name(n) for n in from_fingerprint(fp)["package"]}
+    theirs = {canonicalize_name(n) for n in from_fingerprint(other)["package"]}
+    stack: dict[str, str] = {}
+    for root in run.serving:
+        todo = [canonicalize_name(root)]
+        while todo:
+            name = todo.pop()
+            if name in stack or name in theirs or name not in ours:
+                continue
+            stack[name] = root
+            todo.extend(canonicalize_name(n) for n in requires.get(name, ()))
+    return stack
 
 
 def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -72,10 +72,11 @@ MAX_SHOWN = 300  # characters of a server's error text in a message
 
 def replay_endpoint(
     name: str, endpoint: EndpointEnvironment, config: ParityConfig, outdir: Path, say: Progress
-) -> None:
+) -> str | None:
     """Replay the inputs file (in `outdir.parent / INPUTS`, waited for) through `endpoint`
     batch by batch; write `outputs.npz` and `result.json` into `outdir`, and the endpoint's
-    recorded fingerprint as `fingerprint.json` when it has one."""
+    recorded fingerprint as `fingerprint.json` when it has one. The server's name, as its
+    metadata gives it (`mlserver`), if it does."""
     import numpy as np
 
     outdir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,7 @@ def replay_endpoint(
         (outdir / "fingerprint.json").write_bytes(endpoint.fingerprint.read_bytes())
     result = {"seconds": {"load": round(t1 - t0, 3), "predict": round(t2 - t1, 3)}}
     (outdir / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    return client.server
 
 
 def _wait_for_inputs(name: str, folder: Path, timeout: float) -> dict[str, np.ndarray]:
@@ -142,6 +144,7 @@ class OipClient:
             model += f"/versions/{quote(endpoint.model_version, safe='')}"
         self.model_path = model
         self.binary = endpoint.binary == "binary"
+        self.server: str | None = None  # the server's name, from its metadata
         self._client: httpx.Client | None = None
 
     # -- the connection -------------------------------------------------------------------
@@ -298,8 +301,9 @@ class OipClient:
         if status != 200:
             return []
         data = self._json(status, body[:MAX_METADATA_BYTES], "the server's metadata")
-        server = f"{data.get('name')} {data.get('version')}" if isinstance(data, dict) else "?"
-        self.say(f"server: {server}")
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            self.server = data["name"][:100]
+            self.say(f"server: {self.server} {str(data.get('version'))[:40]}")
         extensions = data.get("extensions") if isinstance(data, dict) else None
         return [str(e) for e in extensions] if isinstance(extensions, list) else []
 
@@ -567,13 +571,16 @@ def _from_json(name: str, data: Any, dtype: np.dtype[Any], size: int) -> np.ndar
         raise ResponseError(f"output {name!r}: {dtype} data that is not all numbers")
     wide = np.array(flat, dtype=np.float64)
     narrow = wide.astype(dtype)
-    finite = np.isfinite(wide)
-    if not np.array_equal(narrow.astype(np.float64)[finite], wide[finite]):
-        first = int(np.flatnonzero(finite & (narrow.astype(np.float64) != wide))[0])
-        raise ResponseError(
-            f"output {name!r}: value {first} ({flat[first]!r}) is not a {dtype} value: the "
-            f"server wrote its numbers with less precision than they have"
-        )
+    # Each number must be exactly a value of the datatype (a float32 written as the double
+    # it is) or the shortest text of one (`0.1` for float32's 0.1): anything else was
+    # rounded on the way, and which value it stood for is not known.
+    inexact = np.flatnonzero(np.isfinite(wide) & (narrow.astype(np.float64) != wide))
+    for i in inexact:
+        if float(str(narrow[i])) != wide[i]:
+            raise ResponseError(
+                f"output {name!r}: value {int(i)} ({flat[i]!r}) is neither a {dtype} value nor "
+                f"the shortest text of one: the server wrote it rounded"
+            )
     return narrow
 
 

@@ -116,6 +116,9 @@ class EnvRun:
     warnings: CaughtWarnings | None = None
     # a bundle's recorded view of its lock, for a run that has no `lock` to read
     recorded_lock: LockView | None = None
+    # a serving endpoint's server packages (its `serving` setting, and the server its
+    # metadata names): what they bring runs the server, not the model
+    serving: tuple[str, ...] = ()
 
     def lock_view(self) -> LockView | None:
         """What this environment's lock pins, from the lock itself or as recorded."""
@@ -354,7 +357,8 @@ def _replay_endpoint(
     from parity.runs.endpoint import replay_endpoint
 
     assert isinstance(run.environment, EndpointEnvironment)
-    replay_endpoint(run.name, run.environment, config, outdir, say)
+    server = replay_endpoint(run.name, run.environment, config, outdir, say)
+    run.serving = tuple(dict.fromkeys([*run.spec.serving, *([server] if server else [])]))
     outputs = load_outputs(outdir / "outputs.npz")
     if not run.seconds.get("worker_predict"):  # the first replay (not a calibration's)
         try:
