@@ -51,6 +51,8 @@ lint: $(SYNCED)
 lock-check: $(SYNCED)
 	$(VENV)/bin/envlock lock --check --spec locks/pyproject.toml
 	$(VENV)/bin/envlock lock --check --spec examples/numpy-drift/locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/mlserver/locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/mlserver/numpy-drift/pyproject.toml
 
 bench: $(SYNCED)
 	$(VENV)/bin/python benchmarks/parity_overhead.py
