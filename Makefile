@@ -53,6 +53,8 @@ lock-check: $(SYNCED)
 	$(VENV)/bin/envlock lock --check --spec examples/numpy-drift/locks/pyproject.toml
 	$(VENV)/bin/envlock lock --check --spec examples/mlserver/locks/pyproject.toml
 	$(VENV)/bin/envlock lock --check --spec examples/mlserver/numpy-drift/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/bentoml/locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/bentoml/numpy-drift/pyproject.toml
 
 bench: $(SYNCED)
 	$(VENV)/bin/python benchmarks/parity_overhead.py

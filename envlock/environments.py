@@ -54,6 +54,7 @@ class EnvironmentSpec:
     retries: int = 3
     fingerprint: Path | None = None
     serving: tuple[str, ...] = ()  # the server's own packages (what they bring is expected)
+    outputs: dict[str, str] = field(default_factory=dict)  # output -> dtype (bentoml)
 
 
 class Backend(Protocol):
@@ -192,6 +193,7 @@ class EndpointBackend:
         "retries": int,
         "fingerprint": str,
         "serving": list,
+        "outputs": dict,
     }
 
     @staticmethod
@@ -225,6 +227,7 @@ class EndpointBackend:
             request_timeout=spec.request_timeout,
             retries=spec.retries,
             fingerprint=spec.fingerprint,
+            outputs=dict(spec.outputs),
         )
 
 

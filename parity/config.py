@@ -535,6 +535,8 @@ _URL = re.compile(r"^https?://[^\s/@]+(/[^\s]*)?$")
 _MODEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MAX_RETRIES = 20
+_OUTPUT_DTYPES = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
+                  "int64", "float16", "float32", "float64")  # fmt: skip
 
 
 def _endpoint_settings(e: _Table, base: Path, extra: dict[str, Any]) -> None:
@@ -561,6 +563,27 @@ def _endpoint_settings(e: _Table, base: Path, extra: dict[str, Any]) -> None:
         )
     if extra["binary"] not in BINARY_MODES:
         raise e.fail("binary", f"must be one of {', '.join(BINARY_MODES)}, got {extra['binary']!r}")
+    bentoml = extra["protocol"] == "bentoml"
+    if bentoml and extra["binary"] == "binary":
+        raise e.fail("binary", 'BentoML\'s HTTP API carries JSON only (binary = "json")')
+    if bentoml and extra["model_version"] is not None:
+        raise e.fail("model_version", 'only applies to protocol = "oip"')
+    outputs_t = e.table("outputs", required=False)
+    if outputs_t.data and not bentoml:
+        raise e.fail("outputs", 'only applies to protocol = "bentoml" (OIP answers say dtypes)')
+    if bentoml and not outputs_t.data:
+        raise e.fail(
+            "outputs",
+            "missing: BentoML's answers do not say their dtypes; name each output's, e.g. "
+            f'outputs = {{ y = "float32" }} (one of {", ".join(_OUTPUT_DTYPES)})',
+        )
+    outputs = {}
+    for name in outputs_t.data:
+        dtype = outputs_t.get(name, str, what="a dtype name")
+        if dtype not in _OUTPUT_DTYPES:
+            raise outputs_t.fail(name, f"must be one of {', '.join(_OUTPUT_DTYPES)}, got {dtype!r}")
+        outputs[name] = dtype
+    extra["outputs"] = outputs
     headers_t = e.table("headers", required=False)
     headers = {}
     for name in headers_t.data:

@@ -49,6 +49,7 @@ OIP = {v: k for k, v in DTYPES.items()}
 @dataclass
 class Settings:
     model: str = "tiny"
+    bentoml: bool = False  # speak BentoML's HTTP API instead (model: the API's name)
     finite: bool = False  # the model writes 7, 8, 9 where it would write NaN, inf, -inf
     binary: bool = True  # lists and speaks the binary tensor data extension
     nan_as_null: bool = False  # JSON answers write NaN and infinity as null
@@ -95,6 +96,9 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if not self._authorized():
                 return
+            if settings.bentoml:
+                self._bentoml_get()
+                return
             model = f"/v2/models/{settings.model}"
             if self.path == "/v2/health/ready":
                 ready = time.monotonic() - started >= settings.ready_after
@@ -117,10 +121,34 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
             else:
                 self._json(404, {"error": f"no route {self.path}"})
 
+        def _bentoml_get(self) -> None:
+            if self.path == "/readyz":
+                ready = time.monotonic() - started >= settings.ready_after
+                self._send(200 if ready else 503, b"ok" if ready else b"starting")
+            elif self.path == "/schema.json":
+                props = {
+                    d["name"]: {"type": "tensor", "format": "numpy-array",
+                                "dtype": DTYPES[d["datatype"]], "shape": d["shape"]}
+                    for d in settings.inputs
+                }  # fmt: skip
+                route = {"name": settings.model, "route": f"/{settings.model}",
+                         "input": {"properties": props, "required": list(props)}}  # fmt: skip
+                self._json(200, {"name": "Tiny", "type": "service", "routes": [route]})
+            else:
+                self._send(404, b"Not Found")
+
         def do_POST(self) -> None:
             if not self._authorized():
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if settings.bentoml:
+                if self.path != f"/{settings.model}":
+                    self._send(404, b"Not Found")
+                    return
+                inputs = {k: np.array(v, dtype=np.float32) for k, v in json.loads(body).items()}
+                outputs = {k: v.tolist() for k, v in predict(inputs).items()}
+                self._json(200, outputs)
+                return
             if self.path == "/v2/repository/index":
                 self._json(200, [{"name": settings.model, "state": "READY"}])
                 return

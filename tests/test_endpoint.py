@@ -426,3 +426,56 @@ def test_an_endpoint_is_checked_against_a_golden_bundle(
     code, text, _ = check(project(other), "--against", str(bundle))
     assert code == 2, text
     assert "has no model 'tiny' (it serves: other)" in text
+
+
+# -- BentoML's HTTP API (protocol = "bentoml") -----------------------------------------------
+
+BENTO = 'protocol = "bentoml"\noutputs = { y = "float32", n = "int64" }'
+
+
+def test_a_bentoml_api_passes_exactly(
+    serve: Callable[..., str], project: Callable[..., Path]
+) -> None:
+    from oip_server import FINITE_CODE
+
+    url = serve(bentoml=True, model="predict", finite=True)
+    cfg = project(url, BENTO, code=FINITE_CODE)
+    cfg.write_text(cfg.read_text().replace('model = "tiny"', 'model = "predict"'))
+    code, text, report = check(cfg)
+    assert code == 0, text
+    assert "API predict ready; tensors travel as JSON" in text
+    assert {o["name"]: o["candidate_dtype"] for o in report["outputs"]} == {
+        "n": "int64",
+        "y": "float32",
+    }
+    assert all(o["passed"] and o["mismatched"] == 0 for o in report["outputs"])
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (('model = "predict"', 'model = "nope"'), "has no API 'nope' (it has: predict)"),
+        (('n = "int64"', 'n = "bool"'), "batch 0: output 'n': BOOL data that is not true/false"),
+        (('n = "int64" }', 'n = "int64", z = "uint8" }'), "the API answered ['n', 'y'], the config names ['n', 'y', 'z']"),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_a_bentoml_api_that_does_not_fit_is_refused(
+    serve: Callable[..., str], project: Callable[..., Path], change: tuple[str, str], said: str
+) -> None:
+    from oip_server import FINITE_CODE
+
+    url = serve(bentoml=True, model="predict", finite=True)
+    cfg = project(url, BENTO, code=FINITE_CODE)
+    text = cfg.read_text().replace('model = "tiny"', 'model = "predict"')
+    cfg.write_text(text.replace(*change))
+    code, out, _ = check(cfg)
+    assert code in (2, 3), out
+    assert said in out
+
+
+def test_a_bentoml_endpoint_must_name_its_outputs_dtypes(project: Callable[..., Path]) -> None:
+    cfg = project("http://127.0.0.1:1", 'protocol = "bentoml"')
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    said = str(e.value)
+    assert "environments.served.outputs" in said and "do not say their dtypes" in said

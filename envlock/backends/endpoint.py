@@ -19,8 +19,8 @@ from envlock.backends.base import Environment, Mount
 from envlock.errors import EnvlockError
 
 # The protocols an endpoint may speak: the Open Inference Protocol v2 over REST (KServe's
-# v2, MLServer, Triton).
-PROTOCOLS = ("oip",)
+# v2, MLServer, Triton), and BentoML's HTTP API (one route per API, JSON in and out).
+PROTOCOLS = ("oip", "bentoml")
 # How tensors travel: `auto` uses the binary tensor data extension where the server's
 # metadata lists it, `binary` insists on it, `json` never uses it.
 BINARY_MODES = ("auto", "binary", "json")
@@ -43,6 +43,8 @@ class EndpointEnvironment(Environment):
     request_timeout: float = 60.0  # seconds for one request
     retries: int = 3  # further tries of a request answered 429 or 503 (or not answered)
     fingerprint: Path | None = None  # a fingerprint recorded where the server was built
+    # each output's dtype, by name, where the protocol does not say (BentoML)
+    outputs: Mapping[str, str] = field(default_factory=dict)
     runs_scripts: ClassVar[bool] = False
 
     def run_python(

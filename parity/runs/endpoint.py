@@ -80,7 +80,8 @@ def replay_endpoint(
     import numpy as np
 
     outdir.mkdir(parents=True, exist_ok=True)
-    client = OipClient(name, endpoint, config.path, say)
+    kind = BentoClient if endpoint.protocol == "bentoml" else OipClient
+    client = kind(name, endpoint, config.path, say)
     t0 = time.perf_counter()
     with client.session():
         client.wait_until_ready()
@@ -421,6 +422,14 @@ class OipClient:
 
     def _json_request(self, batch: Mapping[str, np.ndarray], n: int) -> bytes:
         """The request as plain JSON; raise `ConfigError` for a value JSON cannot carry."""
+        self._refuse_non_finite(batch, n)
+        try:
+            return json_request(batch)
+        except ResponseError as e:
+            raise WorkerError(self.name, f"batch {n}: {e}") from None
+
+    def _refuse_non_finite(self, batch: Mapping[str, np.ndarray], n: int) -> None:
+        """Raise `ConfigError` for a NaN or infinity in `batch`: JSON cannot carry them."""
         import numpy as np
 
         for name, array in batch.items():
@@ -433,10 +442,148 @@ class OipClient:
                     f"JSON cannot carry, and the server does not take binary tensor data: "
                     f"these inputs cannot be sent to {self.endpoint.url} as they are",
                 )
-        try:
-            return json_request(batch)
-        except ResponseError as e:
-            raise WorkerError(self.name, f"batch {n}: {e}") from None
+
+
+class BentoClient(OipClient):
+    """One endpoint's conversation in BentoML's HTTP API: `model` names the API (its
+    route), readiness is `GET /readyz`, the metadata `GET /schema.json` (each input's
+    dtype and shape; outputs' dtypes come from the config), tensors travel as nested JSON
+    lists (BentoML has no binary tensor encoding over HTTP)."""
+
+    def wait_until_ready(self) -> None:
+        """Wait (at most `ready_timeout`) for `GET /readyz` to answer 200."""
+        import httpx
+
+        assert self._client is not None
+        deadline = time.monotonic() + self.endpoint.ready_timeout
+        self.say(f"waiting for {self.endpoint.url} to be ready")
+        delay, last = 0.05, ""
+        while True:
+            try:
+                response = self._client.get("/readyz")
+                if response.status_code == 200:
+                    break
+                last = f"/readyz answered {response.status_code}"
+            except httpx.TransportError as e:
+                last = f"no answer ({_reason(e)})"
+            if time.monotonic() + delay > deadline:
+                raise WorkerError(
+                    self.name,
+                    f"the server at {self.endpoint.url} was not ready within ready_timeout "
+                    f"({self.endpoint.ready_timeout:g}s): {last}",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        self.binary = False
+        self.server = "bentoml"
+        self.say(
+            f"API {self.endpoint.model} ready; tensors travel as JSON (BentoML's HTTP API: "
+            "NaN and infinity cannot be carried)"
+        )
+
+    def model_metadata(self) -> dict[str, Any]:
+        """The API's route in the service's schema (`GET /schema.json`)."""
+        status, _, body = self._request("GET", "/schema.json", "the service's schema")
+        if status != 200:
+            raise WorkerError(self.name, f"the service's schema: the server answered {status}")
+        data = self._json(status, body[:MAX_METADATA_BYTES], "the service's schema")
+        routes = data.get("routes") if isinstance(data, dict) else None
+        routes = [r for r in routes if isinstance(r, dict)] if isinstance(routes, list) else []
+        for route in routes:
+            if route.get("name") == self.endpoint.model:
+                self.model_path = str(route.get("route") or f"/{self.endpoint.model}")
+                found: dict[str, Any] = route
+                return found
+        names = ", ".join(str(r.get("name")) for r in routes) or "none"
+        raise ConfigError(
+            self.config_path,
+            f"{self.key}.model",
+            f"the service at {self.endpoint.url} has no API {self.endpoint.model!r} (it has: "
+            f"{names})",
+        )
+
+    def check_inputs(self, metadata: dict[str, Any], inputs: Mapping[str, np.ndarray]) -> None:
+        """Raise `ConfigError` unless the API's inputs fit the input set: the same names,
+        and each tensor input's dtype and shape where the schema gives them."""
+        schema = metadata.get("input")
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        if not isinstance(props, dict) or not props:
+            self.say(f"API {self.endpoint.model} declares no inputs: nothing checked")
+            return
+        required = schema.get("required") if isinstance(schema, dict) else None
+        problems = []
+        for name, array in inputs.items():
+            p = props.get(name)
+            if not isinstance(p, dict):
+                problems.append(f"no input {name!r} (it takes {', '.join(map(str, props))})")
+                continue
+            if p.get("dtype") not in (None, array.dtype.name):
+                problems.append(f"input {name!r} is {p.get('dtype')}, the inputs are {array.dtype}")
+            shape = p.get("shape")
+            if shape is not None and not _fits(shape, list(array.shape[1:])):
+                problems.append(
+                    f"input {name!r} has shape {shape}, the inputs are [batch, "
+                    f"{', '.join(map(str, array.shape[1:]))}]"
+                )
+        for wanted in required if isinstance(required, list) else []:
+            if wanted not in inputs:
+                problems.append(f"it needs input {wanted!r}, which the input set lacks")
+        if problems:
+            raise ConfigError(
+                self.config_path,
+                "inputs",
+                f"do not fit API {self.endpoint.model!r} at {self.endpoint.url} "
+                f"({self.name}): " + "; ".join(problems),
+            )
+
+    def infer(self, batch: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """The API's outputs for one batch, each read as the dtype the config names."""
+        import numpy as np
+
+        what = f"batch {n}"
+        self._refuse_non_finite(batch, n)
+        content = json.dumps({k: v.tolist() for k, v in batch.items()}, allow_nan=False)
+        status, _, body = self._request(
+            "POST", self.model_path, what, content=content.encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        if status != 200:
+            raise WorkerError(self.name, f"{what}: the server answered {status}: {_shown(body)}")
+        data = self._json(status, body, what)
+        wanted = self.endpoint.outputs
+        if not isinstance(data, dict) or set(data) != set(wanted):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise WorkerError(
+                self.name, f"{what}: the API answered {got}, the config names {sorted(wanted)}"
+            )
+        outputs = {}
+        rows = len(next(iter(batch.values())))
+        for k, dtype in wanted.items():
+            try:
+                shape = _nested_shape(data[k])
+                array = _from_json(k, data[k], np.dtype(dtype), math.prod(shape))
+            except ResponseError as e:
+                raise WorkerError(self.name, f"{what}: {e}") from None
+            if not shape or shape[0] != rows:
+                raise WorkerError(
+                    self.name, f"{what}: output {k!r} has shape {shape}, not a batch of {rows}"
+                )
+            outputs[k] = array.reshape(shape)
+        return outputs
+
+
+def _nested_shape(data: Any) -> list[int]:
+    """The shape of a nested JSON list (by its first elements; `_from_json` then checks
+    the count of values against it)."""
+    shape = []
+    while isinstance(data, list):
+        shape.append(len(data))
+        if len(shape) > 32:
+            raise ResponseError("nested more than 32 levels")
+        data = data[0] if data else None
+    if not shape:
+        raise ResponseError("a value where a list of numbers should be")
+    return shape
 
 
 # -- encoding and decoding (no connection: tested on their own) ----------------------------
