@@ -479,3 +479,16 @@ def test_a_bentoml_endpoint_must_name_its_outputs_dtypes(project: Callable[..., 
         load_config(cfg)
     said = str(e.value)
     assert "environments.served.outputs" in said and "do not say their dtypes" in said
+
+
+def test_an_endpoint_can_be_the_reference(
+    serve: Callable[..., str], project: Callable[..., Path]
+) -> None:
+    cfg = project(serve())
+    cfg.write_text(cfg.read_text().replace('reference = "local"', 'reference = "served"'))
+    code, text, report = check(cfg, "--calibrate")
+    assert code == 0, text
+    assert report["reference"] == "served" and report["candidate"] == "local"
+    assert report["calibrated"] is True
+    assert all(o["passed"] and o["mismatched"] == 0 for o in report["outputs"])
+    assert report["versions_known"] is False
