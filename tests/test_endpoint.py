@@ -492,3 +492,20 @@ def test_an_endpoint_can_be_the_reference(
     assert report["calibrated"] is True
     assert all(o["passed"] and o["mismatched"] == 0 for o in report["outputs"])
     assert report["versions_known"] is False
+
+
+def test_localizing_a_failure_says_an_endpoint_runs_no_stages(
+    serve: Callable[..., str], project: Callable[..., Path]
+) -> None:
+    from oip_server import FINITE_CODE
+
+    # the local adapter writes 7, 8, 9 where the server's model writes NaN, inf, -inf
+    code = FINITE_CODE + "\n\ndef stages():\n    return [('all', predict)]\n"
+    cfg = project(serve(), code=code)
+    cfg.write_text(
+        cfg.read_text().replace('paths = ["src"]', 'paths = ["src"]\nstages = "adapter:stages"')
+    )
+    exit_code, text, report = check(cfg, "--localize")
+    assert exit_code == 1, text
+    assert report["verdict"] == "fail"
+    assert "not localized: 'served' runs no scripts (endpoint http://127.0.0.1:" in text
