@@ -15,7 +15,7 @@ from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
 from parity.config import ParityConfig
-from parity.runs.replay import RUNTIME_SECTIONS, EnvRun, LockView, recorded
+from parity.runs.replay import RECORDED_APART, EnvRun, LockView, recorded
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,12 @@ def _serving_stack(run: EnvRun, fp: dict[str, Any], other: dict[str, Any]) -> di
 
 
 def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The two fingerprints without the runtime sections either lacks (`RUNTIME_SECTIONS`,
-    and torch's thread count), so what one did not record is not a difference."""
-    if all(k in a and k in b for k in RUNTIME_SECTIONS):
-        return a, b
-    return recorded(a), recorded(b)
+    """The two fingerprints, without the runtime sections (`RUNTIME_SECTIONS`, and torch's
+    thread count) when either was recorded apart from the process it describes (an
+    endpoint's): what it could not record is not a difference."""
+    if a.get(RECORDED_APART) is True or b.get(RECORDED_APART) is True:
+        return recorded(a), recorded(b)
+    return a, b
 
 
 def _name(component: str | None) -> str | None:

@@ -376,6 +376,8 @@ def _replay_endpoint(
 # What a fingerprint says of the process that took it, not of what is installed: a
 # fingerprint recorded where a server was built knows nothing of the server's own process.
 RUNTIME_SECTIONS = ("env", "threadpools")
+# Set on such a fingerprint (kept in a bundle recorded from it): judged without them.
+RECORDED_APART = "recorded_apart"
 
 
 def recorded(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -385,6 +387,7 @@ def recorded(fingerprint: dict[str, Any]) -> dict[str, Any]:
     kept = {k: v for k, v in fingerprint.items() if k not in RUNTIME_SECTIONS}
     if isinstance(kept.get("torch"), dict):
         kept["torch"] = {k: v for k, v in kept["torch"].items() if k != "threads"}
+    kept[RECORDED_APART] = True
     return kept
 
 
