@@ -54,6 +54,10 @@ lint: $(SYNCED)
 lock-check: $(SYNCED)
 	$(VENV)/bin/envlock lock --check --spec locks/pyproject.toml
 	$(VENV)/bin/envlock lock --check --spec examples/numpy-drift/locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/mlserver/locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/mlserver/numpy-drift/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/bentoml/locks/pyproject.toml
+	$(VENV)/bin/envlock lock --check --spec examples/bentoml/numpy-drift/pyproject.toml
 
 ## Every promised figure, measured in one run, in one table (benchmarks/bench.py; minutes).
 bench: $(SYNCED)

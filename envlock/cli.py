@@ -31,6 +31,7 @@ from envlock.images import (
 )
 from envlock.lockfile import MAIN, read_lock
 from envlock.locking import check_lock, lock
+from envlock.names import shown_path
 from envlock.verify import failures, verify_conda_prefix, verify_fingerprint
 
 lock_option = click.option(
@@ -440,8 +441,16 @@ def diff_command(a: str, b: str, as_json: bool) -> None:
     is_flag=True,
     help="Do not import numpy/threadpoolctl/torch to describe them (faster).",
 )
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write it to this file (a serving endpoint's recorded fingerprint) instead of stdout.",
+)
 @domain_errors(EnvlockError)
-def fingerprint_command(python: str | None, image: str | None, no_import: bool) -> None:
+def fingerprint_command(
+    python: str | None, image: str | None, no_import: bool, out: Path | None
+) -> None:
     """Print the fingerprint of an environment as JSON.
 
     Interpreter, platform, CPU features, every distribution (with a digest of its
@@ -452,16 +461,21 @@ def fingerprint_command(python: str | None, image: str | None, no_import: bool) 
     Example:
         envlock fingerprint --python ~/.cache/envlock/venvs/<key>/bin/python > a.json
         envlock fingerprint --image envlock/espcn-reference-env:infer-dfcc470d1171
+        envlock fingerprint --python serve/.venv/bin/python --out serve.fingerprint.json
     """
     if python and image:
         raise click.UsageError("give at most one of --python and --image")
     if image:
-        click.echo(json.dumps(fingerprint_image(docker_client(), image), indent=2, sort_keys=True))
-        return
-    if python is None:
+        fp = fingerprint_image(docker_client(), image)
+    elif python is None:
         fp = envlock.probe.collect(imports=not no_import)
-        click.echo(json.dumps(fp, indent=2, sort_keys=True))
+    else:
+        fp = _probe_interpreter(python, imports=not no_import)
+    text = json.dumps(fp, indent=2, sort_keys=True)
+    if out is None:
+        click.echo(text)
         return
-    click.echo(
-        json.dumps(_probe_interpreter(python, imports=not no_import), indent=2, sort_keys=True)
-    )
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(out)
+    _progress(f"wrote {shown_path(out)}")

@@ -5,7 +5,8 @@ An `EnvironmentSpec` names a backend and what it needs (a lock and a group, an i
 interpreter); `open_environment` hands it to that backend and returns a ready
 `Environment` (`envlock.backends.base`). Callers never branch on the backend's kind: what
 differs between backends is asked of the backend (`installs_groups`). To add a backend,
-write a class with `kind`, `installs_groups` and `open()` and list it in `BACKENDS`.
+write a class with `kind`, `installs_groups` and `open()` and list it in `BACKENDS`. An
+environment that runs no scripts (a serving endpoint) says so (`Environment.runs_scripts`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from envlock.backends.base import Environment, LocalEnvironment
+from envlock.backends.endpoint import EndpointEnvironment
 from envlock.backends.venv import VenvBackend
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN, LockedEnv, read_lock
@@ -37,6 +39,21 @@ class EnvironmentSpec:
     memory: str = "4g"
     pids: int = 512
     env: dict[str, str] = field(default_factory=dict)
+    # backend = "endpoint" (`envlock.backends.endpoint.EndpointEnvironment` says what each is)
+    url: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    protocol: str = "oip"
+    binary: str = "auto"
+    headers: dict[str, str] = field(default_factory=dict)  # header -> variable holding it
+    verify: bool = True
+    ca_bundle: Path | None = None
+    ready_timeout: float = 60.0
+    request_timeout: float = 60.0
+    retries: int = 3
+    fingerprint: Path | None = None
+    serving: tuple[str, ...] = ()  # the server's own packages (what they bring is expected)
+    outputs: dict[str, str] = field(default_factory=dict)  # output -> dtype (bentoml)
 
 
 class Backend(Protocol):
@@ -48,7 +65,7 @@ class Backend(Protocol):
 
     kind: ClassVar[str]
     installs_groups: ClassVar[bool]  # whether the spec's lock group says what is installed
-    options: ClassVar[dict[str, type]]
+    options: ClassVar[dict[str, type | tuple[type, ...]]]
 
     @staticmethod
     def needs_lock(keys: Collection[str]) -> bool:
@@ -65,7 +82,7 @@ class LocalBackend:
 
     kind: ClassVar[str] = "local"
     installs_groups: ClassVar[bool] = False
-    options: ClassVar[dict[str, type]] = {}
+    options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
 
     @staticmethod
     def needs_lock(keys: Collection[str]) -> bool:
@@ -85,7 +102,7 @@ class LockedVenvBackend:
 
     kind: ClassVar[str] = "venv"
     installs_groups: ClassVar[bool] = True
-    options: ClassVar[dict[str, type]] = {}
+    options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
 
     @staticmethod
     def needs_lock(keys: Collection[str]) -> bool:
@@ -108,7 +125,12 @@ class ImageBackend:
 
     kind: ClassVar[str] = "docker"
     installs_groups: ClassVar[bool] = True
-    options: ClassVar[dict[str, type]] = {"image": str, "gpus": bool, "memory": str, "pids": int}
+    options: ClassVar[dict[str, type | tuple[type, ...]]] = {
+        "image": str,
+        "gpus": bool,
+        "memory": str,
+        "pids": int,
+    }
 
     @staticmethod
     def needs_lock(keys: Collection[str]) -> bool:
@@ -151,8 +173,66 @@ class ImageBackend:
         )
 
 
-BACKENDS: dict[str, type[LocalBackend | LockedVenvBackend | ImageBackend]] = {
-    b.kind: b for b in (LockedVenvBackend, ImageBackend, LocalBackend)
+class EndpointBackend:
+    """A model server that is already running, reached over HTTP: nothing is built or
+    started. Its lock and group, when the spec names them, say what it was built from."""
+
+    kind: ClassVar[str] = "endpoint"
+    installs_groups: ClassVar[bool] = False
+    options: ClassVar[dict[str, type | tuple[type, ...]]] = {
+        "url": str,
+        "model": str,
+        "model_version": str,
+        "protocol": str,
+        "binary": str,
+        "headers": dict,
+        "verify": bool,
+        "ca_bundle": str,
+        "ready_timeout": (int, float),
+        "request_timeout": (int, float),
+        "retries": int,
+        "fingerprint": str,
+        "serving": list,
+        "outputs": dict,
+    }
+
+    @staticmethod
+    def needs_lock(keys: Collection[str]) -> bool:
+        """Only when the spec names one (what the server was built from)."""
+        return "lock" in keys
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        del cache_dir  # nothing is cached
+
+    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
+        """The endpoint `spec` describes (not contacted yet: its client waits for it)."""
+        if not spec.url or not spec.model:
+            raise EnvlockError(
+                f"environment {spec.name!r}: the endpoint backend needs url and model"
+            )
+        version = f" version {spec.model_version}" if spec.model_version else ""
+        return EndpointEnvironment(
+            kind="endpoint",
+            python=Path(),
+            description=f"endpoint {spec.url} ({spec.protocol}, model {spec.model}{version})",
+            url=spec.url,
+            model=spec.model,
+            model_version=spec.model_version,
+            protocol=spec.protocol,
+            binary=spec.binary,
+            headers=dict(spec.headers),
+            verify=spec.verify,
+            ca_bundle=spec.ca_bundle,
+            ready_timeout=spec.ready_timeout,
+            request_timeout=spec.request_timeout,
+            retries=spec.retries,
+            fingerprint=spec.fingerprint,
+            outputs=dict(spec.outputs),
+        )
+
+
+BACKENDS: dict[str, type[LocalBackend | LockedVenvBackend | ImageBackend | EndpointBackend]] = {
+    b.kind: b for b in (LockedVenvBackend, ImageBackend, LocalBackend, EndpointBackend)
 }
 
 

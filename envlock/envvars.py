@@ -104,6 +104,14 @@ def declare_secrets(env: Mapping[str, str]) -> None:
     _DECLARED.update(_worth_redacting(env))
 
 
+def declare_secret_values(values: Iterable[str]) -> None:
+    """Redact, from now on, each of `values` (8 characters or more, not a word like
+    `true`) whatever the name of the variable it came from: what is sent as a secret (an
+    authorization header's value, read from the variable a config names)."""
+    for value in values:
+        _DECLARED.update(_worth_redacting({"SECRET": value}))
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """The values of the secret-looking variables in `environ` (default: ours, and those
     declared with `declare_secrets`) worth redacting, longest first (so that one holding

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from envlock import LockFileError, read_lock
+from envlock.backends.endpoint import BINARY_MODES, PROTOCOLS
 from envlock.environments import BACKENDS, EnvironmentSpec
 from envlock.envvars import LEAKY_ENV, declare_secrets
 from parity.errors import ConfigError
@@ -23,7 +24,8 @@ from parity.inputs.seeded import GENERATORS, LAYOUTS, ArraySpec, InputSpec
 from parity.policies import POLICIES, TolerancePolicy, all_settings
 from parity.policies.base import SettingError
 
-# The settings some backends read: image, gpus, memory, pids (docker).
+# The settings some backends read: image, gpus, memory, pids (docker); url, model, ...
+# (endpoint).
 _ALL_OPTIONS = tuple(dict.fromkeys(o for b in BACKENDS.values() for o in b.options))
 _OPTION_WORDS = {"memory": "a size such as '4g'"}
 SEVERITIES = ("numerics", "runtime", "benign", "other")
@@ -517,14 +519,104 @@ def _read_environments(
         env_t = e.table("env", required=False)
         extra: dict[str, Any] = {"env": _env_vars(env_t)}
         for key, kind_of in kind.options.items():
-            default = getattr(EnvironmentSpec, key)
+            default = getattr(EnvironmentSpec, key, None)  # None: a field with a factory
             extra[key] = e.get(key, kind_of, default, what=_OPTION_WORDS.get(key, ""))
         for key in _ALL_OPTIONS:
             if key in e.data and key not in kind.options:
                 owner = next(b for b, k in BACKENDS.items() if key in k.options)
                 raise e.fail(key, f'only applies to backend = "{owner}"')
+        if backend == "endpoint":
+            _endpoint_settings(e, base, extra)
         envs.append(EnvironmentSpec(name, backend, lock, group, python, **extra))
     return envs, unusable
+
+
+_URL = re.compile(r"^https?://[^\s/@]+(/[^\s]*)?$")
+_MODEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+MAX_RETRIES = 20
+_OUTPUT_DTYPES = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
+                  "int64", "float16", "float32", "float64")  # fmt: skip
+
+
+def _endpoint_settings(e: _Table, base: Path, extra: dict[str, Any]) -> None:
+    """Check and complete, in `extra`, the settings of an environment with
+    `backend = "endpoint"`; raise `ConfigError` naming the key."""
+    for key in ("python", "env"):
+        if key in e.data:
+            raise e.fail(key, 'does not apply to backend = "endpoint" (a running server)')
+    url = e.get("url", str, what="the server's address, e.g. 'http://127.0.0.1:8080'")
+    if not _URL.match(url):
+        raise e.fail(
+            "url",
+            f"must be an http:// or https:// address without credentials (authorization "
+            f"goes in headers, read from environment variables), got {url!r}",
+        )
+    extra["url"] = url.rstrip("/")
+    extra["model"] = e.get("model", str, what="the model's name on the server")
+    for key in ("model", "model_version"):
+        if extra[key] is not None and not _MODEL.match(extra[key]):
+            raise e.fail(key, f"must be letters, digits, '_', '.' or '-', got {extra[key]!r}")
+    if extra["protocol"] not in PROTOCOLS:
+        raise e.fail(
+            "protocol", f"must be one of {', '.join(PROTOCOLS)}, got {extra['protocol']!r}"
+        )
+    if extra["binary"] not in BINARY_MODES:
+        raise e.fail("binary", f"must be one of {', '.join(BINARY_MODES)}, got {extra['binary']!r}")
+    bentoml = extra["protocol"] == "bentoml"
+    if bentoml and extra["binary"] == "binary":
+        raise e.fail("binary", 'BentoML\'s HTTP API carries JSON only (binary = "json")')
+    if bentoml and extra["model_version"] is not None:
+        raise e.fail("model_version", 'only applies to protocol = "oip"')
+    outputs_t = e.table("outputs", required=False)
+    if outputs_t.data and not bentoml:
+        raise e.fail("outputs", 'only applies to protocol = "bentoml" (OIP answers say dtypes)')
+    if bentoml and not outputs_t.data:
+        raise e.fail(
+            "outputs",
+            "missing: BentoML's answers do not say their dtypes; name each output's, e.g. "
+            f'outputs = {{ y = "float32" }} (one of {", ".join(_OUTPUT_DTYPES)})',
+        )
+    outputs = {}
+    for name in outputs_t.data:
+        dtype = outputs_t.get(name, str, what="a dtype name")
+        if dtype not in _OUTPUT_DTYPES:
+            raise outputs_t.fail(name, f"must be one of {', '.join(_OUTPUT_DTYPES)}, got {dtype!r}")
+        outputs[name] = dtype
+    extra["outputs"] = outputs
+    headers_t = e.table("headers", required=False)
+    headers = {}
+    for name in headers_t.data:
+        variable = headers_t.get(name, str, what="the name of an environment variable")
+        if not _HEADER.match(name):
+            raise headers_t.fail(repr(name), "is not an HTTP header name")
+        if not _VARIABLE_NAME.fullmatch(variable):
+            raise headers_t.fail(
+                name,
+                f"must name the environment variable that holds the header's value (its "
+                f"value is never written in the config), got {variable!r}",
+            )
+        headers[name] = variable
+    extra["headers"] = headers
+    for key in ("ready_timeout", "request_timeout"):
+        extra[key] = float(extra[key])
+        if not math.isfinite(extra[key]) or extra[key] <= 0:
+            raise e.fail(key, f"must be a positive, finite number of seconds, got {extra[key]}")
+    if not 0 <= extra["retries"] <= MAX_RETRIES:
+        raise e.fail("retries", f"must be from 0 to {MAX_RETRIES}, got {extra['retries']}")
+    for key in ("ca_bundle", "fingerprint"):
+        if extra[key] is not None:
+            found = (base / extra[key]).resolve()
+            if not found.is_file():
+                raise e.fail(key, f"file not found: {extra[key]}")
+            extra[key] = found
+    serving = extra["serving"] or []
+    for i, package in enumerate(serving):
+        if not isinstance(package, str) or not _MODEL.match(package):
+            raise e.fail(f"serving[{i}]", f"must be a package's name, got {package!r}")
+    extra["serving"] = tuple(serving)
+    if extra["ca_bundle"] is not None and not extra["verify"]:
+        raise e.fail("ca_bundle", "given with verify = false: certificates are not checked")
 
 
 def _check_lock(e: _Table, lock: Path, lock_s: str, group: str) -> None:

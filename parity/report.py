@@ -83,8 +83,9 @@ class ParityReport:
     def versions_known(self) -> bool:
         """Whether the environments' versions were compared: not when one failed, since the
         versions are judged only after both replays finished (an empty `version_diffs`
-        then means "unknown", never "none")."""
-        return not self.errors
+        then means "unknown", never "none"), nor when one's versions are unknown (an
+        endpoint with nothing recorded of it: no fingerprint)."""
+        return not self.errors and all(e.fingerprinted for e in self.environments.values())
 
     @property
     def versions_unknown_why(self) -> str:
@@ -92,6 +93,12 @@ class ParityReport:
         if self.versions_known:
             return ""
         missing = [n for n, e in self.environments.items() if not e.fingerprinted]
+        if missing and not self.errors:
+            return (
+                " and ".join(missing) + " has no fingerprint: nothing was recorded of what "
+                "it runs (record one with `envlock fingerprint --python ... --out FILE` "
+                "where it was built, and name it as the environment's fingerprint)"
+            )
         if missing:
             return " and ".join(missing) + " failed before its fingerprint was taken"
         return "an environment failed, so the versions were not compared"

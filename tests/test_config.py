@@ -41,7 +41,7 @@ lock = "pylock.toml"
         ),
         (
             ('[environments.infer]\nbackend = "venv"', '[environments.infer]\nbackend = "conda"'),
-            "environments.infer.backend: must be one of venv, docker, local, got 'conda'",
+            "environments.infer.backend: must be one of venv, docker, local, endpoint, got 'conda'",
         ),
         (("count = 4", "count = 0"), "inputs.count: must be at least 1"),
         (("count = 4", 'count = "4"'), "inputs.count: must be an integer, not a string"),

@@ -67,6 +67,9 @@ class Environment:
     # Whether its interpreter runs on this machine's file system, so that the host can
     # fingerprint it in a process of its own and cache that (`envlock.fingerprints`).
     probes_on_host: ClassVar[bool] = True
+    # Whether `run_python` runs scripts: not for a serving endpoint, which answers requests
+    # (`envlock.backends.endpoint`); a caller asks this, never the backend's kind.
+    runs_scripts: ClassVar[bool] = True
 
     def layout(self, mounts: Mapping[str, Mount]) -> dict[str, str]:
         """Where each named mount appears inside the environment (here: where it is)."""

@@ -139,6 +139,14 @@ def localize_failure(
                 sample,
                 output,
             )
+        if not run.environment.runs_scripts:
+            return _not_localized(
+                say,
+                f"{run.spec.name!r} runs no scripts ({run.environment.description}): "
+                "localizing runs the stages in both environments",
+                sample,
+                output,
+            )
     try:
         return _localize(config, ref, cand, output, sample, work / FOLDER, say)
     except (EnvlockError, ParityError, OSError) as e:

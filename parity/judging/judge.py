@@ -87,7 +87,12 @@ def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet
         say=say,
         pictures=True,
     )
-    return Judgement(outputs, judge_versions(config, ref, cand), judge_warnings(config, ref, cand))
+    # An environment whose versions are unknown (an endpoint nothing was recorded of) has
+    # no fingerprint: comparing it would list every package as missing, so nothing is
+    # compared and the report says the versions are unknown.
+    known = bool(ref.fingerprint) and bool(cand.fingerprint)
+    versions = judge_versions(config, ref, cand) if known else []
+    return Judgement(outputs, versions, judge_warnings(config, ref, cand))
 
 
 def judge_outputs(

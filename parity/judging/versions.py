@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from packaging.utils import canonicalize_name
 
 from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
 from parity.config import ParityConfig
-from parity.runs.replay import EnvRun, LockView
+from parity.runs.replay import RECORDED_APART, EnvRun, LockView, recorded
 
 
 @dataclass(frozen=True)
@@ -68,28 +71,30 @@ def judge_versions(config: ParityConfig, ref: EnvRun, cand: EnvRun) -> list[Vers
 
 
 def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
-    """Every way the two environments differ (packages first), classified by envlock's diff."""
+    """Every way the two environments differ (packages first), classified by envlock's diff.
+    What one fingerprint does not record at all (an endpoint's recorded fingerprint knows
+    nothing of the server process's variables and thread pools) is compared in neither."""
+    a, b = _comparable(ref.fingerprint, cand.fingerprint)
     differences = diff_environments(
-        Side(
-            ref.spec.name,
-            from_fingerprint(ref.fingerprint),
-            "fingerprint",
-            requires_of(ref.fingerprint),
-        ),
-        Side(
-            cand.spec.name,
-            from_fingerprint(cand.fingerprint),
-            "fingerprint",
-            requires_of(cand.fingerprint),
-        ),
+        Side(ref.spec.name, from_fingerprint(a), "fingerprint", requires_of(a)),
+        Side(cand.spec.name, from_fingerprint(b), "fingerprint", requires_of(b)),
     )
     diffs = []
     views = ref.lock_view(), cand.lock_view()  # what the locks pin, as read or recorded
+    stacks = _serving_stack(ref, a, b), _serving_stack(cand, b, a)
     for d in differences:
         expected, note = (False, None)
         if d.section == "package":
             name = d.key
             expected, note = _explain(name, (ref, d.a, views[0]), (cand, d.b, views[1]))
+            for run, stack, only in ((ref, stacks[0], d.b is None), (cand, stacks[1], d.a is None)):
+                if only and canonicalize_name(name) in stack:
+                    server = stack[canonicalize_name(name)]
+                    expected = True
+                    note = (
+                        f"the serving stack: {server} runs the server, not the model "
+                        f"(installed in {run.spec.name} only)"
+                    )
         elif (d.section, d.key) == ("python", "version"):
             name = "python"
         else:
@@ -112,6 +117,36 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     for root in roots:
         ordered += [root, *(v for v in diffs if v.caused_by == root.name)]
     return ordered + [v for v in diffs if v not in ordered]
+
+
+def _serving_stack(run: EnvRun, fp: dict[str, Any], other: dict[str, Any]) -> dict[str, str]:
+    """The packages of an endpoint's server (`run.serving`) and everything they require,
+    transitively, that the other environment lacks: name -> the server package it comes
+    with. Empty for an environment that is not an endpoint."""
+    if not run.serving:
+        return {}
+    requires = {canonicalize_name(k): v for k, v in requires_of(fp).items()}
+    ours = {canonicalize_name(n) for n in from_fingerprint(fp)["package"]}
+    theirs = {canonicalize_name(n) for n in from_fingerprint(other)["package"]}
+    stack: dict[str, str] = {}
+    for root in run.serving:
+        todo = [canonicalize_name(root)]
+        while todo:
+            name = todo.pop()
+            if name in stack or name in theirs or name not in ours:
+                continue
+            stack[name] = root
+            todo.extend(canonicalize_name(n) for n in requires.get(name, ()))
+    return stack
+
+
+def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two fingerprints, without the runtime sections (`RUNTIME_SECTIONS`, and torch's
+    thread count) when either was recorded apart from the process it describes (an
+    endpoint's): what it could not record is not a difference."""
+    if a.get(RECORDED_APART) is True or b.get(RECORDED_APART) is True:
+        return recorded(a), recorded(b)
+    return a, b
 
 
 def _name(component: str | None) -> str | None:

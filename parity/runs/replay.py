@@ -32,6 +32,7 @@ from packaging.utils import canonicalize_name
 
 from envlock import LockedEnv
 from envlock.backends import Environment, RunTimeout, default_cache_dir
+from envlock.backends.endpoint import EndpointEnvironment
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
 from envlock.fingerprints import FingerprintError, StaticFingerprint, static_fingerprint
@@ -42,7 +43,7 @@ from envlock.probe import RUNTIME
 from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
-from parity.errors import HostileOutputError, ParityError, WorkerError
+from parity.errors import ConfigError, HostileOutputError, ParityError, WorkerError
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
 from parity.outputs import FINGERPRINT, check_json, load_fingerprint, load_outputs, worker_seconds
@@ -131,6 +132,9 @@ class EnvRun:
     recorded_lock: LockView | None = None
     # the worker and the probe compiled for the environment's interpreter, if it has them
     scripts: dict[str, Path] | None = None
+    # a serving endpoint's server packages (its `serving` setting, and the server its
+    # metadata names): what they bring runs the server, not the model
+    serving: tuple[str, ...] = ()
 
     def lock_view(self) -> LockView | None:
         """What this environment's lock pins, from the lock itself or as recorded."""
@@ -337,14 +341,16 @@ def _run_environment(
                 static.sections.get("python"), cache_dir or default_cache_dir()
             )
         tell(f"running {config.inputs.count} inputs in {environment.description}")
-        run.outputs = _replay(run, config, work / run.name, static, cache_dir, starting)
+        run.outputs = _replay(run, config, work / run.name, tell, static, cache_dir, starting)
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
         if calibrate:
             t2 = time.perf_counter()
             tell("calibrating: running the same inputs a second time")
-            run.repeat = _replay(run, config, work / f"{run.name}.repeat")
+            run.repeat = _replay(run, config, work / f"{run.name}.repeat", tell)
             run.seconds["repeat"] = round(time.perf_counter() - t2, 3)
+    except ConfigError:
+        raise  # the config does not fit the environment (an endpoint's model): exit 2
     except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
@@ -378,6 +384,7 @@ def _replay(
     run: EnvRun,
     config: ParityConfig,
     outdir: Path,
+    say: Progress,
     static: StaticFingerprint | None = None,
     cache_dir: Path | None = None,
     starting: threading.Event | None = None,
@@ -387,7 +394,14 @@ def _replay(
     `static` (what the environment holds, taken by the host), the worker takes only the
     rest of the fingerprint where its sys.path is the one `static` was read from (else all
     of it, as without), and the host takes `static` again after the run: a model that
-    changed its environment shows in the fingerprint as when the worker probed it all."""
+    changed its environment shows in the fingerprint as when the worker probed it all.
+    An environment that runs no scripts (a serving endpoint) is asked instead
+    (`parity.runs.endpoint`): it catches no warnings, and its versions are what was
+    recorded of it (a fingerprint file), else unknown."""
+    if run.environment is not None and not run.environment.runs_scripts:
+        if starting is not None:
+            starting.set()  # nothing to start: making the inputs need not wait for it
+        return _replay_endpoint(run, config, outdir, say)
     if run.fingerprint:  # a calibration run: the first run's fingerprint, times, warnings stand
         run_worker(run, config, outdir)
         return dict(load_outputs(outdir / "outputs.npz"))
@@ -429,6 +443,47 @@ def _replay(
         if k in seconds:
             run.seconds[f"worker_{k}"] = seconds[k]
     return dict(outputs)
+
+
+def _replay_endpoint(
+    run: EnvRun, config: ParityConfig, outdir: Path, say: Progress
+) -> dict[str, OutputArray]:
+    """Replay the inputs through `run`'s endpoint; its outputs, read as a worker's are."""
+    from parity.runs.endpoint import replay_endpoint
+
+    assert isinstance(run.environment, EndpointEnvironment)
+    server = replay_endpoint(run.name, run.environment, config, outdir, say)
+    run.serving = tuple(dict.fromkeys([*run.spec.serving, *([server] if server else [])]))
+    outputs = load_outputs(outdir / "outputs.npz")
+    if not run.seconds.get("worker_predict"):  # the first replay (not a calibration's)
+        try:
+            if (outdir / "fingerprint.json").exists():
+                run.fingerprint = recorded(load_fingerprint(outdir / "fingerprint.json"))
+            seconds = worker_seconds(outdir / "result.json")
+        except HostileOutputError as e:
+            raise WorkerError(run.name, f"{e} (the fingerprint recorded for it)") from None
+        for k in ("load", "predict"):
+            if k in seconds:
+                run.seconds[f"worker_{k}"] = seconds[k]
+    return dict(outputs)
+
+
+# What a fingerprint says of the process that took it, not of what is installed: a
+# fingerprint recorded where a server was built knows nothing of the server's own process.
+RUNTIME_SECTIONS = ("env", "threadpools")
+# Set on such a fingerprint (kept in a bundle recorded from it): judged without them.
+RECORDED_APART = "recorded_apart"
+
+
+def recorded(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint recorded apart from the process that serves (an endpoint's): what is
+    installed, without what only the recording process had (its variables, thread pools,
+    torch's thread count), which is unknown for the server, not different."""
+    kept = {k: v for k, v in fingerprint.items() if k not in RUNTIME_SECTIONS}
+    if isinstance(kept.get("torch"), dict):
+        kept["torch"] = {k: v for k, v in kept["torch"].items() if k != "threads"}
+    kept[RECORDED_APART] = True
+    return kept
 
 
 def run_worker(
