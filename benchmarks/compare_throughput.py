@@ -39,8 +39,8 @@ from results import record  # beside this script
 
 from parity.arrays import OutputArray
 
-TARGET = 3.0  # compare_arrays's throughput over numpy.allclose's (issue 17)
-MEMORY_TARGET = 256  # MiB of peak memory above the baseline, at any size (issue 17)
+TARGET = 3.0  # compare_arrays's throughput over numpy.allclose's
+MEMORY_TARGET = 256  # MiB of peak memory above the baseline, at any size
 CHUNK = 1 << 22  # elements generated at a time
 COLS = 1024  # outputs are (rows, 1024) float32
 SEED = 7

@@ -40,7 +40,7 @@ from parity.inputs.seeded import generate
 from parity.runs.job import THREAD_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET = 1.1  # warm check / the slower bare inference run (issue 17)
+TARGET = 1.1  # warm check / the slower bare inference run
 BARE = """
 import sys, numpy as np
 sys.path[:0] = {paths!r}

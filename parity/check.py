@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 def _also(meanwhile: Callable[[], None] | None) -> Callable[[], None]:
     """What to do while the workers run: import what judging and reporting need (a
-    check's start-up imports only what starting the workers needs, issue 17), then the
+    check's start-up imports only what starting the workers needs), then the
     caller's `meanwhile`."""
 
     def prepare() -> None:

@@ -22,7 +22,7 @@ from parity.errors import ParityError
 from parity.render.progress import progress_printer
 
 if TYPE_CHECKING:
-    # Imported where they are used (issue 17): a plain `parity check` needs no bundle
+    # Imported where they are used: a plain `parity check` needs no bundle
     # (tarfile, zipfile), no MLflow integration and no renderer of a file not asked for.
     from rich.console import Console
 
@@ -247,7 +247,7 @@ def check_command(
 
 def _import_renderer() -> None:
     """Import the terminal renderer (rich): called while the workers run, so that the
-    check's start-up does not wait for it (issue 17)."""
+    check's start-up does not wait for it."""
     import parity.render.terminal  # noqa: F401
 
 

@@ -88,7 +88,7 @@ class VenvBackend:
         cached = self.find(lock, group)
         if cached is not None:
             return cached
-        from filelock import FileLock  # only to build: a cached venv needs no lock (issue 17)
+        from filelock import FileLock  # only to build: a cached venv needs no lock
 
         say = progress or quiet
         key = self.key(lock, group)

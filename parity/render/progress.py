@@ -1,6 +1,6 @@
 """Progress on stderr, as `parity` commands print it (`progress_printer`): quiet progress
 needs no rich, so a command run with -q imports the terminal renderer only to print its
-result, after its work is done (issue 17)."""
+result, after its work is done."""
 
 from __future__ import annotations
 
