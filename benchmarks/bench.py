@@ -180,7 +180,9 @@ def main() -> int:
                 status, _ = cold_make_parity(results)
             else:
                 status, _ = run_benchmark(name, cmds[name], results)
-            if status != 0 and name != "cold":
+            # A benchmark exits 1 when it measured a figure short of its target (the table
+            # says which); anything else means it could not measure.
+            if status not in (0, 1) and name != "cold":
                 failed.append(f"{name} (exit {status})")
         lines = [json.loads(line) for line in results.read_text().splitlines() if line]
     print(f"\nmachine: {machine()}")
