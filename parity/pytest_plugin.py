@@ -101,8 +101,8 @@ class ParityChecker:
     """The `parity_check` fixture: call it with a config to run a check in this test.
 
     Returns the `ParityReport` when the check passes; otherwise fails the test with the
-    report's reasons (a verdict `fail` or `error`) and the reports' paths. A config or
-    bundle that cannot be read raises its error (a `ConfigError` or `BundleError`)."""
+    report's reasons (a verdict `fail` or `error`) and the reports' paths; a check that
+    cannot run (a config or bundle that cannot be read) fails it with its error."""
 
     request: pytest.FixtureRequest
     reports_dir: Path
@@ -128,7 +128,21 @@ class ParityChecker:
         bundle: str | Path | None = None,
         env: str | None = None,
     ) -> ParityReport:
-        """Run the check and write its reports, whatever its verdict; the report."""
+        """Run the check and write its reports, whatever its verdict; the report. A check
+        that cannot run (a bad config, a missing or altered bundle, an environment that
+        cannot be built) fails the test with its one-line error, as `parity check` exits
+        with it."""
+        from envlock.envvars import redactor
+        from envlock.errors import EnvlockError
+        from parity.errors import ParityError
+
+        try:
+            return self._run(config, bundle, env)
+        except (ParityError, EnvlockError) as e:
+            message = f"parity check could not run: {type(e).__name__}: {e}"
+            pytest.fail(redactor().redact(message), pytrace=False)
+
+    def _run(self, config: str | Path, bundle: str | Path | None, env: str | None) -> ParityReport:
         from parity.bundle import load_bundle, record_bundle
         from parity.check import check_against, run_check
         from parity.config import load_config

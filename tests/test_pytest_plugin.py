@@ -168,7 +168,13 @@ def test_record_a_golden_bundle_then_check_against_it(pytester: pytest.Pytester)
     # --parity-against names a bundle for every check; one that is not there is an error.
     missing = run(pytester, "--parity-against", str(pytester.path / "nowhere.tar.gz"))
     missing.assert_outcomes(failed=1)
-    missing.stdout.fnmatch_lines(["*nowhere.tar.gz: no golden bundle there (record it with*"])
+    missing.stdout.fnmatch_lines(
+        [
+            "parity check could not run: BundleError: *nowhere.tar.gz: no golden bundle "
+            "there (record it with pytest --parity-record)"
+        ]
+    )
+    assert "pytest_plugin.py" not in missing.stdout.str()
 
 
 def test_an_archive_bundle_named_by_the_test_is_recorded_and_checked(
