@@ -143,6 +143,7 @@ class ParityChecker:
             pytest.fail(redactor().redact(message), pytrace=False)
 
     def _run(self, config: str | Path, bundle: str | Path | None, env: str | None) -> ParityReport:
+        from envlock.envvars import redactor
         from parity.bundle import load_bundle, record_bundle
         from parity.check import check_against, run_check
         from parity.config import load_config
@@ -192,7 +193,8 @@ class ParityChecker:
         if used is not None:
             node.user_properties.append(("parity_bundle", str(used)))
         if lines:
-            node.add_report_section("call", "parity progress", "\n".join(lines))
+            text = redactor().redact("\n".join(lines))
+            node.add_report_section("call", "parity progress", text)
         self.request.config.stash[_SUMMARY].append(
             CheckRecord(node.nodeid, report.verdict, written, used, recorded)
         )

@@ -138,6 +138,7 @@ def test_a_marked_test_runs_its_check_first(pytester: pytest.Pytester, drift: bo
     )
 
 
+@pytest.mark.slow  # five pytest runs
 def test_record_a_golden_bundle_then_check_against_it(pytester: pytest.Pytester) -> None:
     project(pytester, FIXTURE_TEST)
     bundle = pytester.path / "test_model" / "test_infer_matches_train.bundle"
