@@ -100,9 +100,12 @@ class CheckRecord:
 class ParityChecker:
     """The `parity_check` fixture: call it with a config to run a check in this test.
 
-    Returns the `ParityReport` when the check passes; otherwise fails the test with the
-    report's reasons (a verdict `fail` or `error`) and the reports' paths; a check that
-    cannot run (a config or bundle that cannot be read) fails it with its error."""
+    `bundle` names a golden bundle to check against (relative to the test file), `env`
+    the environment checked against a bundle (default: the one that is not
+    `run.reference`). Returns the `ParityReport` when the check passes; otherwise fails
+    the test with the report's reasons (a verdict `fail` or `error`) and the reports'
+    paths; a check that cannot run (a config or bundle that cannot be read) fails it with
+    its error."""
 
     request: pytest.FixtureRequest
     reports_dir: Path

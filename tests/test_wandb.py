@@ -63,7 +63,8 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
         "WANDB_SILENT": "true",
     }
     for key, value in env.items():
-        Path(value).mkdir(exist_ok=True) if key.endswith("DIR") else None
+        if key.endswith("_DIR"):
+            Path(value).mkdir()
         monkeypatch.setenv(key, value)
     for key in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_API_KEY"):
         monkeypatch.delenv(key, raising=False)
