@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from parity.bundle import Bundle
     from parity.integrations.mlflow import MlflowTarget
+    from parity.integrations.wandb import WandbTarget
     from parity.report import ParityReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -167,6 +168,23 @@ def main() -> None:
     help="On a pass, point this registered-model alias at --model's version; on a failure "
     "or error, take it off that version if it points there.",
 )
+@click.option(
+    "--wandb",
+    "wandb_log",
+    is_flag=True,
+    help="Log the check to Weights & Biases: a run with the config, a summary metric per "
+    "output, the verdict and the reports as an artifact (WANDB_MODE=offline works).",
+)
+@click.option(
+    "--wandb-project",
+    metavar="NAME",
+    help="W&B project (default: $WANDB_PROJECT, else parity). Implies --wandb.",
+)
+@click.option(
+    "--wandb-entity",
+    metavar="NAME",
+    help="W&B entity, a user or team (default: $WANDB_ENTITY, else yours). Implies --wandb.",
+)
 @quiet_option
 @domain_errors(ParityError, EnvlockError)
 def check_command(
@@ -186,6 +204,9 @@ def check_command(
     mlflow_uri: str | None,
     model_ref: str | None,
     alias: str | None,
+    wandb_log: bool,
+    wandb_project: str | None,
+    wandb_entity: str | None,
     quiet: bool,
 ) -> None:
     """Check that two environments give the same outputs on the same seeded inputs.
@@ -203,6 +224,7 @@ def check_command(
         parity check --config parity.toml --against golden.tar.gz --env infer
         parity check --config parity.toml --model espcn/3 --alias validated
         parity check --config parity.toml --localize
+        WANDB_MODE=offline parity check --config parity.toml --wandb
     """
     if env_name is not None and against is None:
         raise click.UsageError(
@@ -215,6 +237,10 @@ def check_command(
         from parity.integrations.mlflow import check_model_version
 
         check_model_version(target)  # a mistyped --model is refused before anything runs
+    if wandb_log or wandb_project or wandb_entity:
+        from parity.integrations.wandb import require_wandb
+
+        require_wandb()  # so is --wandb without wandb installed
     progress = progress_printer(quiet)
     if against is None:
         report = run_check(
@@ -242,6 +268,10 @@ def check_command(
     written = _write_report(report, json_path, junit_path, markdown_path, html_path, metrics_path)
     if target is not None:
         _log_to_mlflow(report, target, written, progress)
+    if wandb_log or wandb_project or wandb_entity:
+        from parity.integrations.wandb import WandbTarget
+
+        _log_to_wandb(report, WandbTarget(wandb_project, wandb_entity), written, progress)
     raise SystemExit(report.exit_code)
 
 
@@ -312,6 +342,21 @@ def _log_to_mlflow(
         run_id = log_check(report, target, files, say)
     model = f"; {target.model_name}/{target.model_version} tagged" if target.model_name else ""
     say(f"logged to MLflow at {redacted(target.tracking_uri)}: run {run_id}{model}")
+
+
+def _log_to_wandb(
+    report: ParityReport, target: WandbTarget, written: list[Path], say: Progress
+) -> None:
+    from parity.integrations.wandb import describe, log_check
+
+    report = scrub(report, redactor())
+    with tempfile.TemporaryDirectory(prefix="parity-wandb-") as tmp:
+        files = list(written)
+        if not any(p.suffix == ".json" for p in files):
+            files.append(Path(tmp) / "report.json")
+            files[-1].write_text(redactor().redact(report.to_json()), encoding="utf-8")
+        logged = log_check(report, target, files)
+    describe(logged, say)
 
 
 def _write_report(

@@ -17,8 +17,6 @@ in `mlartifacts/`); any tracking URI MLflow understands works the same, a server
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,25 +24,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from envlock.progress import Progress
 from parity.errors import ParityError
+from parity.integrations.fields import check_metrics, check_params
 
 if TYPE_CHECKING:
     from parity.bundle import Bundle
     from parity.report import ParityReport
 
 EXPERIMENT = "parity"
-_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
-_STATISTICS = (
-    "max_abs_diff",
-    "mean_abs_diff",
-    "median_abs_diff",
-    "p99_abs_diff",
-    "max_rel_diff",
-    "mismatched_fraction",
-    "atol_to_pass",
-    "rtol_to_pass",
-    "agreement",
-    "psnr_db",
-)
 
 
 class TrackingError(ParityError):
@@ -165,7 +151,8 @@ def _log_check(
     if report.warnings:
         tags.append(RunTag("parity.warnings", _warnings_tag(report)))
     metrics = [
-        Metric(key, value, int(run.info.start_time), 0) for key, value in _metrics(report).items()
+        Metric(key, value, int(run.info.start_time), 0)
+        for key, value in check_metrics(report).items()
     ]
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     for path in artifacts:
@@ -216,42 +203,10 @@ def _experiment(client: Any, target: MlflowTarget) -> str:
 
 
 def _params(report: ParityReport, target: MlflowTarget) -> dict[str, str]:
-    params = {
-        "reference": report.reference,
-        "candidate": report.candidate,
-        "input_digest": str(report.inputs.get("digest", "")),
-        "input_count": str(report.inputs.get("count", "")),
-        "calibrated": str(report.calibrated).lower(),
-    }
-    for name, env in report.environments.items():
-        params[f"{name}.backend"] = env.backend
-        if env.lock_digest:
-            params[f"{name}.lock_digest"] = env.lock_digest
-        if env.python:
-            params[f"{name}.python"] = env.python
-    for o in report.outputs:
-        params[f"policy.{_key(o.name)}"] = o.policy_description[:6000]
+    params = check_params(report)
     if target.model_name and target.model_version:
         params["model"] = f"{target.model_name}/{target.model_version}"
     return params
-
-
-def _metrics(report: ParityReport) -> dict[str, float]:
-    metrics = {"passed": 1.0 if report.verdict == "pass" else 0.0}
-    for name in report.environments:
-        caught = [w for w in report.warnings if w.environment == name]
-        if caught or name in report.warnings_dropped:
-            total = sum(w.count for w in caught) + report.warnings_dropped.get(name, 0)
-            metrics[f"warnings.{_key(name)}"] = float(total)
-    for o in report.outputs:
-        metrics[f"{_key(o.name)}.passed"] = 1.0 if o.passed else 0.0
-        metrics[f"{_key(o.name)}.mismatched"] = float(o.mismatched)
-        for stat in _STATISTICS:
-            value = getattr(o, stat)
-            # MLflow stores floats; infinities and NaN are left out rather than faked.
-            if isinstance(value, int | float) and math.isfinite(value):
-                metrics[f"{_key(o.name)}.{stat}"] = float(value)
-    return metrics
 
 
 def _warnings_tag(report: ParityReport) -> str:
@@ -267,10 +222,6 @@ def _warnings_tag(report: ParityReport) -> str:
             f"{message[:300]}"
         )
     return "\n".join(lines)[:5000]
-
-
-def _key(name: str) -> str:
-    return _METRIC_KEY.sub("_", name)[:200]
 
 
 BUNDLE_ARTIFACTS = "parity-bundle"  # where a bundle goes in its MLflow run
