@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BIN, assert_valid_report, run_cli
-from oip_server import MODEL_CODE, Settings, start
+from oip_server import MODEL_CODE, Settings, self_signed, start
 
 from parity.config import load_config
 from parity.errors import ConfigError
 from parity.runs.endpoint import (
+    MAX_RETRY_AFTER,
     ResponseError,
+    _retry_after,
     binary_request,
     json_request,
     read_response,
@@ -236,6 +238,70 @@ def test_retries_are_bounded(serve: Callable[..., str], project: Callable[..., P
     code, text, _ = check(project(url, "retries = 1"))
     assert code == 3, text
     assert "batch 0: the server answered 503 after 2 tries" in text
+
+
+def test_a_429_is_retried_after_the_seconds_its_retry_after_asks(
+    project: Callable[..., Path],
+) -> None:
+    settings = Settings(busy=1, busy_status=429, retry_after="1.5")
+    server, url = start(settings)
+    try:
+        code, text, _ = check(project(url, "retries = 2"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, text
+    assert settings.answers[:2] == [429, 200]
+    # the backoff alone would have tried again after 0.25 s
+    assert settings.arrived[1] - settings.arrived[0] >= 1.4
+
+
+def test_retry_after_is_followed_within_a_bound() -> None:
+    assert _retry_after("2") == 2.0
+    assert _retry_after("86400") == MAX_RETRY_AFTER  # a day is not waited for
+    assert _retry_after("-5") == 0.0
+    assert _retry_after("Wed, 21 Oct 2026 07:28:00 GMT") == 0.0  # a date: the backoff
+    assert _retry_after(None) == 0.0
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_ca_trusted(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _, cert, key = self_signed(certs)
+    server, url = start(Settings(), tls=(cert, key))
+    assert url.startswith("https://127.0.0.1:")
+    try:
+        started = time.monotonic()
+        code, text, report = check(project(url))
+        assert code == 3, text
+        assert (
+            f"environment 'served': the server: the TLS certificate of {url} did not verify "
+            "against the system's CAs (unable to get local issuer certificate)"
+        ) in text
+        assert 'environments.served.ca_bundle = "path/to/ca.pem"' in text
+        assert report["verdict"] == "error"
+        assert time.monotonic() - started < 20  # said at once, not waited on (ready_timeout)
+
+        code, text, report = check(project(url, 'ca_bundle = "certs/ca.pem"'))
+        assert code == 0, text
+        assert report["verdict"] == "pass"
+
+        other = tmp_path / "other"
+        other.mkdir()
+        self_signed(other)  # another CA: it did not sign the server's certificate
+        code, text, _ = check(project(url, 'ca_bundle = "other/ca.pem"'))
+        assert code == 3, text
+        assert f"did not verify against the CA bundle {other / 'ca.pem'}" in text
+
+        (tmp_path / "junk.pem").write_text("not a certificate\n")
+        code, text, _ = check(project(url, 'ca_bundle = "junk.pem"'))
+        assert code == 2, text
+        assert "environments.served.ca_bundle" in text and "no usable PEM certificates" in text
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_slow_server_hits_the_request_timeout(
