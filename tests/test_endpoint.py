@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, assert_valid_report, run_cli
+from conftest import BIN, ROOT, assert_valid_report, run_cli
 from oip_server import MODEL_CODE, Settings, self_signed, start
 
 from parity.config import load_config
@@ -380,6 +380,48 @@ def test_a_recorded_fingerprint_gives_the_endpoint_its_versions(
     assert report["environments"]["served"]["fingerprinted"] is True
     assert report["version_diffs"] == []
     assert "version differences: none" in text
+
+
+def test_the_lock_an_endpoint_was_built_from_gives_its_versions_from_the_lock_not_observed(
+    serve: Callable[..., str], project: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The server says it was built from the numpy-drift lock's main group (numpy 1.26.4);
+    # nothing was recorded of it, so its versions are that lock's pins, said as such.
+    lock = ROOT / "examples" / "numpy-drift" / "locks" / "pylock.toml"
+    url = serve()
+    cfg = project(url, f'lock = "{lock}"\ngroup = "main"')
+    code, text, report = check(cfg, "--markdown", str(tmp_path / "r.md"))
+    assert code == 1, text  # the outputs agree; numpy's version fails the check
+    assert "versions_known" not in report  # absent: known
+    said = f"numpy differs: {np.__version__} (local), 1.26.4 (served) [numerics]"
+    assert said in report["reasons"]
+    served = report["environments"]["served"]
+    assert served["versions_from"] == "lock" and served["group"] == "main"
+    assert served["packages"]["numpy"] == "1.26.4" and served["packages"]["torch"] == "2.13.0+cpu"
+    assert report["environments"]["local"]["versions_from"] == "observed"
+    numpy = next(v for v in report["version_diffs"] if v["name"] == "numpy")
+    assert numpy["versions"] == {"local": np.__version__, "served": "1.26.4"}
+    lock_said = "examples/numpy-drift/locks/pylock.toml, group 'main'"
+    assert f"served: from the lock ({lock_said}), not observed" in numpy["note"]
+    # a lock knows packages and the interpreter it allows: nothing else is a difference
+    packages = {*served["packages"], *report["environments"]["local"]["packages"]}
+    assert {v["name"] for v in report["version_diffs"]} <= packages
+    markdown = (tmp_path / "r.md").read_text()
+    assert "Versions of `served`: from the lock, not observed" in markdown
+    assert "from the lock, not observed" in text  # the terminal's table of environments
+
+    # a fingerprint recorded where it was built takes precedence over the lock's pins
+    recorded = tmp_path / "served.fingerprint.json"
+    done = run_cli(
+        "envlock", "fingerprint", "--python", str(BIN / "python"), "--out", str(recorded)
+    )
+    assert done.returncode == 0, done.stderr
+    cfg = project(url, f'lock = "{lock}"\ngroup = "main"\nfingerprint = "{recorded}"')
+    code, text, report = check(cfg)
+    assert code == 0, text
+    assert report["environments"]["served"]["versions_from"] == "recorded"
+    assert report["environments"]["served"]["packages"]["numpy"] == np.__version__
+    assert not any(v["name"] == "numpy" for v in report["version_diffs"])
 
 
 @pytest.mark.parametrize(
