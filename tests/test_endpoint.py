@@ -536,6 +536,25 @@ def test_an_endpoint_is_checked_against_a_golden_bundle(
     assert "has no model 'tiny' (it serves: other)" in text
 
 
+def test_a_golden_bundle_fails_an_endpoint_built_from_the_numpy_drift_lock_naming_numpy(
+    serve: Callable[..., str], project: Callable[..., Path], tmp_path: Path
+) -> None:
+    url = serve()
+    bundle = tmp_path / "golden"
+    cfg = project(url)
+    done = run_cli("parity", "record", "--config", str(cfg), "--env", "local", "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    lock = ROOT / "examples" / "numpy-drift" / "locks" / "pylock.toml"
+    code, text, report = check(project(url, f'lock = "{lock}"'), "--against", str(bundle))
+    assert code == 1, text
+    assert report["against"] and report["environments"]["served"]["versions_from"] == "lock"
+    assert all(o["passed"] for o in report["outputs"])  # the same model: only numpy differs
+    said = f"numpy differs: {np.__version__} (local), 1.26.4 (served) [numerics]"
+    assert said in report["reasons"]
+    numpy = next(v for v in report["version_diffs"] if v["name"] == "numpy")
+    assert "served: from the lock (" in numpy["note"] and "not observed" in numpy["note"]
+
+
 # -- BentoML's HTTP API (protocol = "bentoml") -----------------------------------------------
 
 BENTO = 'protocol = "bentoml"\noutputs = { y = "float32", n = "int64" }'
