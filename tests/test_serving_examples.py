@@ -173,11 +173,11 @@ def served(serving_venv: Served, tmp_path_factory: pytest.TempPathFactory) -> It
         yield Served(url, serving_venv.python, serving_venv.fingerprint)
 
 
-def config(folder: Path, url: str, **served: object) -> Path:
-    """examples/mlserver/parity.toml with the server at `url`, `served` added to (or, as
+def config(folder: Path, url: str, example: str = "mlserver", **served: object) -> Path:
+    """examples/`example`/parity.toml with the server at `url`, `served` added to (or, as
     None, taken from) its endpoint's settings, written into `folder`; [inputs] count and
     batch_size as `served` names them (`count`, `batch_size`)."""
-    here = ROOT / "examples" / "mlserver"
+    here = ROOT / "examples" / example
     data = tomllib.loads((here / "parity.toml").read_text())
     data["model"]["paths"] = [str((here / p).resolve()) for p in data["model"]["paths"]]
     train = data["environments"]["train"]
@@ -209,6 +209,17 @@ def parity_check(cfg: Path, *args: str, timeout: float = 600) -> tuple[int, str,
     if data:
         assert_valid_report(data)
     return done.returncode, done.stdout + done.stderr, data, seconds
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` that still run (not gone, not a zombie waiting to be reaped)."""
+    running = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                running.append(pid)
+    return running
 
 
 def processes_naming(text: str) -> list[str]:
@@ -264,31 +275,47 @@ def test_mlserver_killed_mid_replay_ends_the_check_with_exit_3_and_nothing_left(
     serving_venv: Served, tmp_path: Path
 ) -> None:
     # Its own server (this one dies); many small batches, so that some are in flight.
-    count, batch = 1024, 2
     log = tmp_path / "server" / "server.log"
     with mlserver(serving_venv.python, tmp_path / "server", access_log=True) as (url, proc):
-        cfg = config(tmp_path, url, count=count, batch_size=batch, retries=2)
-        work = tmp_path / "work"
-        check = subprocess.Popen(
-            [str(BIN / "parity"), "check", "--config", str(cfg), "--workdir", str(work)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "COLUMNS": "200"},
-        )  # fmt: skip
-        try:
-            answered = 0  # batches the server has answered, as its access log says
-            deadline = time.monotonic() + 300
-            while answered < 5 and check.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-                answered = log.read_text().count('"POST /v2/models/espcn/infer HTTP/1.1" 200')
-            assert answered >= 5 and check.poll() is None, log.read_text()[-2000:]
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = time.monotonic()
-            out, err = check.communicate(timeout=120)
-            seconds = time.monotonic() - killed
-        finally:
-            if check.poll() is None:
-                check.kill()
-                check.wait()
+        cfg = config(tmp_path, url, count=128, batch_size=1, retries=2)
+        answered = '"POST /v2/models/espcn/infer HTTP/1.1" 200'
+        killed = kill_mid_replay(cfg, url, proc, log, answered, 128)
+    assert processes_naming(str(tmp_path)) == []  # neither the server nor a worker is left
+    assert alive(killed) == []
+
+
+def kill_mid_replay(
+    cfg: Path, url: str, proc: subprocess.Popen[bytes], log: Path, answered: str, batches: int
+) -> list[int]:
+    """Run `parity check` on `cfg`, SIGKILL the server (its process group and every
+    descendant) once its `log` shows 5 lines with `answered` (batches it answered), and
+    check what the user sees: exit 3 naming the endpoint and a batch in the middle of the
+    replay, in bounded time. The processes killed."""
+    work = cfg.parent / "work"
+    check = subprocess.Popen(
+        [str(BIN / "parity"), "check", "--config", str(cfg), "--workdir", str(work)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    try:
+        count = 0
+        deadline = time.monotonic() + 300
+        while count < 5 and check.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = log.read_text(errors="replace").count(answered)
+        assert count >= 5 and check.poll() is None, log.read_text()[-2000:]
+        family = serving._descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in family:  # those that made process groups of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = check.communicate(timeout=120)
+        seconds = time.monotonic() - killed
+    finally:
+        if check.poll() is None:
+            check.kill()
+            check.wait()
     text = err + out
     assert check.returncode == 3, text
     line = next(x for x in text.splitlines() if "environment 'served': batch" in x)
@@ -296,7 +323,35 @@ def test_mlserver_killed_mid_replay_ends_the_check_with_exit_3_and_nothing_left(
         rf"environment 'served': batch (\d+): no answer from {url} \(.+\) after 3 tries", line
     )
     assert match, line
-    assert answered <= int(match[1]) < count // batch  # killed in the middle of the replay
+    assert count <= int(match[1]) < batches  # killed in the middle of the replay
     assert seconds < 30, seconds  # no hang: the retries' backoff, then the end
-    print(f"killed after {answered} answers; failed on batch {match[1]}, {seconds:.1f}s later")
-    assert processes_naming(str(tmp_path)) == []  # neither the server nor a worker is left
+    print(f"killed after {count} answers; failed on batch {match[1]}, {seconds:.1f}s later")
+    print(line)
+    return [proc.pid, *family]
+
+
+def test_bentoml_a_wrong_api_name_and_killed_mid_replay(shared_cache: Path, tmp_path: Path) -> None:
+    """One BentoML server (started as the example starts it) for the failures that apply to
+    its HTTP API: an API it lacks (exit 2, naming those it has), then killed mid-replay."""
+    here = ROOT / "examples" / "bentoml"
+    python = serving.serving_python(here / "locks" / "pylock.toml", shared_cache)
+    port = serving.free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(python.parent / "bentoml"), "serve", "service:Espcn",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log = tmp_path / "server.log"
+    with serving.server(command, {}, here, log, f"{url}/readyz") as proc:
+        cfg = config(tmp_path, url, "bentoml", model="predikt", count=8, batch_size=4)
+        code, text, _, _ = parity_check(cfg)
+        assert code == 2, text
+        said = (
+            f"environments.served.model: the service at {url} has no API 'predikt' "
+            "(it has: predict)"
+        )
+        assert said in text, text
+
+        cfg = config(tmp_path, url, "bentoml", count=128, batch_size=1, retries=2)
+        answered = "path=/predict,type=application/json"
+        killed = kill_mid_replay(cfg, url, proc, log, answered, 128)
+    assert processes_naming(str(tmp_path)) == []  # no worker is left
+    assert alive(killed) == [] and len(killed) > 1  # nor BentoML, nor its workers
