@@ -77,7 +77,8 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     a, b = _comparable(ref.fingerprint, cand.fingerprint)
     differences = diff_environments(_side(ref, a), _side(cand, b))
     unobserved = "; ".join(
-        f"{run.spec.name}: from the lock ({origin['path']}, group {origin['group']!r}), "
+        f"{run.spec.name}: from the lock ({origin.get('path', '?')}, group "
+        f"{origin.get('group', '?')!r}), "
         "not observed"
         for run, origin in ((ref, _from_lock(a)), (cand, _from_lock(b)))
         if origin is not None
