@@ -1,7 +1,11 @@
 """The serving examples, as their users run them: a real MLServer (1.7.1, the Open
 Inference Protocol) and a real BentoML (1.4, its own HTTP API), each in a venv envlock
 builds from the example's lock, serving the reference model on 127.0.0.1, checked against
-the training venv: the reference lock passes, the numpy-drift lock fails naming numpy."""
+the training venv: the reference lock passes, the numpy-drift lock fails naming numpy.
+Then the failures a real server has, with the example's serving venvs (built once per
+session in `shared_cache`): a wrong model (or API) name, a model slower than the request
+timeout, a golden bundle recorded in training checked against the endpoint, and the
+server killed in the middle of a replay."""
 
 from __future__ import annotations
 
@@ -259,7 +263,8 @@ def test_a_slow_mlserver_model_hits_the_request_timeout(served: Served, tmp_path
 def test_a_golden_bundle_recorded_in_training_checks_the_mlserver_endpoint(
     served: Served, tmp_path: Path
 ) -> None:
-    cfg = config(tmp_path, served.url, fingerprint=str(served.fingerprint), lock=str(MLSERVER_LOCK))
+    recorded = {"fingerprint": str(served.fingerprint), "lock": str(MLSERVER_LOCK)}
+    cfg = config(tmp_path, served.url, count=64, batch_size=16, **recorded)
     bundle = tmp_path / "golden"
     done = run_cli("parity", "record", "--config", str(cfg), "--env", "train", "--out", str(bundle))
     assert done.returncode == 0, done.stdout + done.stderr
