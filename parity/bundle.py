@@ -61,6 +61,7 @@ from parity.outputs import (
     shape_problem,
 )
 from parity.runs.replay import (
+    VERSIONS_FROM,
     EnvironmentSummary,
     EnvRun,
     LockView,
@@ -473,6 +474,11 @@ def _summary(path: Path, data: dict[str, Any]) -> EnvironmentSummary:
         raise BundleError(
             f"{path}: {BUNDLE_FILE}: environment.backend must be one of {', '.join(BACKENDS)}"
         )
+    if values.get("versions_from") not in VERSIONS_FROM:
+        raise BundleError(
+            f"{path}: {BUNDLE_FILE}: environment.versions_from must be one of "
+            f"{', '.join(map(str, VERSIONS_FROM))}"
+        )
     return EnvironmentSummary(**values)
 
 
@@ -514,6 +520,7 @@ _SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "created": (bool,),
     "seconds": (dict,),
     "fingerprinted": (bool,),
+    "versions_from": _OPTIONAL,
 }
 # What the summary's objects hold, as `summary` makes them from a fingerprint.
 _SUMMARY_SHAPE = Fields(
@@ -526,7 +533,7 @@ _SUMMARY_SHAPE = Fields(
     }
 )
 # Fields added after bundles were first written: an older bundle lacks them (their defaults).
-_SUMMARY_LATER = {"fingerprinted"}
+_SUMMARY_LATER = {"fingerprinted", "versions_from"}
 assert set(_SUMMARY_TYPES) == {f.name for f in fields(EnvironmentSummary)}
 
 

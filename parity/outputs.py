@@ -208,6 +208,8 @@ FINGERPRINT = Fields(
         "numpy": NUMPY,
         "threadpools": ListOf(MapOf(SCALAR)),
         "torch": TORCH,
+        # an endpoint known by its lock alone (`parity.runs.replay.lock_fingerprint`)
+        "from_lock": Fields({"path": TEXT, "group": TEXT, "requires_python": MAYBE_TEXT}),
     }
 )
 # What a failing worker writes (`error.json`, `error-<n>.json`).

@@ -5,7 +5,9 @@ Its model is `MODEL_CODE`'s `predict`, the very code the tests also give a local
 environment as its adapter, so a check of the two compares one computation. Settings make
 it misbehave as servers do: not ready for a while, busy (503) for a number of requests, slow,
 NaN written as JSON's null (as orjson-based servers do), an authorization header required,
-metadata that does not fit, or dying in the middle of a replay (`die_after`).
+metadata that does not fit, or dying in the middle of a replay (`die_after`); busy
+answers may carry Retry-After, and it may speak HTTPS (`start(..., tls=...)`, with a
+certificate `self_signed` makes).
 
 Run it in a thread (`start`) or as its own process (`python tests/oip_server.py SETTINGS`,
 which prints its port), which a test can lose as a server is lost.
@@ -13,13 +15,16 @@ which prints its port), which a test can lose as a server is lost.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,11 +62,14 @@ class Settings:
         default_factory=lambda: [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 4]}]
     )
     ready_after: float = 0.0  # seconds before /v2/health/ready says ready
-    busy: int = 0  # the first `busy` inference requests are answered 503
+    busy: int = 0  # the first `busy` inference requests are answered `busy_status`
+    busy_status: int = 503  # 503 (unavailable) or 429 (too many requests)
+    retry_after: str = ""  # the Retry-After header sent with a busy answer, when set
     slow: float = 0.0  # seconds each inference takes
     die_after: int = 0  # the process exits at once on inference request number die_after
     token: str = ""  # when set, requests need `Authorization: Bearer <token>`
     answers: list[int] = field(default_factory=list)  # status of each inference request
+    arrived: list[float] = field(default_factory=list)  # when each arrived (monotonic)
 
 
 def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
@@ -156,11 +164,14 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": f"model not found: {self.path}"})
                 return
             settings.answers.append(0)
+            settings.arrived.append(time.monotonic())
             if settings.die_after and len(settings.answers) >= settings.die_after:
                 os._exit(1)
             if len(settings.answers) <= settings.busy:
-                settings.answers[-1] = 503
-                self._json(503, {"error": "busy"})
+                settings.answers[-1] = settings.busy_status
+                later = {"Retry-After": settings.retry_after} if settings.retry_after else {}
+                self._send(settings.busy_status, b'{"error": "busy"}',
+                           {"Content-Type": "application/json", **later})  # fmt: skip
                 return
             time.sleep(settings.slow)
             settings.answers[-1] = 200
@@ -209,13 +220,94 @@ def handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def start(settings: Settings) -> tuple[ThreadingHTTPServer, str]:
+def start(
+    settings: Settings, tls: tuple[Path, Path] | None = None
+) -> tuple[ThreadingHTTPServer, str]:
     """Serve `settings` in a daemon thread on 127.0.0.1 (a free port); the server and its
-    URL. Call `server.shutdown()` to stop it."""
+    URL. With `tls` (a certificate and its key, PEM files), over HTTPS. Call
+    `server.shutdown()` to stop it."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler(settings))
     server.daemon_threads = True
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
+
+
+KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)  # fmt: skip
+CA_USAGES = {"digital_signature": True, "key_cert_sign": True, "crl_sign": True}
+
+
+def self_signed(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA made here and a certificate it signed for 127.0.0.1 (`cryptography`), written
+    into `folder` as PEM files: the CA's certificate, the server's certificate and its key.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("parity test CA"))
+        .issuer_name(name("parity test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(**{**dict.fromkeys(KEY_USAGES, False), **CA_USAGES}), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, assert_valid_report, run_cli
-from oip_server import MODEL_CODE, Settings, start
+from conftest import BIN, ROOT, assert_valid_report, run_cli
+from oip_server import MODEL_CODE, Settings, self_signed, start
 
 from parity.config import load_config
 from parity.errors import ConfigError
 from parity.runs.endpoint import (
+    MAX_RETRY_AFTER,
     ResponseError,
+    _retry_after,
     binary_request,
     json_request,
     read_response,
@@ -238,6 +240,70 @@ def test_retries_are_bounded(serve: Callable[..., str], project: Callable[..., P
     assert "batch 0: the server answered 503 after 2 tries" in text
 
 
+def test_a_429_is_retried_after_the_seconds_its_retry_after_asks(
+    project: Callable[..., Path],
+) -> None:
+    settings = Settings(busy=1, busy_status=429, retry_after="1.5")
+    server, url = start(settings)
+    try:
+        code, text, _ = check(project(url, "retries = 2"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, text
+    assert settings.answers[:2] == [429, 200]
+    # the backoff alone would have tried again after 0.25 s
+    assert settings.arrived[1] - settings.arrived[0] >= 1.4
+
+
+def test_retry_after_is_followed_within_a_bound() -> None:
+    assert _retry_after("2") == 2.0
+    assert _retry_after("86400") == MAX_RETRY_AFTER  # a day is not waited for
+    assert _retry_after("-5") == 0.0
+    assert _retry_after("Wed, 21 Oct 2026 07:28:00 GMT") == 0.0  # a date: the backoff
+    assert _retry_after(None) == 0.0
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_ca_trusted(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _, cert, key = self_signed(certs)
+    server, url = start(Settings(), tls=(cert, key))
+    assert url.startswith("https://127.0.0.1:")
+    try:
+        started = time.monotonic()
+        code, text, report = check(project(url))
+        assert code == 3, text
+        assert (
+            f"environment 'served': the server: the TLS certificate of {url} did not verify "
+            "against the system's CAs (unable to get local issuer certificate)"
+        ) in text
+        assert 'environments.served.ca_bundle = "path/to/ca.pem"' in text
+        assert report["verdict"] == "error"
+        assert time.monotonic() - started < 20  # said at once, not waited on (ready_timeout)
+
+        code, text, report = check(project(url, 'ca_bundle = "certs/ca.pem"'))
+        assert code == 0, text
+        assert report["verdict"] == "pass"
+
+        other = tmp_path / "other"
+        other.mkdir()
+        self_signed(other)  # another CA: it did not sign the server's certificate
+        code, text, _ = check(project(url, 'ca_bundle = "other/ca.pem"'))
+        assert code == 3, text
+        assert f"did not verify against the CA bundle {other / 'ca.pem'}" in text
+
+        (tmp_path / "junk.pem").write_text("not a certificate\n")
+        code, text, _ = check(project(url, 'ca_bundle = "junk.pem"'))
+        assert code == 2, text
+        assert "environments.served.ca_bundle" in text and "no usable PEM certificates" in text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_slow_server_hits_the_request_timeout(
     serve: Callable[..., str], project: Callable[..., Path]
 ) -> None:
@@ -314,6 +380,48 @@ def test_a_recorded_fingerprint_gives_the_endpoint_its_versions(
     assert report["environments"]["served"]["fingerprinted"] is True
     assert report["version_diffs"] == []
     assert "version differences: none" in text
+
+
+def test_the_lock_an_endpoint_was_built_from_gives_its_versions_from_the_lock_not_observed(
+    serve: Callable[..., str], project: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The server says it was built from the numpy-drift lock's main group (numpy 1.26.4);
+    # nothing was recorded of it, so its versions are that lock's pins, said as such.
+    lock = ROOT / "examples" / "numpy-drift" / "locks" / "pylock.toml"
+    url = serve()
+    cfg = project(url, f'lock = "{lock}"\ngroup = "main"')
+    code, text, report = check(cfg, "--markdown", str(tmp_path / "r.md"))
+    assert code == 1, text  # the outputs agree; numpy's version fails the check
+    assert "versions_known" not in report  # absent: known
+    said = f"numpy differs: {np.__version__} (local), 1.26.4 (served) [numerics]"
+    assert said in report["reasons"]
+    served = report["environments"]["served"]
+    assert served["versions_from"] == "lock" and served["group"] == "main"
+    assert served["packages"]["numpy"] == "1.26.4" and served["packages"]["torch"] == "2.13.0+cpu"
+    assert report["environments"]["local"]["versions_from"] == "observed"
+    numpy = next(v for v in report["version_diffs"] if v["name"] == "numpy")
+    assert numpy["versions"] == {"local": np.__version__, "served": "1.26.4"}
+    lock_said = "examples/numpy-drift/locks/pylock.toml, group 'main'"
+    assert f"served: from the lock ({lock_said}), not observed" in numpy["note"]
+    # a lock knows packages and the interpreter it allows: nothing else is a difference
+    packages = {*served["packages"], *report["environments"]["local"]["packages"]}
+    assert {v["name"] for v in report["version_diffs"]} <= packages
+    markdown = (tmp_path / "r.md").read_text()
+    assert "Versions of `served`: from the lock, not observed" in markdown
+    assert "from the lock, not observed" in text  # the terminal's table of environments
+
+    # a fingerprint recorded where it was built takes precedence over the lock's pins
+    recorded = tmp_path / "served.fingerprint.json"
+    done = run_cli(
+        "envlock", "fingerprint", "--python", str(BIN / "python"), "--out", str(recorded)
+    )
+    assert done.returncode == 0, done.stderr
+    cfg = project(url, f'lock = "{lock}"\ngroup = "main"\nfingerprint = "{recorded}"')
+    code, text, report = check(cfg)
+    assert code == 0, text
+    assert report["environments"]["served"]["versions_from"] == "recorded"
+    assert report["environments"]["served"]["packages"]["numpy"] == np.__version__
+    assert not any(v["name"] == "numpy" for v in report["version_diffs"])
 
 
 @pytest.mark.parametrize(
@@ -426,6 +534,25 @@ def test_an_endpoint_is_checked_against_a_golden_bundle(
     code, text, _ = check(project(other), "--against", str(bundle))
     assert code == 2, text
     assert "has no model 'tiny' (it serves: other)" in text
+
+
+def test_a_golden_bundle_fails_an_endpoint_built_from_the_numpy_drift_lock_naming_numpy(
+    serve: Callable[..., str], project: Callable[..., Path], tmp_path: Path
+) -> None:
+    url = serve()
+    bundle = tmp_path / "golden"
+    cfg = project(url)
+    done = run_cli("parity", "record", "--config", str(cfg), "--env", "local", "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    lock = ROOT / "examples" / "numpy-drift" / "locks" / "pylock.toml"
+    code, text, report = check(project(url, f'lock = "{lock}"'), "--against", str(bundle))
+    assert code == 1, text
+    assert report["against"] and report["environments"]["served"]["versions_from"] == "lock"
+    assert all(o["passed"] for o in report["outputs"])  # the same model: only numpy differs
+    said = f"numpy differs: {np.__version__} (local), 1.26.4 (served) [numerics]"
+    assert said in report["reasons"]
+    numpy = next(v for v in report["version_diffs"] if v["name"] == "numpy")
+    assert "served: from the lock (" in numpy["note"] and "not observed" in numpy["note"]
 
 
 # -- BentoML's HTTP API (protocol = "bentoml") -----------------------------------------------

@@ -15,7 +15,7 @@ from envlock.diff import Side, from_fingerprint, requires_of
 from envlock.diff import diff as diff_environments
 from envlock.lockfile import MAIN
 from parity.config import ParityConfig
-from parity.runs.replay import RECORDED_APART, EnvRun, LockView, recorded
+from parity.runs.replay import FROM_LOCK, RECORDED_APART, EnvRun, LockView, recorded
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,13 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     What one fingerprint does not record at all (an endpoint's recorded fingerprint knows
     nothing of the server process's variables and thread pools) is compared in neither."""
     a, b = _comparable(ref.fingerprint, cand.fingerprint)
-    differences = diff_environments(
-        Side(ref.spec.name, from_fingerprint(a), "fingerprint", requires_of(a)),
-        Side(cand.spec.name, from_fingerprint(b), "fingerprint", requires_of(b)),
+    differences = diff_environments(_side(ref, a), _side(cand, b))
+    unobserved = "; ".join(
+        f"{run.spec.name}: from the lock ({origin.get('path', '?')}, group "
+        f"{origin.get('group', '?')!r}), "
+        "not observed"
+        for run, origin in ((ref, _from_lock(a)), (cand, _from_lock(b)))
+        if origin is not None
     )
     diffs = []
     views = ref.lock_view(), cand.lock_view()  # what the locks pin, as read or recorded
@@ -100,13 +104,14 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
         else:
             name = d.component
         why = d.why or d.explanation  # a difference envlock has no reason for: its whole line
+        note = f"{note}; {why}" if note and not expected else (note or why)
         diffs.append(
             VersionDiff(
                 name=name,
                 versions={ref.spec.name: d.a, cand.spec.name: d.b},
                 severity=d.severity,
                 expected=expected,
-                note=f"{note}; {why}" if note and not expected else (note or why),
+                note=f"{note} ({unobserved})" if unobserved else note,
                 caused_by=_name(d.caused_by),
             )
         )
@@ -117,6 +122,27 @@ def version_diffs(ref: EnvRun, cand: EnvRun) -> list[VersionDiff]:
     for root in roots:
         ordered += [root, *(v for v in diffs if v.caused_by == root.name)]
     return ordered + [v for v in diffs if v not in ordered]
+
+
+def _from_lock(fp: dict[str, Any]) -> dict[str, Any] | None:
+    """The lock and group a fingerprint's versions were taken from (`lock_fingerprint`), or
+    None for a fingerprint that observed or recorded them."""
+    origin = fp.get(FROM_LOCK)
+    return origin if isinstance(origin, dict) else None
+
+
+def _side(run: EnvRun, fp: dict[str, Any]) -> Side:
+    """One side of envlock's diff: a fingerprint, or, for an endpoint known only by its
+    lock, that lock's pins (compared as a lock is: packages, and the interpreter it allows;
+    nothing a lock cannot know is a difference)."""
+    norm = from_fingerprint(fp)
+    origin = _from_lock(fp)
+    if origin is None:
+        return Side(run.spec.name, norm, "fingerprint", requires_of(fp))
+    data: dict[str, Any] = {"package": norm["package"]}
+    if isinstance(origin.get("requires_python"), str):
+        data["python"] = {"version": origin["requires_python"]}
+    return Side(run.spec.name, data, "lock")
 
 
 def _serving_stack(run: EnvRun, fp: dict[str, Any], other: dict[str, Any]) -> dict[str, str]:

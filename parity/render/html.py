@@ -218,6 +218,8 @@ def _environments(report: ParityReport) -> str:
         ]
         row = "".join(f"<td>{c}</td>" for c in cells)
         count = str(len(env.packages)) if env.fingerprinted else "unknown"
+        if env.fingerprinted and env.versions_from == "lock":
+            count += '<br><span class="muted">from the lock, not observed</span>'
         rows.append(f'<tr>{row}<td class="num">{count}</td></tr>')
     head = "".join(
         f"<th>{h}</th>"

@@ -78,6 +78,14 @@ def render_markdown(report: ParityReport) -> str:
         lines += [*_outputs(report), ""]
     if report.localization is not None:
         lines += [*_localization(report, report.localization), ""]
+    for env in report.environments.values():
+        if env.versions_from == "lock":
+            lines += [
+                f"Versions of {_code(env.name)}: from the lock, not observed (what "
+                f"{_code(env.lock or '?')} pins for group {_code(env.group or '?')}; nothing "
+                "was recorded of the server).",
+                "",
+            ]
     if report.version_diffs:
         names = list(report.environments)
         lines += [

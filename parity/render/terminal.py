@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from parity.comparison import OutputComparison
     from parity.investigations.localize import Localization
     from parity.report import ParityReport
+    from parity.runs.replay import EnvironmentSummary
 
 T = TypeVar("T")
 WIDTH = 120  # where no terminal says otherwise (logs, pipes, strings)
@@ -286,11 +287,20 @@ def _environments(report: ParityReport) -> Table:
             literal(env.backend),
             literal(env.python or "-"),
             literal(env.platform or "-"),
-            Text(str(len(env.packages)) if env.fingerprinted else "unknown"),
+            Text(_package_count(env)),
             literal(lock),
             literal(env.description),
         )
     return table
+
+
+def _package_count(env: EnvironmentSummary) -> str:
+    """How many packages an environment has, and whether they were seen."""
+    if not env.fingerprinted:
+        return "unknown"
+    if env.versions_from == "lock":
+        return f"{len(env.packages)}, from the lock, not observed"
+    return str(len(env.packages))
 
 
 def _outputs(report: ParityReport) -> Table:

@@ -27,7 +27,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,7 +178,14 @@ class OipClient:
             ) from None
         verify: bool | ssl.SSLContext = self.endpoint.verify
         if self.endpoint.verify and self.endpoint.ca_bundle is not None:
-            verify = ssl.create_default_context(cafile=str(self.endpoint.ca_bundle))
+            try:
+                verify = ssl.create_default_context(cafile=str(self.endpoint.ca_bundle))
+            except (ssl.SSLError, OSError) as e:
+                raise ConfigError(
+                    self.config_path,
+                    f"{self.key}.ca_bundle",
+                    f"{self.endpoint.ca_bundle} holds no usable PEM certificates ({_reason(e)})",
+                ) from None
         timeout = self.endpoint.request_timeout
         self._client = httpx.Client(
             base_url=self.endpoint.url,
@@ -230,6 +237,7 @@ class OipClient:
                     f"request_timeout ({self.endpoint.request_timeout:g}s) {kind}",
                 ) from None
             except httpx.TransportError as e:
+                self._refuse_certificate(e, what)
                 problem = f"no answer from {self.endpoint.url} ({_reason(e)})"
             if attempt + 1 < tries:
                 time.sleep(wait)
@@ -245,39 +253,87 @@ class OipClient:
                 self.name, f"{what}: the server answered {status} with text that is not JSON"
             ) from None
 
+    def _wait_for(
+        self,
+        path: str,
+        what: str,
+        deadline: float,
+        *,
+        missing: Callable[[httpx.Response], Exception] | None = None,
+    ) -> None:
+        """Ask `GET path` until it answers 200 saying ready, backing off from 50 ms to 1 s;
+        raise `WorkerError` naming `what` once `deadline` (monotonic) passes, the error
+        `missing` makes of a 404 when given, and at once for a certificate that does not
+        verify (waiting does not mend it)."""
+        import httpx
+
+        assert self._client is not None
+        delay, last = 0.05, ""
+        while True:
+            try:
+                response = self._client.get(path)
+                if response.status_code == 200 and _ready(response):
+                    return
+                if response.status_code == 404 and missing is not None:
+                    raise missing(response)
+                last = f"{path} answered {response.status_code}"
+            except httpx.TransportError as e:
+                self._refuse_certificate(e, what)
+                last = f"no answer ({_reason(e)})"
+            if time.monotonic() + delay > deadline:
+                raise WorkerError(
+                    self.name,
+                    f"{what} at {self.endpoint.url} was not ready within ready_timeout "
+                    f"({self.endpoint.ready_timeout:g}s): {last}",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _refuse_certificate(self, e: Exception, what: str) -> None:
+        """Raise `WorkerError` when `e` is a TLS certificate that did not verify, saying
+        why and how to trust the server's CA."""
+        problem = _certificate_problem(e)
+        if problem is None:
+            return
+        trusted = (
+            f"the CA bundle {self.endpoint.ca_bundle}"
+            if self.endpoint.ca_bundle is not None
+            else "the system's CAs"
+        )
+        raise WorkerError(
+            self.name,
+            f"{what}: the TLS certificate of {self.endpoint.url} did not verify against "
+            f"{trusted} ({problem}); to trust a private CA, name its PEM file as "
+            f'{self.key}.ca_bundle = "path/to/ca.pem"',
+        )
+
+    def _send(
+        self, path: str, what: str, content: bytes, headers: Mapping[str, str]
+    ) -> tuple[Mapping[str, str], bytes]:
+        """POST `content` to `path` (retried as `_request` retries); the answer's headers
+        and body. Raise `WorkerError` for any answer but 200, with the server's text."""
+        status, answer_headers, body = self._request(
+            "POST", path, what, content=content, headers=headers
+        )
+        if status != 200:
+            raise WorkerError(self.name, f"{what}: the server answered {status}: {_shown(body)}")
+        return answer_headers, body
+
     # -- before the first request ---------------------------------------------------------
 
     def wait_until_ready(self) -> None:
         """Wait (at most `ready_timeout`) for the server and then the model to say they
         are ready; raise `WorkerError` (the server down or never ready) or `ConfigError`
         (it has no such model)."""
-        import httpx
-
-        assert self._client is not None
         deadline = time.monotonic() + self.endpoint.ready_timeout
         self.say(f"waiting for {self.endpoint.url} to be ready")
-        delay = 0.05
-        last = ""
-        for path, what in (("/v2/health/ready", "the server"), (f"{self.model_path}/ready", "")):
-            while True:
-                try:
-                    response = self._client.get(path)
-                    if response.status_code == 200 and _ready(response):
-                        break
-                    if response.status_code == 404 and what == "":
-                        raise self._no_such_model(response)
-                    last = f"{path} answered {response.status_code}"
-                except httpx.TransportError as e:
-                    last = f"no answer ({_reason(e)})"
-                if time.monotonic() + delay > deadline:
-                    raise WorkerError(
-                        self.name,
-                        f"{what or f'model {self.endpoint.model!r}'} at {self.endpoint.url} "
-                        f"was not ready within ready_timeout "
-                        f"({self.endpoint.ready_timeout:g}s): {last}",
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        self._wait_for("/v2/health/ready", "the server", deadline)
+        self._wait_for(
+            f"{self.model_path}/ready",
+            f"model {self.endpoint.model!r}",
+            deadline,
+            missing=self._no_such_model,
+        )
         extensions = self._server_extensions()
         if self.endpoint.binary == "auto":
             self.binary = BINARY_EXTENSION in extensions
@@ -402,11 +458,7 @@ class OipClient:
         else:
             content = self._json_request(batch, n)
             headers = {"Content-Type": "application/json"}
-        status, answer_headers, body = self._request(
-            "POST", f"{self.model_path}/infer", what, content=content, headers=headers
-        )
-        if status != 200:
-            raise WorkerError(self.name, f"{what}: the server answered {status}: {_shown(body)}")
+        answer_headers, body = self._send(f"{self.model_path}/infer", what, content, headers)
         try:
             outputs = read_response(body, answer_headers.get(HEADER_LENGTH))
         except ResponseError as e:
@@ -452,28 +504,9 @@ class BentoClient(OipClient):
 
     def wait_until_ready(self) -> None:
         """Wait (at most `ready_timeout`) for `GET /readyz` to answer 200."""
-        import httpx
-
-        assert self._client is not None
         deadline = time.monotonic() + self.endpoint.ready_timeout
         self.say(f"waiting for {self.endpoint.url} to be ready")
-        delay, last = 0.05, ""
-        while True:
-            try:
-                response = self._client.get("/readyz")
-                if response.status_code == 200:
-                    break
-                last = f"/readyz answered {response.status_code}"
-            except httpx.TransportError as e:
-                last = f"no answer ({_reason(e)})"
-            if time.monotonic() + delay > deadline:
-                raise WorkerError(
-                    self.name,
-                    f"the server at {self.endpoint.url} was not ready within ready_timeout "
-                    f"({self.endpoint.ready_timeout:g}s): {last}",
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        self._wait_for("/readyz", "the server", deadline)
         self.binary = False
         self.server = "bentoml"
         self.say(
@@ -543,13 +576,10 @@ class BentoClient(OipClient):
         what = f"batch {n}"
         self._refuse_non_finite(batch, n)
         content = json.dumps({k: v.tolist() for k, v in batch.items()}, allow_nan=False)
-        status, _, body = self._request(
-            "POST", self.model_path, what, content=content.encode(),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        if status != 200:
-            raise WorkerError(self.name, f"{what}: the server answered {status}: {_shown(body)}")
-        data = self._json(status, body, what)
+        _, body = self._send(
+            self.model_path, what, content.encode(), {"Content-Type": "application/json"}
+        )
+        data = self._json(200, body, what)
         wanted = self.endpoint.outputs
         if not isinstance(data, dict) or set(data) != set(wanted):
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -774,6 +804,21 @@ def _retry_after(value: str | None) -> float:
         return min(MAX_RETRY_AFTER, max(0.0, float(value))) if value else 0.0
     except ValueError:
         return 0.0
+
+
+def _certificate_problem(e: BaseException) -> str | None:
+    """Why a TLS certificate did not verify, if that is what `e` (or what it wraps) is."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message or cause.reason or cause)[:MAX_SHOWN]
+        cause = cause.__cause__ or cause.__context__
+    text = str(e)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return text.split("certificate verify failed:", 1)[-1].split("(_ssl")[0].strip()[:MAX_SHOWN]
+    return None
 
 
 def _reason(e: Exception) -> str:

@@ -80,6 +80,11 @@ class EnvironmentSummary:
     # False when the environment failed before its fingerprint was taken: `packages` is then
     # empty because nothing is known, and reports must say "unknown", never 0.
     fingerprinted: bool = True
+    # Where `packages` come from: "observed" (probed where the model ran), "recorded" (a
+    # fingerprint file recorded where an endpoint's server was built), "lock" (the pins of
+    # the lock and group an endpoint was built from: from the lock, not observed), or None
+    # (nothing is known).
+    versions_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -459,6 +464,8 @@ def _replay_endpoint(
         try:
             if (outdir / "fingerprint.json").exists():
                 run.fingerprint = recorded(load_fingerprint(outdir / "fingerprint.json"))
+            elif run.lock is not None:  # nothing recorded: what its lock pins, said as such
+                run.fingerprint = lock_fingerprint(run.lock, run.spec.group)
             seconds = worker_seconds(outdir / "result.json")
         except HostileOutputError as e:
             raise WorkerError(run.name, f"{e} (the fingerprint recorded for it)") from None
@@ -473,6 +480,42 @@ def _replay_endpoint(
 RUNTIME_SECTIONS = ("env", "threadpools")
 # Set on such a fingerprint (kept in a bundle recorded from it): judged without them.
 RECORDED_APART = "recorded_apart"
+
+
+# Set on the fingerprint of an endpoint known only by the lock it was built from: its lock
+# and group, whose pins stand for its versions (`lock_fingerprint`).
+FROM_LOCK = "from_lock"
+
+
+def lock_fingerprint(lock: LockedEnv, group: str) -> dict[str, Any]:
+    """What is known of an endpoint built from `lock`'s `group` when nothing was recorded of
+    it: the versions the lock pins for the group (markers evaluated for this host), marked
+    `from_lock` (not observed: judged as a lock is, packages and the interpreter it allows
+    only) and recorded apart from the serving process."""
+    return {
+        "distributions": [
+            {"name": name, "version": version}
+            for name, version in sorted(lock.versions(group).items())
+        ],
+        FROM_LOCK: {
+            "path": shown_path(lock.path),
+            "group": group,
+            "requires_python": lock.requires_python,
+        },
+        RECORDED_APART: True,
+    }
+
+
+VERSIONS_FROM = ("observed", "recorded", "lock", None)
+
+
+def versions_from(fingerprint: dict[str, Any]) -> str | None:
+    """Where a fingerprint's versions come from (`EnvironmentSummary.versions_from`)."""
+    if not fingerprint:
+        return None
+    if isinstance(fingerprint.get(FROM_LOCK), dict):
+        return "lock"
+    return "recorded" if fingerprint.get(RECORDED_APART) is True else "observed"
 
 
 def recorded(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -551,7 +594,12 @@ def summary(run: EnvRun) -> EnvironmentSummary:
         description=run.environment.description if run.environment else run.spec.backend,
         lock=shown_path(run.spec.lock) if run.spec.lock else None,
         lock_digest=run.lock.digest if run.lock else None,
-        group=run.spec.group if backend_for(run.spec.backend).installs_groups else None,
+        group=(
+            run.spec.group
+            if backend_for(run.spec.backend).installs_groups
+            or (run.spec.lock is not None and run.environment and not run.environment.runs_scripts)
+            else None
+        ),
         python=python.get("version"),
         platform=f"{plat.get('system')}-{plat.get('machine')}" if plat else None,
         packages=versions,
@@ -561,6 +609,7 @@ def summary(run: EnvRun) -> EnvironmentSummary:
         created=bool(run.environment and run.environment.created),
         seconds=run.seconds,
         fingerprinted=bool(fp),
+        versions_from=versions_from(fp),
     )
 
 
