@@ -138,6 +138,7 @@ NOT_ON_THE_CHECK_PATH = [
     "requests",
     "jsonschema",
     "filelock",
+    "tomli_w",
     "urllib.request",
     "parity.bundle",
     "parity.integrations.mlflow",
