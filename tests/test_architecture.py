@@ -187,6 +187,7 @@ NOT_BEFORE_THE_WORKERS_START = [
     "envlock.diff",
     "parity.judging.judge",
     "parity.judging.compare",
+    "parity.comparison",
     "parity.investigations.localize",
     "parity.render.terminal",
     "parity.report",
