@@ -3,8 +3,10 @@ Ctrl-C and SIGTERM stopping everything at once (`InterruptibleGroup`)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import os
 import signal
 import sys
@@ -90,6 +92,7 @@ class InterruptibleGroup(click.Group):
     command ends with exit 130 or 143 (`Interrupted`, raised wherever it was)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        _exit_without_collecting()
         if threading.current_thread() is not threading.main_thread():
             return super().main(*args, **kwargs)  # only the main thread gets signals
         exit_timer: list[threading.Timer] = []
@@ -129,6 +132,16 @@ class InterruptibleGroup(click.Group):
         ctx = click.get_current_context(silent=True)
         name = ctx.find_root().info_name if ctx is not None else None
         return name or self.name or "interrupted"
+
+
+@functools.cache
+def _exit_without_collecting() -> None:
+    """At exit, freeze what is still alive instead of letting the interpreter's last
+    garbage collections walk it (numpy, rich, the report: ~0.05 s of CPU that changes
+    nothing once the process ends; `atexit` handlers and `weakref.finalize` callbacks still
+    run, and Python never promised `__del__` at exit). Registered once, at the first
+    command: a test process that runs commands in-process freezes only when it exits."""
+    atexit.register(gc.freeze)
 
 
 def _say_interrupted(prog: str, signum: int, stopped: int) -> None:

@@ -40,39 +40,20 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+import envlock.probe
 from envlock.lockfile import LockedEnv
 
 METADATA_CACHE = "metadata"  # the cache subfolder PEP 658 metadata files are kept in
 _MAX_METADATA = 4 * 1024 * 1024  # a METADATA file larger than this is refused
 
-# Run by the environment's interpreter: the PEP 508 marker variables (standard library only).
-_MARKERS_SCRIPT = """\
-import json, os, platform, sys
-def fmt(info):
-    v = f"{info.major}.{info.minor}.{info.micro}"
-    return v if info.releaselevel == "final" else v + info.releaselevel[0] + str(info.serial)
-print(json.dumps({
-    "implementation_name": sys.implementation.name,
-    "implementation_version": fmt(sys.implementation.version),
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform,
-}))
-"""
-
 
 def marker_environment(python: Path | None = None) -> dict[str, str]:
-    """The PEP 508 marker variables of `python` (default: this interpreter)."""
+    """The PEP 508 marker variables of `python` (default: this interpreter), as the
+    fingerprint probe records them (`envlock.probe.markers`, run there: `--markers`)."""
     if python is None:
         return {k: str(v) for k, v in default_environment().items()}
     proc = subprocess.run(
-        [str(python), "-s", "-c", _MARKERS_SCRIPT],
+        [str(python), "-s", str(Path(envlock.probe.__file__)), "--markers"],
         capture_output=True,
         text=True,
         check=False,

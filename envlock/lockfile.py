@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,8 +102,32 @@ MAX_NESTING = 32
 MAX_KEY_PARTS = 16
 
 
+# Locks read in this process, by path and content: a check reads its lock once to check
+# the config and once per environment (often the same lock), and parsing and validating
+# a large lock is most of that. The same bytes at the same path give the same (frozen)
+# `LockedEnv`; a changed file is read again. A few entries: a bisect reads two locks and
+# the combinations between them.
+_READ: dict[tuple[str, str], LockedEnv] = {}
+_READ_KEPT = 16
+_READ_LOCK = threading.Lock()  # environments are opened in threads of their own
+
+
 def _read_pylock(path: Path) -> LockedEnv:
     raw = path.read_bytes()
+    key = (str(path), "sha256:" + hashlib.sha256(raw).hexdigest())
+    with _READ_LOCK:
+        known = _READ.get(key)
+    if known is not None:
+        return known
+    lock = _parse_pylock(path, raw, key[1])
+    with _READ_LOCK:
+        while len(_READ) >= _READ_KEPT:
+            del _READ[next(iter(_READ))]
+        _READ[key] = lock
+    return lock
+
+
+def _parse_pylock(path: Path, raw: bytes, digest: str) -> LockedEnv:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -162,7 +187,7 @@ def _read_pylock(path: Path) -> LockedEnv:
         raise LockFileError(path, "must be a table", where=f"tool.{TOOL_TABLE}")
     return LockedEnv(
         path=path,
-        digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+        digest=digest,
         flavor="pylock",
         requires_python=str(lock.requires_python) if lock.requires_python else None,
         groups=tuple(dict.fromkeys([MAIN, *named])),

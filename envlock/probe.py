@@ -499,18 +499,22 @@ def static_entry() -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`probe.py [--no-import | --static] [OUT]`: write the fingerprint as JSON to OUT, or
-    to stdout; with `--static`, what `static_entry` gives, read as a process the worker
-    starts sees its environment (this file's folder not on sys.path)."""
+    """`probe.py [--no-import | --static | --markers] [OUT]`: write the fingerprint as JSON
+    to OUT, or to stdout; with `--static`, what `static_entry` gives, read as a process the
+    worker starts sees its environment (this file's folder not on sys.path); with
+    `--markers`, only the interpreter's PEP 508 markers (`markers`)."""
     args = argv[1:]
     imports = "--no-import" not in args
     static = "--static" in args
-    args = [a for a in args if a not in ("--no-import", "--static")]
+    only_markers = "--markers" in args
+    args = [a for a in args if a not in ("--no-import", "--static", "--markers")]
     if static:
         here = os.path.dirname(os.path.abspath(__file__))
         if sys.path and os.path.abspath(sys.path[0] or ".") == here:
             del sys.path[0]
         data = static_entry()
+    elif only_markers:
+        data = markers()
     else:
         data = collect(imports=imports)
     text = json.dumps(data, indent=2, sort_keys=True)

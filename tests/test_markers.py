@@ -11,6 +11,7 @@ CPython 3.11 on Linux."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import pytest
 from conftest import ROOT, run_cli
 from packaging.markers import default_environment
 
+import envlock.probe
 from envlock import read_lock
+from envlock.installable import marker_environment
 from envlock.verify import failures, verify_fingerprint
 
 LOCK = ROOT / "tests" / "data" / "locks" / "markers" / "pylock.toml"
@@ -107,3 +110,16 @@ def test_diff_of_a_lock_and_a_fingerprint_uses_the_fingerprints_markers(
     same.write_text(json.dumps(elsewhere(here, [SIX])))
     result = run_cli("envlock", "diff", str(LOCK), str(same), "--json")
     assert [d for d in json.loads(result.stdout) if d["section"] == "package"] == []
+
+
+def test_an_interpreters_markers_are_read_by_the_fingerprint_probe(
+    here: dict[str, Any], tmp_path: Path
+) -> None:
+    """`parity bisect` evaluates markers for the reference's interpreter as its fingerprint
+    records them: the probe's one definition, run by that interpreter."""
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "python"  # the interpreter, saying how it was run
+    python.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    assert marker_environment(python) == here["markers"]
+    assert calls.read_text().split() == ["-s", envlock.probe.__file__, "--markers"]

@@ -28,8 +28,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from envlock.backends.base import Environment, run_tool
 from envlock.errors import LockFileError, MaterializeError
 from envlock.lockfile import MAIN, LockedEnv
@@ -170,6 +168,8 @@ def install_request(lock: LockedEnv, group: str, folder: Path) -> tuple[Path, li
     selected = lock.selected_groups(group)
     if not lock.sources and not lock.default_groups:
         return lock.path, selected
+    import tomli_w  # only to build: a cached venv is found without it
+
     raw = lock.path.read_bytes()
     if "sha256:" + hashlib.sha256(raw).hexdigest() != lock.digest:
         raise LockFileError(lock.path, "changed while being materialized")

@@ -19,13 +19,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parity.comparison import Disagreement
 from parity.policies.base import Judge, Output, Policy, Tally, Verdict, integer, number
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from parity.comparison import OutputComparison
+    from parity.comparison import Disagreement, OutputComparison
 
 KEEP = 5  # disagreeing rows named in the report
 
@@ -121,6 +120,10 @@ class _Rows(Judge):
         else:
             agree = (_top_set(r, k) == _top_set(c, k)).all(axis=1)
         if len(self.disagreements) < KEEP and not agree.all():
+            # Imported here: a config's policies are read before a check's workers start,
+            # the comparison's values only once they ran.
+            from parity.comparison import Disagreement
+
             for i in np.flatnonzero(~agree)[: KEEP - len(self.disagreements)]:
                 index = np.unravel_index(self.rows + int(i), self.shape)
                 self.disagreements.append(

@@ -527,15 +527,22 @@ def _fingerprint(job: dict[str, Any]) -> dict[str, Any]:
     return fingerprint
 
 
+# How often a worker looks for its inputs: every few milliseconds at first (they come
+# while the worker starts, and every step of a longer wait would be the check's time), then
+# every tenth of a second once the wait is long (the host building another environment).
+WAIT_STEP = 0.002
+WAIT_STEP_LONG = 0.1
+WAIT_SHORT = 2.0
+
+
 def _wait_for(path: str, abort: Any, limit: float) -> bool:
     """Wait until `path` exists; False if `abort` appears or `limit` seconds pass first."""
-    deadline = time.monotonic() + limit
-    delay = 0.005
+    started = time.monotonic()
     while not os.path.exists(path):
-        if (abort and os.path.exists(abort)) or time.monotonic() > deadline:
+        now = time.monotonic()
+        if (abort and os.path.exists(abort)) or now > started + limit:
             return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        time.sleep(WAIT_STEP if now - started < WAIT_SHORT else WAIT_STEP_LONG)
     return True
 
 
