@@ -648,7 +648,9 @@ def search_command(
     "--path",
     "paths",
     multiple=True,
-    help="A folder to put on sys.path in the environments, relative to --dir (default: .).",
+    metavar="FOLDER",
+    help="A folder to put on sys.path in the environments, relative to --dir (default: .; "
+    "none for an MLflow model).",
 )
 @click.option(
     "--input",
@@ -665,8 +667,20 @@ def search_command(
     show_default=True,
     help="Seeded samples per check.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Samples per batch given to the model.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The seeded input set's seed.",
+)
 @click.option(
     "--tracking-uri",
     help="For a runs:/ or models:/ URI: the tracking store, written into [run.env] "
@@ -729,7 +743,7 @@ def init_command(
     exists, 3 the lock could not be solved or MLflow could not be reached.
 
     \b
-    Examples:
+    Example:
         parity init --mlflow-model runs:/RUN_ID/model
         parity init --requirements requirements.txt --adapter mymodel:predict \\
             --input x=float32[4]

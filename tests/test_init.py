@@ -6,11 +6,11 @@ failure. The slow tests init real projects and run `parity check` on what init w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import textwrap
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -542,6 +542,8 @@ def test_a_relative_mlflow_folder_is_relative_to_the_config(tmp_path: Path) -> N
 
 
 def passing_check(config: Path, cache: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`parity check` of what init wrote, run from elsewhere, its work folder kept in
+    `work/` beside the config: it must pass."""
     out = config.parent / "report.json"
     result = run_cli(
         "parity",
@@ -552,6 +554,8 @@ def passing_check(config: Path, cache: Path, env: dict[str, str] | None = None) 
         str(out),
         "--cache-dir",
         str(cache),
+        "--workdir",
+        str(config.parent / "work"),
         cwd=config.parent.parent,
         env=env,
     )
@@ -587,21 +591,30 @@ def test_a_requirements_project_passes_its_first_check(tmp_path: Path, shared_ca
     assert {p["name"] for p in lock["packages"]} == {"numpy", "iniconfig"}
 
 
+@dataclass
+class Store:
+    uri: str
+    experiment: str
+
+
 @pytest.fixture
-def file_store(tmp_path: Path) -> Iterator[str]:
-    uri = (tmp_path / "mlruns").as_uri()
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A tracking store in tmp_path: SQLite (MLflow 3 refuses new file stores), with the
+    experiment's artifacts there too."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         try:
-            yield uri
+            experiment = mlflow.create_experiment("init", (tmp_path / "artifacts").as_uri())
+            yield Store(uri, experiment)
         finally:
             mlflow.set_tracking_uri(None)
 
 
 @pytest.mark.slow
 def test_an_mlflow_sklearn_model_passes_its_first_check(
-    tmp_path: Path, shared_cache: Path, file_store: str
+    tmp_path: Path, shared_cache: Path, store: Store
 ) -> None:
     """A scikit-learn model logged with MLflow (signature and input example, its
     requirements pinned as MLflow pins them) -> `parity init --mlflow-model runs:/...` ->
@@ -611,7 +624,7 @@ def test_an_mlflow_sklearn_model_passes_its_first_check(
         f"{p}=={version(p)}"
         for p in ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
     ]
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=store.experiment) as run:
         mlflow.sklearn.log_model(
             model,
             name="model",
@@ -629,7 +642,7 @@ def test_an_mlflow_sklearn_model_passes_its_first_check(
         "--dir",
         str(project),
         "--no-ask",
-        env={"MLFLOW_TRACKING_URI": file_store},
+        env={"MLFLOW_TRACKING_URI": store.uri},
     )
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((project / "parity.toml").read_text())
@@ -639,10 +652,16 @@ def test_an_mlflow_sklearn_model_passes_its_first_check(
     spec = tomllib.loads((project / "locks" / "pyproject.toml").read_text())
     assert spec["project"]["dependencies"] == pins
     report = passing_check(
-        project / "parity.toml", shared_cache, env={"MLFLOW_TRACKING_URI": file_store}
+        project / "parity.toml", shared_cache, env={"MLFLOW_TRACKING_URI": store.uri}
     )
     assert [o["name"] for o in report["outputs"]] == ["output"]
-    assert os.environ.get("MLFLOW_TRACKING_URI") == file_store
+    # and the outputs are the model's own probabilities for the seeded inputs
+    with np.load(project / "work" / "inputs" / "inputs.npz", allow_pickle=False) as f:
+        frame = pd.DataFrame({c: f[c] for c in ["a", "b", "c", "d", "n"]})
+    with np.load(project / "work" / "train" / "outputs.npz", allow_pickle=False) as f:
+        outputs = f["output"]
+    assert outputs.shape == (64, 2)
+    np.testing.assert_allclose(outputs, model.predict_proba(frame), rtol=1e-6)
 
 
 def _ignore(_: str, names: list[str]) -> list[str]:
