@@ -597,10 +597,11 @@ class Store:
     experiment: str
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A tracking store in tmp_path: SQLite (MLflow 3 refuses new file stores), with the
-    experiment's artifacts there too."""
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """One tracking store for the module (creating one takes a while): SQLite (MLflow 3
+    refuses new file stores), with the experiment's artifacts beside it."""
+    tmp_path = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -610,6 +611,28 @@ def store(tmp_path: Path) -> Iterator[Store]:
             yield Store(uri, experiment)
         finally:
             mlflow.set_tracking_uri(None)
+
+
+def test_a_registered_model_is_read_through_mlflow(store: Store) -> None:
+    """models:/ and runs:/ URIs: MLflow downloads the text files alone; an unknown version
+    or run is the user's error (exit 2), naming it."""
+    model, x = fitted(frame=False)
+    with mlflow.start_run(experiment_id=store.experiment) as run:
+        mlflow.sklearn.log_model(
+            model,
+            name="model",
+            input_example=x[:4],
+            pip_requirements=["scikit-learn"],
+            registered_model_name="clf",
+        )
+    for uri in ("models:/clf/1", f"runs:/{run.info.run_id}/model"):
+        read = read_model(uri)
+        assert [(a.name, a.shape, a.dtype) for a in read.arrays] == [("input", (4,), "float32")]
+        assert read.dependencies.main[1:] == ["scikit-learn"]
+    for uri, says in (("models:/clf/7", "version=7"), ("runs:/nope/model", "nope")):
+        with pytest.raises(ConfigError) as e:
+            read_model(uri)
+        assert f"MLflow cannot find {uri}" in str(e.value) and says in str(e.value)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -122,6 +123,8 @@ def _model_files(uri: str, folder: Path | None, tracking_uri: str | None) -> Ite
 
 def _download(uri: str, into: Path, tracking_uri: str | None) -> Path:
     """The model's text files alone, downloaded by MLflow into `into`."""
+    # MLflow draws a progress bar per file on stderr: these are a few small files
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         import mlflow.artifacts
         from mlflow.exceptions import MlflowException

@@ -248,7 +248,7 @@ def init_project(
         )
     env_vars, pass_env = _tracking(mlflow_model, tracking_uri, notes)
 
-    files = [CONFIG, SPEC, LOCK] + ([SKELETON] if write_skeleton else [])
+    files = [CONFIG, SPEC] + ([LOCK] if lock else []) + ([SKELETON] if write_skeleton else [])
     existing = [folder / f for f in files if (folder / f).exists()]
     if existing and not force:
         raise ExistingFiles(existing)
@@ -281,7 +281,6 @@ def init_project(
             locked = envlock_lock(staging / SPEC, progress=say)
             groups = locked.groups
         else:
-            files.remove(LOCK)
             notes.append(f"not locked: run `envlock lock --spec {SPEC}` before `parity check`")
         _validate(staging / CONFIG, lock)
         for name in files:
@@ -375,6 +374,14 @@ def _tracking(
     """How the workers reach the tracking store a `runs:/` or `models:/` URI needs."""
     if not mlflow_model or not mlflow_model.startswith(("runs:", "models:")):
         return {}, []
+    if tracking_uri and re.match(r"^[a-z0-9+.-]+://[^/@\s]*:[^/@\s]*@", tracking_uri):
+        raise InitError(
+            None,
+            "--tracking-uri",
+            "a URI with a password would be written into parity.toml; give the credentials "
+            "in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD and name them in "
+            "[run] pass_env instead",
+        )
     if tracking_uri:
         notes.append("the workers reach the tracking store through [run.env] MLFLOW_TRACKING_URI")
         return {"MLFLOW_TRACKING_URI": tracking_uri}, []
