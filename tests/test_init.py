@@ -522,6 +522,53 @@ def test_on_a_terminal_it_asks_for_what_is_missing(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "replace?" in result.output
 
 
+def test_a_real_terminal_is_asked_without_flags(tmp_path: Path) -> None:
+    """stdin a terminal (a pty), no --ask: `parity init` asks, and writes what it was told."""
+    import os
+    import select
+    import subprocess
+
+    from conftest import BIN
+
+    project = numpy_project(tmp_path)
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [str(BIN / "parity"), "init", "--no-lock"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=project,
+        close_fds=True,
+    )
+    os.close(follower)
+    out = b""
+    answers = [b"\n", b"\n", b"tinymodel:predict\n", b"x=float32[4]\n"]
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not chunk:
+                break
+            out += chunk
+            if answers and out.rstrip().endswith((b":", b"]:")):
+                os.write(leader, answers.pop(0))
+    finally:
+        os.close(leader)
+        code = proc.wait(timeout=60)
+    text = out.decode(errors="replace")
+    assert code == 0, text
+    assert "MLflow model" in text and "Adapter (module:function" in text
+    assert "parity init: wrote parity.toml, locks/pyproject.toml" in text
+    config = tomllib.loads((project / "parity.toml").read_text())
+    assert config["model"]["adapter"] == "tinymodel:predict"
+    assert config["inputs"]["arrays"]["x"] == {"shape": [4], "dtype": "float32"}
+
+
 def test_a_relative_mlflow_folder_is_relative_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "locks").mkdir()
     shutil.copy(ROOT / "locks" / "pylock.toml", tmp_path / "locks" / "pylock.toml")
