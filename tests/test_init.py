@@ -329,10 +329,29 @@ def test_what_seeded_inputs_cannot_express_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "p" / "parity.toml").exists()
 
-    spaced = pd.DataFrame({"sepal length": [1.0, 2.0]})
+    spaced = pd.DataFrame({"sepal length": [1.0, 2.0], "petals": [3, 4]})
     folder = save(tmp_path / "m2", DummyClassifier().fit(spaced, [0, 1]), input_example=spaced)
-    with pytest.raises(ConfigError, match="'sepal length' cannot name an input array"):
+    with pytest.raises(ConfigError) as e:
         read_model("m2", folder=folder)
+    assert "column 'sepal length' cannot name an input array" in str(e.value)
+    assert "mix floats and integers" in str(e.value)
+
+
+def test_columns_named_otherwise_become_one_input_split_into_them(tmp_path: Path) -> None:
+    """sklearn's iris frame: names with spaces; one 2-D input of the table's width."""
+    from sklearn.datasets import load_iris
+    from sklearn.dummy import DummyClassifier
+
+    iris = load_iris(as_frame=True)
+    frame = iris.data
+    model = DummyClassifier().fit(frame, iris.target)
+    folder = save(tmp_path / "m", model, input_example=frame.head(10))
+    read = read_model("m", folder=folder)
+    [x] = read.arrays
+    assert (x.name, x.shape, x.dtype) == ("x", (4,), "float64")
+    values = frame.head(10).to_numpy()
+    assert (x.low, x.high) == widen(values.min(), values.max(), integer=False)
+    assert any("one input x of 4 columns" in n for n in read.notes)
 
 
 def test_a_model_with_neither_signature_nor_example_is_refused(tmp_path: Path) -> None:
@@ -407,8 +426,12 @@ def test_init_writes_config_and_spec_and_refuses_to_overwrite(tmp_path: Path) ->
     project = numpy_project(tmp_path)
     args = ["--requirements", str(project / "requirements.txt"), "--adapter", "tinymodel:predict"]
     args += ["--input", "x=float32[4]:-2..2", "--dir", str(project), "--no-lock", "--no-ask"]
-    first = CliRunner().invoke(main, ["init", *args])
+    first = CliRunner().invoke(main, ["init", *args, "--json", str(tmp_path / "init.json")])
     assert first.exit_code == 0, first.output
+    done = json.loads((tmp_path / "init.json").read_text())
+    assert done["written"] == ["parity.toml", "locks/pyproject.toml"] and not done["locked"]
+    assert done["groups"] == {"main": [f"numpy=={np.__version__}"], "train": ["iniconfig==2.1.0"]}
+    assert "train adds: 1 requirement(s): iniconfig==2.1.0" in first.output
     assert "requirements-train.txt found beside requirements.txt" in first.output
     spec = tomllib.loads((project / "locks" / "pyproject.toml").read_text())
     assert spec["project"]["dependencies"] == [f"numpy=={np.__version__}"]
@@ -629,8 +652,8 @@ def test_a_requirements_project_passes_its_first_check(tmp_path: Path, shared_ca
         cwd=project,
     )
     assert result.returncode == 0, result.stderr
-    assert "main: 1 package(s): numpy" in result.stdout
-    assert "train: 2 package(s): iniconfig, numpy" in result.stdout
+    assert "main: 1 locked package(s): numpy" in result.stdout
+    assert "train: 2 locked package(s): iniconfig, numpy" in result.stdout
     report = passing_check(project / "parity.toml", shared_cache)
     assert sorted(o["name"] for o in report["outputs"]) == ["scores", "total"]
     # the environments differ by the training-only package, as the spec says

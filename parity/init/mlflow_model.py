@@ -296,6 +296,9 @@ def _tensor(uri: str, spec: dict[str, Any], example: Any) -> ArrayPlan:
 def _columns(
     uri: str, signature: list[dict[str, Any]], example: Any, notes: list[str]
 ) -> list[ArrayPlan]:
+    named = [s.get("name") for s in signature]
+    if not all(isinstance(n, str) and _IDENTIFIER.match(n) for n in named):
+        return [_one_table(uri, signature, example, notes)]
     plans = []
     for spec in signature:
         name, kind = spec.get("name"), spec.get("type")
@@ -328,6 +331,46 @@ def _columns(
             )
     notes.append(f"{uri}: one input per column of its signature ({len(plans)})")
     return plans
+
+
+def _one_table(
+    uri: str, signature: list[dict[str, Any]], example: Any, notes: list[str]
+) -> ArrayPlan:
+    """Columns some of whose names cannot name an input array ("sepal length (cm)"): one
+    2-D input as wide as the table, which the worker splits into the columns in order. It
+    needs one kind of number in every column (floats, or integers), so that each column
+    takes its share of the one array."""
+    kinds = [s.get("type") for s in signature]
+    odd = next((s for s in signature if s.get("type") not in COLUMN_DTYPES), None)
+    floats = all(k in ("double", "float") for k in kinds)
+    if odd is not None:
+        raise InitError(
+            None,
+            "--mlflow-model",
+            f"{uri}: column {odd.get('name')!r} is of type {odd.get('type')!r}; parity's "
+            "seeded inputs are numbers (double, float, long, integer)",
+        )
+    if not (floats or all(k in ("long", "integer") for k in kinds)):
+        bad = next(
+            str(s.get("name")) for s in signature if not _IDENTIFIER.match(str(s.get("name")))
+        )
+        raise InitError(
+            None,
+            "--mlflow-model",
+            f"{uri}: column {bad!r} cannot name an input array, and the columns mix floats "
+            "and integers, which one input split into the columns cannot hold",
+        )
+    dtype = ("float64" if "double" in kinds else "float32") if floats else "int64"
+    values = None
+    if isinstance(example, dict) and all(s.get("name") in example for s in signature):
+        values = [example[s.get("name")] for s in signature]
+    plan = _ranged("x", (len(signature),), dtype, values)
+    notes.append(
+        f"{uri}: its column names are not identifiers, so one input x of "
+        f"{len(signature)} columns stands for them (split into the columns in order; one "
+        "range for them all: declare each column's with --input to differ)"
+    )
+    return plan
 
 
 def _input_name(uri: str, name: str | None, default: str) -> str:

@@ -93,10 +93,10 @@ def render_init(result: InitResult, console: Console) -> None:
         gen = f" ({a['generator']})" if a["generator"] != "uniform" else ""
         lines.append(f"input {a['name']}: {a['dtype']} {shape}{span}{gen}")
     for group, packages in result.groups.items():
-        lines.append(
-            f"{group}: {len(packages)} package(s)"
-            + (f": {', '.join(packages)}" if len(packages) <= 12 else "")
-        )
+        what = "locked package(s)" if result.locked else "requirement(s)"
+        label = group if result.locked or group == "main" else f"{group} adds"
+        listed = f": {', '.join(packages)}" if 0 < len(packages) <= 12 else ""
+        lines.append(f"{label}: {len(packages)} {what}{listed}")
     lines += [f"note: {n}" for n in result.notes]
     lines.append("next: parity check --config " + str(Path(result.folder) / "parity.toml"))
     _print_lines(console, lines)
