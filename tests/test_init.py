@@ -508,6 +508,21 @@ def test_a_failure_midway_writes_nothing(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stderr
     assert "uv could not lock" in result.stderr
     assert sorted(p.name for p in project.iterdir()) == before
+    # a folder init made to write into is taken back too
+    fresh = tmp_path / "fresh" / "project"
+    result = run_cli(
+        "parity",
+        "init",
+        "--requirements",
+        str(project / "requirements.txt"),
+        "--input",
+        "x=float32[4]",
+        "--dir",
+        str(fresh),
+        "--no-ask",
+    )
+    assert result.returncode == 3, result.stderr
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_no_source_and_no_inputs_are_clear_errors(tmp_path: Path) -> None:

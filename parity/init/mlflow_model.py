@@ -68,6 +68,7 @@ class MlflowModel:
     dependencies: Dependencies
     flavor: str | None
     notes: list[str]
+    mlflow_version: str | None = None  # the MLflow that saved it (MLmodel's mlflow_version)
 
 
 def is_local(uri: str) -> bool:
@@ -107,7 +108,9 @@ def read_model(
         flavor = None
         if isinstance(flavors, dict):
             flavor = next((str(f) for f in flavors if f != "python_function"), None)
-        return MlflowModel(uri, arrays, deps, flavor, notes)
+        saved_by = mlmodel.get("mlflow_version")
+        saved = str(saved_by) if re.match(r"^\d+(\.\d+)*$", str(saved_by)) else None
+        return MlflowModel(uri, arrays, deps, flavor, notes, saved)
 
 
 @contextmanager

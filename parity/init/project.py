@@ -17,6 +17,7 @@ nothing. An existing file is never replaced unless `force` (`ExistingFiles`, exi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -216,7 +217,8 @@ def init_project(
     deps.move_to_train(list(train or []))
     notes += deps.notes
     if model is not None:
-        _need(deps, "mlflow", "mlflow", notes, "loads the model in each environment")
+        pin = f"mlflow=={model.mlflow_version}" if model.mlflow_version else "mlflow"
+        _need(deps, "mlflow", pin, notes, "loads the model in each environment")
     _need(deps, "numpy", "numpy", notes, "parity's worker needs it")
     if not deps.train and not (train or train_requirements):
         notes.append(
@@ -263,10 +265,45 @@ def init_project(
         seed=seed,
         env=env_vars,
         pass_env=pass_env,
-        sources=deps.sources,
     )
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    groups: dict[str, list[str]] = {"main": list(deps.main), "train": list(deps.train)}
+    try:
+        groups = _write(folder, files, spec_text, config_text, arrays, write_skeleton, lock, say)
+    except BaseException:
+        for made_folder in made:  # folders made for nothing are taken back, deepest first
+            with contextlib.suppress(OSError):
+                made_folder.rmdir()
+        raise
+    if not lock:
+        notes.append(f"not locked: run `envlock lock --spec {SPEC}` before `parity check`")
+    say(f"wrote {', '.join(files)} in {folder}")
+    return InitResult(
+        folder=str(folder),
+        written=files,
+        adapter=adapter_spec,
+        arrays=[_array_dict(a) for a in arrays],
+        groups=groups or {"main": list(deps.main), "train": list(deps.train)},
+        sources=deps.sources,
+        notes=notes,
+        locked=lock,
+    )
+
+
+def _write(
+    folder: Path,
+    files: list[str],
+    spec_text: str,
+    config_text: str,
+    arrays: list[ArrayPlan],
+    write_skeleton: bool,
+    lock: bool,
+    say: Progress,
+) -> dict[str, list[str]] | None:
+    """Write `files` into a temporary folder in `folder`, lock the spec there, read the
+    config back, then move each into place: nothing is left in `folder` on a failure.
+    The lock's packages per group, if locked."""
+    groups = None
     with tempfile.TemporaryDirectory(prefix=".parity-init-", dir=folder) as tmp:
         staging = Path(tmp)
         (staging / "locks").mkdir()
@@ -280,24 +317,12 @@ def init_project(
             say(f"locking {SPEC} with envlock (main, train)")
             locked = envlock_lock(staging / SPEC, progress=say)
             groups = locked.groups
-        else:
-            notes.append(f"not locked: run `envlock lock --spec {SPEC}` before `parity check`")
         _validate(staging / CONFIG, lock)
         for name in files:
             target = folder / name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, target)
-    say(f"wrote {', '.join(files)} in {folder}")
-    return InitResult(
-        folder=str(folder),
-        written=files,
-        adapter=adapter_spec,
-        arrays=[_array_dict(a) for a in arrays],
-        groups=groups,
-        sources=deps.sources,
-        notes=notes,
-        locked=lock,
-    )
+    return groups
 
 
 def _model_uri(given: str, local: Path | None, folder: Path) -> str:
@@ -431,7 +456,6 @@ def _config_text(
     seed: int,
     env: dict[str, str],
     pass_env: list[str],
-    sources: list[str],
 ) -> str:
     q = _quote
     lines = [
