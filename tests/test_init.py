@@ -720,6 +720,30 @@ def test_a_registered_model_is_read_through_mlflow(store: Store) -> None:
         assert f"MLflow cannot find {uri}" in str(e.value) and says in str(e.value)
 
 
+def test_a_tracking_uri_given_goes_to_run_env_never_with_a_password(
+    store: Store, tmp_path: Path
+) -> None:
+    model, x = fitted(frame=False)
+    with mlflow.start_run(experiment_id=store.experiment) as run:
+        mlflow.sklearn.log_model(
+            model, name="model", input_example=x[:4], pip_requirements=["scikit-learn"]
+        )
+    uri = f"runs:/{run.info.run_id}/model"
+    args = ["init", "--mlflow-model", uri, "--no-lock", "--no-ask", "--dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, "--tracking-uri", store.uri])
+    assert result.exit_code == 0, result.output
+    config = tomllib.loads((tmp_path / "parity.toml").read_text())
+    assert config["run"]["env"] == {"MLFLOW_TRACKING_URI": store.uri}
+    assert "pass_env" not in config["run"]
+    assert config["model"] == {"adapter": f"mlflow:{uri}"}
+    secret = "http://me:hunter2hunter2@127.0.0.1:5000"
+    result = CliRunner().invoke(main, [*args, "--force", "--tracking-uri", secret])
+    assert result.exit_code == 2
+    assert "--tracking-uri: a URI with a password" in result.output
+    assert "hunter2" not in result.output
+    assert tomllib.loads((tmp_path / "parity.toml").read_text()) == config
+
+
 @pytest.mark.slow
 def test_an_mlflow_sklearn_model_passes_its_first_check(
     tmp_path: Path, shared_cache: Path, store: Store

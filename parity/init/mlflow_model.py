@@ -39,6 +39,8 @@ from parity.init.sources import (
 MODEL_FILES = ("MLmodel", "requirements.txt", "python_env.yaml", "conda.yaml")
 MAX_TEXT_BYTES = 1 << 20
 MAX_EXAMPLE_BYTES = 64 << 20
+# MLflow's error codes for a run, model, version or artifact that is not there
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][\w-]*$")
 # MLflow's column types and tensor dtypes as parity's input dtypes.
 COLUMN_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32"}
@@ -144,6 +146,8 @@ def _download(uri: str, into: Path, tracking_uri: str | None) -> Path:
             artifact_uri=f"{base}/MLmodel", dst_path=str(into), tracking_uri=tracking_uri
         )
     except MlflowException as e:
+        if e.error_code not in _NOT_FOUND:  # the store failed or could not be reached
+            raise _unreachable(uri, e) from None
         raise InitError(
             None, "--mlflow-model", f"MLflow cannot find {uri}: {str(e).splitlines()[0]}"
         ) from None
@@ -177,7 +181,8 @@ def _download(uri: str, into: Path, tracking_uri: str | None) -> Path:
 def _unreachable(uri: str, e: Exception) -> Exception:
     from parity.errors import ParityError
 
-    error = ParityError(f"could not read {uri} from MLflow: {type(e).__name__}: {e}")
+    first = (str(e).strip().splitlines() or [""])[0]
+    error = ParityError(f"could not read {uri} from MLflow: {type(e).__name__}: {first}")
     error.exit_code = 3
     return error
 

@@ -191,6 +191,14 @@ def init_project(
         raise InitError(
             None, None, "give one dependency source: --requirements, --pyproject or --environment"
         )
+    if tracking_uri and re.match(r"^[a-z0-9+.-]+://[^/@\s]*:[^/@\s]*@", tracking_uri):
+        raise InitError(
+            None,
+            "--tracking-uri",
+            "a URI with a password would be written into parity.toml; give the credentials "
+            "in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD and name them in "
+            "[run] pass_env instead",
+        )
     if mlflow_model and adapter:
         raise InitError(None, "--adapter", "an MLflow model is its own adapter (mlflow:<uri>)")
     notes: list[str] = []
@@ -399,14 +407,6 @@ def _tracking(
     """How the workers reach the tracking store a `runs:/` or `models:/` URI needs."""
     if not mlflow_model or not mlflow_model.startswith(("runs:", "models:")):
         return {}, []
-    if tracking_uri and re.match(r"^[a-z0-9+.-]+://[^/@\s]*:[^/@\s]*@", tracking_uri):
-        raise InitError(
-            None,
-            "--tracking-uri",
-            "a URI with a password would be written into parity.toml; give the credentials "
-            "in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD and name them in "
-            "[run] pass_env instead",
-        )
     if tracking_uri:
         notes.append("the workers reach the tracking store through [run.env] MLFLOW_TRACKING_URI")
         return {"MLFLOW_TRACKING_URI": tracking_uri}, []
