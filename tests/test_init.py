@@ -270,6 +270,16 @@ def test_a_tensor_signature_gives_one_array_and_the_examples_range(tmp_path: Pat
     assert read.flavor == "sklearn"
 
 
+def test_without_requirements_txt_the_conda_yaml_is_read(tmp_path: Path) -> None:
+    model, x = fitted(frame=False)
+    folder = save(tmp_path / "m", model, input_example=x[:5])
+    (folder / "requirements.txt").unlink()
+    (folder / "python_env.yaml").unlink()
+    deps = read_model("m", folder=folder).dependencies
+    assert deps.main == ["mlflow==" + mlflow.__version__, "scikit-learn"]
+    assert deps.requires_python == "==3.11.*"  # conda.yaml's python=3.11.x
+
+
 def test_a_column_signature_gives_one_array_per_column(tmp_path: Path) -> None:
     model, data = fitted(frame=True)
     folder = save(tmp_path / "m", model, input_example=data.head(10))

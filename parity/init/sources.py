@@ -452,8 +452,9 @@ def read_environment(path: Path, deps: Dependencies, drop: list[str]) -> None:
             raise InitError(path, where, f"not a conda package spec: {item!r}")
         name = match.group("name").lower()
         version = _conda_version(match.group("version") or "", path, where, item)
-        if name == "python":
-            deps.requires_python = version or None
+        if name == "python":  # the minor version: a patch release is the machine's choice
+            minor = re.match(r"^==(\d+\.\d+)", version)
+            deps.requires_python = f"=={minor.group(1)}.*" if minor else (version or None)
             continue
         if name in CONDA_TOOLS or canonicalize_name(name) in dropped:
             continue
