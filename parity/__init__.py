@@ -26,6 +26,8 @@ _EXPORTS = {
     "TolerancePolicy": "parity.policies",
     "compare_arrays": "parity.judging.compare",
     "run_check": "parity.check",
+    "InitResult": "parity.init.project",
+    "init_project": "parity.init.project",
     "BisectReport": "parity.investigations.bisect",
     "bisect_environments": "parity.investigations.bisect",
     "Localization": "parity.investigations.localize",
@@ -44,6 +46,7 @@ _EXPORTS = {
     "render_text": "parity.render.terminal",
     "render_bisect": "parity.render.text",
     "render_search": "parity.render.text",
+    "render_init": "parity.render.text",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -640,6 +640,251 @@ def search_command(
     raise SystemExit(result.exit_code)
 
 
+@main.command("init")
+@click.option(
+    "--mlflow-model",
+    "mlflow_model",
+    metavar="URI",
+    help="An MLflow model: runs:/RUN_ID/model, models:/NAME/VERSION or its local folder. "
+    "Its signature and input example give the inputs, its requirements.txt the lock spec, "
+    "and the adapter is mlflow:URI (the model is never loaded or unpickled here).",
+)
+@click.option(
+    "--requirements",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    help="A pip requirements file for main (hashes, -r includes, markers, index options). "
+    "A requirements-train.txt beside it goes to train.",
+)
+@click.option(
+    "--train-requirements",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    help="A requirements file of training-only packages (the train group).",
+)
+@click.option(
+    "--pyproject",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A PEP 621 project (a uv project): its dependencies go to main, its train/training "
+    "dependency group or extra to train; its [tool.uv] index settings are kept.",
+)
+@click.option(
+    "--environment",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A conda environment.yml: its pip section, and conda packages under their PyPI "
+    "names (those without one are refused unless --drop names them).",
+)
+@click.option("--train", multiple=True, metavar="NAME", help="Put this package in train.")
+@click.option(
+    "--train-group",
+    multiple=True,
+    metavar="NAME",
+    help="With --pyproject: the dependency group or extra that is training-only "
+    "(default: train, training).",
+)
+@click.option("--drop", multiple=True, metavar="NAME", help="Leave this package out.")
+@click.option(
+    "--adapter",
+    metavar="MODULE:FUNCTION",
+    help="The model's adapter (without it and without --mlflow-model, a skeleton "
+    "parity_adapter.py is written to fill in).",
+)
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="FOLDER",
+    help="A folder to put on sys.path in the environments, relative to --dir (default: .; "
+    "none for an MLflow model).",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=DTYPE[SHAPE]",
+    help="An input array, e.g. x=float32[3,4], lr=uint8[48,48]:image, k=int64[]:0..9 "
+    "(:LOW..HIGH and :uniform|normal|image are optional). Overrides the MLflow signature's.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Seeded samples per check.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Samples per batch given to the model.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The seeded input set's seed.",
+)
+@click.option(
+    "--tracking-uri",
+    help="For a runs:/ or models:/ URI: the tracking store, written into [run.env] "
+    "(default: $MLFLOW_TRACKING_URI, passed through from parity's environment).",
+)
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Where to write parity.toml and locks/.",
+)
+@click.option("--force", is_flag=True, help="Replace files that exist.")
+@click.option("--no-lock", is_flag=True, help="Write the spec but do not run envlock lock.")
+@click.option(
+    "--ask/--no-ask",
+    default=None,
+    help="Ask for what is missing (default: when stdin is a terminal).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Also write what was done as JSON ('-' for stdout, which then holds only the JSON).",
+)
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def init_command(
+    mlflow_model: str | None,
+    requirements: tuple[Path, ...],
+    train_requirements: tuple[Path, ...],
+    pyproject: Path | None,
+    environment: Path | None,
+    train: tuple[str, ...],
+    train_group: tuple[str, ...],
+    drop: tuple[str, ...],
+    adapter: str | None,
+    paths: tuple[str, ...],
+    inputs: tuple[str, ...],
+    count: int,
+    batch_size: int,
+    seed: int,
+    tracking_uri: str | None,
+    folder: Path,
+    force: bool,
+    no_lock: bool,
+    ask: bool | None,
+    json_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Start a project: parity.toml, locks/pyproject.toml (main and train) and its lock.
+
+    From an MLflow model (its signature, input example and requirements) or from your
+    dependency files (requirements.txt, pyproject.toml, environment.yml) with --adapter
+    and --input. On a terminal it asks for what is missing; otherwise it takes flags.
+    It never replaces a file without --force, and writes nothing when it fails.
+
+    Exit status: 0 written, 2 bad input, something it cannot express, or a file that
+    exists, 3 the lock could not be solved or MLflow could not be reached.
+
+    \b
+    Example:
+        parity init --mlflow-model runs:/RUN_ID/model
+        parity init --requirements requirements.txt --adapter mymodel:predict \\
+            --input x=float32[4]
+    """
+    import sys
+
+    from parity.init.project import ExistingFiles, init_project
+    from parity.render.text import render_init
+
+    if ask is None:
+        ask = sys.stdin.isatty()
+    requirement_files = list(requirements)
+    if ask:
+        mlflow_model, adapter, inputs, requirement_files, pyproject, environment = _ask_init(
+            folder, mlflow_model, adapter, inputs, requirement_files, pyproject, environment
+        )
+    arguments: dict[str, Any] = dict(
+        mlflow_model=mlflow_model,
+        requirements=requirement_files,
+        train_requirements=list(train_requirements),
+        pyproject=pyproject,
+        environment=environment,
+        train=list(train),
+        train_groups=list(train_group) or None,
+        drop=list(drop),
+        adapter=adapter,
+        paths=list(paths) or None,
+        inputs=list(inputs),
+        count=count,
+        batch_size=batch_size,
+        seed=seed,
+        tracking_uri=tracking_uri,
+        lock=not no_lock,
+        progress=progress_printer(quiet),
+    )
+    try:
+        result = init_project(folder, force=force, **arguments)
+    except ExistingFiles as e:
+        names = ", ".join(str(p) for p in e.paths)
+        if not ask or not click.confirm(f"{names} exist(s): replace?", default=False):
+            raise
+        result = init_project(folder, force=True, **arguments)
+    _emit(result, render_init, json_path)
+    raise SystemExit(result.exit_code)
+
+
+def _ask_init(
+    folder: Path,
+    mlflow_model: str | None,
+    adapter: str | None,
+    inputs: tuple[str, ...],
+    requirements: list[Path],
+    pyproject: Path | None,
+    environment: Path | None,
+) -> tuple[str | None, str | None, tuple[str, ...], list[Path], Path | None, Path | None]:
+    """`parity init` on a terminal: ask for the model, the dependency file and the inputs
+    that the flags did not give, offering what the folder holds."""
+    from parity.init.project import detect_sources
+
+    if not mlflow_model and not adapter:
+        mlflow_model = (
+            click.prompt(
+                "MLflow model (runs:/..., models:/..., or its folder; empty if none)",
+                default="",
+                show_default=False,
+            ).strip()
+            or None
+        )
+    if not (requirements or pyproject or environment) and not mlflow_model:
+        found = detect_sources(folder)
+        answer = click.prompt(
+            "Dependencies file (requirements.txt, pyproject.toml or environment.yml)",
+            default=str(next(iter(found.values()))) if found else None,
+        ).strip()
+        path = Path(answer)
+        if path.suffix == ".toml":
+            pyproject = path
+        elif path.suffix in (".yml", ".yaml"):
+            environment = path
+        else:
+            requirements = [path]
+    if not mlflow_model and not adapter:
+        adapter = (
+            click.prompt(
+                "Adapter (module:function; empty for a skeleton to fill in)",
+                default="",
+                show_default=False,
+            ).strip()
+            or None
+        )
+    if not inputs and not mlflow_model:
+        answer = click.prompt("Input arrays (NAME=DTYPE[SHAPE], separated by spaces)")
+        inputs = tuple(answer.split())
+    return mlflow_model, adapter, inputs, requirements, pyproject, environment
+
+
 class _Result(Protocol):
     def to_json(self) -> str: ...
 

@@ -123,6 +123,18 @@ class ParityConfig:
     # by name, with the error that a plain check gives (only the reference's may be).
     set_aside: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def worker_adapter(self) -> str:
+        """The adapter as a worker gets it: an `mlflow:` model given as a relative folder
+        path is relative to this config's folder (as [model] paths are), not to wherever
+        parity runs; a URI (runs:/, models:/, s3://...) or an absolute path is as written."""
+        uri = self.adapter.removeprefix("mlflow:")
+        if uri == self.adapter or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+            return self.adapter
+        if Path(uri).expanduser().is_absolute():
+            return self.adapter
+        return "mlflow:" + str(self.path.resolve().parent / uri)
+
     def tolerance_for(self, output: str) -> TolerancePolicy:
         """The tolerance policy of one output: its own, else the default."""
         return self.output_tolerances.get(output, self.tolerance)

@@ -1,4 +1,4 @@
-"""The investigations' results for people: `parity bisect` and `parity search`.
+"""Results for people: `parity bisect`, `parity search` and `parity init`.
 
 Like every renderer these format values they are given and compute nothing. Lines that
 hold text from environments (error messages, package names) are printed literally, as the
@@ -8,12 +8,16 @@ check's terminal rendering prints them (`parity.render.terminal.literal`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from parity.investigations.bisect import CANDIDATE_ITSELF, NOT_BUILT, BisectReport
 from parity.investigations.search import CASE_CONFIG, SearchResult
 from parity.render.terminal import literal
+
+if TYPE_CHECKING:
+    from parity.init.project import InitResult
 
 
 def render_bisect(report: BisectReport, console: Console) -> None:
@@ -76,6 +80,25 @@ def render_search(result: SearchResult, console: Console) -> None:
         f"case saved: {result.case} (replay: parity check --config "
         f"{Path(result.case) / CASE_CONFIG})"
     )
+    _print_lines(console, lines)
+
+
+def render_init(result: InitResult, console: Console) -> None:
+    """Print what `parity init` wrote and decided, and the next command to run."""
+    lines = [f"parity init: wrote {', '.join(result.written)} in {result.folder}"]
+    lines.append(f"adapter: {result.adapter}")
+    for a in result.arrays:
+        shape = "x".join(str(d) for d in a["shape"]) or "scalar"
+        span = f" in [{a['low']:g}, {a['high']:g}]" if a["low"] is not None else ""
+        gen = f" ({a['generator']})" if a["generator"] != "uniform" else ""
+        lines.append(f"input {a['name']}: {a['dtype']} {shape}{span}{gen}")
+    for group, packages in result.groups.items():
+        what = "locked package(s)" if result.locked else "requirement(s)"
+        label = group if result.locked or group == "main" else f"{group} adds"
+        listed = f": {', '.join(packages)}" if 0 < len(packages) <= 12 else ""
+        lines.append(f"{label}: {len(packages)} {what}{listed}")
+    lines += [f"note: {n}" for n in result.notes]
+    lines.append("next: parity check --config " + str(Path(result.folder) / "parity.toml"))
     _print_lines(console, lines)
 
 

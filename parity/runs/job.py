@@ -139,7 +139,7 @@ def prepare_job(
     inside = environment.layout(mounts)
     job = {
         "schema": JOB_SCHEMA,
-        "adapter": config.adapter,
+        "adapter": config.worker_adapter,
         "paths": [inside[f"path{i}"] for i in range(len(config.model_paths))],
         "inputs_wait": config.timeout,
         "outdir": inside["out"],
