@@ -502,13 +502,14 @@ def _census(
     count = 0
     below = 0
     mask = np.uint64(0xFFFF)
+    span = last - first
     for i in range(base.size):
-        for k in range(base[i], base[i] + fill[i]):
+        for k in range(base[i], base[i] + fill[i]):  # no branch: keys of bins interleave
             key = buf[k]
-            if first <= key <= last:
-                count += 1
-                below += 1 if key < rep else 0
-                sub[(key >> _SUB) & mask] += 1
+            inside = np.int64(key - first <= span)
+            count += inside
+            below += inside & np.int64(key < rep)
+            sub[(key >> _SUB) & mask] += inside
     return count, below
 
 
