@@ -499,8 +499,8 @@ def _census(
     """Over the keys collected by each thread i (buf[base[i]:base[i] + fill[i]]), those
     from `first` to `last` (one top-16-bit bin): how many, how many below `rep`, and
     their counts by sub-bin (the next 16 bits) added to `sub`."""
-    count = 0
-    below = 0
+    count: Any = 0
+    below: Any = 0
     mask = np.uint64(0xFFFF)
     span = last - first
     for i in range(base.size):
