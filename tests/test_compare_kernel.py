@@ -319,3 +319,47 @@ def test_without_a_writable_cache_the_kernels_are_compiled_in_memory(
     assert started == 1
     assert_same(fast, slow)
     assert kernels._compiled["first"]._cache.__class__.__name__ == "NullCache"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 3).map(lambda b: b + 0x3FF0),  # 4 top-16-bit bins
+                st.sampled_from([0, 1, 2, 0xFFFF]),  # few sub-bins, the last one included
+                st.integers(0, (1 << 32) - 1),
+            ),
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(0, 3),
+    st.integers(0, 5),
+)
+def test_a_speculated_bins_keys_are_found_by_rank_from_their_sub_bins(
+    regions: list[list[tuple[int, int, int]]], which: int, garbage: int
+) -> None:
+    """The speculative look resolves a rank in a bin from the keys the threads collected
+    (each thread's region followed by slots it did not fill), counting them by sub-bin and
+    partitioning only the sub-bins wanted: every rank gives the key that sorting all the
+    bin's keys gives, and the counts below a representative are those of the keys."""
+    keys_of = [[(b << 48) | (s << 32) | low for b, s, low in r] for r in regions]
+    buf, base, fill = [], [], []
+    for keys in keys_of:
+        base.append(len(buf))
+        fill.append(len(keys))
+        buf += keys + [(1 << 64) - 1 - g for g in range(garbage)]  # not filled: not read
+    arrays = [np.array(x, dtype=np.uint64) for x in (buf, base, fill)]
+    buf_a, base_a, fill_a = arrays[0], arrays[1].astype(np.int64), arrays[2].astype(np.int64)
+    fp = kernels.FusedPass((kernels.ALLCLOSE, 0.0, 0.0, 0), 1, (0.5,))
+    prefix = 0x3FF0 + which
+    mine = sorted(k for keys in keys_of for k in keys if k >> 48 == prefix)
+    first, last = np.uint64(prefix << 48), np.uint64(((prefix + 1) << 48) - 1)
+    rep = mine[len(mine) // 2] if mine else (1 << 64) - 1
+    sub = np.zeros(1 << 16, dtype=np.int64)
+    count, below = fp.census(buf_a, base_a, fill_a, first, last, np.uint64(rep), sub)
+    assert (count, below) == (len(mine), sum(k < rep for k in mine))
+    found = fp._kth(buf_a, base_a, fill_a, first, sub, list(range(len(mine))))
+    assert [found[i] for i in range(len(mine))] == mine

@@ -484,6 +484,56 @@ def _scan(
                     hi[t] = signed
 
 
+_SUB = np.uint64(32)  # a bin's sub-bins: the next 16 bits of its keys
+
+
+def _census(
+    buf: np.ndarray,
+    base: np.ndarray,
+    fill: np.ndarray,
+    first: Any,
+    last: Any,
+    rep: Any,
+    sub: np.ndarray,
+) -> Any:
+    """Over the keys collected by each thread i (buf[base[i]:base[i] + fill[i]]), those
+    from `first` to `last` (one top-16-bit bin): how many, how many below `rep`, and
+    their counts by sub-bin (the next 16 bits) added to `sub`."""
+    count: Any = 0
+    below: Any = 0
+    mask = np.uint64(0xFFFF)
+    span = last - first
+    for i in range(base.size):
+        for k in range(base[i], base[i] + fill[i]):  # no branch: keys of bins interleave
+            key = buf[k]
+            inside = np.int64(key - first <= span)
+            count += inside
+            below += inside & np.int64(key < rep)
+            sub[(key >> _SUB) & mask] += inside
+    return count, below
+
+
+def _gather(
+    buf: np.ndarray,
+    base: np.ndarray,
+    fill: np.ndarray,
+    first: Any,
+    last: Any,
+    out: np.ndarray,
+) -> int:
+    """The keys from `first` to `last` that the threads collected (see `_census`), copied
+    into `out` in the order found; how many there were (at most out.size are copied)."""
+    n = 0
+    for i in range(base.size):
+        for k in range(base[i], base[i] + fill[i]):
+            key = buf[k]
+            if first <= key <= last:
+                if n < out.size:
+                    out[n] = key
+                n += 1
+    return n
+
+
 _compiled: dict[str, Any] = {}
 
 
@@ -526,6 +576,8 @@ def _kernels() -> tuple[Any, Any]:
         )
         _compiled["first"] = _compile(_pass)
         _compiled["scan"] = _compile(_scan)
+        _compiled["census"] = _compile(_census)
+        _compiled["gather"] = _compile(_gather)
     return _compiled["first"], _compiled["scan"]
 
 
@@ -616,6 +668,7 @@ class FusedPass:
     ) -> None:
         self.rule, self.atol, self.rtol, self.max_ulp = rule
         self.first, self.scanner = _kernels()
+        self.census, self.gather = _compiled["census"], _compiled["gather"]
         self.threads = threads()
         t = self.threads
         self.counts = np.zeros((t, 8), dtype=np.int64)
@@ -794,39 +847,58 @@ class FusedPass:
                     still.append(t)
                     continue
                 rep = covering if covering and covering >> 48 == t.prefix else int(_NONE)
-                # The bin's collected keys, copied once (no concatenation, no halves).
-                prefix, shift = np.uint64(t.prefix), np.uint64(48)
-                regions = [
-                    buf[self.base[i, w] : self.base[i, w] + self.fill[i, w]]
-                    for i in range(self.threads)
-                ]
-                masks = [(keys >> shift) == prefix for keys in regions]
-                sizes = [int(np.count_nonzero(mask)) for mask in masks]
-                mine = np.empty(sum(sizes), dtype=np.uint64)
-                at = 0
-                for keys, mask, size in zip(regions, masks, sizes, strict=True):
-                    np.compress(mask, keys, out=mine[at : at + size])
-                    at += size
-                del masks
-                same = t.count - int(mine.size)  # the representative's count
+                # The bin's collected keys are counted by sub-bin (its next 16 bits) in
+                # place; only the sub-bins holding a wanted rank are copied and partitioned.
+                first, last = np.uint64(t.prefix << 48), np.uint64(((t.prefix + 1) << 48) - 1)
+                base = np.ascontiguousarray(self.base[:, w])
+                fill = np.ascontiguousarray(self.fill[:, w])
+                sub = np.zeros(1 << 16, dtype=np.int64)
+                mine, below = self.census(buf, base, fill, first, last, np.uint64(rep), sub)
+                same = t.count - int(mine)  # the representative's count
                 if same < 0 or (rep == int(_NONE) and same):
                     raise RuntimeError("quantile pass: a bin's count changed between passes")
                 # In the bin's order: the keys below the representative, `same` copies of
-                # it, the keys above; mine sorted holds the first and the last.
-                below = int(np.count_nonzero(mine < np.uint64(rep))) if same else mine.size
+                # it, the keys above; the collected keys sorted hold the first and the last.
+                below = int(below) if same else int(mine)
                 where = {}
                 for rank, within in t.ranks.items():
                     if within < below:
                         where[rank] = within
                     elif within >= below + same:
                         where[rank] = within - same
-                if where:  # mine is this look's own copy: partitioned in place
-                    mine.partition(sorted(set(where.values())))
+                found = self._kth(buf, base, fill, first, sub, sorted(set(where.values())))
                 resolved = dict.fromkeys(t.ranks, value(rep))
-                resolved.update({r: value(int(mine[i])) for r, i in where.items()})
+                resolved.update({r: value(found[i]) for r, i in where.items()})
                 t.resolved = resolved
             left.append(still)
         return left
+
+    def _kth(
+        self,
+        buf: np.ndarray,
+        base: np.ndarray,
+        fill: np.ndarray,
+        first: Any,
+        sub: np.ndarray,
+        indices: list[int],
+    ) -> dict[int, int]:
+        """The keys at `indices` in the sorted order of the bin's collected keys (from
+        `first`, counted by sub-bin in `sub`): each from its sub-bin's keys alone."""
+        cum = np.cumsum(sub)
+        found: dict[int, int] = {}
+        by_sub: dict[int, list[int]] = {}
+        for i in indices:
+            by_sub.setdefault(int(np.searchsorted(cum, i, side="right")), []).append(i)
+        for s, wanted in by_sub.items():
+            lo = first | (np.uint64(s) << _SUB)
+            keys = np.empty(int(sub[s]), dtype=np.uint64)
+            hi = lo + np.uint64((1 << 32) - 1)
+            if self.gather(buf, base, fill, lo, hi, keys) != keys.size:
+                raise RuntimeError("quantile pass: a bin's count changed between passes")
+            skip = int(cum[s]) - keys.size  # keys in the sub-bins below
+            keys.partition([i - skip for i in wanted])
+            found.update({i: int(keys[i - skip]) for i in wanted})
+        return found
 
     def _covering(self, w: int, t: Target) -> int | None:
         """The representative (0: none) of the range of sketch w holding target t's whole
