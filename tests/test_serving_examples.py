@@ -312,20 +312,28 @@ def kill_mid_replay(
         assert count >= 5 and check.poll() is None, log.read_text()[-2000:]
         family = serving._descendants(proc.pid)
         said: list[tuple[float, str]] = []  # progress lines, as they come, and when
-        assert check.stderr is not None
-        reader = threading.Thread(
-            target=lambda: said.extend((time.monotonic(), x) for x in check.stderr or ()),
-            daemon=True,
-        )
-        reader.start()
+        printed: list[str] = []
+        assert check.stderr is not None and check.stdout is not None
+        # each stream read by one thread only (communicate() would race the stderr reader)
+        readers = [
+            threading.Thread(
+                target=lambda: said.extend((time.monotonic(), x) for x in check.stderr or ()),
+                daemon=True,
+            ),
+            threading.Thread(target=lambda: printed.extend(check.stdout or ()), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in family:  # those that made process groups of their own
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        out, _ = check.communicate(timeout=120)
+        check.wait(timeout=120)
         ended = time.monotonic() - killed
-        reader.join(10)
+        for reader in readers:
+            reader.join(10)
+        out = "".join(printed)
     finally:
         if check.poll() is None:
             check.kill()
