@@ -10,11 +10,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from raycluster import LocalRayCluster, local_ray_cluster
 
 # First calls import heavy modules (numpy paths); time is not what these test.
 settings.register_profile("project", deadline=None)
@@ -35,6 +36,15 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if explicit:
         return Path(explicit)
     return tmp_path_factory.mktemp("envlock-cache")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
+    """A real two-node Ray cluster on 127.0.0.1 (`tests/raycluster.py`), one per session:
+    starting it takes about 25 s. Tests that use it are slow."""
+    pytest.importorskip("ray", reason="the `ray` extra is not installed")
+    with local_ray_cluster(tmp_path_factory.mktemp("ray-nodes")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
