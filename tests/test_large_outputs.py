@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -155,8 +156,25 @@ def write_outputs(reference: Path, candidate: Path) -> Planted:
     return Planted(steps=steps, worst_reference=worst_reference)
 
 
-def test_two_2gib_outputs_compare_in_under_1gib_with_exact_statistics(tmp_path: Path) -> None:
-    reference, candidate = tmp_path / "reference.npz", tmp_path / "candidate.npz"
+@pytest.fixture
+def archives(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Where the two 2 GiB archives go; deleted when the test ends, passed or failed (a
+    failed test's folder is kept, and 4 GiB kept would starve the tests after it)."""
+    free = shutil.disk_usage(tmp_path).free
+    if free < 5 * GIB:
+        pytest.fail(f"this test writes 4 GiB; {tmp_path} has {free / GIB:.1f} GiB free")
+    paths = tmp_path / "reference.npz", tmp_path / "candidate.npz"
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def test_two_2gib_outputs_compare_in_under_1gib_with_exact_statistics(
+    archives: tuple[Path, Path],
+) -> None:
+    reference, candidate = archives
     planted = write_outputs(reference, candidate)
     for path in (reference, candidate):
         with zipfile.ZipFile(path) as zf:
