@@ -12,10 +12,14 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 from raycluster import LocalRayCluster, local_ray_cluster
+
+if TYPE_CHECKING:
+    from parity.report import ParityReport
 
 # First calls import heavy modules (numpy paths); time is not what these test.
 settings.register_profile("project", deadline=None)
@@ -193,3 +197,27 @@ def assert_valid_report(report: dict[str, object]) -> None:
     validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
     errors = sorted(validator.iter_errors(report), key=lambda e: list(e.path))
     assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+
+def checked(drift: float) -> ParityReport:
+    """The report of a real comparison, `drift` added to the candidate's output: what the
+    logging integrations (MLflow, W&B) are tested with."""
+    import numpy as np
+
+    from parity.judging.compare import compare_arrays
+    from parity.policies import TolerancePolicy
+    from parity.report import ParityReport
+
+    ref = np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20)
+    out = compare_arrays("sr", ref, ref + np.float32(drift), TolerancePolicy(atol=1e-3))
+    return ParityReport(
+        verdict="pass" if out.passed else "fail",
+        config="parity.toml",
+        reference="train",
+        candidate="infer",
+        inputs={"count": 10, "seed": 1, "digest": "sha256:" + "ab" * 32},
+        environments={},
+        outputs=[out],
+        version_diffs=[],
+        reasons=[] if out.passed else [f"output 'sr': {out.reason}"],
+    )

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from conftest import BIN, LOCAL_CONFIG, run_cli
+from conftest import BIN, LOCAL_CONFIG, checked, run_cli
 
 from parity.integrations.mlflow import (
     MlflowTarget,
@@ -25,27 +24,6 @@ from parity.integrations.mlflow import (
     log_check,
     redacted,
 )
-from parity.judging.compare import compare_arrays
-from parity.policies import TolerancePolicy
-from parity.report import ParityReport
-
-REF = np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20)
-
-
-def checked(drift: float) -> ParityReport:
-    """A report of a real comparison: `drift` added to the candidate's output."""
-    out = compare_arrays("sr", REF, REF + np.float32(drift), TolerancePolicy(atol=1e-3))
-    return ParityReport(
-        verdict="pass" if out.passed else "fail",
-        config="parity.toml",
-        reference="train",
-        candidate="infer",
-        inputs={"count": 10, "seed": 1, "digest": "sha256:" + "ab" * 32},
-        environments={},
-        outputs=[out],
-        version_diffs=[],
-        reasons=[] if out.passed else [f"output 'sr': {out.reason}"],
-    )
 
 
 def registered(uri: str, tmp_path: Path) -> tuple[str, str]:
