@@ -161,6 +161,25 @@ timeout = {timeout}
 """
 
 
+SCALED_MODEL = """
+import os
+
+
+def predict(inputs):
+    return {"y": inputs["x"] * float(os.environ.get("SCALE", "1"))}
+"""
+
+
+def scaled_project(root: Path, scale: str) -> Path:
+    """A project whose infer environment multiplies the output by `scale` ("1": it passes;
+    anything else fails): what the CI templates (GitHub, GitLab) are run against."""
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "adapter.py").write_text(textwrap.dedent(SCALED_MODEL))
+    config = LOCAL_CONFIG.format(timeout=300) + f'\n[environments.infer.env]\nSCALE = "{scale}"\n'
+    (root / "parity.toml").write_text(config)
+    return root
+
+
 TINY_SPEC = """\
 [project]
 name = "{name}"

@@ -13,24 +13,16 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, LOCAL_CONFIG, ROOT
+from conftest import BIN, ROOT
+from conftest import scaled_project as project
 
 ACTION = ROOT / "action.yml"
 EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
-
-MODEL = """
-import os
-
-
-def predict(inputs):
-    return {"y": inputs["x"] * float(os.environ.get("SCALE", "1"))}
-"""
 
 
 def action() -> dict[str, Any]:
@@ -134,14 +126,6 @@ def outputs_of(path: Path | None) -> dict[str, str]:
     if path is None or not path.exists():
         return {}
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
-def project(root: Path, scale: str) -> Path:
-    (root / "src").mkdir(parents=True)
-    (root / "src" / "adapter.py").write_text(textwrap.dedent(MODEL))
-    config = LOCAL_CONFIG.format(timeout=300) + f'\n[environments.infer.env]\nSCALE = "{scale}"\n'
-    (root / "parity.toml").write_text(config)
-    return root
 
 
 @pytest.mark.slow

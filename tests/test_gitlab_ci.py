@@ -9,23 +9,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, LOCAL_CONFIG, ROOT
+from conftest import BIN, ROOT
+from conftest import scaled_project as project
 
 TEMPLATE = ROOT / "ci" / "gitlab" / "parity.gitlab-ci.yml"
-MODEL = """
-import os
-
-
-def predict(inputs):
-    return {"y": inputs["x"] * float(os.environ.get("SCALE", "1"))}
-"""
 
 
 def template() -> dict[str, Any]:
@@ -106,14 +99,6 @@ def run_job(project: Path, path_first: Path, variables: dict[str, str]) -> tuple
         check=False,
     )
     return done.returncode, done.stdout + done.stderr
-
-
-def project(root: Path, scale: str) -> Path:
-    (root / "src").mkdir(parents=True)
-    (root / "src" / "adapter.py").write_text(textwrap.dedent(MODEL))
-    config = LOCAL_CONFIG.format(timeout=300) + f'\n[environments.infer.env]\nSCALE = "{scale}"\n'
-    (root / "parity.toml").write_text(config)
-    return root
 
 
 def dotenv(project: Path) -> dict[str, str]:
