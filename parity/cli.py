@@ -732,6 +732,12 @@ def search_command(
     "(default: $MLFLOW_TRACKING_URI, passed through from parity's environment).",
 )
 @click.option(
+    "--exclude-newer",
+    metavar="WHEN",
+    help="Solve the lock as of this date or RFC 3339 timestamp (uv's exclude-newer; default: "
+    "now). Give the same one to init again and get the same lock.",
+)
+@click.option(
     "--dir",
     "folder",
     type=click.Path(path_type=Path, file_okay=False),
@@ -770,6 +776,7 @@ def init_command(
     batch_size: int,
     seed: int,
     tracking_uri: str | None,
+    exclude_newer: str | None,
     folder: Path,
     force: bool,
     no_lock: bool,
@@ -821,6 +828,7 @@ def init_command(
         batch_size=batch_size,
         seed=seed,
         tracking_uri=tracking_uri,
+        exclude_newer=exclude_newer,
         lock=not no_lock,
         progress=progress_printer(quiet),
     )

@@ -471,6 +471,32 @@ def test_init_writes_config_and_spec_and_refuses_to_overwrite(tmp_path: Path) ->
     assert (project / "parity.toml").read_text() == before
 
 
+def test_the_same_exclude_newer_gives_the_same_spec_again(tmp_path: Path) -> None:
+    project = numpy_project(tmp_path)
+    args = ["--requirements", str(project / "requirements.txt"), "--adapter", "tinymodel:predict"]
+    args += ["--input", "x=float32[4]", "--dir", str(project), "--no-lock", "--no-ask"]
+    spec = project / "locks" / "pyproject.toml"
+    first = CliRunner().invoke(
+        main, ["init", *args, "--exclude-newer", "2026-11-01T01:00:00+01:00"]
+    )
+    assert first.exit_code == 0, first.output
+    written = spec.read_text()
+    assert tomllib.loads(written)["tool"]["uv"]["exclude-newer"] == "2026-11-01T00:00:00Z"
+    again = CliRunner().invoke(
+        main, ["init", *args, "--force", "--exclude-newer", "2026-11-01T00:00:00Z"]
+    )
+    assert again.exit_code == 0, again.output
+    assert spec.read_text() == written
+    dated = CliRunner().invoke(main, ["init", *args, "--force", "--exclude-newer", "2026-10-31"])
+    assert dated.exit_code == 0, dated.output
+    assert tomllib.loads(spec.read_text())["tool"]["uv"]["exclude-newer"] == "2026-10-31"
+    for bad in ("yesterday", "2026-11-01T00:00:00", "2026-13-01"):
+        refused = CliRunner().invoke(main, ["init", *args, "--force", "--exclude-newer", bad])
+        assert refused.exit_code == 2, refused.output
+        assert "--exclude-newer" in refused.output and bad in refused.output
+    assert tomllib.loads(spec.read_text())["tool"]["uv"]["exclude-newer"] == "2026-10-31"
+
+
 def test_without_an_adapter_a_skeleton_is_written(tmp_path: Path) -> None:
     project = numpy_project(tmp_path)
     result = init_project(

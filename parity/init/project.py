@@ -176,6 +176,7 @@ def init_project(
     batch_size: int = 16,
     seed: int = 0,
     tracking_uri: str | None = None,
+    exclude_newer: str | None = None,
     force: bool = False,
     lock: bool = True,
     progress: Progress | None = None,
@@ -201,6 +202,8 @@ def init_project(
         )
     if mlflow_model and adapter:
         raise InitError(None, "--adapter", "an MLflow model is its own adapter (mlflow:<uri>)")
+    if exclude_newer is not None:
+        exclude_newer = _exclude_newer(exclude_newer)
     notes: list[str] = []
     model = None
     model_uri = None
@@ -263,7 +266,7 @@ def init_project(
     if existing and not force:
         raise ExistingFiles(existing)
 
-    spec_text = _spec_text(folder.name, deps)
+    spec_text = _spec_text(folder.name, deps, exclude_newer)
     config_text = _config_text(
         adapter_spec,
         paths if paths is not None else ([] if model_uri else ["."]),
@@ -417,7 +420,27 @@ def _tracking(
     return {}, ["MLFLOW_TRACKING_URI"]
 
 
-def _spec_text(project: str, deps: Dependencies) -> str:
+def _exclude_newer(value: str) -> str:
+    """`value` as uv's exclude-newer takes it (an RFC 3339 timestamp with its offset, or a
+    date), normalized to UTC with a Z; an `InitError` naming the option otherwise."""
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return datetime.date.fromisoformat(text).isoformat()
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or "T" not in text.upper():
+        raise InitError(
+            None,
+            "--exclude-newer",
+            f"{value!r} is not a date (2026-11-01) or a timestamp with its offset "
+            "(2026-11-01T00:00:00Z)",
+        )
+    return when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _spec_text(project: str, deps: Dependencies, exclude_newer: str | None = None) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", project).strip("-._") or "project"
     uv: dict[str, Any] = {"package": False}
     uv.update(deps.uv)
@@ -425,6 +448,8 @@ def _spec_text(project: str, deps: Dependencies) -> str:
         "environments",
         [f"sys_platform == '{sys.platform}' and platform_machine == '{platform.machine()}'"],
     )
+    if exclude_newer is not None:  # the user's, over a source's own
+        uv["exclude-newer"] = exclude_newer
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     uv.setdefault("exclude-newer", now.isoformat().replace("+00:00", "Z"))
     doc = {
