@@ -203,9 +203,7 @@ class PartialComparison:
             policy=tolerance,
             noise=noise,
             keep_limit=keep_limit,
-            spans=[
-                [int(s[0]), int(s[1]), float(s[2]), float(s[3])] for s in r.get("spans", list)
-            ],
+            spans=[[int(s[0]), int(s[1]), float(s[2]), float(s[3])] for s in r.get("spans", list)],
             reference_shape=r.shape("reference_shape"),
             candidate_shape=r.shape("candidate_shape"),
             shape_difference=r.get("shape_difference", list, none=True),
@@ -372,9 +370,7 @@ def finish(merged: PartialComparison, refine: Refine | None = None) -> OutputCom
     total = math.prod(full)
     _check_cover(merged, total)
     dtypes = (_dtype(merged.reference_dtype), _dtype(merged.candidate_dtype))
-    base = _base(
-        merged.name, dtypes, (full, merged.candidate_shape), rule, merged.noise or None
-    )
+    base = _base(merged.name, dtypes, (full, merged.candidate_shape), rule, merged.noise or None)
     if merged.candidate_shape != full:
         return _shape_differs(base, total)
     if merged.shape_difference is not None:
@@ -467,7 +463,7 @@ def shard_refine(
         kernels.scan_targets(kernels._kernels()[1], blocks, pending, limit, whole=False)
     elif flat:
         _refine(pending, replay, limit)
-    answers = []
+    answers: list[dict[str, Any]] = []
     for _, t in flat:
         if t.count <= limit:
             keys = np.concatenate(t.collected) if t.collected else np.empty(0, np.uint64)
@@ -490,7 +486,7 @@ def merge_answers(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     n = len(answers[0]["targets"])
     if any(len(a["targets"]) != n for a in answers):
         raise ValueError("merge_answers: the answers are to different requests")
-    merged = []
+    merged: list[dict[str, Any]] = []
     for i in range(n):
         parts = [a["targets"][i] for a in answers]
         if all("keys" in p for p in parts):
@@ -516,9 +512,7 @@ def merge_answers(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"targets": merged}
 
 
-def refine_over(
-    parts: Sequence[tuple[Part, Part]], *, block_elements: int | None = None
-) -> Refine:
+def refine_over(parts: Sequence[tuple[Part, Part]], *, block_elements: int | None = None) -> Refine:
     """`finish`'s `refine` over shards held in this process: (reference, candidate) pairs."""
 
     def refine(request: dict[str, Any]) -> dict[str, Any]:
@@ -558,7 +552,8 @@ def pack(data: Any) -> bytes:
 
     text = json.dumps(plain(data)).encode()
     out = io.BytesIO()
-    np.savez_compressed(out, __json__=np.frombuffer(text, dtype=np.uint8), **arrays)
+    arrays["__json__"] = np.frombuffer(text, dtype=np.uint8)
+    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
     return out.getvalue()
 
 
