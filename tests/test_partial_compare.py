@@ -406,6 +406,21 @@ def test_a_candidate_of_another_shape_fails_as_the_whole_comparison_does() -> No
     assert_same(finish(merge_partials(partials)), shorter)
 
 
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_an_empty_output_and_a_scalar_compare_as_a_whole(kind: str) -> None:
+    """Shards of no samples, and a 0-d output in one shard (an empty output failed
+    compare_arrays itself before: no value to take a quantile of)."""
+    empty = np.zeros((0, 3))
+    want = compare_arrays("y", empty, empty, POLICIES[kind])
+    assert want.passed and want.median_abs_diff == 0.0
+    got, _ = sharded("y", empty, empty, POLICIES[kind], [0, 0, 0])
+    assert_same(got, want)
+    ref, cand = np.array(1.5), np.array(2.0)
+    p = compare_shard("y", ref, cand, POLICIES[kind], offset=0, full_shape=())
+    got = finish(merge_partials([PartialComparison.from_bytes(p.to_bytes())]))
+    assert_same(got, compare_arrays("y", ref, cand, POLICIES[kind]))
+
+
 def test_noise_calibrates_every_shard_alike() -> None:
     rng = np.random.default_rng(9)
     ref, cand = data((40, 5), "float64", rng)

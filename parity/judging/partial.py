@@ -19,7 +19,8 @@ judge is told where its blocks start, `Judge.start_at`). What the pass leaves is
 - the quantile sketches (`parity.judging.quantiles.QuantileSketch`): their zeros and
   totals add up; the positive values are kept while the merged ones number at most
   `keep_limit` (as the whole pass keeps them), else binned by their top 16 bits, whose
-  counts add up. The histogram of the report comes from these counts, exactly;
+  counts add up (written sparse: the bins holding values and their counts). The
+  histogram of the report comes from these counts, exactly;
 - each policy's judge keeps its own state (`Judge.state`: the largest ULP distance,
   cosine's rows and smallest similarity, decision's rows, agreements and first
   disagreeing rows, PSNR's range and scaled sum of squares) and merges it (`Judge.merge`);
@@ -176,6 +177,13 @@ class PartialComparison:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PartialComparison:
         """The partial `to_dict` gave; ValueError naming the field for anything else."""
+        try:
+            return cls._from_dict(d)
+        except (TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
+            raise ValueError(f"partial comparison: malformed ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> PartialComparison:
         import numpy as np
 
         r = _Reader(d)
@@ -257,8 +265,11 @@ def compare_shard(
     """Compare one shard: whole samples of both environments' output (the reference's
     shaped `full_shape` whole), the first at flat index `offset` of the whole output.
     The arguments are `compare_arrays`'; every shard of one output takes the same
-    `policy`, `noise` and `keep_limit`. ValueError for a shard that is not whole samples
-    within the output, or that cuts a row a policy judges whole (cosine on a 1-D output)."""
+    `policy`, `noise` and `keep_limit`. A partial keeps the positive differences while
+    they number at most `keep_limit` (8 Mi by default: up to 64 MiB), else their bins
+    (a few KiB): a smaller limit makes partials smaller, passes likelier. ValueError for
+    a shard that is not whole samples within the output, or that cuts a row a policy
+    judges whole (cosine on a 1-D output)."""
     import numpy as np
 
     from parity.judging import kernels
@@ -790,10 +801,13 @@ def _merge_sketch(a: QuantileSketch, b: QuantileSketch, keep_limit: int) -> Quan
 def _sketch_dict(s: QuantileSketch) -> dict[str, Any]:
     import numpy as np
 
-    kept = None
+    kept = bins = None
     if s.kept is not None:
         kept = np.concatenate(s.kept) if s.kept else np.empty(0)
-    return {"total": s.total, "zeros": s.zeros, "kept": kept, "top": s.top}
+    elif s.top is not None:  # sparse: the bins holding values, and their counts
+        at = np.flatnonzero(s.top).astype(np.int64)
+        bins = [at, s.top[at].astype(np.int64)]
+    return {"total": s.total, "zeros": s.zeros, "kept": kept, "bins": bins}
 
 
 def _sketch_from(d: dict[str, Any], keep_limit: int, what: str) -> QuantileSketch:
@@ -801,8 +815,8 @@ def _sketch_from(d: dict[str, Any], keep_limit: int, what: str) -> QuantileSketc
 
     r = _Reader(d, what)
     kept = r.get("kept", np.ndarray, none=True)
-    top = r.get("top", np.ndarray, none=True)
-    if (kept is None) == (top is None):
+    bins = r.get("bins", list, none=True)
+    if (kept is None) == (bins is None):
         raise ValueError(f"partial comparison: sketch {what}: kept values or bins, one of them")
     s = QuantileSketch(keep_limit, total=r.get("total", int), zeros=r.get("zeros", int))
     if kept is not None:
@@ -811,10 +825,21 @@ def _sketch_from(d: dict[str, Any], keep_limit: int, what: str) -> QuantileSketc
             raise ValueError(f"partial comparison: sketch {what}: bad kept values")
         s.kept, s.kept_count, s.top = [values], int(values.size), None
     else:
-        top = np.asarray(top)
-        if top.shape != (_BINS,) or top.dtype.kind not in "iu" or (top < 0).any():
+        assert bins is not None
+        at, counts = (np.asarray(b) for b in bins) if len(bins) == 2 else (None, None)
+        if (
+            at is None
+            or counts is None
+            or at.shape != counts.shape
+            or at.ndim != 1
+            or at.dtype.kind not in "iu"
+            or counts.dtype.kind not in "iu"
+            or (at.size and (at.min() < 0 or at.max() >= _BINS))
+            or (counts < 0).any()
+        ):
             raise ValueError(f"partial comparison: sketch {what}: bad bins")
-        s.kept, s.kept_count, s.top = None, 0, top.astype(np.int64)
+        s.kept, s.kept_count, s.top = None, 0, np.zeros(_BINS, dtype=np.int64)
+        np.add.at(s.top, at.astype(np.int64), counts.astype(np.int64))
     positives = s.kept_count if s.top is None else int(s.top.sum())
     if s.zeros < 0 or s.zeros + positives != s.total:
         raise ValueError(f"partial comparison: sketch {what}: counts do not add up")
