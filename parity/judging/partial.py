@@ -44,10 +44,12 @@ largest key (`lo`, `hi`; -1 where a shard has none). A shard answers with
 `shard_refine(reference_part, candidate_part, request)` (a pass over its own data, the
 compiled scan where it applies) and `merge_answers` merges the answers, so a distributed
 caller does `finish(merge_partials(partials), lambda request: merge_answers([
-shard_refine(part..., request) on every shard]))`: one round trip per pass, usually one,
-at most four (`refine_over` does it for parts in this process). The answers' totals are
-checked against the merged counts: a shard missing or answering twice is an error, never
-a wrong quantile.
+shard_refine(part..., request) on every shard]))`: one round trip per pass, none where
+the values were kept, one where each quantile's top-16-bit bin holds at most
+`keep_limit` values, more (at most four) past that (`refine_over` does it for parts in
+this process). Each shard's outputs stay where they were compared until `finish`
+returns. The answers' totals are checked against the merged counts: a shard missing or
+answering twice is an error, never a wrong quantile.
 
 **What equals the single-machine comparison**: verdict, reason and cause, counts, maxima,
 the worst element and its values, histogram, heatmap, columns, median and p99 (absolute
