@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from parity.judging.kernels import FusedPass
     from parity.judging.quantiles import Target
-    from parity.policies.base import Judge
+    from parity.policies.base import Judge, Policy
 
 # 64 Ki elements: each block's dozen float64 work arrays (512 KiB each) are reused by the
 # allocator instead of being mapped afresh from the OS; measured 2.3x faster than 4 Mi
@@ -76,37 +76,15 @@ def compare_arrays(
     pass's `parity.judging.kernels.FUSED_BLOCK`).
     With `pictures`, an image-like output that differs carries the `Pictures` of the
     sample holding its worst element (that one sample is read again from each side)."""
-    rule = (policy or TolerancePolicy()).rule
-    if noise:
-        rule = rule.calibrated(max(n.max_abs_diff for n in noise.values()))
+    rule = _rule(policy, noise)
     ref, cand = as_output_array(reference), as_output_array(candidate)
-    atol, rtol = rule.tolerances()
-    base = {
-        "name": name,
-        "reference_dtype": str(ref.dtype),
-        "candidate_dtype": str(cand.dtype),
-        "reference_shape": ref.shape,
-        "candidate_shape": cand.shape,
-        "atol": atol,
-        "rtol": rtol,
-        "policy": rule.name,
-        "policy_description": rule.describe(),
-        "noise": dict(noise or {}),
-        "nondeterministic": any(n.mismatched for n in (noise or {}).values()),
-    }
+    base = _base(name, (ref.dtype, cand.dtype), (ref.shape, cand.shape), rule, noise)
     size = math.prod(ref.shape)
     if ref.shape != cand.shape:
-        return OutputComparison(
-            **base,  # type: ignore[arg-type]
-            passed=False,
-            reason=f"shape differs: {ref.shape} (reference) vs {cand.shape}",
-            cause="shape",
-            total=size,
-            mismatched=size,
-        )
+        return _shape_differs(base, size)
     output = Output(ref.shape, ref.dtype, cand.dtype)
     unfit = rule.unfit(output)
-    acc = _Accumulator(output, rule.judge(output), (atol, rtol), keep_limit)
+    acc = _Accumulator(output, rule.judge(output), rule.tolerances(), keep_limit)
     fused = _fused(output, acc)
     if block_elements is None:  # the path's own: the compiled pass takes larger blocks
         block_elements = BLOCK_ELEMENTS if fused is None else fused.block
@@ -143,14 +121,62 @@ def compare_arrays(
         keep_limit,
         scan=None if fused is None else scan,
     )
-    result = acc.result(base, median_abs, p99_abs, median_rel, p99_rel)
-    if unfit and result.passed:
-        result = replace(result, passed=False, reason=unfit, cause="policy")
-    elif unfit:  # a dtype or NaN change is the environments' finding: it keeps the cause
-        result = replace(result, reason=f"{result.reason}; {unfit}")
+    result = _unfit(acc.result(base, median_abs, p99_abs, median_rel, p99_rel), unfit)
     if pictures and acc.layout is not None and result.worst_index is not None:
         drawn = sample_pictures(ref, cand, acc.layout, result.worst_index[0])
         result = replace(result, pictures=drawn)
+    return result
+
+
+def _rule(policy: TolerancePolicy | None, noise: dict[str, Noise] | None) -> Policy:
+    """The policy's rule, calibrated by `noise` where there is any."""
+    rule = (policy or TolerancePolicy()).rule
+    if noise:
+        rule = rule.calibrated(max(n.max_abs_diff for n in noise.values()))
+    return rule
+
+
+def _base(
+    name: str,
+    dtypes: tuple[np.dtype, np.dtype],
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+    rule: Policy,
+    noise: dict[str, Noise] | None,
+) -> dict[str, object]:
+    """The fields of an `OutputComparison` known before any block is read."""
+    atol, rtol = rule.tolerances()
+    return {
+        "name": name,
+        "reference_dtype": str(dtypes[0]),
+        "candidate_dtype": str(dtypes[1]),
+        "reference_shape": shapes[0],
+        "candidate_shape": shapes[1],
+        "atol": atol,
+        "rtol": rtol,
+        "policy": rule.name,
+        "policy_description": rule.describe(),
+        "noise": dict(noise or {}),
+        "nondeterministic": any(n.mismatched for n in (noise or {}).values()),
+    }
+
+
+def _shape_differs(base: dict[str, object], size: int) -> OutputComparison:
+    return OutputComparison(
+        **base,  # type: ignore[arg-type]
+        passed=False,
+        reason=f"shape differs: {base['reference_shape']} (reference) vs {base['candidate_shape']}",
+        cause="shape",
+        total=size,
+        mismatched=size,
+    )
+
+
+def _unfit(result: OutputComparison, unfit: str | None) -> OutputComparison:
+    """`result` failed by the policy's refusal of the output, where it refused it."""
+    if unfit and result.passed:
+        return replace(result, passed=False, reason=unfit, cause="policy")
+    if unfit:  # a dtype or NaN change is the environments' finding: it keeps the cause
+        return replace(result, reason=f"{result.reason}; {unfit}")
     return result
 
 
@@ -219,13 +245,7 @@ class _Accumulator:
 
     def identical(self, rb: np.ndarray, cb: np.ndarray) -> bool:
         """Whether two blocks hold the same bytes (then every difference is zero)."""
-        import numpy as np
-
-        if not self.same_dtype:
-            return False
-        size = rb.dtype.itemsize
-        as_uint = np.dtype(f"u{size}") if size in (1, 2, 4, 8) else np.dtype(np.uint64)
-        return bool(np.array_equal(rb.view(as_uint), cb.view(as_uint)))
+        return self.same_dtype and identical_blocks(rb, cb)
 
     def add(self, start: int, rb: np.ndarray, cb: np.ndarray) -> None:
         import numpy as np
@@ -401,6 +421,15 @@ class _Accumulator:
             width=self.layout.width,
             values=tuple(tuple(float(v) for v in row) for row in self.heat),
         )
+
+
+def identical_blocks(rb: np.ndarray, cb: np.ndarray) -> bool:
+    """Whether two blocks of one dtype hold the same bytes."""
+    import numpy as np
+
+    size = rb.dtype.itemsize
+    as_uint = np.dtype(f"u{size}") if size in (1, 2, 4, 8) else np.dtype(np.uint64)
+    return bool(np.array_equal(rb.view(as_uint), cb.view(as_uint)))
 
 
 def _upper(exponent: int) -> float:

@@ -75,17 +75,20 @@ def available() -> bool:
 def fused_rule(output: Output, judge: Judge, views: bool) -> tuple[int, float, float, int] | None:
     """The rule for `FusedPass` if this comparison may take the compiled pass, else None.
     `views`: whether the comparison gathers a heatmap or per-column view (then it may not)."""
+    if views or not compiled_for(output):
+        return None
+    return judge.fused()
+
+
+def compiled_for(output: Output) -> bool:
+    """Whether the switch and the output's dtypes let the compiled passes read it (one
+    float dtype, float32 or float64; under `auto`, large enough and numba importable)."""
     chosen = mode()
-    if chosen == "numpy" or views or not output.same_dtype:
-        return None
+    if chosen == "numpy" or not output.same_dtype:
+        return False
     if output.reference_dtype.kind != "f" or output.reference_dtype.itemsize not in (4, 8):
-        return None
-    rule = judge.fused()
-    if rule is None:
-        return None
-    if chosen == "auto" and (output.total < MIN_ELEMENTS or not available()):
-        return None
-    return rule
+        return False
+    return not (chosen == "auto" and (output.total < MIN_ELEMENTS or not available()))
 
 
 def _element(bf: float, af: float) -> tuple[float, float, float, bool, bool]:
@@ -409,6 +412,52 @@ def _pass(
     ulps[0] = most_ulp
     floats[_SUM_ABS] += sum_abs
     floats[_SUM_REL] += sum_rel
+
+
+def scan_targets(
+    scanner: Any,
+    blocks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    pending: list[list[Target]],
+    collect_limit: int,
+    whole: bool = True,
+) -> None:
+    """One refining pass of the compiled `scanner` (`_kernels()[1]`) over `blocks()` for
+    the targets of the two sketches (abs, rel): a target of at most `collect_limit`
+    candidates collects their keys, a larger one counts them by their next 16 bits.
+    `whole`: the blocks are the whole output, so a target's candidates are exactly its
+    count; else (a shard's, `parity.judging.partial`) at most its count, and a target
+    with none there is left as it was."""
+    targets = [(w, t) for w, ts in enumerate(pending) for t in ts]
+    if not targets:
+        return
+    n = len(targets)
+    which = np.array([w for w, _ in targets], dtype=np.int64)
+    prefix = np.array([t.prefix for _, t in targets], dtype=np.uint64)
+    shift = np.array([t.shift for _, t in targets], dtype=np.int64)
+    collect = np.array([t.count <= collect_limit for _, t in targets])
+    sizes = [t.count if t.count <= collect_limit else 0 for _, t in targets]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(sizes)
+    fill = np.zeros(n, dtype=np.int64)
+    buf = np.empty(int(offsets[-1]), dtype=np.uint64)
+    sub = np.zeros((n, 1 << 16), dtype=np.int64)
+    lo = np.full(n, -1, dtype=np.int64)
+    hi = np.full(n, -1, dtype=np.int64)
+    wanted = np.zeros((2, 1 << 16), dtype=np.bool_)
+    for w, t in targets:
+        wanted[w, t.prefix >> (48 - t.shift)] = True  # its top 16 bits
+    for rb, cb in blocks():
+        b, a = np.ravel(rb), np.ravel(cb)
+        scanner(b, a, which, prefix, shift, collect, offsets, fill, buf, sub, lo, hi, wanted)
+    for i, (_, t) in enumerate(targets):
+        if collect[i]:
+            if fill[i] != sizes[i] if whole else fill[i] > sizes[i]:
+                raise RuntimeError("quantile pass: a bin's count changed between passes")
+            got = int(fill[i])
+            t.collected = [buf[offsets[i] : offsets[i] + got]] if got else []
+        elif hi[i] >= 0:
+            t.sub = sub[i].copy()
+            t.lo, t.hi = int(lo[i]), int(hi[i])
 
 
 _CHUNK = 1024  # elements whose differences a quantile pass computes at a time (16 KiB)
@@ -919,35 +968,4 @@ class FusedPass:
         speculative ranges resolve take no pass."""
         if self.buf.size:
             pending = self._speculated(pending)
-        targets = [(w, t) for w, ts in enumerate(pending) for t in ts]
-        if not targets:
-            return
-        n = len(targets)
-        which = np.array([w for w, _ in targets], dtype=np.int64)
-        prefix = np.array([t.prefix for _, t in targets], dtype=np.uint64)
-        shift = np.array([t.shift for _, t in targets], dtype=np.int64)
-        collect = np.array([t.count <= collect_limit for _, t in targets])
-        sizes = [t.count if t.count <= collect_limit else 0 for _, t in targets]
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(sizes)
-        fill = np.zeros(n, dtype=np.int64)
-        buf = np.empty(int(offsets[-1]), dtype=np.uint64)
-        sub = np.zeros((n, 1 << 16), dtype=np.int64)
-        lo = np.full(n, -1, dtype=np.int64)
-        hi = np.full(n, -1, dtype=np.int64)
-        wanted = np.zeros((2, 1 << 16), dtype=np.bool_)
-        for w, t in targets:
-            wanted[w, t.prefix >> (48 - t.shift)] = True  # its top 16 bits
-        for rb, cb in blocks():
-            b, a = np.ravel(rb), np.ravel(cb)
-            self.scanner(
-                b, a, which, prefix, shift, collect, offsets, fill, buf, sub, lo, hi, wanted
-            )
-        for i, (_, t) in enumerate(targets):
-            if collect[i]:
-                if fill[i] != sizes[i]:
-                    raise RuntimeError("quantile pass: a bin's count changed between passes")
-                t.collected = [buf[offsets[i] : offsets[i + 1]]] if sizes[i] else []
-            elif hi[i] >= 0:
-                t.sub = sub[i].copy()
-                t.lo, t.hi = int(lo[i]), int(hi[i])
+        scan_targets(self.scanner, blocks, pending, collect_limit)

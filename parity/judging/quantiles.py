@@ -159,6 +159,8 @@ def _start(sketch: QuantileSketch, ranks: set[int]) -> tuple[dict[int, float], l
     import numpy as np
 
     found: dict[int, float] = {}
+    if not sketch.total:  # no values (an empty output): no order statistic to find
+        return found, []
     positive_ranks = {}
     for r in ranks:
         if r < sketch.zeros:

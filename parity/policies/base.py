@@ -164,6 +164,10 @@ def elementwise(tally: Tally, beyond: str, **measures: Any) -> Verdict:
 class Judge(ABC):
     """One policy's running state over the blocks of one comparison."""
 
+    # Elements the judge reads together (a row it judges whole): an output compared in
+    # shards (`parity.judging.partial`) is cut between rows only. 1: element by element.
+    row: int = 1
+
     def see(self, rb: np.ndarray, cb: np.ndarray) -> None:  # noqa: B027 - most judges need nothing
         """Look at a block of the reference and the candidate before the comparison
         computes their difference, which it skips for bitwise-identical blocks."""
@@ -185,6 +189,20 @@ class Judge(ABC):
     def fused_seen(self, max_ulp: int) -> None:  # noqa: B027 - most judges keep nothing
         """What the compiled pass measured that `test` would have kept (the largest ULP
         distance)."""
+
+    def start_at(self, offset: int) -> None:  # noqa: B027 - most judges keep no positions
+        """The blocks it will see start at flat index `offset` of the output (a shard's:
+        `parity.judging.partial`); 0 unless said."""
+
+    def state(self) -> dict[str, Any]:
+        """What it has kept of the blocks seen, as plain data (numbers, lists, strings),
+        for `merge` into the judge of another part of the same output; {} by default."""
+        return {}
+
+    def merge(self, state: dict[str, Any]) -> None:  # noqa: B027 - most judges keep nothing
+        """Add the `state` of a judge that saw other blocks of the same output: afterwards
+        its verdict is the one a judge shown both parts' blocks gives (a fresh judge
+        merged with a state takes it over)."""
 
     @abstractmethod
     def verdict(self, tally: Tally) -> Verdict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parity.policies.base import (
     FAILS_WHATEVER_THE_SETTING,
@@ -98,6 +98,14 @@ class _Similarity(Judge):
         self.below += int(np.count_nonzero(~finite | (similarity < self.policy.min_cosine)))
         if finite.any():
             self.lowest = min(self.lowest, float(similarity[finite].min()))
+
+    def state(self) -> dict[str, Any]:
+        return {"rows": self.rows, "below": self.below, "lowest": self.lowest}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        self.rows += int(state["rows"])
+        self.below += int(state["below"])
+        self.lowest = min(self.lowest, float(state["lowest"]))
 
     def verdict(self, tally: Tally) -> Verdict:
         p = self.policy

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parity.policies.base import Judge, Output, Policy, Tally, Verdict, integer, number
 
@@ -101,9 +101,39 @@ class _Rows(Judge):
         self.shape = shape
         self.row = row
         self.judged = judged  # else unfit: the comparison says why
+        self.first = 0  # the row the first block starts at (a shard's: `start_at`)
         self.rows = 0
         self.agree = 0
         self.disagreements: list[Disagreement] = []
+
+    def start_at(self, offset: int) -> None:
+        self.first = offset // self.row
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "agree": self.agree,
+            "disagreements": [
+                [list(d.index), list(d.reference), list(d.candidate)] for d in self.disagreements
+            ],
+        }
+
+    def merge(self, state: dict[str, Any]) -> None:
+        from parity.comparison import Disagreement
+
+        self.rows += int(state["rows"])
+        self.agree += int(state["agree"])
+        theirs = [
+            Disagreement(
+                index=tuple(int(i) for i in index),
+                reference=tuple(int(c) for c in reference),
+                candidate=tuple(int(c) for c in candidate),
+            )
+            for index, reference, candidate in state["disagreements"]
+        ]
+        # The first rows of both parts (each kept its first KEEP): in the output's order.
+        both = sorted([*self.disagreements, *theirs], key=lambda d: d.index)
+        self.disagreements = both[:KEEP]
 
     def see(self, rb: np.ndarray, cb: np.ndarray) -> None:
         import numpy as np
@@ -125,7 +155,7 @@ class _Rows(Judge):
             from parity.comparison import Disagreement
 
             for i in np.flatnonzero(~agree)[: KEEP - len(self.disagreements)]:
-                index = np.unravel_index(self.rows + int(i), self.shape)
+                index = np.unravel_index(self.first + self.rows + int(i), self.shape)
                 self.disagreements.append(
                     Disagreement(
                         index=tuple(int(j) for j in index),

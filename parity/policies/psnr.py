@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parity.policies.base import (
     FAILS_WHATEVER_THE_SETTING,
@@ -84,6 +84,20 @@ class _Noise(Judge):
             else:
                 self.ssq += ssq * (largest / self.scale) ** 2
         return super().test(rb, cb, d)
+
+    def state(self) -> dict[str, Any]:
+        return {"scale": self.scale, "ssq": self.ssq, "ref_lo": self.ref_lo, "ref_hi": self.ref_hi}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        # The range exactly; the sum of squares up to its order of summation (its last bits).
+        self.ref_lo = min(self.ref_lo, float(state["ref_lo"]))
+        self.ref_hi = max(self.ref_hi, float(state["ref_hi"]))
+        scale, ssq = float(state["scale"]), float(state["ssq"])
+        if scale > self.scale:
+            self.ssq = self.ssq * (self.scale / scale) ** 2 + ssq
+            self.scale = scale
+        elif scale > 0:
+            self.ssq += ssq * (scale / self.scale) ** 2
 
     def verdict(self, tally: Tally) -> Verdict:
         psnr = self._psnr(tally.total)

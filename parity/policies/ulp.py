@@ -6,7 +6,7 @@ apart in value. Complex outputs have no ULP distance and are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parity.policies.base import (
     FAILS_WHATEVER_THE_SETTING,
@@ -76,6 +76,12 @@ class _Distance(Judge):
 
     def fused_seen(self, max_ulp: int) -> None:
         self.max_ulp = max(self.max_ulp, max_ulp)
+
+    def state(self) -> dict[str, Any]:
+        return {"max_ulp": self.max_ulp}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        self.max_ulp = max(self.max_ulp, int(state["max_ulp"]))
 
     def verdict(self, tally: Tally) -> Verdict:
         beyond = f"more than {self.policy.max_ulp} ULP apart (max {self.max_ulp} ULP)"
