@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envlock.backends.base import RUNNING, _dies_with_parent, kill_group
+from envlock.backends.base import RUNNING, Stopped, _dies_with_parent, kill_group
 from envlock.errors import EnvlockError
 from envlock.progress import Progress, quiet
 from parity.errors import HostileOutputError, ParityError
@@ -430,9 +430,14 @@ def _run_local(
         max_workers=min(jobs, len(planned)), thread_name_prefix="parity-fleet"
     ) as pool:
         futures = {pool.submit(check_in_process, p.path, p.timeout, cache): p for p in planned}
-        for future in concurrent.futures.as_completed(futures):
-            p = futures[future]
-            finished(p.index, _entry(p, future.result(), "local"))
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                p = futures[future]
+                finished(p.index, _entry(p, future.result(), "local"))
+        except BaseException:  # interrupted: the configs not started yet never start
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def check_in_process(config: str, timeout: float, cache_dir: str | None) -> dict[str, Any]:
@@ -441,6 +446,8 @@ def check_in_process(config: str, timeout: float, cache_dir: str | None) -> dict
     seconds; what it did, as plain data: exit code (None when killed), whether it timed
     out, its JSON report's text (None when it wrote none), the end of its stderr, seconds.
     The body of a Ray task too: arguments and result are plain text and numbers."""
+    if RUNNING.stopping:  # the fleet is being interrupted: start nothing more
+        raise Stopped(f"{config}: not checked (stopped)")
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="parity-fleet-") as tmp:
         report = Path(tmp) / "report.json"
@@ -641,30 +648,36 @@ def _run_ray(
     # Every task ends within its timeout once it runs; queued behind the others at
     # worst: a bound on the whole, so a cluster that never schedules one cannot hang.
     deadline = time.monotonic() + sum(p.timeout for p in planned) + 300
-    while pending:
-        left = deadline - time.monotonic()
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0))
-        if not done:
-            for p in pending.values():
-                why = f"not finished on the Ray cluster at {address} in time"
-                finished(p.index, _lost(p, why))
-            for ref in pending:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-            break
-        ref = done[0]
-        p = pending.pop(ref)
-        try:
-            result = ray.get(ref)
-        except Exception as e:  # the task lost beyond its retries, or it raised
-            first = (str(e).strip().splitlines() or [""])[0]
-            finished(p.index, _lost(p, f"its Ray task failed: {type(e).__name__}: {first}"))
-            continue
-        node = str(result.get("node_id") or "")
-        if node and node not in nodes:
-            nodes = _node_names(ray)
-        where = f"ray {nodes.get(node, '?')} ({node[:8]})" if node else "ray"
-        finished(p.index, _entry(p, result, where, node or None))
+    try:
+        while pending:
+            left = deadline - time.monotonic()
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0))
+            if not done:
+                for p in pending.values():
+                    why = f"not finished on the Ray cluster at {address} in time"
+                    finished(p.index, _lost(p, why))
+                for ref in pending:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                break
+            ref = done[0]
+            p = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as e:  # the task lost beyond its retries, or it raised
+                first = (str(e).strip().splitlines() or [""])[0]
+                finished(p.index, _lost(p, f"its Ray task failed: {type(e).__name__}: {first}"))
+                continue
+            node = str(result.get("node_id") or "")
+            if node and node not in nodes:
+                nodes = _node_names(ray)
+            where = f"ray {nodes.get(node, '?')} ({node[:8]})" if node else "ray"
+            finished(p.index, _entry(p, result, where, node or None))
+    except BaseException:  # interrupted: the checks still running are killed with their tasks
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
 
 
 def _lost(p: _Planned, why: str) -> FleetEntry:

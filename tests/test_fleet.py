@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 import xmlschema
-from conftest import ROOT, assert_valid_report, run_cli
+from conftest import BIN, ROOT, assert_valid_report, run_cli
 from jsonschema import Draft202012Validator
 from raycluster import free_port
 from referencing import Registry, Resource
@@ -321,6 +323,50 @@ def test_a_check_that_outlives_its_time_is_killed_with_its_workers(tmp_path: Pat
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(_alive, workers)), "a hanging worker outlived its fleet check"
+
+
+def test_ctrl_c_stops_the_fleet_and_every_check_it_started(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter.py").write_text(ADAPTER)
+    configs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        configs.append(tmp_path / name / "parity.toml")
+        configs[-1].write_text(
+            CONFIG.format(function="hang", src=src, infer="", timeout=300).replace(
+                "[run]\n", '[run]\npass_env = ["PID_FILE"]\n'
+            )
+        )
+    env = {**os.environ, "PID_FILE": str(tmp_path / "worker")}
+    fleet = subprocess.Popen(
+        [str(BIN / "parity"), "fleet", *map(str, configs), "--jobs", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("worker.*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # both workers of the first config are in the model
+        workers = [int(p.read_text()) for p in tmp_path.glob("worker.*")]
+        assert len(workers) == 2, "the first check's model did not start within 60 s"
+        fleet.send_signal(signal.SIGINT)
+        _, stderr = fleet.communicate(timeout=30)
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+            fleet.wait()
+    assert fleet.returncode == 130, stderr
+    assert "interrupted" in stderr
+    deadline = time.monotonic() + 5
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), "a worker outlived the interrupted fleet"
+    time.sleep(1)  # the second config, queued behind the first, never started
+    assert len(list(tmp_path.glob("worker.*"))) == 2
+    assert _processes_mentioning(str(tmp_path)) == []
 
 
 def _alive(pid: int) -> bool:
