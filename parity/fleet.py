@@ -614,13 +614,16 @@ def _reachable(address: str) -> None:
 def _connect_ray(address: str) -> Any:
     """The `ray` module, connected to the cluster at `address` as a driver. FleetError:
     the `ray` extra missing (exit 2), the cluster out of reach (exit 3, naming it)."""
+    import importlib.util
+
+    missing = "--executor ray needs the `ray` extra (pip install 'envlock-parity[ray]')"
+    if importlib.util.find_spec("ray") is None:
+        raise FleetError(f"{missing}: No module named 'ray'", 2)
+    _reachable(address)  # before `import ray`, which takes seconds
     try:
         import ray
     except ImportError as e:
-        raise FleetError(
-            f"--executor ray needs the `ray` extra (pip install 'envlock-parity[ray]'): {e}", 2
-        ) from None
-    _reachable(address)
+        raise FleetError(f"{missing}: {e}", 2) from None
     # A driver started by `uv run` would make every worker re-run the project's `uv run`.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:

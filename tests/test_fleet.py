@@ -9,10 +9,12 @@ on the real two-node Ray cluster of the `ray_cluster` fixture.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -150,7 +152,8 @@ def test_ray_without_an_address_is_a_usage_error() -> None:
 
 
 def test_an_unreachable_ray_address_exits_3_naming_it() -> None:
-    pytest.importorskip("ray", reason="the `ray` extra is not installed")
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the `ray` extra is not installed")
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     result = run_cli("parity", "fleet", "parity.toml", "--executor", "ray", "--address", address)
     assert result.returncode == 3, result.stderr
@@ -158,19 +161,21 @@ def test_an_unreachable_ray_address_exits_3_naming_it() -> None:
 
 
 def test_ray_not_installed_exits_2_naming_the_extra(tmp_path: Path) -> None:
-    # A Python where `import ray` fails, as it does without the extra.
+    # A Python where `import ray` fails, as it does without the extra; something answers
+    # at the address, so that it is the import that fails.
     (tmp_path / "ray.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
-    result = run_cli(
-        "parity",
-        "fleet",
-        "parity.toml",
-        "--executor",
-        "ray",
-        "--address",
-        "127.0.0.1:1",
-        env={"PYTHONPATH": path},
-    )
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        result = run_cli(
+            "parity",
+            "fleet",
+            "parity.toml",
+            "--executor",
+            "ray",
+            "--address",
+            f"127.0.0.1:{server.getsockname()[1]}",
+            env={"PYTHONPATH": path},
+        )
     assert result.returncode == 2, result.stderr
     assert "needs the `ray` extra" in result.stderr
 
