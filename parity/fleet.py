@@ -83,7 +83,9 @@ REPORT = Fields(
 )
 _EXIT = {"pass": 0, "fail": 1, "error": 3}
 # How a check's process is started: the interpreter running parity, so that a Ray node
-# needs no `parity` script on its PATH, only parity importable (as for the task itself).
+# needs no `parity` script on its PATH, only parity importable (as for the task itself);
+# with -P, so that a module in the config's folder (its working directory) never shadows
+# one of parity's.
 _MAIN = "from parity.cli import main; main(prog_name='parity')"
 
 
@@ -452,7 +454,7 @@ def check_in_process(config: str, timeout: float, cache_dir: str | None) -> dict
     with tempfile.TemporaryDirectory(prefix="parity-fleet-") as tmp:
         report = Path(tmp) / "report.json"
         log = Path(tmp) / "stderr.log"
-        cmd = [sys.executable, "-c", _MAIN, "check", "--config", config]
+        cmd = [sys.executable, "-P", "-c", _MAIN, "check", "--config", config]
         cmd += ["--json", str(report), "-q"]
         if cache_dir is not None:
             cmd += ["--cache-dir", cache_dir]
