@@ -302,11 +302,12 @@ def _run(
 ) -> FleetReport:
     start = time.monotonic()
     rows: dict[int, FleetEntry] = {}
+    unloaded: dict[int, FleetEntry] = {}
     planned: list[_Planned] = []
     for index, path in enumerate(paths):
         plan = _plan(index, path, margin)
         if isinstance(plan, FleetEntry):
-            rows[index] = plan
+            unloaded[index] = plan
         else:
             planned.append(plan)
     total = len(paths)
@@ -326,8 +327,8 @@ def _run(
     if executor == "local":
         pool_size = jobs or os.cpu_count() or 1
         say(f"checking {total} configs, {pool_size} at a time")
-    for index in list(rows):  # the configs that did not load are done already
-        finished(index, rows.pop(index))
+    for index, entry in unloaded.items():  # the configs that did not load are done already
+        finished(index, entry)
     if executor == "local":
         assert pool_size is not None
         _run_local(planned, pool_size, cache_dir, finished)

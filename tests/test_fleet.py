@@ -84,7 +84,8 @@ timeout = {timeout}
 
 def _local_project(root: Path) -> dict[str, Path]:
     """Configs of a model run in this interpreter: `ok` passes, `drift` scales its outputs
-    by 1.001 in infer, `broken`'s model raises, `missing` does not exist."""
+    by 1.001 in infer, `broken`'s model raises, `missing` does not exist, `nolock` names a
+    lock that does not exist."""
     src = root / "src"
     src.mkdir(parents=True)
     (src / "adapter.py").write_text(ADAPTER)
@@ -100,6 +101,16 @@ def _local_project(root: Path) -> dict[str, Path]:
             CONFIG.format(function=function, src=src, infer=infer, timeout=120)
         )
     configs["missing"] = root / "missing" / "parity.toml"
+    (root / "nolock").mkdir()
+    configs["nolock"] = root / "nolock" / "parity.toml"
+    configs["nolock"].write_text(
+        configs["ok"]
+        .read_text()
+        .replace(
+            '[environments.infer]\nbackend = "local"',
+            '[environments.infer]\nbackend = "venv"\nlock = "locks/pylock.toml"',
+        )
+    )
     return configs
 
 
@@ -190,6 +201,7 @@ def test_configs_from_folders_and_fleet_files(tmp_path: Path) -> None:
         configs["drift"].resolve(),
         configs["ok"].resolve(),
         configs["broken"].resolve(),
+        configs["nolock"].resolve(),
     ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FleetError, match=r"no parity\.toml under it$") as e:
@@ -211,7 +223,7 @@ def test_a_local_fleet_gives_each_config_its_verdict_and_one_report_of_all(
     result = run_cli(
         "parity",
         "fleet",
-        *(str(configs[n]) for n in ("ok", "drift", "broken", "missing")),
+        *(str(configs[n]) for n in ("ok", "drift", "broken", "missing", "nolock")),
         "--jobs",
         "2",
         "--json",
@@ -224,7 +236,7 @@ def test_a_local_fleet_gives_each_config_its_verdict_and_one_report_of_all(
         str(out / "reports"),
         env={"COLUMNS": "300"},  # the table's rows on one line each, long paths and all
     )
-    # one config could not be checked (two, here): exit 3, and every row is there
+    # a config could not be checked (three, here): exit 3, and every row is there
     assert result.returncode == 3, result.stderr
     report = json.loads((out / "fleet.json").read_text())
     assert_valid_fleet(report)
@@ -234,11 +246,12 @@ def test_a_local_fleet_gives_each_config_its_verdict_and_one_report_of_all(
         "drift": "fail",
         "broken": "error",
         "missing": "error",
+        "nolock": "error",
     }
     assert report["verdict"] == "error"
-    assert report["counts"] == {"pass": 1, "fail": 1, "error": 2}
+    assert report["counts"] == {"pass": 1, "fail": 1, "error": 3}
     assert [r["config"] for r in report["configs"]] == [
-        str(configs[n]) for n in ("ok", "drift", "broken", "missing")
+        str(configs[n]) for n in ("ok", "drift", "broken", "missing", "nolock")
     ]
     assert rows["ok"]["exit_code"] == 0 and rows["ok"]["max_abs_diff"] == 0
     assert rows["drift"]["exit_code"] == 1 and 0 < rows["drift"]["max_abs_diff"] < 0.01
@@ -249,6 +262,10 @@ def test_a_local_fleet_gives_each_config_its_verdict_and_one_report_of_all(
     assert rows["missing"]["exit_code"] == 2
     assert rows["missing"]["reason"] == f"{configs['missing']}: config file not found"
     assert "report" not in rows["missing"]
+    assert rows["nolock"]["exit_code"] == 2
+    assert rows["nolock"]["reason"].endswith(
+        "environments.infer.lock: file not found: locks/pylock.toml"
+    )
     # each check's own report is embedded whole, and kept with --reports
     assert rows["drift"]["report"]["verdict"] == "fail"
     kept = json.loads(Path(rows["drift"]["report_path"]).read_text())
@@ -261,9 +278,9 @@ def test_a_local_fleet_gives_each_config_its_verdict_and_one_report_of_all(
     suites = ET.fromstring(xml).findall("testsuite")
     assert len(suites) == 1
     assert (suites[0].get("tests"), suites[0].get("failures"), suites[0].get("errors")) == (
-        "4",
+        "5",
         "1",
-        "2",
+        "3",
     )
     cases = {c.get("name"): c for c in suites[0].iter("testcase")}
     assert cases[str(configs["ok"])].find("failure") is None
@@ -284,13 +301,13 @@ def test_a_local_fleet_gives_each_config_its_verdict_and_one_report_of_all(
 
     # the summary table on stdout, progress as each finished on stderr
     assert re.search(
-        r"^parity fleet: ERROR\s+\(4 configs: 1 passed, 1 failed, 2 could", result.stdout, re.M
+        r"^parity fleet: ERROR\s+\(5 configs: 1 passed, 1 failed, 3 could", result.stdout, re.M
     )
     for name, word in (("ok", "PASS"), ("drift", "FAIL"), ("broken", "ERROR")):
         assert re.search(
             rf"^{re.escape(str(configs[name]))}\s+{name}\s+{word}\s", result.stdout, re.M
         ), result.stdout
-    assert len(re.findall(r"^parity: \[\d/4\] ", result.stderr, re.M)) == 4
+    assert re.findall(r"^parity: \[(\d)/5\] ", result.stderr, re.M) == ["1", "2", "3", "4", "5"]
 
 
 def test_the_exit_code_is_1_when_a_config_fails_and_0_when_all_pass(tmp_path: Path) -> None:
