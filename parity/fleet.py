@@ -487,16 +487,19 @@ def check_in_process(config: str, timeout: float, cache_dir: str | None) -> dict
                     kill_group(proc.pid)
                 proc.wait()
         text = None
+        too_large = False
         if report.is_file() and not report.is_symlink():
             with report.open("rb") as f:
                 raw = f.read(MAX_JSON_BYTES + 1)
-            text = raw.decode("utf-8", errors="replace")
+            too_large = len(raw) > MAX_JSON_BYTES
+            text = None if too_large else raw.decode("utf-8", errors="replace")
         stderr = log.read_bytes()[-4 * STDERR_KEPT :].decode("utf-8", errors="replace")
     return {
         "exit_code": proc.returncode,
         "timed_out": timed_out,
         "timeout": timeout,
         "report": text,
+        "report_too_large": too_large,
         "stderr": stderr[-STDERR_KEPT:],
         "seconds": round(time.monotonic() - start, 3),
     }
@@ -523,6 +526,9 @@ def _entry(p: _Planned, result: dict[str, Any], where: str, node: str | None = N
     last = _last_error(stderr)
     if result.get("timed_out"):
         reason = f"parity check timed out after {p.timeout:g} s and was killed"
+        return FleetEntry(verdict="error", exit_code=3, reasons=[reason], **base)
+    if result.get("report_too_large"):
+        reason = f"{p.config}: its JSON report is larger than {MAX_JSON_BYTES} bytes"
         return FleetEntry(verdict="error", exit_code=3, reasons=[reason], **base)
     text = result.get("report")
     if text is not None and code in (0, 1, 3):

@@ -28,7 +28,15 @@ from jsonschema import Draft202012Validator
 from raycluster import free_port
 from referencing import Registry, Resource
 
-from parity.fleet import SCHEMA_PATH, FleetError, check_in_process, expand_configs, run_fleet
+from parity.fleet import (
+    SCHEMA_PATH,
+    FleetError,
+    _entry,
+    _Planned,
+    check_in_process,
+    expand_configs,
+    run_fleet,
+)
 from parity.report import SCHEMA_PATH as REPORT_SCHEMA_PATH
 
 XSD = ROOT / "tests" / "data" / "junit" / "junit-10.xsd"
@@ -318,6 +326,29 @@ def test_the_exit_code_is_1_when_a_config_fails_and_0_when_all_pass(tmp_path: Pa
     assert (passing.verdict, passing.exit_code) == ("pass", 0)
     assert passing.entries[0].report is not None
     assert passing.entries[0].report["outputs"][0]["name"] == "y"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"verdict": "maybe", "reasons": [], "errors": []}', "has verdict 'maybe'"),
+        ('{"verdict": "pass", "reasons": [1], "errors": []}', "reasons[0] must be a string"),
+        ('{"verdict": "pass", "reasons": []}', "errors is missing"),
+        (
+            '{"verdict": "pass", "reasons": [], "errors": [], "x": ' + "[" * 100 + "]" * 100 + "}",
+            "nested more than 64 levels deep",
+        ),
+    ],
+)
+def test_a_report_that_is_not_what_parity_writes_is_an_error_row(text: str, why: str) -> None:
+    # What a Ray task returns is read as any file from elsewhere: checked before it is used.
+    planned = _Planned(index=0, config="a/parity.toml", path="/a/parity.toml", name="a", timeout=1)
+    result = {"exit_code": 0, "timed_out": False, "report": text, "stderr": "", "seconds": 1.0}
+    entry = _entry(planned, result, "local")
+    assert (entry.verdict, entry.exit_code, entry.report) == ("error", 3, None)
+    assert entry.reason.startswith("a/parity.toml: its JSON report")
+    assert why in entry.reason, entry.reason
 
 
 def test_a_check_that_outlives_its_time_is_killed_with_its_workers(
