@@ -26,6 +26,11 @@ _EXPORTS = {
     "TolerancePolicy": "parity.policies",
     "compare_arrays": "parity.judging.compare",
     "run_check": "parity.check",
+    "FleetEntry": "parity.fleet",
+    "FleetError": "parity.fleet",
+    "FleetReport": "parity.fleet",
+    "expand_configs": "parity.fleet",
+    "run_fleet": "parity.fleet",
     "InitResult": "parity.init.project",
     "init_project": "parity.init.project",
     "BisectReport": "parity.investigations.bisect",
@@ -47,6 +52,9 @@ _EXPORTS = {
     "render_bisect": "parity.render.text",
     "render_search": "parity.render.text",
     "render_init": "parity.render.text",
+    "render_fleet": "parity.render.fleet",
+    "render_fleet_junit": "parity.render.fleet",
+    "render_fleet_markdown": "parity.render.fleet",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -406,6 +406,110 @@ def _renderer(kind: str) -> Callable[[ParityReport], str]:
     return render_metrics
 
 
+@main.command("fleet")
+@click.argument("configs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the checks run: a pool of processes here, or one Ray task per config.",
+)
+@click.option(
+    "--address",
+    metavar="HOST:PORT",
+    help="With --executor ray: the Ray cluster's address (default: $RAY_ADDRESS).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="With --executor local: checks run at once (default: the CPU count).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Write the fleet's JSON report here, every config's report in it ('-' for stdout, "
+    "which then holds only the JSON).",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a JUnit XML report (one testcase per config).",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a Markdown summary (CI step summaries, PR comments).",
+)
+@click.option(
+    "--reports",
+    "reports_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep each config's JSON report and its check's stderr in this folder.",
+)
+@cache_dir_option
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def fleet_command(
+    configs: tuple[Path, ...],
+    executor: str,
+    address: str | None,
+    jobs: int | None,
+    json_path: Path | None,
+    junit_path: Path | None,
+    markdown_path: Path | None,
+    reports_dir: Path | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Check many configs (models) as one job, each in a `parity check` of its own.
+
+    CONFIGS are parity configs, folders (every parity.toml under them) or fleet files
+    (a TOML file whose [fleet] table lists configs = [...], relative to it). Each config
+    is checked in a process of its own, so one that crashes, hangs (killed after its
+    run.timeout plus 600 s) or cannot be read never stops the others: it is a row with
+    verdict error and the reason. With --executor ray each config is one Ray task
+    (one CPU, retried if its node dies) running the check on its node, which needs
+    parity (with the `ray` extra) and the configs at the same paths.
+
+    Exit status: 0 every config passed, 1 one or more failed (and all were checked),
+    2 bad usage (no configs, --executor ray without an address, Ray not installed),
+    3 one or more configs could not be checked, or the Ray cluster cannot be reached.
+
+    \b
+    Example:
+        parity fleet models/*/parity.toml --json fleet.json --junit fleet.xml
+        parity fleet models/ --executor ray --address 10.0.0.5:6379 --reports reports/
+    """
+    from parity.fleet import run_fleet
+
+    if not configs:
+        raise click.UsageError("name at least one config, folder or fleet file")
+    if executor != "ray" and address is not None:
+        raise click.UsageError("--address is the Ray cluster's: add --executor ray")
+    if executor == "ray" and jobs is not None:
+        raise click.UsageError("--jobs sizes the local pool: Ray schedules by its CPUs")
+    report = run_fleet(
+        configs,
+        executor=executor,
+        jobs=jobs,
+        address=address,
+        cache_dir=cache_dir,
+        reports_dir=reports_dir,
+        progress=progress_printer(quiet),
+    )
+    from parity.render.fleet import render_fleet, render_fleet_junit, render_fleet_markdown
+
+    _emit(report, render_fleet, json_path)
+    for path, render in ((junit_path, render_fleet_junit), (markdown_path, render_fleet_markdown)):
+        if path is not None:
+            write_whole(path, render(scrub(report, redactor())))
+    raise SystemExit(report.exit_code)
+
+
 @main.command("record")
 @config_option
 @click.option(
