@@ -214,3 +214,25 @@ def test_the_worker_runs_from_bytecode_compiled_once_for_the_interpreter(tmp_pat
     assert compiled_scripts({"version": "3.9.18", "implementation": "CPython"}, tmp_path) is None
     assert compiled_scripts({**ours, "version": ours["version"] + "rc1"}, tmp_path) is None
     assert compiled_scripts({**ours, "implementation": "PyPy"}, tmp_path) is None
+
+
+def test_the_same_worker_in_another_checkout_gets_bytecode_naming_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import marshal
+    import platform
+
+    from parity.runs import job
+
+    ours = {"version": platform.python_version(), "implementation": "CPython"}
+    cache = tmp_path / "cache"
+    here = job.compiled_scripts(ours, cache)
+    other = tmp_path / "elsewhere" / "worker.py"
+    other.parent.mkdir()
+    other.write_bytes(job.WORKER.read_bytes())  # the same code, another checkout
+    monkeypatch.setattr(job, "WORKER", other)
+    there = job.compiled_scripts(ours, cache)
+    assert here is not None and there is not None and here["worker"] != there["worker"]
+    for scripts, source in ((here, Path(job.__file__).with_name("worker.py")), (there, other)):
+        code = marshal.loads(scripts["worker"].read_bytes()[16:])  # our own bytecode
+        assert code.co_filename == str(source)  # what a worker's traceback names

@@ -68,7 +68,8 @@ def compiled_scripts(python: Mapping[str, Any] | None, cache_dir: Path) -> dict[
     """The worker and the probe compiled to bytecode in `cache_dir` (once per version of
     each), for an environment whose interpreter is the `python` a fingerprint describes,
     when it reads this interpreter's bytecode (the same implementation and minor version,
-    not a pre-release); else None, and the worker runs from its source.
+    not a pre-release); else None, and the worker runs from its source. Keyed by each
+    script's path and content.
 
     A script run by path is compiled on every run (Python caches bytecode only for imported
     modules, and a worker runs with PYTHONDONTWRITEBYTECODE=1): a `.pyc` run by path is
@@ -87,7 +88,9 @@ def compiled_scripts(python: Mapping[str, Any] | None, cache_dir: Path) -> dict[
     for name, source in (("worker", WORKER), ("probe", Path(envlock.probe.__file__))):
         try:
             text = source.read_bytes()
-            digest = hashlib.sha256(text).hexdigest()[:24]
+            # The path is part of the key: tracebacks name the file the code was compiled
+            # from, and another checkout's identical worker would send them there.
+            digest = hashlib.sha256(str(source).encode() + b"\0" + text).hexdigest()[:24]
             target = cache_dir / "bytecode" / sys.implementation.cache_tag / f"{name}-{digest}.pyc"
             if not target.is_file():
                 code = compile(text, str(source), "exec", dont_inherit=True)
