@@ -78,7 +78,7 @@ class LocalRayCluster:
             "env_vars": {"ENVLOCK_CACHE_DIR": str(cache)},
         }
 
-    def start(self) -> None:
+    def start(self, second_node: bool = True) -> None:
         os.environ.update(RAY_ENV)
         # Ray writes $RAY_TMPDIR/ray/ray_current_cluster; a short path keeps its Unix
         # sockets under the 107-byte limit.
@@ -95,7 +95,8 @@ class LocalRayCluster:
         self.cluster = Cluster(initialize_head=True, head_node_args=head)
         self.nodes["node1"] = self.cluster.head_node
         self._record(self.cluster.head_node)
-        self.add_node("node2")
+        if second_node:
+            self.add_node("node2")
 
     def add_node(self, label: str) -> Any:
         """Start a node with the custom resource `label` and wait until it has joined."""
@@ -147,14 +148,14 @@ def _zombie(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def local_ray_cluster(root: Path) -> Iterator[LocalRayCluster]:
+def local_ray_cluster(root: Path, second_node: bool = True) -> Iterator[LocalRayCluster]:
     import shutil
     import tempfile
 
     short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     cluster = LocalRayCluster(root, short)
     try:
-        cluster.start()
+        cluster.start(second_node)
         yield cluster
     finally:
         left = cluster.stop()
