@@ -300,3 +300,40 @@ def test_shards_follow_batches() -> None:
     ]  # fmt: skip
     assert [(s.start, s.stop) for s in plan_shards(10, 4, 8)] == [(0, 4), (4, 8), (8, 10)]
     assert [(s.start, s.stop) for s in plan_shards(256, 64, 3)] == [(0, 64), (64, 128), (128, 256)]
+
+
+@pytest.mark.parametrize(
+    ("flag", "key"), [("--calibrate", "run.calibrate"), ("--localize", "run.localize")]
+)
+def test_what_runs_locally_only_is_a_usage_error(tmp_path: Path, flag: str, key: str) -> None:
+    config = local_project(tmp_path, 'address = "127.0.0.1:1"')
+    done = run_cli("parity", "check", "--config", str(config), flag)
+    assert done.returncode == 2, done.stderr
+    assert key in done.stderr and "locally only" in done.stderr
+
+
+def test_merge_shards_assembles_in_sample_order_and_refuses_misfits(tmp_path: Path) -> None:
+    import numpy as np
+
+    from envlock.environments import EnvironmentSpec
+    from parity.errors import ParityError
+    from parity.runs.replay import EnvRun
+    from parity.runs.sharded import merge_shards, plan_shards
+
+    whole = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    plan = plan_shards(10, 2, 3)  # [0, 2), [2, 6), [6, 10)
+    shipped = []
+    for shard in plan:
+        path = tmp_path / f"{shard.id}.npz"
+        np.savez(path, y=whole[shard.start : shard.stop], z=whole[shard.start : shard.stop, 0])
+        shipped.append((shard, {"outputs_file": str(path)}))
+    run = EnvRun(EnvironmentSpec("infer", "local", None))
+    merge_shards(run, shipped, tmp_path / "infer")
+    assert np.array_equal(run.outputs["y"].load(), whole)
+    assert np.array_equal(run.outputs["z"].load(), whole[:, 0])
+    np.savez(tmp_path / "1.npz", y=whole[2:6].astype(np.float64), z=whole[2:6, 0])
+    with pytest.raises(ParityError, match="output 'y' of shard 2 is float64"):
+        merge_shards(run, shipped, tmp_path / "again")
+    np.savez(tmp_path / "1.npz", y=whole[2:5], z=whole[2:5, 0])
+    with pytest.raises(ParityError, match="for 4 samples"):
+        merge_shards(run, shipped, tmp_path / "again")
