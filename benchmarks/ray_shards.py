@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,11 +81,14 @@ def main() -> None:
         rows[name] = (cold, warm)
         print(f"{name}: cold {cold:.1f} s, warm {[round(w, 1) for w in warm]} s", file=sys.stderr)
 
-    measure("local", local_cfg, env, "--cache-dir", str(cache))
-    with local_ray_cluster(root / "nodes", second_node=False) as cluster:
-        measure("ray, 1 node", ray_cfg, {**cluster.driver_env(), **_path()})
-        cluster.add_node("node2")
-        measure("ray, 2 nodes", ray_cfg, {**cluster.driver_env(), **_path()})
+    try:
+        measure("local", local_cfg, env, "--cache-dir", str(cache))
+        with local_ray_cluster(root / "nodes", second_node=False) as cluster:
+            measure("ray, 1 node", ray_cfg, {**cluster.driver_env(), **_path()})
+            cluster.add_node("node2")
+            measure("ray, 2 nodes", ray_cfg, {**cluster.driver_env(), **_path()})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the environments built: gigabytes
     local = statistics.median(rows["local"][1])
     print(f"\nreference check, {args.count} samples, {args.shards} shards, {os.cpu_count()} CPUs")
     print(f"{'configuration':<14} {'cold s':>8} {'warm s':>8} {'vs local':>9}")

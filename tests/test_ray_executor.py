@@ -170,6 +170,7 @@ def test_local_backends_sharded_on_two_nodes(ray_cluster: LocalRayCluster, tmp_p
     assert sorted(s["id"] for s in ex["shards"]) == [0, 1, 2, 3]
     assert nodes_of(report) == {"node1", "node2"}, ex
     assert ex["address"] == ray_cluster.address
+    assert ex["notes"] == []  # one machine: the nodes' environments do not differ
     for k in range(4):
         assert f"shard {k + 1}/4 done on node" in done.stderr
     assert "ray: 4 shards on 2 nodes (node1: " in done.stdout
