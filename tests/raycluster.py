@@ -62,6 +62,10 @@ class LocalRayCluster:
         """The envlock cache of the node with resource `label`."""
         return self.root / "caches" / label
 
+    def tmp_dir(self, label: str) -> Path:
+        """The temporary folder (`TMPDIR`) of the node with resource `label`."""
+        return self.root / "tmp" / label
+
     def driver_env(self, **extra: str) -> dict[str, str]:
         """The environment of a parity process that drives this cluster."""
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -70,12 +74,15 @@ class LocalRayCluster:
     def _node_args(self, label: str) -> dict[str, Any]:
         cache = self.cache_dir(label)
         cache.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir(label)
+        tmp.mkdir(parents=True, exist_ok=True)
         return {
             "node_ip_address": "127.0.0.1",
             "num_cpus": 1,
             "object_store_memory": OBJECT_STORE,
             "resources": {label: 1},
-            "env_vars": {"ENVLOCK_CACHE_DIR": str(cache)},
+            # the node's temporary files (a shard's work folder) stay in the test's folder
+            "env_vars": {"ENVLOCK_CACHE_DIR": str(cache), "TMPDIR": str(tmp)},
         }
 
     def start(self, second_node: bool = True) -> None:

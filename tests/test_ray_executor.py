@@ -180,7 +180,7 @@ def test_local_backends_sharded_on_two_nodes(ray_cluster: LocalRayCluster, tmp_p
 def test_an_environment_failing_on_a_node_names_it(
     ray_cluster: LocalRayCluster, tmp_path: Path
 ) -> None:
-    config = local_project(tmp_path, "shards = 2", count=8)
+    config = local_project(tmp_path, "shards = 2\nresources = { node1 = 0.01 }", count=8)
     config.write_text(config.read_text() + '\n[environments.infer.env]\nBREAK = "1"\n')
     done, report = parity_check(config, env=ray_cluster.driver_env())
     assert done.returncode == 3, done.stderr
@@ -188,8 +188,23 @@ def test_an_environment_failing_on_a_node_names_it(
     (error,) = report["errors"]
     assert "environment 'infer'" in error and "the adapter is broken here" in error
     nodes = nodes_of(report)
-    assert any(f"(on node {node}, shard " in error for node in nodes), error
+    (node,) = nodes
+    assert f"(on node {node}, shard " in error, error
     assert "infer failed" in done.stderr
+    kept = Path(error.rpartition("its work folder there: ")[2].rstrip(")"))
+    assert kept.parent == ray_cluster.tmp_dir(node), kept  # kept on that node, as said
+    assert (kept / "infer" / "worker.log").is_file()
+
+
+@pytest.mark.slow
+def test_resources_keep_shards_on_the_nodes_that_have_them(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    config = local_project(tmp_path, "shards = 3\nresources = { node2 = 0.01 }", count=12)
+    done, report = parity_check(config, env=ray_cluster.driver_env())
+    assert done.returncode == 0, done.stderr
+    assert nodes_of(report) == {"node2"}, report["execution"]
+    assert report["execution"]["nodes"] == {"node2": 3}
 
 
 def watch_and_kill(
