@@ -71,7 +71,12 @@ class LocalRayCluster:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         return {**env, **RAY_ENV, "RAY_ADDRESS": self.address, **extra}
 
-    def _node_args(self, label: str) -> dict[str, Any]:
+    def _node_args(
+        self,
+        label: str,
+        env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
         cache = self.cache_dir(label)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp_dir(label)
@@ -80,9 +85,9 @@ class LocalRayCluster:
             "node_ip_address": "127.0.0.1",
             "num_cpus": 1,
             "object_store_memory": OBJECT_STORE,
-            "resources": {label: 1},
+            "resources": {label: 1, **(resources or {})},
             # the node's temporary files (a shard's work folder) stay in the test's folder
-            "env_vars": {"ENVLOCK_CACHE_DIR": str(cache), "TMPDIR": str(tmp)},
+            "env_vars": {"ENVLOCK_CACHE_DIR": str(cache), "TMPDIR": str(tmp), **(env or {})},
         }
 
     def start(self, second_node: bool = True) -> None:
@@ -105,9 +110,15 @@ class LocalRayCluster:
         if second_node:
             self.add_node("node2")
 
-    def add_node(self, label: str) -> Any:
-        """Start a node with the custom resource `label` and wait until it has joined."""
-        node = self.cluster.add_node(**self._node_args(label))
+    def add_node(
+        self,
+        label: str,
+        env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
+    ) -> Any:
+        """Start a node with the custom resource `label` (and `resources`), its processes
+        with the variables `env` added, and wait until it has joined."""
+        node = self.cluster.add_node(**self._node_args(label, env, resources))
         self.cluster.wait_for_nodes()
         self.nodes[label] = node
         self._record(node)

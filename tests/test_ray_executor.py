@@ -207,6 +207,31 @@ def test_resources_keep_shards_on_the_nodes_that_have_them(
     assert report["execution"]["nodes"] == {"node2": 3}
 
 
+@pytest.mark.slow
+def test_nodes_whose_environments_differ_are_said(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    ray_cluster.add_node("odd", env={"TF_ENABLE_XLA": "0"}, resources={"pair": 1})
+    ray_cluster.add_node("even", resources={"pair": 1})
+    try:
+        config = local_project(tmp_path, "shards = 4\nresources = { pair = 0.01 }", count=16)
+        text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+        config.write_text(text + '\n[run.env]\nNAP = "1"\n')
+        done, report = parity_check(config, env=ray_cluster.driver_env())
+    finally:
+        ray_cluster.kill_node("odd")
+        ray_cluster.kill_node("even")
+    assert done.returncode == 0, done.stderr
+    assert nodes_of(report) == {"even", "odd"}, report["execution"]
+    notes = report["execution"]["notes"]
+    assert len(notes) == 2, notes  # one per environment
+    for name, note in zip(("train", "infer"), notes, strict=True):
+        assert note.startswith(f"environment {name!r} differs between nodes"), note
+        assert "env TF_ENABLE_XLA" in note, note
+    assert "warning: environment 'train' differs between nodes" in done.stderr
+    assert "note: environment 'infer' differs between nodes" in done.stdout
+
+
 def watch_and_kill(
     cluster: LocalRayCluster, marks: Path, proc: subprocess.Popen[str], lines: list[str]
 ) -> Callable[[], None]:
