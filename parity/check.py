@@ -81,6 +81,9 @@ def run_check(
     calibrate = _calibration(config, calibrate)
     started = time.perf_counter()
     runs = [EnvRun(spec) for spec in config.environments]
+    localize = config.localize if localize is None else localize
+    if config.executor == "ray":
+        return _run_sharded(config, runs, workdir, say, calibrate, localize, meanwhile, started)
     with WorkFolder(workdir, say) as work:
         input_digest, generated = replay_environments(
             config, runs, work.path, cache_dir, say, calibrate, meanwhile=_also(meanwhile)
@@ -99,8 +102,59 @@ def run_check(
             say=say,
             started=started,
             generated=generated,
-            localize=config.localize if localize is None else localize,
+            localize=localize,
         )
+
+
+def _run_sharded(
+    config: ParityConfig,
+    runs: list[EnvRun],
+    workdir: Path | None,
+    say: Progress,
+    calibrate: bool,
+    localize: bool,
+    meanwhile: Callable[[], None] | None,
+    started: float,
+) -> ParityReport:
+    """`run_check` with `run.executor = "ray"`: the replay sharded over a Ray cluster
+    (`parity.runs.sharded`), its outputs assembled in sample order, then judged and
+    reported exactly as a local check's, with the `execution` block added."""
+    from parity.runs.sharded import replay_sharded
+
+    with WorkFolder(workdir, say) as work:
+        sharded = replay_sharded(
+            config,
+            runs,
+            work.path,
+            say,
+            calibrate=calibrate,
+            localize=localize,
+            meanwhile=_also(meanwhile),
+        )
+
+        def described(run: EnvRun) -> EnvironmentSummary:
+            found = summary(run)
+            if run.name not in sharded.described:
+                return found
+            description, created = sharded.described[run.name]
+            return dataclasses.replace(found, description=description, created=created)
+
+        ref = next(r for r in runs if r.name == config.reference)
+        cand = next(r for r in runs if r.name != config.reference)
+        report = _conclude(
+            config,
+            ref,
+            cand,
+            [*(r.error for r in runs if r.error), *sharded.errors],
+            {r.name: functools.partial(described, r) for r in runs},
+            work=work,
+            input_digest=sharded.input_digest,
+            calibrate=False,
+            say=say,
+            started=started,
+            generated=sharded.generated,
+        )
+    return dataclasses.replace(report, execution=sharded.execution)
 
 
 def check_against(
@@ -127,6 +181,13 @@ def check_against(
     is called as there)."""
     say = progress or quiet
     calibrate = _calibration(config, calibrate)
+    if config.executor != "local":
+        raise ConfigError(
+            config.path,
+            "run.executor",
+            f"a check against a bundle runs locally only (executor = 'local'), not "
+            f"{config.executor!r}",
+        )
     name = _candidate(config, env_name)
     _say_reference(config, bundle, say)
     started = time.perf_counter()

@@ -122,6 +122,10 @@ class ParityConfig:
     # With `against=True`: environments left out because their lock is gone or unusable,
     # by name, with the error that a plain check gives (only the reference's may be).
     set_aside: dict[str, str] = field(default_factory=dict)
+    # where the replay runs: "local" (this machine) or "ray" (shards on a Ray cluster,
+    # `parity.runs.sharded`), with `[run.ray]`'s settings
+    executor: str = "local"
+    ray: RaySettings = field(default_factory=lambda: RaySettings())
 
     @property
     def worker_adapter(self) -> str:
@@ -142,6 +146,26 @@ class ParityConfig:
     def environment(self, name: str) -> EnvironmentSpec:
         """The environment called `name`."""
         return next(e for e in self.environments if e.name == name)
+
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """`[run.ray]`: how a check with `run.executor = "ray"` uses the cluster. None means
+    the default, decided when the check runs (`parity.runs.sharded`): the address from
+    `$RAY_ADDRESS`, two shards per CPU of the cluster (at most one per batch), a shard
+    timeout of twice `run.timeout`."""
+
+    address: str | None = None
+    shards: int | None = None
+    shard_timeout: float | None = None
+    max_retries: int = 3
+    # hard: every shard needs these custom resources (runs only on nodes that have them)
+    resources: dict[str, float] = field(default_factory=dict)
+    # soft: shards go to the nodes with this custom resource while one is alive, else anywhere
+    prefer: str | None = None
 
 
 class _Table:
@@ -275,7 +299,17 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
 
     run = root.table("run", required=False)
     run.reject_unknown(
-        {"reference", "timeout", "threads", "env", "pass_env", "calibrate", "localize"}
+        {
+            "reference",
+            "timeout",
+            "threads",
+            "env",
+            "pass_env",
+            "calibrate",
+            "localize",
+            "executor",
+            "ray",
+        }
     )
     names = list(root.table("environments").data)  # as declared, usable or not
     reference = run.get("reference", str, names[0] if len(names) == 2 else "")
@@ -296,6 +330,10 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
     localize = run.get("localize", bool, False, what="true or false")
     env = _env_vars(run.table("env", required=False))
     pass_env = _pass_env(run)
+    executor = run.get("executor", str, "local", what=f"one of {', '.join(EXECUTORS)}")
+    if executor not in EXECUTORS:
+        raise run.fail("executor", f"must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    ray = _ray_settings(run.table("ray", required=False))
 
     tolerance, per_output = _read_tolerances(root.table("tolerance", required=False))
 
@@ -341,7 +379,47 @@ def load_config(path: str | Path, *, against: bool = False) -> ParityConfig:
         stages=stages,
         localize=localize,
         set_aside=set_aside,
+        executor=executor,
+        ray=ray,
     )
+
+
+_RESOURCE = re.compile(r"^[A-Za-z_][\w.-]*$")
+_RAY_ADDRESS = re.compile(r"^[^\s]+$")
+
+
+def _ray_settings(t: _Table) -> RaySettings:
+    """`[run.ray]`; its defaults are decided when the check runs (see `RaySettings`)."""
+    t.reject_unknown({"address", "shards", "shard_timeout", "max_retries", "resources", "prefer"})
+    address = t.get("address", str, None, what="a Ray cluster's address, e.g. '10.0.0.5:6379'")
+    if address is not None and not _RAY_ADDRESS.match(address):
+        raise t.fail("address", f"must be an address without spaces, got {address!r}")
+    shards = t.get("shards", int, None, what="an integer (how many shards)")
+    if shards is not None and shards < 1:
+        raise t.fail("shards", f"must be at least 1, got {shards}")
+    timeout = t.get("shard_timeout", (int, float), None, what="a number of seconds")
+    if timeout is not None:
+        timeout = float(timeout)
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise t.fail(
+                "shard_timeout", f"must be a positive, finite number of seconds, got {timeout}"
+            )
+    retries = t.get("max_retries", int, 3, what="an integer (0: never retry)")
+    if retries < 0:
+        raise t.fail("max_retries", f"must be 0 or more, got {retries}")
+    resources_t = t.table("resources", required=False)
+    resources = {}
+    for name in resources_t.data:
+        if not _RESOURCE.match(name) or name in ("CPU", "GPU", "memory"):
+            raise resources_t.fail(repr(name), "must be the name of a custom Ray resource")
+        amount = float(resources_t.get(name, (int, float), what="a positive number"))
+        if not math.isfinite(amount) or amount <= 0:
+            raise resources_t.fail(name, f"must be a positive number, got {amount}")
+        resources[name] = amount
+    prefer = t.get("prefer", str, None, what="the name of a custom Ray resource")
+    if prefer is not None and not _RESOURCE.match(prefer):
+        raise t.fail("prefer", f"must be the name of a custom Ray resource, got {prefer!r}")
+    return RaySettings(address, shards, timeout, retries, resources, prefer)
 
 
 def _env_vars(t: _Table) -> dict[str, str]:

@@ -46,3 +46,9 @@ class BundleError(ParityError):
     """A golden bundle is unreadable, altered since it was recorded, or not for this check."""
 
     exit_code = 2
+
+
+class ClusterError(ParityError):
+    """The cluster a sharded check runs on cannot be reached, or lost a shard for good."""
+
+    exit_code = 3

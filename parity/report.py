@@ -67,12 +67,35 @@ class ParityReport:
     # caught while the model loaded and predicted (see parity.judging.caught)
     warnings: list[WarningFinding] = field(default_factory=list)
     warnings_dropped: dict[str, int] = field(default_factory=dict)  # past the worker's limit
+    # where the replay ran when not on this machine (`run.executor = "ray"`: the shards, the
+    # nodes, the retries; `parity.runs.sharded`); None for a local check
+    execution: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
     @property
     def exit_code(self) -> int:
         """0 pass, 1 fail, 3 error (the exit codes every command shares)."""
         return {"pass": 0, "fail": 1, "error": 3}[self.verdict]
+
+    @property
+    def execution_line(self) -> str | None:
+        """Where the replay ran, in one line ("ray: 8 shards on 2 nodes (node1: 4, node2:
+        4), 1 retried"), or None for a local check."""
+        ex = self.execution
+        if not ex:
+            return None
+        shards = ex.get("shards") or []
+        nodes = ex.get("nodes") or {}
+        each = ", ".join(f"{name}: {n}" for name, n in nodes.items())
+        line = (
+            f"{ex.get('executor')}: {len(shards)} shard{'s' if len(shards) != 1 else ''} on "
+            f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}" + (f" ({each})" if each else "")
+        )
+        retried = int(ex.get("retried") or 0)
+        lost = sum(1 for s in shards if "lost" in s)
+        line += f", {retried} retried" if retried else ""
+        line += f", {lost} lost" if lost else ""
+        return line
 
     @property
     def warnings_only_here(self) -> list[WarningFinding]:
@@ -151,6 +174,8 @@ class ParityReport:
             data["warnings"] = [asdict(w) for w in self.warnings]
         if self.warnings_dropped:
             data["warnings_dropped"] = dict(self.warnings_dropped)
+        if self.execution is not None:  # absent for a local check, as before it existed
+            data["execution"] = self.execution
         safe: dict[str, Any] = json_safe(data)
         return safe
 

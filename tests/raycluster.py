@@ -62,23 +62,35 @@ class LocalRayCluster:
         """The envlock cache of the node with resource `label`."""
         return self.root / "caches" / label
 
+    def tmp_dir(self, label: str) -> Path:
+        """The temporary folder (`TMPDIR`) of the node with resource `label`."""
+        return self.root / "tmp" / label
+
     def driver_env(self, **extra: str) -> dict[str, str]:
         """The environment of a parity process that drives this cluster."""
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         return {**env, **RAY_ENV, "RAY_ADDRESS": self.address, **extra}
 
-    def _node_args(self, label: str) -> dict[str, Any]:
+    def _node_args(
+        self,
+        label: str,
+        env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
         cache = self.cache_dir(label)
         cache.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir(label)
+        tmp.mkdir(parents=True, exist_ok=True)
         return {
             "node_ip_address": "127.0.0.1",
             "num_cpus": 1,
             "object_store_memory": OBJECT_STORE,
-            "resources": {label: 1},
-            "env_vars": {"ENVLOCK_CACHE_DIR": str(cache)},
+            "resources": {label: 1, **(resources or {})},
+            # the node's temporary files (a shard's work folder) stay in the test's folder
+            "env_vars": {"ENVLOCK_CACHE_DIR": str(cache), "TMPDIR": str(tmp), **(env or {})},
         }
 
-    def start(self) -> None:
+    def start(self, second_node: bool = True) -> None:
         os.environ.update(RAY_ENV)
         # Ray writes $RAY_TMPDIR/ray/ray_current_cluster; a short path keeps its Unix
         # sockets under the 107-byte limit.
@@ -95,11 +107,18 @@ class LocalRayCluster:
         self.cluster = Cluster(initialize_head=True, head_node_args=head)
         self.nodes["node1"] = self.cluster.head_node
         self._record(self.cluster.head_node)
-        self.add_node("node2")
+        if second_node:
+            self.add_node("node2")
 
-    def add_node(self, label: str) -> Any:
-        """Start a node with the custom resource `label` and wait until it has joined."""
-        node = self.cluster.add_node(**self._node_args(label))
+    def add_node(
+        self,
+        label: str,
+        env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
+    ) -> Any:
+        """Start a node with the custom resource `label` (and `resources`), its processes
+        with the variables `env` added, and wait until it has joined."""
+        node = self.cluster.add_node(**self._node_args(label, env, resources))
         self.cluster.wait_for_nodes()
         self.nodes[label] = node
         self._record(node)
@@ -147,14 +166,14 @@ def _zombie(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def local_ray_cluster(root: Path) -> Iterator[LocalRayCluster]:
+def local_ray_cluster(root: Path, second_node: bool = True) -> Iterator[LocalRayCluster]:
     import shutil
     import tempfile
 
     short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     cluster = LocalRayCluster(root, short)
     try:
-        cluster.start()
+        cluster.start(second_node)
         yield cluster
     finally:
         left = cluster.stop()

@@ -72,6 +72,10 @@ def render_markdown(report: ParityReport) -> str:
             f"{_cell(report.reference)} is the golden bundle {_code(a.path)} "
             f"(recorded {_cell(a.created)}, manifest {_code(a.manifest_digest)}).",
         )
+    if report.execution_line is not None:
+        notes = [str(n) for n in (report.execution or {}).get("notes") or []]
+        lines += [f"Ran on {_cell(report.execution_line)}.", ""]
+        lines += [f"- note: {_cell(n)}" for n in notes] + ([""] if notes else [])
     if report.reasons or report.errors:
         lines += [f"- {_cell(r)}" for r in [*report.errors, *report.reasons]] + [""]
     if report.outputs:

@@ -101,6 +101,10 @@ def render_terminal(report: ParityReport, console: Console) -> None:
             ),
             soft_wrap=True,
         )
+    if report.execution_line is not None:
+        console.print(Text(report.execution_line), soft_wrap=True)
+        for note in (report.execution or {}).get("notes") or []:
+            console.print(Text.assemble("  note: ", literal(str(note))), soft_wrap=True)
     if report.environments:
         console.print()
         console.print(Text("environments:", style="bold"))

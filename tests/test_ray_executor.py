@@ -1,0 +1,380 @@
+"""`[run] executor = "ray"`: a check's replay sharded over a real Ray cluster.
+
+The config errors need no cluster. The rest run `parity check` as a user does, against the
+two-node cluster on 127.0.0.1 of the `ray_cluster` fixture (head `node1`, `node2`, one CPU
+each, each node its own envlock cache), and hold the sharded report to the local check's
+report figure by figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from conftest import BIN, LOCAL_CONFIG, ROOT, assert_valid_report, run_cli
+from raycluster import RAY_ENV, LocalRayCluster
+
+# Slow adapter for the local-backend checks: each batch takes a moment, so a node can be
+# killed while a shard runs; `MARKS` (a folder) records each worker that started.
+ADAPTER = """\
+import os
+import time
+import numpy as np
+
+def predict(inputs):
+    marks = os.environ.get("MARKS")
+    if marks:
+        open(os.path.join(marks, str(os.getpid())), "w").close()
+    if os.environ.get("BREAK"):
+        raise RuntimeError("the adapter is broken here")
+    time.sleep(float(os.environ.get("NAP", "0")))
+    x = inputs["x"].astype(np.float64)
+    return {"y": x * 2.0 + float(os.environ.get("SHIFT", "0"))}
+"""
+
+# The figures a report's comparison holds, which a sharded check must give exactly.
+FIGURES = ("verdict", "reasons", "outputs", "version_diffs", "warnings")
+
+
+def local_project(tmp_path: Path, ray: str = "", extra: str = "", count: int = 12) -> Path:
+    """A local-backend project in `tmp_path` with the ray settings `ray` (TOML under
+    [run.ray]) and `extra` lines appended; its config."""
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "adapter.py").write_text(ADAPTER)
+    text = LOCAL_CONFIG.format(timeout=120).replace("count = 12", f"count = {count}")
+    text = text.replace("[run]\n", '[run]\nexecutor = "ray"\n') if ray is not None else text
+    config = tmp_path / "parity.toml"
+    config.write_text(text + (f"\n[run.ray]\n{ray}\n" if ray else "") + extra)
+    return config
+
+
+def parity_check(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`parity check` on `config` with a JSON report; the process and the report."""
+    report = config.with_suffix(".json")
+    done = run_cli(
+        "parity", "check", "--config", str(config), "--json", str(report), *args,
+        env=env, timeout=timeout,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    data = json.loads(report.read_text()) if report.exists() else {}
+    if data:
+        assert_valid_report(data)
+    return done, data
+
+
+# --- config errors: no cluster ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ray", "run", "words"),
+    [
+        ("", 'executor = "spark"', ["run.executor", "local, ray", "'spark'"]),
+        ("shards = 0", "", ["run.ray.shards", "at least 1"]),
+        ("shards = 2.5", "", ["run.ray.shards", "an integer"]),
+        ("max_retries = -1", "", ["run.ray.max_retries", "0 or more"]),
+        ("shard_timeout = 0", "", ["run.ray.shard_timeout", "positive"]),
+        ("workers = 3", "", ["run.ray.workers", "unknown key"]),
+        ("resources = { CPU = 1 }", "", ["run.ray.resources", "custom Ray resource"]),
+    ],
+)
+def test_bad_ray_settings_are_config_errors(
+    tmp_path: Path, ray: str, run: str, words: list[str]
+) -> None:
+    config = local_project(tmp_path, ray)
+    if run:
+        config.write_text(config.read_text().replace('executor = "ray"', run))
+    done = run_cli("parity", "check", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    for word in words:
+        assert word in done.stderr
+
+
+def test_no_address_names_both_places(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    config = local_project(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [str(BIN / "parity"), "check", "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "run.ray.address" in done.stderr and "$RAY_ADDRESS" in done.stderr
+
+
+def test_missing_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    shim = tmp_path / "shim" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    config = local_project(tmp_path, 'address = "127.0.0.1:1"')
+    path = os.pathsep.join(p for p in (str(shim.parent), os.environ.get("PYTHONPATH")) if p)
+    done = run_cli("parity", "check", "--config", str(config), env={"PYTHONPATH": path})
+    assert done.returncode == 2, done.stderr
+    assert "needs the `ray` extra (pip install 'envlock-parity[ray]')" in done.stderr
+
+
+def test_unreachable_cluster_is_exit_3_naming_it(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = local_project(tmp_path, f'address = "127.0.0.1:{port}"')
+    started = time.monotonic()
+    done = run_cli("parity", "check", "--config", str(config), env=RAY_ENV, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.stderr
+    assert time.monotonic() - started < 60
+
+
+# --- on the two-node cluster -------------------------------------------------------------
+
+
+def same_figures(sharded: dict[str, Any], local: dict[str, Any]) -> None:
+    """Every comparison figure of `sharded` is `local`'s; the inputs are the same set."""
+    for key in FIGURES:
+        assert sharded.get(key) == local.get(key), key
+    assert sharded["errors"] == local["errors"] == []
+    assert sharded["inputs"] == local["inputs"]
+    assert "execution" not in local
+
+
+def nodes_of(report: dict[str, Any]) -> set[str]:
+    return {s["node"] for s in report["execution"]["shards"]}
+
+
+@pytest.mark.slow
+def test_local_backends_sharded_on_two_nodes(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
+    config = local_project(tmp_path, "shards = 4", count=40)
+    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+    config.write_text(text + '\n[environments.infer.env]\nSHIFT = "1e-7"\n')
+    done, report = parity_check(config, env=ray_cluster.driver_env())
+    assert done.returncode == 1, done.stderr
+    local_config = tmp_path / "local.toml"
+    local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
+    local_done, local = parity_check(local_config)
+    assert local_done.returncode == 1, local_done.stderr
+    same_figures(report, local)
+    ex = report["execution"]
+    assert [s["samples"] for s in ex["shards"]] == [[0, 8], [8, 20], [20, 28], [28, 40]]
+    assert sorted(s["id"] for s in ex["shards"]) == [0, 1, 2, 3]
+    assert nodes_of(report) == {"node1", "node2"}, ex
+    assert ex["address"] == ray_cluster.address
+    assert ex["notes"] == []  # one machine: the nodes' environments do not differ
+    for k in range(4):
+        assert f"shard {k + 1}/4 done on node" in done.stderr
+    assert "ray: 4 shards on 2 nodes (node1: " in done.stdout
+
+
+@pytest.mark.slow
+def test_an_environment_failing_on_a_node_names_it(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    config = local_project(tmp_path, "shards = 2\nresources = { node1 = 0.01 }", count=8)
+    config.write_text(config.read_text() + '\n[environments.infer.env]\nBREAK = "1"\n')
+    done, report = parity_check(config, env=ray_cluster.driver_env())
+    assert done.returncode == 3, done.stderr
+    assert report["verdict"] == "error"
+    (error,) = report["errors"]
+    assert "environment 'infer'" in error and "the adapter is broken here" in error
+    nodes = nodes_of(report)
+    (node,) = nodes
+    assert f"(on node {node}, shard " in error, error
+    assert "infer failed" in done.stderr
+    kept = Path(error.rpartition("its work folder there: ")[2].rstrip(")"))
+    assert kept.parent == ray_cluster.tmp_dir(node), kept  # kept on that node, as said
+    assert (kept / "infer" / "worker.log").is_file()
+
+
+@pytest.mark.slow
+def test_resources_keep_shards_on_the_nodes_that_have_them(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    config = local_project(tmp_path, "shards = 3\nresources = { node2 = 0.01 }", count=12)
+    done, report = parity_check(config, env=ray_cluster.driver_env())
+    assert done.returncode == 0, done.stderr
+    assert nodes_of(report) == {"node2"}, report["execution"]
+    assert report["execution"]["nodes"] == {"node2": 3}
+
+
+@pytest.mark.slow
+def test_nodes_whose_environments_differ_are_said(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    ray_cluster.add_node("odd", env={"TF_ENABLE_XLA": "0"}, resources={"pair": 1})
+    ray_cluster.add_node("even", resources={"pair": 1})
+    try:
+        config = local_project(tmp_path, "shards = 4\nresources = { pair = 0.01 }", count=16)
+        text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+        config.write_text(text + '\n[run.env]\nNAP = "1"\n')
+        done, report = parity_check(config, env=ray_cluster.driver_env())
+    finally:
+        ray_cluster.kill_node("odd")
+        ray_cluster.kill_node("even")
+    assert done.returncode == 0, done.stderr
+    assert nodes_of(report) == {"even", "odd"}, report["execution"]
+    notes = report["execution"]["notes"]
+    assert len(notes) == 2, notes  # one per environment
+    for name, note in zip(("train", "infer"), notes, strict=True):
+        assert note.startswith(f"environment {name!r} differs between nodes"), note
+        assert "env TF_ENABLE_XLA" in note, note
+    assert "warning: environment 'train' differs between nodes" in done.stderr
+    assert "note: environment 'infer' differs between nodes" in done.stdout
+
+
+def watch_and_kill(
+    cluster: LocalRayCluster, marks: Path, proc: subprocess.Popen[str], lines: list[str]
+) -> Callable[[], None]:
+    """Read the driver's stderr into `lines`; kill the node `victim` once a worker has
+    started (a file in `marks`)."""
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not any(marks.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert any(marks.iterdir()), "".join(lines)
+    cluster.kill_node("victim")
+    return reader.join
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    ray_cluster.add_node("victim")
+    config = local_project(tmp_path, 'shards = 4\nprefer = "victim"', count=16)
+    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+    config.write_text(text + f'\n[run.env]\nNAP = "2"\nMARKS = "{marks}"\n')
+    report_path = tmp_path / "sharded.json"
+    proc = subprocess.Popen(
+        [str(BIN / "parity"), "check", "--config", str(config), "--json", str(report_path)],
+        env={**ray_cluster.driver_env(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        join = watch_and_kill(ray_cluster, marks, proc, lines)
+        assert proc.wait(timeout=300) == 0, "".join(lines)
+        join()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(lines)
+    report = json.loads(report_path.read_text())
+    assert_valid_report(report)
+    local_config = tmp_path / "local.toml"
+    local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
+    _, local = parity_check(local_config)
+    same_figures(report, local)
+    shards = report["execution"]["shards"]
+    assert sorted(s["id"] for s in shards) == [0, 1, 2, 3]  # each once
+    assert "victim" not in nodes_of(report), shards
+    assert all(stderr.count(f"shard {k}/4 done on ") == 1 for k in range(1, 5)), stderr
+    assert report["execution"]["retried"] >= 1, shards
+    assert "retried" in json.dumps(report["execution"])
+
+
+# --- the reference model and the numpy-drift example -------------------------------------
+
+
+def model_config(tmp_path: Path, source: Path, name: str, executor: str) -> Path:
+    """`source` (a config of this repository) for 64 samples in batches of 16, paths made
+    absolute, run on `executor` in 4 shards."""
+    data = tomllib.loads(source.read_text())
+    base = source.parent
+    data["model"]["paths"] = [str((base / p).resolve()) for p in data["model"]["paths"]]
+    for env in data["environments"].values():
+        env["lock"] = str((base / env["lock"]).resolve())
+    data["inputs"].update(count=64, batch_size=16)
+    data["run"]["executor"] = executor
+    if executor == "ray":
+        data["run"]["ray"] = {"shards": 4}
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [(ROOT / "parity.toml", 0), (ROOT / "examples" / "numpy-drift" / "parity.toml", 1)],
+    ids=["reference-model", "numpy-drift"],
+)
+def test_model_sharded_report_equals_local(
+    ray_cluster: LocalRayCluster, shared_cache: Path, tmp_path: Path, source: Path, code: int
+) -> None:
+    sharded_config = model_config(tmp_path, source, "sharded.toml", "ray")
+    done, report = parity_check(sharded_config, env=ray_cluster.driver_env())
+    assert done.returncode == code, done.stderr
+    local_config = model_config(tmp_path, source, "local.toml", "local")
+    local_done, local = parity_check(local_config, "--cache-dir", str(shared_cache))
+    assert local_done.returncode == code, local_done.stderr
+    same_figures(report, local)
+    assert nodes_of(report) == {"node1", "node2"}, report["execution"]
+    if code == 1:
+        assert any("numpy" in r for r in report["reasons"]), report["reasons"]
+        assert any(d["name"] == "numpy" and d["fails"] for d in report["version_diffs"])
+
+
+def test_shards_follow_batches() -> None:
+    from parity.runs.sharded import plan_shards
+
+    assert [(s.start, s.stop) for s in plan_shards(64, 16, 4)] == [
+        (0, 16), (16, 32), (32, 48), (48, 64),
+    ]  # fmt: skip
+    assert [(s.start, s.stop) for s in plan_shards(10, 4, 8)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(s.start, s.stop) for s in plan_shards(256, 64, 3)] == [(0, 64), (64, 128), (128, 256)]
+
+
+@pytest.mark.parametrize(
+    ("flag", "key"), [("--calibrate", "run.calibrate"), ("--localize", "run.localize")]
+)
+def test_what_runs_locally_only_is_a_usage_error(tmp_path: Path, flag: str, key: str) -> None:
+    config = local_project(tmp_path, 'address = "127.0.0.1:1"')
+    done = run_cli("parity", "check", "--config", str(config), flag)
+    assert done.returncode == 2, done.stderr
+    assert key in done.stderr and "locally only" in done.stderr
+
+
+def test_merge_shards_assembles_in_sample_order_and_refuses_misfits(tmp_path: Path) -> None:
+    import numpy as np
+
+    from envlock.environments import EnvironmentSpec
+    from parity.errors import ParityError
+    from parity.runs.replay import EnvRun
+    from parity.runs.sharded import merge_shards, plan_shards
+
+    whole = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    plan = plan_shards(10, 2, 3)  # [0, 2), [2, 6), [6, 10)
+    shipped = []
+    for shard in plan:
+        path = tmp_path / f"{shard.id}.npz"
+        np.savez(path, y=whole[shard.start : shard.stop], z=whole[shard.start : shard.stop, 0])
+        shipped.append((shard, {"outputs_file": str(path)}))
+    run = EnvRun(EnvironmentSpec("infer", "local", None))
+    merge_shards(run, shipped, tmp_path / "infer")
+    assert np.array_equal(run.outputs["y"].load(), whole)
+    assert np.array_equal(run.outputs["z"].load(), whole[:, 0])
+    np.savez(tmp_path / "1.npz", y=whole[2:6].astype(np.float64), z=whole[2:6, 0])
+    with pytest.raises(ParityError, match="output 'y' of shard 2 is float64"):
+        merge_shards(run, shipped, tmp_path / "again")
+    np.savez(tmp_path / "1.npz", y=whole[2:5], z=whole[2:5, 0])
+    with pytest.raises(ParityError, match="for 4 samples"):
+        merge_shards(run, shipped, tmp_path / "again")
