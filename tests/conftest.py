@@ -43,11 +43,15 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
+def ray_cluster(
+    tmp_path_factory: pytest.TempPathFactory, shared_cache: Path
+) -> Iterator[LocalRayCluster]:
     """A real two-node Ray cluster on 127.0.0.1 (`tests/raycluster.py`), one per session:
-    starting it takes about 25 s. Tests that use it are slow."""
+    starting it takes 10 to 40 s. Its nodes share the session's envlock cache (each node
+    building its own torch venvs took minutes of CI). Tests that use it are slow."""
     pytest.importorskip("ray", reason="the `ray` extra is not installed")
-    with local_ray_cluster(tmp_path_factory.mktemp("ray-nodes")) as cluster:
+    root = tmp_path_factory.mktemp("ray-nodes")
+    with local_ray_cluster(root, shared_cache=shared_cache) as cluster:
         yield cluster
 
 

@@ -49,6 +49,9 @@ class LocalRayCluster:
 
     root: Path  # the nodes' envlock caches
     short: Path  # Ray's own files: Unix socket paths must stay under 108 bytes
+    # One envlock cache for every node (the tests': environments other tests built are
+    # reused); None: each node its own, as on a real cluster (the benchmark's).
+    shared_cache: Path | None = None
     cluster: Any = None
     nodes: dict[str, Any] = field(default_factory=dict)
     pids: set[int] = field(default_factory=set)
@@ -60,7 +63,7 @@ class LocalRayCluster:
 
     def cache_dir(self, label: str) -> Path:
         """The envlock cache of the node with resource `label`."""
-        return self.root / "caches" / label
+        return self.shared_cache or self.root / "caches" / label
 
     def tmp_dir(self, label: str) -> Path:
         """The temporary folder (`TMPDIR`) of the node with resource `label`."""
@@ -166,12 +169,14 @@ def _zombie(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def local_ray_cluster(root: Path, second_node: bool = True) -> Iterator[LocalRayCluster]:
+def local_ray_cluster(
+    root: Path, second_node: bool = True, shared_cache: Path | None = None
+) -> Iterator[LocalRayCluster]:
     import shutil
     import tempfile
 
     short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    cluster = LocalRayCluster(root, short)
+    cluster = LocalRayCluster(root, short, shared_cache)
     try:
         cluster.start(second_node)
         yield cluster

@@ -2,7 +2,7 @@
 
 The config errors need no cluster. The rest run `parity check` as a user does, against the
 two-node cluster on 127.0.0.1 of the `ray_cluster` fixture (head `node1`, `node2`, one CPU
-each, each node its own envlock cache), and hold the sharded report to the local check's
+each, the session's envlock cache shared), and hold the sharded report to the local check's
 report figure by figure.
 """
 
