@@ -2,9 +2,10 @@
 
 The fast tests run fleets of small configs whose environments are this interpreter
 (`backend = "local"`): a pass, a drift, a model that raises, a config that does not exist.
-The slow ones run the reference model, the numpy-drift example and a broken copy of the
-reference config (16 inputs each, environments from `shared_cache`): on a local pool and
-on the real two-node Ray cluster of the `ray_cluster` fixture.
+The slow one runs the reference model, the numpy-drift example and a broken copy of the
+reference config (16 inputs each, environments from `shared_cache`) on the real two-node
+Ray cluster of the `ray_cluster` fixture (a local pool runs the same code path as the
+fast tests' fleets).
 """
 
 from __future__ import annotations
@@ -478,36 +479,12 @@ def _assert_three_verdicts(report: dict[str, Any], configs: dict[str, Path]) -> 
 
 
 @pytest.mark.slow
-def test_a_fleet_of_the_reference_model_numpy_drift_and_a_broken_config(
-    shared_cache: Path, tmp_path: Path
-) -> None:
-    configs = _real_fleet(tmp_path / "fleet")
-    out = tmp_path / "fleet.json"
-    junit = tmp_path / "fleet.xml"
-    result = run_cli(
-        "parity",
-        "fleet",
-        *(str(c) for c in configs.values()),
-        "--cache-dir",
-        str(shared_cache),
-        "--json",
-        str(out),
-        "--junit",
-        str(junit),
-    )
-    assert result.returncode == 3, result.stderr
-    report = json.loads(out.read_text())
-    _assert_three_verdicts(report, configs)
-    assert report["executor"] == "local"
-    xmlschema.XMLSchema(XSD).validate(junit.read_text())
-
-
-@pytest.mark.slow
-def test_the_same_fleet_on_a_two_node_ray_cluster(
+def test_a_fleet_of_the_reference_model_numpy_drift_and_a_broken_config_on_ray(
     ray_cluster: Any, shared_cache: Path, tmp_path: Path
 ) -> None:
     configs = _real_fleet(tmp_path / "fleet")
     out = tmp_path / "fleet.json"
+    junit = tmp_path / "fleet.xml"
     result = run_cli(
         "parity",
         "fleet",
@@ -518,11 +495,14 @@ def test_the_same_fleet_on_a_two_node_ray_cluster(
         str(shared_cache),
         "--json",
         str(out),
+        "--junit",
+        str(junit),
         env=ray_cluster.driver_env(),  # RAY_ADDRESS: the cluster's
     )
     assert result.returncode == 3, result.stderr
     report = json.loads(out.read_text())
     _assert_three_verdicts(report, configs)
+    xmlschema.XMLSchema(XSD).validate(junit.read_text())
     assert report["executor"] == "ray" and report["address"] == ray_cluster.address
     # each row names the node that ran it: one of the cluster's two
     for row in report["configs"]:
