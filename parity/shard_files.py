@@ -198,13 +198,23 @@ def run_shard(
 
 def _replace(staged: Path, target: Path) -> None:
     """Put the folder `staged` at `target`, replacing what a former run left there; a
-    reader sees the old folder or the new one whole, never a mix."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
-        target.rename(old)
-    staged.rename(target)
-    if old is not None:
+    reader sees the old folder or the new one whole (or, for an instant, none), never a
+    mix."""
+    token = os.urandom(6).hex()  # pods on two nodes may have the same pid
+    olds = []
+    for attempt in range(10):  # another run of the same shard may be replacing it too
+        old = target.with_name(f".{target.name}.old-{token}-{attempt}")
+        with contextlib.suppress(FileNotFoundError):
+            target.rename(old)
+            olds.append(old)
+        try:
+            staged.rename(target)
+            break
+        except OSError:  # the other run put its folder there first: replace that one
+            continue
+    else:
+        staged.rename(target)  # raises, saying why
+    for old in olds:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ volume's mount path mapped to a folder of the test."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import textwrap
@@ -92,8 +93,11 @@ def project(root: Path, scale: str = "1.001", seed: int = 7) -> Path:
 
 def run_pods(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
     """Run the pods' commands at once, each its own process, as pods are."""
+    env = {**os.environ, "KUBERNETES_SERVICE_HOST": "kubernetes.default.svc"}  # in every pod
     procs = [
-        subprocess.Popen(c, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for c in commands
     ]
     done = []
@@ -196,7 +200,7 @@ def test_manifest_commands_merge_to_the_local_check(tmp_path: Path) -> None:
         assert sharded.get(key) == expected.get(key), key
     assert max(o["max_abs_diff"] for o in sharded["outputs"]) > 0  # figures worth comparing
     execution = sharded["execution"]
-    assert execution["executor"] == "files"
+    assert execution["executor"] == "kubernetes"  # every shard ran in a "pod"
     assert [s["samples"] for s in execution["shards"]] == [[0, 3], [3, 6], [6, 9], [9, 12]]
     assert "execution" not in expected
 
@@ -278,4 +282,5 @@ def test_an_environment_failing_in_a_shard_is_exit_3_and_the_merge_reports_it(
     assert done.returncode == 3, done.stderr
     report = json.loads(done.stdout)
     assert report["verdict"] == "error"
+    assert report["execution"]["executor"] == "files"  # not in pods
     assert any("environment 'train'" in e and "shard 1" in e for e in report["errors"])
