@@ -406,6 +406,122 @@ def _renderer(kind: str) -> Callable[[ParityReport], str]:
     return render_metrics
 
 
+@main.group("shard")
+def shard_group() -> None:
+    """A check cut into shards that run anywhere (Kubernetes pods, batch jobs), each
+    writing files into one shared folder, then merged into one report.
+
+    \b
+    Example:
+        parity shard run --config parity.toml --index 0 --of 4 --out /shards
+        ... (shards 1, 2, 3, on any machines sharing /shards)
+        parity shard merge --config parity.toml /shards --json report.json
+    """
+
+
+@shard_group.command("run")
+@config_option
+@click.option(
+    "--index",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Which shard, from 0 (a Kubernetes Indexed Job's $(JOB_COMPLETION_INDEX)).",
+)
+@click.option(
+    "--of",
+    "of",
+    type=click.IntRange(min=1),
+    required=True,
+    help="How many shards the check is cut into (on batch boundaries, as executor = 'ray').",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The shared folder: the shard writes OUT/shard-K-of-N/ (replacing a former run's).",
+)
+@cache_dir_option
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def shard_run_command(
+    config_path: Path, index: int, of: int, out: Path, cache_dir: Path | None, quiet: bool
+) -> None:
+    """Replay shard INDEX of OF in both environments here and write its files.
+
+    Exit status: 0 the shard ran (whether or not the outputs agree: the merge judges
+    them), 2 bad config or usage, 3 an environment could not be built or its worker
+    failed (the shard's folder records it, and the merge reports it).
+    """
+    from parity.shard_files import run_shard
+
+    config = load_config(config_path)
+    progress = progress_printer(quiet)
+    ran = run_shard(config, index, of, out, cache_dir=cache_dir, progress=progress)
+    if ran.failed:
+        progress(f"shard {index} of {of}: {' and '.join(ran.failed)} failed; see {ran.folder}")
+        raise SystemExit(3)
+    progress(f"shard {index} of {of} written: {ran.folder}")
+
+
+@shard_group.command("merge")
+@config_option
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Write the JSON report here ('-' for stdout, which then holds only the JSON).",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a JUnit XML report.",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a Markdown summary.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write one self-contained HTML page.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep the assembled outputs in this folder.",
+)
+@quiet_option
+@domain_errors(ParityError, EnvlockError)
+def shard_merge_command(
+    config_path: Path,
+    folder: Path,
+    json_path: Path | None,
+    junit_path: Path | None,
+    markdown_path: Path | None,
+    html_path: Path | None,
+    workdir: Path | None,
+    quiet: bool,
+) -> None:
+    """Merge the shards `parity shard run` wrote into FOLDER and judge them as `parity
+    check` does: the same report, figures and exit status.
+
+    Exit status: 0 pass, 1 outputs or versions differ beyond the policy, 2 bad config or
+    usage, 3 a shard missing, extra or of another check (each named), or an environment
+    failed in a shard.
+    """
+    from parity.shard_files import merge_shard_files
+
+    config = load_config(config_path)
+    report = merge_shard_files(config, folder, workdir=workdir, progress=progress_printer(quiet))
+    _write_report(report, json_path, junit_path, markdown_path, html_path, None)
+    raise SystemExit(report.exit_code)
+
+
 @main.command("fleet")
 @click.argument("configs", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
