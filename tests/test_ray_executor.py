@@ -88,6 +88,8 @@ def parity_check(
         ("shard_timeout = 0", "", ["run.ray.shard_timeout", "positive"]),
         ("workers = 3", "", ["run.ray.workers", "unknown key"]),
         ("resources = { CPU = 1 }", "", ["run.ray.resources", "custom Ray resource"]),
+        ('merge = "all"', "", ["run.ray.merge", "partial, outputs", "'all'"]),
+        ("keep_limit = -1", "", ["run.ray.keep_limit", "0 or more"]),
     ],
 )
 def test_bad_ray_settings_are_config_errors(
@@ -100,6 +102,15 @@ def test_bad_ray_settings_are_config_errors(
     assert done.returncode == 2, done.stderr
     for word in words:
         assert word in done.stderr
+
+
+def test_a_bad_keep_limit_variable_is_a_config_error(tmp_path: Path) -> None:
+    config = local_project(tmp_path, 'address = "127.0.0.1:1"')
+    done = run_cli(
+        "parity", "check", "--config", str(config), env={"PARITY_SHARD_KEEP_LIMIT": "many"}
+    )
+    assert done.returncode == 2, done.stderr
+    assert "$PARITY_SHARD_KEEP_LIMIT must be 0 or more, got 'many'" in done.stderr
 
 
 def test_no_address_names_both_places(tmp_path: Path) -> None:
@@ -195,6 +206,7 @@ def test_local_backends_sharded_on_two_nodes(ray_cluster: LocalRayCluster, tmp_p
     for k in range(4):
         assert f"shard {k + 1}/4 done on node" in done.stderr
     assert "ray: 4 shards on 2 nodes (node1: " in done.stdout
+    assert "; comparisons came back (" in done.stdout
 
 
 @pytest.mark.slow

@@ -20,12 +20,12 @@ environment's error if it failed, and what the driver judges from:
 - `merge = "outputs"`: the outputs as `.npz` bytes written by parity.
 
 The driver keeps the first result of each shard (a shard Ray retried after its node died
-never counts twice), writes each shard's outputs to its work folder as they arrive, and
-assembles each environment's outputs in sample order (`merge_shards`), streaming shard by
-shard. Judging and reporting are then the local check's own (`parity.check._conclude`):
-every figure of the report is the one a local check gives, by construction. For now the
-outputs travel to the driver; `merge_shards` is the one seam where partial comparisons
-would replace them.
+never counts twice). With merge = "outputs" it writes each shard's outputs to its work
+folder as they arrive and assembles each environment's outputs in sample order
+(`merge_shards`), streaming shard by shard; judging and reporting are then the local
+check's own (`parity.check._conclude`). With merge = "partial" the summaries are the
+caller's to merge (`ShardedReplay.summaries`). This module never imports
+`parity.judging`: the check layer hands it the node-side functions.
 
 `ray` is imported only here, inside functions (the `ray` extra).
 """
