@@ -38,6 +38,7 @@ from parity.runs.replay import (
 
 if TYPE_CHECKING:
     from parity.bundle import Bundle
+    from parity.judging.judge import OutputsJudgement
     from parity.report import ParityReport
 
 
@@ -120,17 +121,31 @@ def _run_sharded(
     (`parity.runs.sharded`), its outputs assembled in sample order, then judged and
     reported exactly as a local check's, with the `execution` block added."""
     from parity.runs.sharded import replay_sharded
+    from parity.sharded_check import replay_and_compare
 
+    outputs: OutputsJudgement | None = None
+    errors: list[str] = []
     with WorkFolder(workdir, say) as work:
-        sharded = replay_sharded(
-            config,
-            runs,
-            work.path,
-            say,
-            calibrate=calibrate,
-            localize=localize,
-            meanwhile=_also(meanwhile),
-        )
+        if config.ray.merge == "partial":  # the shards compared on their nodes
+            sharded, outputs, errors = replay_and_compare(
+                config,
+                runs,
+                work.path,
+                say,
+                calibrate=calibrate,
+                localize=localize,
+                meanwhile=_also(meanwhile),
+            )
+        else:  # the shards' outputs assembled here
+            sharded = replay_sharded(
+                config,
+                runs,
+                work.path,
+                say,
+                calibrate=calibrate,
+                localize=localize,
+                meanwhile=_also(meanwhile),
+            )
 
         def described(run: EnvRun) -> EnvironmentSummary:
             found = summary(run)
@@ -145,7 +160,7 @@ def _run_sharded(
             config,
             ref,
             cand,
-            [*(r.error for r in runs if r.error), *sharded.errors],
+            [*(r.error for r in runs if r.error), *sharded.errors, *errors],
             {r.name: functools.partial(described, r) for r in runs},
             work=work,
             input_digest=sharded.input_digest,
@@ -153,6 +168,7 @@ def _run_sharded(
             say=say,
             started=started,
             generated=sharded.generated,
+            outputs=outputs,
         )
     return dataclasses.replace(report, execution=sharded.execution)
 
@@ -308,6 +324,7 @@ def _conclude(
     started: float,
     generated: float,
     localize: bool = False,
+    outputs: OutputsJudgement | None = None,
 ) -> ParityReport:
     """Judge the replayed outputs, localize a failure if asked, and make the report (the
     work folder is kept when an environment failed).
@@ -327,7 +344,7 @@ def _conclude(
     judgement = Judgement(OutputsJudgement([], []))
     if not errors:
         with after("judging the outputs"):
-            judgement = judge(config, ref, cand, say)
+            judgement = judge(config, ref, cand, say, outputs)
     reasons = [] if errors else judgement.reasons
     if errors:  # nothing was compared; the warnings caught before the failure are evidence
         with after("judging the warnings"):

@@ -149,6 +149,7 @@ class ParityConfig:
 
 
 EXECUTORS = ("local", "ray")
+MERGES = ("partial", "outputs")  # `[run.ray] merge`
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,12 @@ class RaySettings:
     resources: dict[str, float] = field(default_factory=dict)
     # soft: shards go to the nodes with this custom resource while one is alive, else anywhere
     prefer: str | None = None
+    # what the shards send back: "partial" (their comparisons, merged exactly; the outputs
+    # stay on the nodes) or "outputs" (the outputs themselves, judged here)
+    merge: str = "partial"
+    # how many differences a shard's quantile sketch keeps before binning them (None:
+    # $PARITY_SHARD_KEEP_LIMIT, else the comparison's default)
+    keep_limit: int | None = None
 
 
 class _Table:
@@ -390,7 +397,18 @@ _RAY_ADDRESS = re.compile(r"^[^\s]+$")
 
 def _ray_settings(t: _Table) -> RaySettings:
     """`[run.ray]`; its defaults are decided when the check runs (see `RaySettings`)."""
-    t.reject_unknown({"address", "shards", "shard_timeout", "max_retries", "resources", "prefer"})
+    t.reject_unknown(
+        {
+            "address",
+            "shards",
+            "shard_timeout",
+            "max_retries",
+            "resources",
+            "prefer",
+            "merge",
+            "keep_limit",
+        }
+    )
     address = t.get("address", str, None, what="a Ray cluster's address, e.g. '10.0.0.5:6379'")
     if address is not None and not _RAY_ADDRESS.match(address):
         raise t.fail("address", f"must be an address without spaces, got {address!r}")
@@ -419,7 +437,13 @@ def _ray_settings(t: _Table) -> RaySettings:
     prefer = t.get("prefer", str, None, what="the name of a custom Ray resource")
     if prefer is not None and not _RESOURCE.match(prefer):
         raise t.fail("prefer", f"must be the name of a custom Ray resource, got {prefer!r}")
-    return RaySettings(address, shards, timeout, retries, resources, prefer)
+    merge = t.get("merge", str, "partial", what='"partial" or "outputs"')
+    if merge not in MERGES:
+        raise t.fail("merge", f"must be one of {', '.join(MERGES)}, got {merge!r}")
+    keep_limit = t.get("keep_limit", int, None, what="an integer (values a shard keeps)")
+    if keep_limit is not None and keep_limit < 0:
+        raise t.fail("keep_limit", f"must be 0 or more, got {keep_limit}")
+    return RaySettings(address, shards, timeout, retries, resources, prefer, merge, keep_limit)
 
 
 def _env_vars(t: _Table) -> dict[str, str]:

@@ -95,6 +95,10 @@ class ParityReport:
         lost = sum(1 for s in shards if "lost" in s)
         line += f", {retried} retried" if retried else ""
         line += f", {lost} lost" if lost else ""
+        if ex.get("merge") in ("partial", "outputs"):
+            what = "comparisons" if ex["merge"] == "partial" else "outputs"
+            back = int(ex.get("bytes_from_shards") or 0)
+            line += f"; {what} came back ({_size(back)})"
         return line
 
     @property
@@ -182,3 +186,13 @@ class ParityReport:
     def to_json(self) -> str:
         """The report as JSON text."""
         return json_text(self.to_dict())
+
+
+def _size(n: int) -> str:
+    """`n` bytes for people: 512 B, 12.3 KiB, 4.0 MiB, 1.2 GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

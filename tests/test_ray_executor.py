@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -39,7 +40,8 @@ def predict(inputs):
         raise RuntimeError("the adapter is broken here")
     time.sleep(float(os.environ.get("NAP", "0")))
     x = inputs["x"].astype(np.float64)
-    return {"y": x * 2.0 + float(os.environ.get("SHIFT", "0"))}
+    scale = float(os.environ.get("SCALE", "1"))
+    return {"y": x * 2.0 * scale + float(os.environ.get("SHIFT", "0"))}
 """
 
 # The figures a report's comparison holds, which a sharded check must give exactly.
@@ -87,6 +89,8 @@ def parity_check(
         ("shard_timeout = 0", "", ["run.ray.shard_timeout", "positive"]),
         ("workers = 3", "", ["run.ray.workers", "unknown key"]),
         ("resources = { CPU = 1 }", "", ["run.ray.resources", "custom Ray resource"]),
+        ('merge = "all"', "", ["run.ray.merge", "partial, outputs", "'all'"]),
+        ("keep_limit = -1", "", ["run.ray.keep_limit", "0 or more"]),
     ],
 )
 def test_bad_ray_settings_are_config_errors(
@@ -99,6 +103,15 @@ def test_bad_ray_settings_are_config_errors(
     assert done.returncode == 2, done.stderr
     for word in words:
         assert word in done.stderr
+
+
+def test_a_bad_keep_limit_variable_is_a_config_error(tmp_path: Path) -> None:
+    config = local_project(tmp_path, 'address = "127.0.0.1:1"')
+    done = run_cli(
+        "parity", "check", "--config", str(config), env={"PARITY_SHARD_KEEP_LIMIT": "many"}
+    )
+    assert done.returncode == 2, done.stderr
+    assert "$PARITY_SHARD_KEEP_LIMIT must be 0 or more, got 'many'" in done.stderr
 
 
 def test_no_address_names_both_places(tmp_path: Path) -> None:
@@ -140,10 +153,29 @@ def test_unreachable_cluster_is_exit_3_naming_it(tmp_path: Path) -> None:
 # --- on the two-node cluster -------------------------------------------------------------
 
 
+# Figures a partial merge (`merge = "partial"`) adds up in another order than one pass over
+# the whole output: equal to about 1e-15 relative (parity.judging.partial).
+SUMMATION_ORDER = ("mean_abs_diff", "mean_rel_diff")
+
+
+def same_outputs(sharded: list[dict[str, Any]], local: list[dict[str, Any]]) -> None:
+    """The output comparisons are equal, the means up to summation order."""
+    assert [o["name"] for o in sharded] == [o["name"] for o in local]
+    for s, loc in zip(sharded, local, strict=True):
+        for key in SUMMATION_ORDER:
+            assert s[key] == pytest.approx(loc[key], rel=1e-12, abs=0), (s["name"], key)
+        assert {k: v for k, v in s.items() if k not in SUMMATION_ORDER} == {
+            k: v for k, v in loc.items() if k not in SUMMATION_ORDER
+        }, s["name"]
+
+
 def same_figures(sharded: dict[str, Any], local: dict[str, Any]) -> None:
     """Every comparison figure of `sharded` is `local`'s; the inputs are the same set."""
     for key in FIGURES:
-        assert sharded.get(key) == local.get(key), key
+        if key == "outputs" and sharded["execution"].get("merge") == "partial":
+            same_outputs(sharded[key], local[key])
+        else:
+            assert sharded.get(key) == local.get(key), key
     assert sharded["errors"] == local["errors"] == []
     assert sharded["inputs"] == local["inputs"]
     assert "execution" not in local
@@ -169,11 +201,13 @@ def test_local_backends_sharded_on_two_nodes(ray_cluster: LocalRayCluster, tmp_p
     assert [s["samples"] for s in ex["shards"]] == [[0, 8], [8, 20], [20, 28], [28, 40]]
     assert sorted(s["id"] for s in ex["shards"]) == [0, 1, 2, 3]
     assert nodes_of(report) == {"node1", "node2"}, ex
+    assert ex["merge"] == "partial"  # the default
     assert ex["address"] == ray_cluster.address
     assert ex["notes"] == []  # one machine: the nodes' environments do not differ
     for k in range(4):
         assert f"shard {k + 1}/4 done on node" in done.stderr
     assert "ray: 4 shards on 2 nodes (node1: " in done.stdout
+    assert "; comparisons came back (" in done.stdout
 
 
 @pytest.mark.slow
@@ -200,11 +234,17 @@ def test_an_environment_failing_on_a_node_names_it(
 def test_resources_keep_shards_on_the_nodes_that_have_them(
     ray_cluster: LocalRayCluster, tmp_path: Path
 ) -> None:
-    config = local_project(tmp_path, "shards = 3\nresources = { node2 = 0.01 }", count=12)
+    config = local_project(
+        tmp_path, 'shards = 3\nresources = { node2 = 0.01 }\nmerge = "outputs"', count=12
+    )
     done, report = parity_check(config, env=ray_cluster.driver_env())
     assert done.returncode == 0, done.stderr
     assert nodes_of(report) == {"node2"}, report["execution"]
     assert report["execution"]["nodes"] == {"node2": 3}
+    # merge = "outputs": both environments' outputs came back (12 x 3 x 4 float64 each)
+    assert report["execution"]["merge"] == "outputs"
+    assert report["execution"]["bytes_from_shards"] >= 2 * 12 * 12 * 8
+    assert "quantile pass" not in done.stderr
 
 
 @pytest.mark.slow
@@ -289,6 +329,81 @@ def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_
     assert all(stderr.count(f"shard {k}/4 done on ") == 1 for k in range(1, 5)), stderr
     assert report["execution"]["retried"] >= 1, shards
     assert "retried" in json.dumps(report["execution"])
+
+
+def kept_folders(cluster: LocalRayCluster) -> list[Path]:
+    """The shard folders kept for quantile passes on the two base nodes."""
+    return [
+        p.parent
+        for node in ("node1", "node2")
+        for p in cluster.tmp_dir(node).glob("parity-*-shard*/kept.json")
+    ]
+
+
+@pytest.mark.slow
+def test_partial_merge_brings_back_summaries_and_refines_on_the_nodes(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    config = local_project(tmp_path, "shards = 4", count=40)
+    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+    text = text.replace("shape = [3, 4]", "shape = [64, 64]")
+    # differences spread with |x|: median and p99 are distinct order statistics
+    config.write_text(text + '\n[environments.infer.env]\nSCALE = "1.000001"\n')
+    env = ray_cluster.driver_env(PARITY_SHARD_KEEP_LIMIT="16")
+    done, report = parity_check(config, env=env)
+    assert done.returncode == 1, done.stderr
+    local_config = tmp_path / "local.toml"
+    local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
+    local_done, local = parity_check(local_config)
+    assert local_done.returncode == 1, local_done.stderr
+    same_figures(report, local)  # median and p99 (absolute, relative) included
+    ex = report["execution"]
+    assert ex["merge"] == "partial"
+    outputs_bytes = 2 * 40 * 64 * 64 * 8  # both environments' y, float64
+    assert 0 < ex["bytes_from_shards"] < outputs_bytes / 10, ex["bytes_from_shards"]
+    assert "quantile pass 1: 4 shards" in done.stderr
+    assert kept_folders(ray_cluster) == []  # removed after the check
+
+
+@pytest.mark.slow
+def test_a_shard_whose_kept_outputs_are_gone_is_replayed_again(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    config = local_project(tmp_path, "shards = 4\nkeep_limit = 0", count=16)
+    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+    config.write_text(text + '\n[run.env]\nNAP = "1"\n[environments.infer.env]\nSHIFT = "1e-7"\n')
+    report_path = tmp_path / "sharded.json"
+    proc = subprocess.Popen(
+        [str(BIN / "parity"), "check", "--config", str(config), "--json", str(report_path)],
+        env={**ray_cluster.driver_env(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deleted: list[Path] = []
+    try:  # the first shard kept is deleted while the others still run
+        deadline = time.monotonic() + 240
+        while not deleted and time.monotonic() < deadline and proc.poll() is None:
+            for folder in kept_folders(ray_cluster):
+                shutil.rmtree(folder)
+                deleted.append(folder)
+                break
+            time.sleep(0.05)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert deleted, stderr
+    assert proc.returncode == 1, stderr
+    shard = int(deleted[0].name.partition("-shard")[2].partition("-")[0]) + 1
+    assert f"shard {shard}'s outputs are gone from node" in stderr, stderr
+    assert f"shard {shard} replayed again on node" in stderr, stderr
+    report = json.loads(report_path.read_text())
+    assert_valid_report(report)
+    local_config = tmp_path / "local.toml"
+    local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
+    _, local = parity_check(local_config)
+    same_figures(report, local)
+    assert kept_folders(ray_cluster) == []
 
 
 # --- the reference model and the numpy-drift example -------------------------------------

@@ -67,11 +67,23 @@ class Judgement:
         )
 
 
-def judge(config: ParityConfig, ref: EnvRun, cand: EnvRun, say: Progress = quiet) -> Judgement:
+def judge(
+    config: ParityConfig,
+    ref: EnvRun,
+    cand: EnvRun,
+    say: Progress = quiet,
+    outputs: OutputsJudgement | None = None,
+) -> Judgement:
     """The candidate's outputs and versions judged against the reference's under the
     config's policies (each environment's self-disagreement, where calibrated, as noise;
     image-like outputs that differ with their worst sample's pictures), and the warnings
-    each environment caught; `ConfigError` for a tolerance table naming no output."""
+    each environment caught; `ConfigError` for a tolerance table naming no output.
+    `outputs`: the outputs judged already (a sharded check compares them on the nodes),
+    used as they are."""
+    if outputs is not None:
+        known = bool(ref.fingerprint) and bool(cand.fingerprint)
+        versions = judge_versions(config, ref, cand) if known else []
+        return Judgement(outputs, versions, judge_warnings(config, ref, cand))
     check_tolerance_tables(config, set(ref.outputs) | set(cand.outputs))
     noise: dict[str, dict[str, Noise]] = {}
     for run in (ref, cand):

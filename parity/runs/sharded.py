@@ -7,16 +7,25 @@ one Ray task per shard (`_replay_shard`). A task, on its node, writes its shard'
 materializes both environments from their locks in the node's own envlock cache and runs
 both workers there through the same path as a local check (`replay_environments`), reads
 their outputs with parity's readers (`load_outputs`: no pickle, plain numeric dtypes) and
-returns plain data: the outputs as `.npz` bytes written by parity, the fingerprints (JSON
-data, checked), the warnings, timings, and each environment's error if it failed.
+returns plain data: the fingerprints (JSON data, checked), the warnings, timings, each
+environment's error if it failed, and what the driver judges from:
+
+- `[run.ray] merge = "partial"` (the default): a caller's `summarize` (the check layer's
+  comparison of the shard, `parity.sharded_check`) gives the shard's partial comparisons
+  as bytes; the outputs stay on the node, in the shard's work folder (`kept`, under the
+  node's TMPDIR, named by the check's id and the shard's), for the quantile passes:
+  `KeptShards.ask` runs one small task per shard pinned to the node holding its folder
+  (a shard whose node or folder is gone is replayed anywhere and answers from its fresh
+  outputs), and `KeptShards.clean` removes the folders afterwards (best effort);
+- `merge = "outputs"`: the outputs as `.npz` bytes written by parity.
 
 The driver keeps the first result of each shard (a shard Ray retried after its node died
-never counts twice), writes each shard's outputs to its work folder as they arrive, and
-assembles each environment's outputs in sample order (`merge_shards`), streaming shard by
-shard. Judging and reporting are then the local check's own (`parity.check._conclude`):
-every figure of the report is the one a local check gives, by construction. For now the
-outputs travel to the driver; `merge_shards` is the one seam where partial comparisons
-would replace them.
+never counts twice). With merge = "outputs" it writes each shard's outputs to its work
+folder as they arrive and assembles each environment's outputs in sample order
+(`merge_shards`), streaming shard by shard; judging and reporting are then the local
+check's own (`parity.check._conclude`). With merge = "partial" the summaries are the
+caller's to merge (`ShardedReplay.summaries`). This module never imports
+`parity.judging`: the check layer hands it the node-side functions.
 
 `ray` is imported only here, inside functions (the `ray` extra).
 """
@@ -27,6 +36,7 @@ import contextlib
 import dataclasses
 import importlib
 import io
+import json
 import math
 import os
 import shutil
@@ -39,9 +49,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from envlock.environments import read_spec_lock
 from envlock.progress import Progress
+from parity.arrays import OutputArray
 from parity.config import ParityConfig
 from parity.errors import ClusterError, ConfigError, ParityError
 from parity.inputs.seeded import InputSpec
@@ -57,6 +69,15 @@ CONNECT_SECONDS = 5.0
 INIT_SECONDS = 60.0
 # Resources every Ray node has; a node's label is its first custom resource instead.
 _STANDARD = ("CPU", "GPU", "memory", "object_store_memory")
+# `[run.ray] keep_limit` when the config leaves it out
+KEEP_LIMIT_ENV = "PARITY_SHARD_KEEP_LIMIT"
+
+# Each environment's outputs of one shard, by environment name (read lazily, never unpickled).
+ShardOutputs = dict[str, dict[str, OutputArray]]
+# On a node: (config, the shard's outputs, its first sample) -> plain data (bytes inside).
+Summarize = Callable[[ParityConfig, ShardOutputs, int], dict[str, Any]]
+# On a node: (the kept outputs of a shard, a request as bytes) -> the answer as bytes.
+Answer = Callable[[ShardOutputs, bytes], bytes]
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,10 @@ class ShardedReplay:
     errors: list[str]
     execution: dict[str, Any]
     described: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # merge = "partial": each shard's summary (by shard id, plan order) and where its
+    # outputs are kept; empty / None when a shard was lost or an environment failed
+    summaries: list[tuple[Shard, dict[str, Any]]] = field(default_factory=list)
+    kept: KeptShards | None = None
 
 
 def shown_address(address: str) -> str:
@@ -184,19 +209,46 @@ def replay_sharded(
     calibrate: bool = False,
     localize: bool = False,
     meanwhile: Callable[[], None] | None = None,
+    summarize: Summarize | None = None,
+    then: Callable[[ShardedReplay], None] | None = None,
 ) -> ShardedReplay:
     """Replay the input set in both environments, shard by shard on the Ray cluster, and
-    fill `runs` as `replay_environments` does (outputs in sample order in `work`, the
-    fingerprint, warnings, timings, or the environment's error)."""
+    fill `runs` as `replay_environments` does (the fingerprint, warnings, timings, or the
+    environment's error; with merge = "outputs" the outputs in sample order in `work`).
+    With `summarize` (merge = "partial") each shard is summarized on its node and its
+    outputs kept there; `then(replay)` runs while still connected (the quantile passes,
+    `ShardedReplay.kept`), after which the kept folders are removed."""
     _check_supported(config, calibrate, localize)
     ray = _import_ray(config)
     address = _address(config)
     _connect(ray, address, say)
+    replay = None
     try:
-        return _replay(ray, config, runs, work, say, address, meanwhile)
+        replay = _replay(ray, config, runs, work, say, address, meanwhile, summarize)
+        if then is not None:
+            then(replay)
+        return replay
     finally:
+        if replay is not None and replay.kept is not None:
+            replay.kept.clean()
         with contextlib.suppress(Exception):
             ray.shutdown()
+
+
+def keep_limit(config: ParityConfig) -> int | None:
+    """How many differences a shard's sketch keeps: `[run.ray] keep_limit`, else
+    `$PARITY_SHARD_KEEP_LIMIT`, else None (the comparison's default). `ConfigError` for
+    a variable that is no integer of 0 or more."""
+    if config.ray.keep_limit is not None:
+        return config.ray.keep_limit
+    raw = os.environ.get(KEEP_LIMIT_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ConfigError(
+            config.path, "run.ray.keep_limit", f"${KEEP_LIMIT_ENV} must be 0 or more, got {raw!r}"
+        )
+    return int(raw)
 
 
 def _replay(
@@ -207,6 +259,7 @@ def _replay(
     say: Progress,
     address: str,
     meanwhile: Callable[[], None] | None,
+    summarize: Summarize | None,
 ) -> ShardedReplay:
     import numpy as np
 
@@ -233,11 +286,24 @@ def _replay(
         options["resources"] = dict(settings.resources)
     preferred = _preferred_nodes(ray, settings.prefer, say)
     pending: dict[Any, Shard] = {}
+    check_id = uuid4().hex[:12]
     with np.load(work / INPUTS / INPUTS_FILE, allow_pickle=False) as inputs:
         arrays = {name: inputs[name] for name in inputs.files}
-    for shard in plan:
+
+    def shard_inputs(shard: Shard) -> bytes:
         buffer = io.BytesIO()
         np.savez(buffer, **{k: v[shard.start : shard.stop] for k, v in arrays.items()})
+        return buffer.getvalue()
+
+    def again(shard: Shard) -> dict[str, Any]:
+        """Replay `shard` once more, anywhere (its kept outputs are gone)."""
+        ref = task.options(**options).remote(
+            config, shard.id, shard.start, shard.stop, shard_inputs(shard), input_digest,
+            check_id, summarize,
+        )  # fmt: skip
+        return dict(ray.get(ref, timeout=config.ray.shard_timeout or 2 * config.timeout))
+
+    for shard in plan:
         chosen = dict(options)
         if preferred:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -246,10 +312,10 @@ def _replay(
                 preferred[shard.id % len(preferred)], soft=True
             )
         ref = task.options(**chosen).remote(
-            config, shard.id, shard.start, shard.stop, buffer.getvalue(), input_digest
-        )
+            config, shard.id, shard.start, shard.stop, shard_inputs(shard), input_digest,
+            check_id, summarize,
+        )  # fmt: skip
         pending[ref] = shard
-    del arrays
     say(
         f"ray: {len(plan)} shards of {count} samples (batches of {batch}) on "
         f"{shown_address(address)}, {cpus} CPUs"
@@ -257,7 +323,14 @@ def _replay(
     if meanwhile is not None:
         meanwhile()
     results, lost = _collect(ray, config, pending, len(plan), work, say)
-    return _merge(config, runs, plan, results, lost, work, say, address, input_digest, generated)
+    replay = _merge(
+        config, runs, plan, results, lost, work, say, address, input_digest, generated,
+        summarize is not None,
+    )  # fmt: skip
+    kept = [(s, results[s.id]) for s in plan if s.id in results and results[s.id].get("kept")]
+    if summarize is not None and kept:
+        replay.kept = KeptShards(ray, config, kept, again, replay.execution, say)
+    return replay
 
 
 def _preferred_nodes(ray: Any, resource: str | None, say: Progress) -> list[str]:
@@ -305,6 +378,8 @@ def _collect(
                     say(f"shard {shard.id + 1}/{total} lost ({shard.samples}): {lost[shard.id]}")
                     continue
                 if result.get("shard") != shard.id or shard.id in results:
+                    if result.get("kept"):  # a duplicate's outputs are of no use
+                        _remove_soon(ray, result["node_id"], result["kept"])
                     continue  # the first result of a shard counts, once
                 results[shard.id] = _received(result, work)
                 say(_done_line(shard, total, results[shard.id]))
@@ -339,7 +414,11 @@ def _done_line(shard: Shard, total: int, result: dict[str, Any]) -> str:
 
 def _received(result: dict[str, Any], work: Path) -> dict[str, Any]:
     """A shard's result with each environment's outputs written to `work` (and dropped
-    from memory): `work/shards/<environment>/<shard>.npz`."""
+    from memory): `work/shards/<environment>/<shard>.npz`; `bytes` says how many bytes of
+    outputs or summaries it brought."""
+    result["bytes"] = _payload(result.get("summary")) + sum(
+        _payload(env.get("outputs")) for env in result["environments"].values()
+    )
     for name, env in result["environments"].items():
         data = env.pop("outputs", None)
         if isinstance(data, bytes):
@@ -362,8 +441,10 @@ def _merge(
     address: str,
     input_digest: str,
     generated: float,
+    partial: bool = False,
 ) -> ShardedReplay:
-    """Fill each run from the shards' results; the report's `execution` block."""
+    """Fill each run from the shards' results; the report's `execution` block. With
+    `partial`, the outputs stayed on the nodes: `summaries` holds what judges them."""
     errors = [
         f"shard {i + 1} ({plan[i].samples}) was lost: {why}" for i, why in sorted(lost.items())
     ]
@@ -390,7 +471,7 @@ def _merge(
                 f"{env['error']}\n(on node {result['node']}, shard {shard.id + 1}: "
                 f"{shard.samples}{more}; its work folder there: {result['work']})"
             )
-        elif not lost and len(envs) == len(plan):
+        elif not lost and len(envs) == len(plan) and not partial:
             try:
                 merge_shards(run, [(s, e) for s, _, e in envs], work / run.name)
             except ParityError as e:
@@ -415,9 +496,156 @@ def _merge(
         ],
         "nodes": dict(sorted(nodes.items())),
         "retried": sum(1 for r in results.values() if (r.get("attempts") or 1) > 1),
+        "merge": "partial" if partial else "outputs",
+        "bytes_from_shards": sum(int(r.get("bytes", 0)) for r in results.values()),
         "notes": notes,
     }
-    return ShardedReplay(input_digest, generated, errors, execution, described)
+    replay = ShardedReplay(input_digest, generated, errors, execution, described)
+    if partial and not lost and len(results) == len(plan):
+        unsummarized = [s for s in plan if results[s.id].get("summary") is None]
+        if not unsummarized:
+            replay.summaries = [(s, results[s.id]["summary"]) for s in plan]
+        elif not any(run.error for run in runs):
+            s = unsummarized[0]
+            why = results[s.id].get("summary_error") or "no summary came back"
+            errors.append(
+                f"shard {s.id + 1} ({s.samples}) on node {results[s.id]['node']} could not "
+                f"be compared: {why}"
+            )
+    return replay
+
+
+def _payload(value: Any) -> int:
+    """The bytes inside plain data (a summary, an outputs archive)."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_payload(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_payload(v) for v in value)
+    return 0
+
+
+class KeptShards:
+    """The shards whose outputs are kept on their nodes (merge = "partial"): `ask` makes
+    one pass over all of them, `clean` removes their folders."""
+
+    def __init__(
+        self,
+        ray: Any,
+        config: ParityConfig,
+        kept: list[tuple[Shard, dict[str, Any]]],
+        again: Callable[[Shard], dict[str, Any]],
+        execution: dict[str, Any],
+        say: Progress,
+    ) -> None:
+        self.ray = ray
+        self.config = config
+        self.where = {s.id: (r["node_id"], r["node"], r["kept"]) for s, r in kept}
+        self.shards = [s for s, _ in kept]
+        self.again = again
+        self.execution = execution
+        self.say = say
+        self.passes = 0
+        self.timeout = config.ray.shard_timeout or 2 * config.timeout
+        self.removed: list[tuple[str, str]] = []
+
+    def ask(self, request: bytes, answer: Answer) -> list[bytes]:
+        """`answer(kept outputs, request)` on every shard, each on the node holding its
+        outputs, in plan order; a shard whose node or folder is gone is replayed anywhere
+        and answers from its fresh outputs. `ClusterError` when a shard cannot answer."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.passes += 1
+        self.say(f"quantile pass {self.passes}: {len(self.shards)} shards")
+        task = self.ray.remote(_answer_kept)
+
+        def submit(shard: Shard) -> Any:
+            node_id, _, folder = self.where[shard.id]
+            strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+            return task.options(num_cpus=0, max_retries=0, scheduling_strategy=strategy).remote(
+                folder, request, answer
+            )
+
+        refs = {shard.id: submit(shard) for shard in self.shards}
+        answers: list[bytes] = []
+        for shard in self.shards:
+            got = self._get(refs[shard.id])
+            if got is None:
+                _, node, _ = self.where[shard.id]
+                self.say(
+                    f"quantile pass {self.passes}: shard {shard.id + 1}'s outputs are gone "
+                    f"from {node}: replaying {shard.samples} again"
+                )
+                got = self._answer_fresh(shard, request, answer)
+            answers.append(got)
+            self.execution["bytes_from_shards"] += len(got)
+        return answers
+
+    def _get(self, ref: Any) -> bytes | None:
+        """The answer, or None when its node or folder is gone (or it did not come)."""
+        try:
+            got = self.ray.get(ref, timeout=self.timeout)
+        except Exception:  # the node died, the task could not be placed, or timed out
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref, force=True)
+            return None
+        return got if isinstance(got, bytes) else None
+
+    def _answer_fresh(self, shard: Shard, request: bytes, answer: Answer) -> bytes:
+        try:
+            result = self.again(shard)
+        except Exception as e:
+            raise ClusterError(
+                f"shard {shard.id + 1} ({shard.samples}) could not be replayed again for "
+                f"a quantile pass: {_one_line(e)}"
+            ) from None
+        if not result.get("kept"):
+            raise ClusterError(
+                f"shard {shard.id + 1} ({shard.samples}) replayed again on "
+                f"{result.get('node')} kept no outputs"
+            )
+        old = self.where[shard.id]
+        self.removed.append((old[0], old[2]))
+        self.where[shard.id] = (result["node_id"], result["node"], result["kept"])
+        self.say(f"shard {shard.id + 1} replayed again on {result['node']}")
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(result["node_id"], soft=False)
+        ref = (
+            self.ray.remote(_answer_kept)
+            .options(num_cpus=0, max_retries=0, scheduling_strategy=strategy)
+            .remote(result["kept"], request, answer)
+        )
+        got = self._get(ref)
+        if got is None:
+            raise ClusterError(
+                f"shard {shard.id + 1} ({shard.samples}) replayed again on "
+                f"{result['node']} did not answer the quantile pass"
+            )
+        return got
+
+    def clean(self) -> None:
+        """Remove every kept folder, on its node (best effort: a folder left behind never
+        breaks a later check, whose folders are named by its own id)."""
+        folders = [(node_id, folder) for node_id, _, folder in self.where.values()]
+        refs = [_remove_soon(self.ray, n, f) for n, f in [*folders, *self.removed]]
+        with contextlib.suppress(Exception):
+            self.ray.wait([r for r in refs if r is not None], num_returns=len(refs), timeout=10)
+
+
+def _remove_soon(ray: Any, node_id: str, folder: str) -> Any:
+    """Start removing `folder` on node `node_id` (None when that cannot start)."""
+    with contextlib.suppress(Exception):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        return (
+            ray.remote(_remove_kept)
+            .options(num_cpus=0, max_retries=0, scheduling_strategy=strategy)
+            .remote(folder)
+        )
+    return None
 
 
 def merge_shards(run: EnvRun, shards: list[tuple[Shard, dict[str, Any]]], outdir: Path) -> None:
@@ -546,16 +774,19 @@ def _replay_shard(
     stop: int,
     inputs: bytes,
     input_digest: str,
+    check_id: str = "",
+    summarize: Summarize | None = None,
 ) -> dict[str, Any]:
     """One shard, as a Ray task on a node: both environments materialized there (the node's
     envlock cache) and replayed on samples [start, stop); plain data back (see the module's
     docstring). An environment's failure is part of the result, never raised: Ray retries
-    only a shard whose node or worker died."""
+    only a shard whose node or worker died. With `summarize`, the shard's summary comes
+    back instead of its outputs, which stay in its work folder (`kept`)."""
     import ray
 
     started = time.perf_counter()
     node_id = ray.get_runtime_context().get_node_id()
-    work = Path(tempfile.mkdtemp(prefix=f"parity-shard{shard_id}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"parity-{check_id or 'check'}-shard{shard_id}-"))
     (work / INPUTS).mkdir()
     (work / INPUTS / INPUTS_FILE).write_bytes(inputs)
     shard_config = dataclasses.replace(
@@ -567,11 +798,20 @@ def _replay_shard(
     runs = [EnvRun(spec) for spec in config.environments]
     lines: list[str] = []
     replay_environments(shard_config, runs, work, None, lines.append, False, input_digest)
-    environments = {run.name: _shipped(run) for run in runs}
+    environments = {run.name: _shipped(run, outputs=summarize is None) for run in runs}
     failed = any(env.get("error") for env in environments.values())
-    if not failed:
+    extra: dict[str, Any] = {}
+    if summarize is not None and not failed:
+        try:
+            extra["summary"] = summarize(config, {run.name: run.outputs for run in runs}, start)
+            (work / KEPT_MARK).write_text(json.dumps({"shard": shard_id, "check": check_id}))
+            extra["kept"] = str(work)
+        except Exception as e:  # said by the driver as this shard's error
+            extra["summary_error"] = _one_line(e)
+    elif not failed:
         shutil.rmtree(work, ignore_errors=True)
     return {
+        **extra,
         "shard": shard_id,
         "node_id": node_id,
         "node": _node_label(ray, node_id),
@@ -582,9 +822,9 @@ def _replay_shard(
     }
 
 
-def _shipped(run: EnvRun) -> dict[str, Any]:
-    """What the driver gets of one environment's replay: plain data, the outputs as `.npz`
-    bytes that parity wrote from arrays it read without unpickling."""
+def _shipped(run: EnvRun, outputs: bool = True) -> dict[str, Any]:
+    """What the driver gets of one environment's replay: plain data, and with `outputs`
+    the outputs as `.npz` bytes that parity wrote from arrays it read without unpickling."""
     import numpy as np
 
     env: dict[str, Any] = {
@@ -595,7 +835,7 @@ def _shipped(run: EnvRun) -> dict[str, Any]:
         "created": bool(run.environment and run.environment.created),
         "error": run.error,
     }
-    if run.error is None:
+    if run.error is None and outputs:
         try:
             arrays = {name: member.load() for name, member in run.outputs.items()}
         except ParityError as e:
@@ -605,6 +845,28 @@ def _shipped(run: EnvRun) -> dict[str, Any]:
         np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **arrays
         env["outputs"] = buffer.getvalue()
     return env
+
+
+KEPT_MARK = "kept.json"  # in a shard's work folder kept for the quantile passes
+
+
+def _answer_kept(folder: str, request: bytes, answer: Answer) -> bytes | None:
+    """On the node holding `folder`: `answer` over the shard's kept outputs; None when the
+    folder is gone."""
+    work = Path(folder)
+    if not (work / KEPT_MARK).is_file():
+        return None
+    outputs: ShardOutputs = {}
+    for path in sorted(work.glob("*/outputs.npz")):
+        outputs[path.parent.name] = dict(load_outputs(path))
+    return answer(outputs, request)
+
+
+def _remove_kept(folder: str) -> None:
+    """On its node: remove a shard's kept work folder (only one parity kept)."""
+    work = Path(folder)
+    if (work / KEPT_MARK).is_file():
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _node_label(ray: Any, node_id: str) -> str:
