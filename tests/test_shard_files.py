@@ -260,6 +260,8 @@ def test_an_environment_failing_in_a_shard_is_exit_3_and_the_merge_reports_it(
         + "\n\nimport os\nif os.environ.get('SCALE') != '1.001':\n    raise SystemExit(7)\n"
     )
     out = tmp_path / "shards"
+    scratch = tmp_path / "tmp"  # the pod's temporary folder: where failed work is kept
+    scratch.mkdir()
     for k in range(2):
         done = run_cli(
             "parity",
@@ -273,11 +275,16 @@ def test_an_environment_failing_in_a_shard_is_exit_3_and_the_merge_reports_it(
             str(out),
             "-q",
             cwd=root,
+            env={"TMPDIR": str(scratch)},
         )
         assert done.returncode == 3, done.stderr
         record = json.loads((out / f"shard-{k}-of-2" / "shard.json").read_text())
         assert record["environments"]["train"]["error"]
         assert record["environments"]["infer"]["error"] is None
+    # each failed shard keeps its work folder (the workers' logs) for the evidence
+    kept = sorted(p.name.split("-")[1] for p in scratch.glob("parity-shard*-*"))
+    assert kept == ["shard0", "shard1"], kept
+    assert all((p / "train" / "worker.log").is_file() for p in scratch.glob("parity-shard*"))
     done = run_cli("parity", "shard", "merge", str(out), "--json", "-", cwd=root)
     assert done.returncode == 3, done.stderr
     report = json.loads(done.stdout)
