@@ -56,9 +56,7 @@ from parity.runs.replay import (
 )
 from parity.runs.sharded import (
     Shard,
-    _fingerprint_note,
-    _merged_seconds,
-    _merged_warnings,
+    fill_from_shards,
     merge_shards,
     plan_shards,
 )
@@ -386,15 +384,7 @@ def _fill(
         with contextlib.suppress(Exception):  # judging the versions needs the lock
             run.lock = read_spec_lock(run.spec)
         envs = [(s, r, _env(r, run.name)) for s, r in zip(plan, records, strict=True)]
-        first = envs[0][2]
-        described[run.name] = (str(first.get("description")), bool(first.get("created")))
-        run.fingerprint = first.get("fingerprint") or {}
-        run.warnings = _merged_warnings([e.get("warnings") for _, _, e in envs])
-        run.seconds = _merged_seconds([e.get("seconds") or {} for _, _, e in envs])
-        note = _fingerprint_note(run.name, envs)
-        if note:
-            notes.append(note)
-            say(f"warning: {note}")
+        described[run.name] = fill_from_shards(run, envs, notes, say)
         failed = [(s, r, e) for s, r, e in envs if e.get("error")]
         if failed:
             shard, record, env = failed[0]

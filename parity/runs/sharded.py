@@ -455,15 +455,7 @@ def _merge(
         envs = [(s, r, r["environments"][run.name]) for s, r in ordered]
         failed = [(s, r, e) for s, r, e in envs if e.get("error")]
         if envs:
-            first = envs[0][2]
-            described[run.name] = (str(first.get("description")), bool(first.get("created")))
-            run.fingerprint = first.get("fingerprint") or {}
-            run.warnings = _merged_warnings([e.get("warnings") for _, _, e in envs])
-            run.seconds = _merged_seconds([e.get("seconds") or {} for _, _, e in envs])
-            note = _fingerprint_note(run.name, envs)
-            if note:
-                notes.append(note)
-                say(f"warning: {note}")
+            described[run.name] = fill_from_shards(run, envs, notes, say)
         if failed:
             shard, result, env = failed[0]
             more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
@@ -694,6 +686,27 @@ def merge_shards(run: EnvRun, shards: list[tuple[Shard, dict[str, Any]]], outdir
                         f.write(np.ascontiguousarray(block).tobytes())
     run.outputs = dict(load_outputs(target))
     shutil.rmtree(target.parent.parent / "shards" / run.name, ignore_errors=True)
+
+
+def fill_from_shards(
+    run: EnvRun,
+    envs: list[tuple[Shard, dict[str, Any], dict[str, Any]]],
+    notes: list[str],
+    say: Progress,
+) -> tuple[str, bool]:
+    """Fill `run` from its environment's part of each shard's result (in shard order) as
+    a local replay would have: the first shard's fingerprint, the warnings and timings of
+    all; a note on fingerprints differing between nodes goes to `notes` and progress.
+    How the environment is described: its description, and whether it was created."""
+    first = envs[0][2]
+    run.fingerprint = first.get("fingerprint") or {}
+    run.warnings = _merged_warnings([e.get("warnings") for _, _, e in envs])
+    run.seconds = _merged_seconds([e.get("seconds") or {} for _, _, e in envs])
+    note = _fingerprint_note(run.name, envs)
+    if note:
+        notes.append(note)
+        say(f"warning: {note}")
+    return str(first.get("description")), bool(first.get("created"))
 
 
 def _merged_warnings(shipped: list[Any]) -> CaughtWarnings | None:
