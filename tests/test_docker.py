@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import tomllib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BIN, ROOT, lock_tiny_spec, run_cli
+import tomli_w
+from conftest import BIN, ROOT, lock_tiny_spec, parity_check, run_cli, same_figures
+from raycluster import LocalRayCluster
 
 from envlock import probe, read_lock
 from envlock.fetch import fetch
@@ -677,3 +680,137 @@ def test_missing_image_is_an_environment_error(client: Any, tmp_path: Path) -> N
     result = run_cli("parity", "check", "--config", str(cfg))
     assert result.returncode == 3
     assert "image envlock/nope:never-built not found" in result.stdout
+
+
+# --- docker environments on Ray nodes (`[run] executor = "ray"`) ---------------------------
+
+
+def docker_model_config(tmp_path: Path, name: str, executor: str) -> Path:
+    """examples/docker/parity.toml (the reference model in its two images) for 32 samples
+    in batches of 16, paths made absolute, run on `executor` (ray: in 2 shards)."""
+    source = ROOT / "examples" / "docker" / "parity.toml"
+    data = tomllib.loads(source.read_text())
+    base = source.parent
+    data["model"]["paths"] = [str((base / p).resolve()) for p in data["model"]["paths"]]
+    for env in data["environments"].values():
+        env["lock"] = str((base / env["lock"]).resolve())
+    data["inputs"].update(count=32, batch_size=16)
+    data["run"]["executor"] = executor
+    if executor == "ray":
+        data["run"]["ray"] = {"shards": 2}
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def test_docker_images_sharded_on_two_nodes_equal_the_local_check(
+    reference_build: dict[str, Any], ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    images = reference_build["result"]["images"]
+    sharded_config = docker_model_config(tmp_path, "sharded.toml", "ray")
+    done, report = parity_check(sharded_config, env=ray_cluster.driver_env())
+    assert done.returncode == 0, done.stderr
+    local_done, local = parity_check(docker_model_config(tmp_path, "local.toml", "local"))
+    assert local_done.returncode == 0, local_done.stderr
+    same_figures(report, local)
+    assert {s["node"] for s in report["execution"]["shards"]} == {"node1", "node2"}
+    for env in ("train", "infer"):
+        tag, image_id = images[env]["tag"], images[env]["image_id"]
+        # the driver resolved the tag to its id; every node ran that id, and says so
+        assert f"{env}: image {tag}: other machines run {image_id}" in done.stderr
+        described = f"image {tag} ({image_id})"
+        assert report["environments"][env]["description"] == described
+        assert local["environments"][env]["description"] == described
+        assert report["environments"][env]["backend"] == "docker"
+
+
+def test_a_pinned_image_is_run_by_its_id_after_its_tag_moved(
+    client: Any, reference_build: dict[str, Any]
+) -> None:
+    from envlock.backends.docker import DockerEnvironment
+    from envlock.environments import EnvironmentSpec, open_environment, pin_environment
+
+    images = reference_build["result"]["images"]
+    infer, train = images["infer"]["image_id"], images["train"]["image_id"]
+    repository, tag = "envlock/test-moving-tag", str(os.getpid())
+    name = f"{repository}:{tag}"
+    client.images.get(infer).tag(repository, tag)
+    try:
+        spec = EnvironmentSpec("infer", "docker", image=name)
+        pinned = pin_environment(spec)  # on the driver
+        fixed = pinned.pinned
+        # built here, never pushed: an id, and no registry digest to pull it by
+        assert fixed is not None and (fixed.name, fixed.id, fixed.digests) == (name, infer, ())
+        client.images.get(train).tag(repository, tag)  # the tag moves
+        unpinned, opened = open_environment(spec), open_environment(pinned)  # on a node
+        assert isinstance(unpinned, DockerEnvironment) and isinstance(opened, DockerEnvironment)
+        assert unpinned.image == train  # what the tag names now
+        assert opened.image == infer and opened.description == f"image {name} ({infer})"
+    finally:
+        client.images.remove(name)
+
+
+NOT_HERE = hashlib.sha256(b"an image no node has").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (
+            f"sha256:{NOT_HERE}",
+            [
+                f"image sha256:{NOT_HERE} is not on this node and has no registry digest",
+                "it must be pushed to a registry the nodes can reach",
+            ],
+        ),
+        (
+            f"127.0.0.1:{{port}}/parity/none@sha256:{NOT_HERE}",
+            [
+                f"image 127.0.0.1:{{port}}/parity/none@sha256:{NOT_HERE} is not on this node "
+                "and could not be pulled by digest (127.0.0.1:{port}/parity/none@sha256:",
+                "it must be in a registry the nodes can reach",
+            ],
+        ),
+    ],
+    ids=["id-only", "digest-unreachable"],
+)
+def test_an_image_no_node_has_fails_its_shards_naming_node_shard_and_image(
+    client: Any, ray_cluster: LocalRayCluster, tmp_path: Path, image: str, words: list[str]
+) -> None:
+    with socket.socket() as s:  # a registry address nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
+    text = DOCKER_CONFIG.format(image=image.replace("{port}", port), timeout=60)
+    text = text.replace("count = 2\n", "count = 4\nbatch_size = 2\n")
+    config = tmp_path / "parity.toml"
+    ray = '[run]\nexecutor = "ray"\n'
+    config.write_text(text.replace("[run]\n", ray) + "\n[run.ray]\nshards = 2\n")
+    done, report = parity_check(config, env=ray_cluster.driver_env())
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert report["verdict"] == "error"
+    nodes = {s["node"] for s in report["execution"]["shards"]}
+    assert len(report["errors"]) == 2, report["errors"]  # train's and infer's
+    for error in report["errors"]:
+        for word in words:
+            assert word.replace("{port}", port) in error, error
+        node = error.partition("(on node ")[2].partition(",")[0]
+        assert node in nodes and f"(on node {node}, shard " in error, (error, nodes)
+
+
+def test_a_tag_the_driver_lacks_fails_before_any_shard(client: Any, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
+    config = tmp_path / "parity.toml"
+    text = DOCKER_CONFIG.format(image="envlock/nope:never-built", timeout=10)
+    ray = '[run]\nexecutor = "ray"\n'
+    config.write_text(text.replace("[run]\n", ray) + '\n[run.ray]\naddress = "127.0.0.1:1"\n')
+    done = run_cli("parity", "check", "--config", str(config))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert (
+        "environment 'train': image envlock/nope:never-built not found: the nodes run the "
+        "image its tag names on this machine" in done.stderr
+    ), done.stderr
+    assert 'name it by digest instead (image = "registry/name@sha256:…")' in done.stderr
+    assert "cannot reach the Ray cluster" not in done.stderr  # refused before connecting
