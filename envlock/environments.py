@@ -17,16 +17,18 @@ import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from envlock.backends.base import Environment, LocalEnvironment
-from envlock.backends.docker import PinnedImage
 from envlock.backends.endpoint import EndpointEnvironment
 from envlock.backends.venv import VenvBackend
 from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN, LockedEnv, read_lock
 from envlock.names import shown_path
 from envlock.progress import Progress, quiet
+
+if TYPE_CHECKING:
+    from envlock.backends.docker import PinnedImage  # imported where a check runs docker
 
 
 @dataclass(frozen=True)
