@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BIN, ROOT, lock_tiny_spec, parity_check, run_cli, same_figures
+from conftest import (
+    BIN,
+    ROOT,
+    assert_valid_report,
+    lock_tiny_spec,
+    parity_check,
+    run_cli,
+    same_figures,
+)
 from raycluster import LocalRayCluster
 
 from envlock import probe, read_lock
@@ -739,14 +747,30 @@ def test_docker_images_sharded_on_two_nodes_equal_the_local_check(
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "adapter.py").write_text(RAY_DOCKER_ADAPTER)
     lock = ROOT / "locks" / "pylock.toml"
-    reports = {}
-    for executor in ("ray", "local"):
+    checks = {}
+    for executor in ("ray", "local"):  # side by side: the wall time is the sharded one's
         config = tmp_path / f"{executor}.toml"
         config.write_text(RAY_DOCKER_CONFIG.format(lock=lock, executor=executor))
-        done, reports[executor] = parity_check(config, env=ray_cluster.driver_env())
-        assert done.returncode == 1, done.stdout + done.stderr  # the scaled side differs
-        if executor == "ray":
-            stderr = done.stderr
+        checks[executor] = subprocess.Popen(
+            [str(BIN / "parity"), "check", "--config", str(config), "--json",
+             str(config.with_suffix(".json"))],
+            env={**os.environ, **ray_cluster.driver_env()},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    reports, stderr = {}, ""
+    try:
+        for executor, check in checks.items():
+            out, err = check.communicate(timeout=600)
+            assert check.returncode == 1, out + err  # the scaled side differs
+            assert "Traceback" not in err, err
+            reports[executor] = json.loads((tmp_path / f"{executor}.json").read_text())
+            assert_valid_report(reports[executor])
+            stderr += err if executor == "ray" else ""
+    finally:
+        for check in checks.values():
+            if check.poll() is None:
+                check.kill()
+                check.wait()
     report, local = reports["ray"], reports["local"]
     same_figures(report, local)
     assert not report["outputs"][0]["passed"] and report["outputs"][0]["max_abs_diff"] > 0
@@ -828,17 +852,23 @@ def test_an_image_no_node_has_fails_its_shards_naming_node_shard_and_image(
 
 
 def test_a_tag_the_driver_lacks_fails_before_any_shard(client: Any, tmp_path: Path) -> None:
+    from parity.config import load_config
+    from parity.errors import WorkerError
+    from parity.runs.replay import EnvRun
+    from parity.runs.sharded import replay_sharded
+
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
-    config = tmp_path / "parity.toml"
+    config_path = tmp_path / "parity.toml"
     text = DOCKER_CONFIG.format(image="envlock/nope:never-built", timeout=10)
-    ray = '[run]\nexecutor = "ray"\n'
-    config.write_text(text.replace("[run]\n", ray) + '\n[run.ray]\naddress = "127.0.0.1:1"\n')
-    done = run_cli("parity", "check", "--config", str(config))
-    assert done.returncode == 3, done.stdout + done.stderr
-    assert (
+    ray = '[run]\nexecutor = "ray"\n'  # an address where no cluster is: never reached
+    config_path.write_text(text.replace("[run]\n", ray) + '\n[run.ray]\naddress = "127.0.0.1:1"\n')
+    config = load_config(config_path)
+    runs = [EnvRun(spec) for spec in config.environments]
+    with pytest.raises(WorkerError) as raised:
+        replay_sharded(config, runs, tmp_path / "work", lambda line: None)
+    assert raised.value.exit_code == 3
+    assert str(raised.value) == (
         "environment 'train': image envlock/nope:never-built not found: the nodes run the "
-        "image its tag names on this machine" in done.stderr
-    ), done.stderr
-    assert 'name it by digest instead (image = "registry/name@sha256:…")' in done.stderr
-    assert "cannot reach the Ray cluster" not in done.stderr  # refused before connecting
+        "image its tag names on this machine (build it here with `envlock build`); a tag "
+        'can move: name it by digest instead (image = "registry/name@sha256:…")'
+    )
