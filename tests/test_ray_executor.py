@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from conftest import BIN, LOCAL_CONFIG, ROOT, assert_valid_report, run_cli
+from conftest import BIN, LOCAL_CONFIG, ROOT, assert_valid_report, run_cli, the_failure
 from raycluster import RAY_ENV, LocalRayCluster
 
 # Slow adapter for the local-backend checks: each batch takes a moment, so a node can be
@@ -219,7 +219,7 @@ def test_an_environment_failing_on_a_node_names_it(
     done, report = parity_check(config, env=ray_cluster.driver_env())
     assert done.returncode == 3, done.stderr
     assert report["verdict"] == "error"
-    (error,) = report["errors"]
+    error = the_failure(report["errors"])
     assert "environment 'infer'" in error and "the adapter is broken here" in error
     nodes = nodes_of(report)
     (node,) = nodes
