@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.request
@@ -60,12 +62,15 @@ def server(
     command: list[str], env: dict[str, str], cwd: Path, log: Path, ready: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`command` running while the block runs, once `ready` (a URL) answers 200; stopped
-    with every process it started when the block ends, however it ends."""
+    with every process it started when the block ends, however it ends. The server gets a
+    temporary folder of its own (TMPDIR), next to its log and removed once it is stopped:
+    a server killed mid-run (BentoML makes folders in it) leaves nothing in /tmp."""
     environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    scratch = Path(tempfile.mkdtemp(prefix=f"{log.stem}-tmp-", dir=log.parent))
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command,
-            env={**environ, **SERVER_ENV, **env},
+            env={**environ, **SERVER_ENV, "TMPDIR": str(scratch), **env},
             cwd=cwd,
             stdout=out,
             stderr=out,
@@ -77,6 +82,7 @@ def server(
         yield proc
     finally:
         stop(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:

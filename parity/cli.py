@@ -65,6 +65,49 @@ def quiet_option(fn: F) -> F:
     )(fn)
 
 
+def report_options(json_help: str, junit_case: str, html: bool = True) -> Callable[[F], F]:
+    """`--json`, `--junit`, `--markdown` (and `--html`): where a report is written, the same
+    options for every command that writes one (`check`, `shard merge`, `fleet`).
+    `junit_case` says what one testcase is."""
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option(
+                "--json",
+                "json_path",
+                type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+                help=f"{json_help} ('-' for stdout, which then holds only the JSON).",
+            ),
+            click.option(
+                "--junit",
+                "junit_path",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help=f"Also write a JUnit XML report ({junit_case}).",
+            ),
+            click.option(
+                "--markdown",
+                "markdown_path",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="Also write a Markdown summary (CI step summaries, PR comments).",
+            ),
+        ]
+        if html:
+            options.append(
+                click.option(
+                    "--html",
+                    "html_path",
+                    type=click.Path(path_type=Path, dir_okay=False),
+                    help="Also write one self-contained HTML page (histograms, heatmaps; "
+                    "no scripts).",
+                )
+            )
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 @click.group(cls=InterruptibleGroup)
 @click.version_option(package_name="envlock-parity")
 def main() -> None:
@@ -90,31 +133,8 @@ def main() -> None:
     help="With --against: the environment to check (default: the one that is not "
     "run.reference, i.e. the inference side).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="Write the JSON report here ('-' for stdout, which then holds only the JSON).",
-)
-@click.option(
-    "--junit",
-    "junit_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=(
-        "Also write a JUnit XML report (one testcase per output, difference and failing warning)."
-    ),
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write a Markdown summary (CI step summaries, PR comments).",
-)
-@click.option(
-    "--html",
-    "html_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write one self-contained HTML page (histograms, heatmaps; no scripts).",
+@report_options(
+    "Write the JSON report here", "one testcase per output, difference and failing warning"
 )
 @click.option(
     "--metrics",
@@ -466,29 +486,8 @@ def shard_run_command(
 @shard_group.command("merge")
 @config_option
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="Write the JSON report here ('-' for stdout, which then holds only the JSON).",
-)
-@click.option(
-    "--junit",
-    "junit_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write a JUnit XML report.",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write a Markdown summary.",
-)
-@click.option(
-    "--html",
-    "html_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write one self-contained HTML page.",
+@report_options(
+    "Write the JSON report here", "one testcase per output, difference and failing warning"
 )
 @click.option(
     "--workdir",
@@ -541,24 +540,10 @@ def shard_merge_command(
     type=click.IntRange(min=1),
     help="With --executor local: checks run at once (default: the CPU count).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="Write the fleet's JSON report here, every config's report in it ('-' for stdout, "
-    "which then holds only the JSON).",
-)
-@click.option(
-    "--junit",
-    "junit_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write a JUnit XML report (one testcase per config).",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write a Markdown summary (CI step summaries, PR comments).",
+@report_options(
+    "Write the fleet's JSON report here, every config's report in it",
+    "one testcase per config",
+    html=False,
 )
 @click.option(
     "--reports",

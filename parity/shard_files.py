@@ -51,6 +51,7 @@ from parity.runs.replay import (
     EnvRun,
     WorkFolder,
     replay_environments,
+    run_errors,
     summary,
     write_inputs,
 )
@@ -234,6 +235,7 @@ def _written(run: EnvRun, folder: Path) -> dict[str, Any]:
         "description": run.environment.description if run.environment else run.spec.backend,
         "created": bool(run.environment and run.environment.created),
         "error": run.error,
+        "cancelled": run.cancelled,  # stopped: the other side failed first
         "outputs": None,
     }
     if run.error is None:
@@ -356,7 +358,7 @@ def merge_shard_files(
             config,
             ref,
             cand,
-            [r.error for r in runs if r.error],
+            run_errors(runs),
             {r.name: functools.partial(describe, r) for r in runs},
             work=work,
             input_digest=input_digest,
@@ -385,9 +387,14 @@ def _fill(
             run.lock = read_spec_lock(run.spec)
         envs = [(s, r, _env(r, run.name)) for s, r in zip(plan, records, strict=True)]
         described[run.name] = fill_from_shards(run, envs, notes, say)
-        failed = [(s, r, e) for s, r, e in envs if e.get("error")]
+        # a failure first, before a side it stopped
+        failed = sorted(
+            [(s, r, e) for s, r, e in envs if e.get("error")],
+            key=lambda f: bool(f[2].get("cancelled")),
+        )
         if failed:
             shard, record, env = failed[0]
+            run.cancelled = bool(env.get("cancelled"))
             more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
             run.error = (
                 f"{env['error']}\n(on node {record['node']}, shard {shard.id + 1}: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -124,6 +125,23 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def failures(errors: list[str]) -> list[str]:
+    """A report's `errors` but the notes of a side stopped because the other failed first
+    (which of two failing sides fails first is a race: the other is stopped, or fails too)."""
+    stopped = r"environment '.+': stopped: environment '.+' failed first"
+    return [e for e in errors if not re.fullmatch(stopped, e.splitlines()[0])]
+
+
+def the_failure(errors: list[str], failed: str = "infer", other: str = "train") -> str:
+    """The one failure in a report's `errors`, environment `failed`'s: the `other` side is
+    stopped when it fails and says so after it (on its first line: a shard adds where),
+    unless it had finished already."""
+    error, *rest = errors
+    stopped = f"environment {other!r}: stopped: environment {failed!r} failed first"
+    assert [e.splitlines()[0] for e in rest] in ([], [stopped]), errors
+    return error
 
 
 @pytest.fixture

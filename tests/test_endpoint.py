@@ -341,6 +341,23 @@ def test_a_server_killed_mid_replay_ends_the_check_with_exit_3(
         server.wait()
 
 
+def test_a_failing_local_side_stops_the_endpoint_replay(
+    serve: Callable[..., str], project: Callable[..., Path]
+) -> None:
+    """The local side fails on its first batch; the endpoint, 5 s a batch (25 s for the
+    replay), is asked no further batch than the one it is answering."""
+    url = serve(slow=5)
+    broken = "def predict(inputs):\n    raise RuntimeError('the local side is broken')\n"
+    started = time.monotonic()
+    code, text, report = check(project(url, code=broken))
+    took = time.monotonic() - started
+    assert code == 3, text
+    assert "[served] stopped: environment 'local' failed first" in text, text
+    assert took < 20, f"took {took:.1f}s"
+    assert len(report["errors"]) == 2 and "the local side is broken" in report["errors"][0]
+    assert report["errors"][1] == "environment 'served': stopped: environment 'local' failed first"
+
+
 def test_authorization_comes_from_the_variable_named_and_is_never_written(
     serve: Callable[..., str], project: Callable[..., Path], tmp_path: Path
 ) -> None:

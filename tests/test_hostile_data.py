@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LOCAL_CONFIG, run_cli
+from conftest import LOCAL_CONFIG, run_cli, the_failure
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -303,7 +303,7 @@ def test_a_model_spoiling_its_workers_files_is_an_environment_error(
     assert code == 3, stderr
     errors = json.loads(report.read_text())["errors"]
     unusable = "the model failed, and the worker's account is unusable: " if fail else ""
-    assert errors == [f"environment 'infer': {unusable}{work}/infer/{file}: {problem}"]
+    assert the_failure(errors) == f"environment 'infer': {unusable}{work}/infer/{file}: {problem}"
 
 
 # Worker outputs ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ records its worker's pid and the sleeper's in a file of its own, in a folder the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -44,6 +45,8 @@ os.replace(tmp, os.path.join(os.environ["PIDS"], str(os.getpid())))
 
 
 def predict(inputs):
+    if os.environ.get("BROKEN"):
+        raise RuntimeError("this side of the model is broken")
     time.sleep(float(os.environ["SLEEP"]))
     return {"y": inputs["x"] * 2.0}
 """
@@ -181,6 +184,35 @@ def test_ctrl_c_and_sigterm_stop_every_worker_at_once(
     assert sorted(p.name for p in tmp_path.iterdir()) == [cfg.name, "pids", "src", "tmp"]
     assert list((tmp_path / "tmp").iterdir()) == []  # the work folder was removed
     assert still_running(pids) == []
+
+
+def test_one_side_failing_stops_the_other_at_once(
+    write_project: Callable[..., Path], pids_folder: Path, tmp_path: Path
+) -> None:
+    """The inference side fails on its first batch while the training side would replay
+    for 300 s a batch: the check stops the training side's worker (and what it forked),
+    ends with exit 3 and reports the failure first, then what it stopped."""
+    cfg = write_project(
+        ADAPTER,
+        config(pids_folder, sleep=300, timeout=600) + '\n[environments.infer.env]\nBROKEN = "1"\n',
+    )
+    report = tmp_path / "report.json"
+    started = time.monotonic()
+    proc = start_check(cfg, report, tmp_path / "tmp")
+    try:
+        _, stderr = proc.communicate(timeout=200)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 3, stderr
+    assert took < 100, f"took {took:.1f}s"  # not the training side's 300 s batch
+    assert "Traceback" not in stderr
+    assert "[train] stopped: environment 'infer' failed first" in stderr, stderr
+    errors = json.loads(report.read_text())["errors"]
+    assert len(errors) == 2 and "this side of the model is broken" in errors[0], errors
+    assert errors[1] == "environment 'train': stopped: environment 'infer' failed first"
+    assert still_running(recorded(pids_folder)) == []  # whatever had started
 
 
 def test_kill_9_of_parity_kills_its_workers_and_what_they_forked(

@@ -30,6 +30,7 @@ from conftest import (
     parity_check,
     run_cli,
     same_figures,
+    the_failure,
 )
 from raycluster import RAY_ENV, LocalRayCluster
 
@@ -180,7 +181,7 @@ def test_an_environment_failing_on_a_node_names_it(
     done, report = parity_check(config, env=ray_cluster.driver_env())
     assert done.returncode == 3, done.stderr
     assert report["verdict"] == "error"
-    (error,) = report["errors"]
+    error = the_failure(report["errors"])
     assert "environment 'infer'" in error and "the adapter is broken here" in error
     nodes = nodes_of(report)
     (node,) = nodes

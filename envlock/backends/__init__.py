@@ -5,14 +5,24 @@ Every backend gives an `Environment`: something that can start a Python script i
 
 from __future__ import annotations
 
-from envlock.backends.base import Environment, LocalEnvironment, Mount, RunTimeout, stop_all
+from envlock.backends.base import (
+    Cancelled,
+    Environment,
+    LocalEnvironment,
+    Mount,
+    Running,
+    RunTimeout,
+    stop_all,
+)
 from envlock.backends.venv import VenvBackend, default_cache_dir
 
 __all__ = [
+    "Cancelled",
     "Environment",
     "LocalEnvironment",
     "Mount",
     "RunTimeout",
+    "Running",
     "VenvBackend",
     "default_cache_dir",
     "stop_all",

@@ -38,6 +38,14 @@ class RunTimeout(EnvlockError):
     exit_code = 3
 
 
+class Cancelled(EnvlockError):
+    """A script killed because its caller cancelled the work it was part of: `stop_all` of
+    the `Running` passed to `run_python` as `cancel` (e.g. the other side of a check failed,
+    so this side's answers are no longer needed)."""
+
+    exit_code = 3
+
+
 class Stopped(BaseException):
     """A script killed by `stop_all`: the command that ran it is ending (interrupted). Not
     an Exception, as KeyboardInterrupt is not: nothing should report it as the script's own
@@ -85,9 +93,11 @@ class Environment:
         log: Path,
         timeout: float,
         started: Callable[[], None] | None = None,
+        cancel: Running | None = None,
     ) -> int:
         """Run `python script args...` inside; return its exit status, or raise `RunTimeout`.
-        `started` is called once the script's process has started."""
+        `started` is called once the script's process has started. The script is listed in
+        `cancel` while it runs: its `stop_all` kills it, and `Cancelled` is raised."""
         child_env = child_environment(env)
         with log.open("wb") as out:
             # -s: no user site-packages; the environment is exactly what its lock installed.
@@ -103,7 +113,8 @@ class Environment:
             assert proc.stdout is not None
             pump = BoundedLog(proc.stdout, out)
             try:
-                with RUNNING.running(lambda: kill_group(proc.pid)):
+                kill = functools.partial(kill_group, proc.pid)
+                with RUNNING.running(kill), listed(cancel, kill):
                     try:
                         if started is not None:
                             started()
@@ -118,6 +129,8 @@ class Environment:
                 pump.finish()
         if RUNNING.stopping:
             raise Stopped(f"{self.description}: stopped")
+        if cancel is not None and cancel.stopping:
+            raise Cancelled(f"{self.description}: cancelled")
         if not exited:
             raise RunTimeout(f"timed out after {timeout:g}s and was killed")
         return status
@@ -243,6 +256,13 @@ class Running:
 
 
 RUNNING = Running()
+
+
+def listed(
+    cancel: Running | None, stop: Callable[[], None]
+) -> contextlib.AbstractContextManager[None]:
+    """`cancel.running(stop)`, or nothing when there is no `cancel`."""
+    return contextlib.nullcontext() if cancel is None else cancel.running(stop)
 
 
 def stop_all() -> int:

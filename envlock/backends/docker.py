@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from envlock.backends.base import LOG_TAIL, RUNNING, Environment, Mount, RunTimeout, Stopped
+from envlock.backends.base import (
+    LOG_TAIL,
+    RUNNING,
+    Cancelled,
+    Environment,
+    Mount,
+    Running,
+    RunTimeout,
+    Stopped,
+    listed,
+)
 from envlock.errors import EnvlockError
 
 USER = "10001:10001"
@@ -184,9 +194,11 @@ class DockerEnvironment(Environment):
         log: Path,
         timeout: float,
         started: Callable[[], None] | None = None,
+        cancel: Running | None = None,
     ) -> int:
         """Run `python script args...` in a fresh container; remove it afterwards.
-        `started` is called once the container has started."""
+        `started` is called once the container has started; `cancel`'s `stop_all` kills it
+        (`Cancelled`)."""
         import docker
 
         client = docker_client()
@@ -220,25 +232,28 @@ class DockerEnvironment(Environment):
         if started is not None:
             started()
         try:
-            status = wait_for(container, timeout)
+            status = wait_for(container, timeout, cancel)
+            if RUNNING.stopping:
+                raise Stopped(f"container {container.short_id}: stopped")
+            if cancel is not None and cancel.stopping:
+                raise Cancelled(f"container {container.short_id}: cancelled")
             if status is None:
                 raise RunTimeout(
                     f"timed out after {timeout:g}s; container {container.short_id} was killed"
                 )
-            if RUNNING.stopping:
-                raise Stopped(f"container {container.short_id}: stopped")
             return status
         finally:
             log.write_bytes(container.logs(stdout=True, stderr=True)[-LOG_TAIL:])
             container.remove(force=True)
 
 
-def wait_for(container: Any, timeout: float) -> int | None:
+def wait_for(container: Any, timeout: float, cancel: Running | None = None) -> int | None:
     """`container`'s exit status, or None when it ran past `timeout` seconds and was
-    killed; listed while it runs, so that Ctrl-C or SIGTERM of the command kills it."""
+    killed; listed while it runs (in `cancel` too, if given), so that Ctrl-C or SIGTERM of
+    the command kills it."""
     import requests
 
-    with RUNNING.running(container.kill):
+    with RUNNING.running(container.kill), listed(cancel, container.kill):
         try:
             return int(container.wait(timeout=timeout)["StatusCode"])
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):

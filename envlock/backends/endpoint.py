@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from envlock.backends.base import Environment, Mount
+from envlock.backends.base import Environment, Mount, Running
 from envlock.errors import EnvlockError
 
 # The protocols an endpoint may speak: the Open Inference Protocol v2 over REST (KServe's
@@ -58,6 +58,7 @@ class EndpointEnvironment(Environment):
         log: Path,
         timeout: float,
         started: Callable[[], None] | None = None,
+        cancel: Running | None = None,
     ) -> int:
         """An endpoint runs no scripts: it answers requests."""
         raise EnvlockError(f"{self.description} runs no scripts: it answers requests")

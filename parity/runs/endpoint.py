@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from envlock.backends import Cancelled
 from envlock.backends.endpoint import EndpointEnvironment
 from envlock.envvars import declare_secret_values
 from envlock.progress import Progress
@@ -71,12 +72,18 @@ MAX_SHOWN = 300  # characters of a server's error text in a message
 
 
 def replay_endpoint(
-    name: str, endpoint: EndpointEnvironment, config: ParityConfig, outdir: Path, say: Progress
+    name: str,
+    endpoint: EndpointEnvironment,
+    config: ParityConfig,
+    outdir: Path,
+    say: Progress,
+    cancelled: Callable[[], bool] | None = None,
 ) -> str | None:
     """Replay the inputs file (in `outdir.parent / INPUTS`, waited for) through `endpoint`
     batch by batch; write `outputs.npz` and `result.json` into `outdir`, and the endpoint's
     recorded fingerprint as `fingerprint.json` when it has one. The server's name, as its
-    metadata gives it (`mlserver`), if it does."""
+    metadata gives it (`mlserver`), if it does. Raise `Cancelled` once `cancelled()` is
+    true, asked before each batch."""
     import numpy as np
 
     outdir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +100,8 @@ def replay_endpoint(
         count = len(next(iter(inputs.values())))
         batch = config.inputs.batch_size
         for n, start in enumerate(range(0, count, batch)):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"{endpoint.description}: cancelled before batch {n}")
             answer = client.infer({k: v[start : start + batch] for k, v in inputs.items()}, n)
             if outputs and set(answer) != set(outputs):
                 raise WorkerError(

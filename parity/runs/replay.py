@@ -31,7 +31,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from envlock import LockedEnv
-from envlock.backends import Environment, RunTimeout, default_cache_dir
+from envlock.backends import Cancelled, Environment, Running, RunTimeout, default_cache_dir
 from envlock.backends.endpoint import EndpointEnvironment
 from envlock.environments import EnvironmentSpec, backend_for, open_environment, read_spec_lock
 from envlock.errors import EnvlockError
@@ -140,6 +140,8 @@ class EnvRun:
     # a serving endpoint's server packages (its `serving` setting, and the server its
     # metadata names): what they bring runs the server, not the model
     serving: tuple[str, ...] = ()
+    # stopped because the other environment failed first (`error` says which)
+    cancelled: bool = False
 
     def lock_view(self) -> LockView | None:
         """What this environment's lock pins, from the lock itself or as recorded."""
@@ -234,6 +236,38 @@ def materialize_all(runs: list[EnvRun], cache_dir: Path | None, say: Progress) -
             raise e
 
 
+class Siblings:
+    """The environments of one check, replaying at once: the first to fail stops the
+    others, whose answers could no longer be compared (a failed endpoint does not leave
+    the training side replaying for hours); they then say which failed."""
+
+    def __init__(self) -> None:
+        self.scripts = Running()  # the workers running now, killed by `fail`
+        self.failed: str | None = None
+        self._lock = threading.Lock()
+
+    def fail(self, name: str) -> None:
+        """Environment `name` failed: stop the others (now and whatever they start)."""
+        with self._lock:
+            if self.failed is None:
+                self.failed = name
+        self.scripts.stop_all()
+
+    def cancelled(self) -> bool:
+        """Whether one of them failed (the others stop)."""
+        return self.failed is not None
+
+    def stopped(self, name: str) -> str:
+        """What environment `name`, stopped, says."""
+        return str(WorkerError(name, f"stopped: environment {self.failed!r} failed first"))
+
+
+def run_errors(runs: list[EnvRun]) -> list[str]:
+    """The runs' errors as the report gives them: the failures first, then the sides they
+    stopped."""
+    return [r.error for r in sorted(runs, key=lambda r: r.cancelled) if r.error]
+
+
 def replay_environments(
     config: ParityConfig,
     runs: list[EnvRun],
@@ -247,17 +281,19 @@ def replay_environments(
     """Materialize each run's environment and replay the input set in it, all at once; the
     input set's digest and when it was ready (`time.perf_counter()`).
 
-    Failures inside an environment become that run's `error`. With `input_digest`, the
-    inputs file is already in `work/inputs` and is not made again. `meanwhile` is called
+    Failures inside an environment become that run's `error`; the first one stops the
+    others (`Siblings`). With `input_digest`, the inputs file is already in `work/inputs`
+    and is not made again. `meanwhile` is called
     once the inputs are written, while the workers run (what the caller prepares then)."""
     # Workers start first and import the model while the inputs are made here; each waits
     # for the inputs file, which appears whole (written aside, then renamed). Making the
     # inputs waits (a little) until the workers have started: a start-up that competes with
     # NumPy's import for the interpreter would come later, the workers' own start too.
     starting = [threading.Event() for _ in runs]
+    siblings = Siblings()
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         futures = [
-            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate, e)
+            pool.submit(_run_environment, r, config, cache_dir, work, say, calibrate, e, siblings)
             for r, e in zip(runs, starting, strict=True)
         ]
         deadline = time.monotonic() + START_WAIT
@@ -331,9 +367,11 @@ def _run_environment(
     say: Progress,
     calibrate: bool,
     starting: threading.Event | None = None,
+    siblings: Siblings | None = None,
 ) -> None:
     """Materialize `run`'s environment and replay the inputs in it; `starting` is set once
-    its worker has started (or the run ended before)."""
+    its worker has started (or the run ended before). A failure stops the `siblings`;
+    theirs stops this one (its environment is still materialized: that is kept)."""
     tell = _told(run, say)
     try:
         t0 = time.perf_counter()
@@ -345,20 +383,32 @@ def _run_environment(
             run.scripts = compiled_scripts(
                 static.sections.get("python"), cache_dir or default_cache_dir()
             )
+        if siblings is not None and siblings.cancelled():
+            raise Cancelled("not started")
         tell(f"running {config.inputs.count} inputs in {environment.description}")
-        run.outputs = _replay(run, config, work / run.name, tell, static, cache_dir, starting)
+        run.outputs = _replay(
+            run, config, work / run.name, tell, static, cache_dir, starting, siblings
+        )
         run.seconds["run"] = round(time.perf_counter() - t1, 3)
         tell(f"done in {run.seconds['run']:.1f}s")
         if calibrate:
             t2 = time.perf_counter()
             tell("calibrating: running the same inputs a second time")
-            run.repeat = _replay(run, config, work / f"{run.name}.repeat", tell)
+            run.repeat = _replay(run, config, work / f"{run.name}.repeat", tell, siblings=siblings)
             run.seconds["repeat"] = round(time.perf_counter() - t2, 3)
+    except Cancelled:
+        assert siblings is not None and siblings.failed is not None
+        run.error, run.cancelled = siblings.stopped(run.name), True
+        tell(f"stopped: environment {siblings.failed!r} failed first")
     except ConfigError:
+        if siblings is not None:
+            siblings.fail(run.name)
         raise  # the config does not fit the environment (an endpoint's model): exit 2
     except (EnvlockError, ParityError, OSError) as e:
         run.error = str(e)
         tell(f"error: {str(e).splitlines()[0]}")
+        if siblings is not None:
+            siblings.fail(run.name)
     finally:
         if starting is not None:
             starting.set()
@@ -393,8 +443,10 @@ def _replay(
     static: StaticFingerprint | None = None,
     cache_dir: Path | None = None,
     starting: threading.Event | None = None,
+    siblings: Siblings | None = None,
 ) -> dict[str, OutputArray]:
     """Run the worker once in `run`'s environment; its outputs (read lazily from outdir).
+    A failure of one of `siblings` stops it (`Cancelled`).
     The first run's warnings become `run.warnings`, also when the worker failed. With
     `static` (what the environment holds, taken by the host), the worker takes only the
     rest of the fingerprint where its sys.path is the one `static` was read from (else all
@@ -406,13 +458,14 @@ def _replay(
     if run.environment is not None and not run.environment.runs_scripts:
         if starting is not None:
             starting.set()  # nothing to start: making the inputs need not wait for it
-        return _replay_endpoint(run, config, outdir, say)
+        return _replay_endpoint(run, config, outdir, say, siblings)
+    cancel = None if siblings is None else siblings.scripts
     if run.fingerprint:  # a calibration run: the first run's fingerprint, times, warnings stand
-        run_worker(run, config, outdir)
+        run_worker(run, config, outdir, cancel=cancel)
         return dict(load_outputs(outdir / "outputs.npz"))
     fields = {} if static is None else {"static_paths": static.paths}
     try:
-        run_worker(run, config, outdir, starting=starting, **fields)
+        run_worker(run, config, outdir, starting=starting, cancel=cancel, **fields)
     except ParityError:
         # unreadable: the worker's own failure is what the report says
         if (outdir / WARNINGS_FILE).exists():
@@ -451,13 +504,25 @@ def _replay(
 
 
 def _replay_endpoint(
-    run: EnvRun, config: ParityConfig, outdir: Path, say: Progress
+    run: EnvRun,
+    config: ParityConfig,
+    outdir: Path,
+    say: Progress,
+    siblings: Siblings | None = None,
 ) -> dict[str, OutputArray]:
-    """Replay the inputs through `run`'s endpoint; its outputs, read as a worker's are."""
+    """Replay the inputs through `run`'s endpoint; its outputs, read as a worker's are.
+    A failure of one of `siblings` stops it between two batches (`Cancelled`)."""
     from parity.runs.endpoint import replay_endpoint
 
     assert isinstance(run.environment, EndpointEnvironment)
-    server = replay_endpoint(run.name, run.environment, config, outdir, say)
+    server = replay_endpoint(
+        run.name,
+        run.environment,
+        config,
+        outdir,
+        say,
+        None if siblings is None else siblings.cancelled,
+    )
     run.serving = tuple(dict.fromkeys([*run.spec.serving, *([server] if server else [])]))
     outputs = load_outputs(outdir / "outputs.npz")
     if not run.seconds.get("worker_predict"):  # the first replay (not a calibration's)
@@ -534,12 +599,13 @@ def run_worker(
     config: ParityConfig,
     outdir: Path,
     starting: threading.Event | None = None,
+    cancel: Running | None = None,
     **job_fields: Any,
 ) -> None:
     """Run the worker once in `run`'s environment on the inputs file in
     `outdir.parent / INPUTS`, writing into `outdir`; `job_fields` add to (or replace) the
     job's fields, e.g. `mode`; `starting` is set once the worker has started. Raise
-    `WorkerError` when the worker fails or times out."""
+    `WorkerError` when the worker fails or times out, `Cancelled` when `cancel` stopped it."""
     assert run.environment is not None
     job = prepare_job(
         run.environment,
@@ -565,6 +631,7 @@ def run_worker(
             log=job.log,
             timeout=config.timeout,
             started=None if starting is None else starting.set,
+            cancel=cancel,
         )
     except RunTimeout as e:
         raise WorkerError(run.name, f"worker {e} (log: {job.log})") from None

@@ -482,11 +482,16 @@ def _merge(
     for run in runs:
         ordered = [(s, results[s.id]) for s in plan if s.id in results]
         envs = [(s, r, r["environments"][run.name]) for s, r in ordered]
-        failed = [(s, r, e) for s, r, e in envs if e.get("error")]
+        # a failure first, before a side it stopped
+        failed = sorted(
+            [(s, r, e) for s, r, e in envs if e.get("error")],
+            key=lambda f: bool(f[2].get("cancelled")),
+        )
         if envs:
             described[run.name] = fill_from_shards(run, envs, notes, say)
         if failed:
             shard, result, env = failed[0]
+            run.cancelled = bool(env.get("cancelled"))
             more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
             run.error = (
                 f"{env['error']}\n(on node {result['node']}, shard {shard.id + 1}: "
@@ -876,6 +881,7 @@ def _shipped(run: EnvRun, outputs: bool = True) -> dict[str, Any]:
         "description": run.environment.description if run.environment else run.spec.backend,
         "created": bool(run.environment and run.environment.created),
         "error": run.error,
+        "cancelled": run.cancelled,  # stopped: the other side failed first
     }
     if run.error is None and outputs:
         try:
