@@ -3,18 +3,21 @@ environment that can run a script and be fingerprinted.
 
 An `EnvironmentSpec` names a backend and what it needs (a lock and a group, an image, an
 interpreter); `open_environment` hands it to that backend and returns a ready
-`Environment` (`envlock.backends.base`). Callers never branch on the backend's kind: what
-differs between backends is asked of the backend (`installs_groups`). To add a backend,
-write a class with `kind`, `installs_groups` and `open()` and list it in `BACKENDS`. An
-environment that runs no scripts (a serving endpoint) says so (`Environment.runs_scripts`).
+`Environment` (`envlock.backends.base`). `pin_environment` fixes, on one machine, what a
+spec names for another machine to open exactly that environment (a Ray node). Callers
+never branch on the backend's kind: what differs between backends is asked of the
+backend (`installs_groups`). To add a backend, write a class with `kind`,
+`installs_groups`, `pin()` and `open()` and list it in `BACKENDS`. An environment that
+runs no scripts (a serving endpoint) says so (`Environment.runs_scripts`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from envlock.backends.base import Environment, LocalEnvironment
 from envlock.backends.endpoint import EndpointEnvironment
@@ -23,6 +26,9 @@ from envlock.errors import EnvlockError
 from envlock.lockfile import MAIN, LockedEnv, read_lock
 from envlock.names import shown_path
 from envlock.progress import Progress, quiet
+
+if TYPE_CHECKING:
+    from envlock.backends.docker import PinnedImage  # imported where a check runs docker
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class EnvironmentSpec:
     fingerprint: Path | None = None
     serving: tuple[str, ...] = ()  # the server's own packages (what they bring is expected)
     outputs: dict[str, str] = field(default_factory=dict)  # output -> dtype (bentoml)
+    # Set by `pin_environment`, never by a config: the image another machine must run.
+    pinned: PinnedImage | None = None
 
 
 class Backend(Protocol):
@@ -70,6 +78,10 @@ class Backend(Protocol):
     @staticmethod
     def needs_lock(keys: Collection[str]) -> bool:
         """Whether a spec that sets `keys` must name a lock."""
+        ...
+
+    def pin(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> EnvironmentSpec:
+        """`spec` with what it names fixed here, for another machine to open exactly it."""
         ...
 
     def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
@@ -92,6 +104,10 @@ class LocalBackend:
     def __init__(self, cache_dir: Path | None = None) -> None:
         del cache_dir  # nothing is cached
 
+    def pin(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> EnvironmentSpec:
+        """`spec`: an interpreter is each machine's own."""
+        return spec
+
     def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
         """The interpreter `spec.python` (default: the one running envlock)."""
         return LocalEnvironment(spec.python)
@@ -111,6 +127,10 @@ class LockedVenvBackend:
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.venvs = VenvBackend(cache_dir)
+
+    def pin(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> EnvironmentSpec:
+        """`spec`: its lock, checked by hash, is what every machine installs."""
+        return spec
 
     def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
         """The cached venv for the lock and group, built first if it is not there yet."""
@@ -140,33 +160,53 @@ class ImageBackend:
     def __init__(self, cache_dir: Path | None = None) -> None:
         del cache_dir  # images live in the Docker daemon
 
-    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
-        """The image for `spec` (its `image`, else the one `envlock build` tags for the
-        lock and group); raise `EnvlockError` when it has not been built."""
-        import docker
-
-        from envlock.backends.docker import DockerEnvironment, docker_client
+    @staticmethod
+    def _named(spec: EnvironmentSpec, lock: LockedEnv | None) -> tuple[str, str]:
+        """The image `spec` names (its `image`, else the one `envlock build` tags for the
+        lock and group) and the command that builds it."""
         from envlock.images import default_repository, image_tag, role_for
 
+        build = "envlock build" + (f" --lock {shown_path(lock.path)}" if lock else "")
         if spec.image:
-            tag = spec.image
-        elif lock is not None:
-            tag = image_tag(default_repository(lock), role_for(spec.group), lock)
+            return spec.image, build
+        if lock is not None:
+            return image_tag(default_repository(lock), role_for(spec.group), lock), build
+        raise EnvlockError(f"environment {spec.name!r}: the docker backend needs an image")
+
+    def pin(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> EnvironmentSpec:
+        """`spec` with its image resolved here (`pin_image`: its id and registry digests),
+        which `open` on another machine then runs exactly, by id."""
+        from envlock.backends.docker import pin_image
+
+        name, build = self._named(spec, lock)
+        pinned = pin_image(name, f" (build it here with `{build}`)")
+        lacking = "" if pinned.digests else " (no registry digest: a node must have it)"
+        say(f"image {name}: other machines run {pinned.id or pinned.digests[0]}{lacking}")
+        return dataclasses.replace(spec, pinned=pinned)
+
+    def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
+        """The image for `spec`, run by its id: the one `spec.pinned` fixed on another
+        machine (pulled by digest where this daemon lacks it), else the one its name
+        gives here; raise `EnvlockError` when it has not been built or cannot be had."""
+        import docker
+
+        from envlock.backends.docker import DockerEnvironment, docker_client, pinned_image_here
+
+        if spec.pinned is not None:
+            name = spec.pinned.name
+            image_id = pinned_image_here(spec.pinned, say)
         else:
-            raise EnvlockError(f"environment {spec.name!r}: the docker backend needs an image")
-        try:
-            image = docker_client().images.get(tag)
-        except docker.errors.ImageNotFound:
-            hint = f" --lock {shown_path(lock.path)}" if lock else ""
-            raise EnvlockError(
-                f"image {tag} not found: build it with `envlock build{hint}`"
-            ) from None
-        say(f"image {tag} ({image.short_id})")
+            name, build = self._named(spec, lock)
+            try:
+                image_id = str(docker_client().images.get(name).id)
+            except docker.errors.ImageNotFound:
+                raise EnvlockError(f"image {name} not found: build it with `{build}`") from None
+        say(f"image {name} ({image_id.removeprefix('sha256:')[:12]})")
         return DockerEnvironment(
             kind="docker",
             python=Path("python"),
-            description=f"image {tag}",
-            image=tag,
+            description=f"image {name}" if name == image_id else f"image {name} ({image_id})",
+            image=image_id,
             gpus=spec.gpus,
             memory=spec.memory,
             pids=spec.pids,
@@ -203,6 +243,10 @@ class EndpointBackend:
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         del cache_dir  # nothing is cached
+
+    def pin(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> EnvironmentSpec:
+        """`spec`: an endpoint is one server, wherever it is reached from."""
+        return spec
 
     def open(self, spec: EnvironmentSpec, lock: LockedEnv | None, say: Progress) -> Environment:
         """The endpoint `spec` describes (not contacted yet: its client waits for it)."""
@@ -261,3 +305,18 @@ def open_environment(
     if lock is None:
         lock = read_spec_lock(spec)
     return backend_for(spec.backend, cache_dir).open(spec, lock, progress or quiet)
+
+
+def pin_environment(
+    spec: EnvironmentSpec,
+    lock: LockedEnv | None = None,
+    *,
+    progress: Progress | None = None,
+) -> EnvironmentSpec:
+    """`spec` with what it names fixed on this machine, for another machine to open exactly
+    the environment it opens here (a docker image: by id, pulled by registry digest where
+    missing); other backends are fixed already (a lock's hashes) or each machine's own.
+    Raise `EnvlockError` when it cannot be fixed here (a tag this daemon lacks)."""
+    if lock is None:
+        lock = read_spec_lock(spec)
+    return backend_for(spec.backend).pin(spec, lock, progress or quiet)

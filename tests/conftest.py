@@ -6,6 +6,7 @@ across runs while developing); tests that check caching itself use a fresh one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
@@ -184,6 +185,7 @@ timeout = {timeout}
 
 
 SCALED_MODEL = """
+import json
 import os
 
 
@@ -262,3 +264,54 @@ def checked(drift: float) -> ParityReport:
         version_diffs=[],
         reasons=[] if out.passed else [f"output 'sr': {out.reason}"],
     )
+
+
+# --- a sharded check's report against a local one (tests/test_ray_executor.py,
+# tests/test_docker.py) ---------------------------------------------------------------
+
+# The figures a report's comparison holds, which a sharded check must give exactly.
+FIGURES = ("verdict", "reasons", "outputs", "version_diffs", "warnings")
+
+
+def parity_check(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`parity check` on `config` with a JSON report; the process and the report."""
+    report = config.with_suffix(".json")
+    done = run_cli(
+        "parity", "check", "--config", str(config), "--json", str(report), *args,
+        env=env, timeout=timeout,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    data = json.loads(report.read_text()) if report.exists() else {}
+    if data:
+        assert_valid_report(data)
+    return done, data
+
+
+# Figures a partial merge (`merge = "partial"`) adds up in another order than one pass over
+# the whole output: equal to about 1e-15 relative (parity.judging.partial).
+SUMMATION_ORDER = ("mean_abs_diff", "mean_rel_diff")
+
+
+def same_outputs(sharded: list[dict[str, Any]], local: list[dict[str, Any]]) -> None:
+    """The output comparisons are equal, the means up to summation order."""
+    assert [o["name"] for o in sharded] == [o["name"] for o in local]
+    for s, loc in zip(sharded, local, strict=True):
+        for key in SUMMATION_ORDER:
+            assert s[key] == pytest.approx(loc[key], rel=1e-12, abs=0), (s["name"], key)
+        assert {k: v for k, v in s.items() if k not in SUMMATION_ORDER} == {
+            k: v for k, v in loc.items() if k not in SUMMATION_ORDER
+        }, s["name"]
+
+
+def same_figures(sharded: dict[str, Any], local: dict[str, Any]) -> None:
+    """Every comparison figure of `sharded` is `local`'s; the inputs are the same set."""
+    for key in FIGURES:
+        if key == "outputs" and sharded["execution"].get("merge") == "partial":
+            same_outputs(sharded[key], local[key])
+        else:
+            assert sharded.get(key) == local.get(key), key
+    assert sharded["errors"] == local["errors"] == []
+    assert sharded["inputs"] == local["inputs"]
+    assert "execution" not in local

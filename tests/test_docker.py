@@ -23,7 +23,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BIN, ROOT, lock_tiny_spec, run_cli
+from conftest import (
+    BIN,
+    ROOT,
+    assert_valid_report,
+    failures,
+    lock_tiny_spec,
+    parity_check,
+    run_cli,
+    same_figures,
+)
+from raycluster import LocalRayCluster
 
 from envlock import probe, read_lock
 from envlock.fetch import fetch
@@ -677,3 +687,204 @@ def test_missing_image_is_an_environment_error(client: Any, tmp_path: Path) -> N
     result = run_cli("parity", "check", "--config", str(cfg))
     assert result.returncode == 3
     assert "image envlock/nope:never-built not found" in result.stdout
+
+
+# --- docker environments on Ray nodes (`[run] executor = "ray"`) ---------------------------
+
+
+# The reference build's image pair, with a NumPy adapter (the reference model's torch import
+# in four containers would cost most of a minute): the infer side scaled so that the figures
+# compared are not all zero.
+RAY_DOCKER_CONFIG = """\
+[model]
+adapter = "adapter:predict"
+paths = ["src"]
+
+[inputs]
+seed = 5
+count = 16
+batch_size = 4
+
+[inputs.arrays.x]
+shape = [8, 8]
+
+[environments.train]
+backend = "docker"
+lock = "{lock}"
+group = "train"
+
+[environments.infer]
+backend = "docker"
+lock = "{lock}"
+group = "main"
+
+[environments.infer.env]
+SCALE = "1.000001"
+
+[run]
+executor = "{executor}"
+timeout = 120
+
+[run.ray]
+shards = 2
+"""
+
+RAY_DOCKER_ADAPTER = """\
+import os
+
+import numpy as np
+
+
+def predict(inputs):
+    x = inputs["x"].astype(np.float64)
+    return {"y": np.tanh(x) * float(os.environ.get("SCALE", "1"))}
+"""
+
+
+def test_docker_images_sharded_on_two_nodes_equal_the_local_check(
+    reference_build: dict[str, Any], ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    images = reference_build["result"]["images"]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text(RAY_DOCKER_ADAPTER)
+    lock = ROOT / "locks" / "pylock.toml"
+    checks = {}
+    for executor in ("ray", "local"):  # side by side: the wall time is the sharded one's
+        config = tmp_path / f"{executor}.toml"
+        config.write_text(RAY_DOCKER_CONFIG.format(lock=lock, executor=executor))
+        checks[executor] = subprocess.Popen(
+            [str(BIN / "parity"), "check", "--config", str(config), "--json",
+             str(config.with_suffix(".json"))],
+            env={**os.environ, **ray_cluster.driver_env()},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    reports, stderr = {}, ""
+    try:
+        for executor, check in checks.items():
+            out, err = check.communicate(timeout=600)
+            assert check.returncode == 1, out + err  # the scaled side differs
+            assert "Traceback" not in err, err
+            reports[executor] = json.loads((tmp_path / f"{executor}.json").read_text())
+            assert_valid_report(reports[executor])
+            stderr += err if executor == "ray" else ""
+    finally:
+        for check in checks.values():
+            if check.poll() is None:
+                check.kill()
+                check.wait()
+    report, local = reports["ray"], reports["local"]
+    same_figures(report, local)
+    assert not report["outputs"][0]["passed"] and report["outputs"][0]["max_abs_diff"] > 0
+    assert {s["node"] for s in report["execution"]["shards"]} == {"node1", "node2"}
+    for env in ("train", "infer"):
+        tag, image_id = images[env]["tag"], images[env]["image_id"]
+        # the driver resolved the tag to its id; the nodes ran that id, and say so
+        assert f"{env}: image {tag}: other machines run {image_id}" in stderr
+        described = f"image {tag} ({image_id})"
+        assert report["environments"][env]["description"] == described
+        assert local["environments"][env]["description"] == described
+
+
+def test_a_pinned_image_is_run_by_its_id_after_its_tag_moved(
+    client: Any, reference_build: dict[str, Any]
+) -> None:
+    from envlock.backends.docker import DockerEnvironment
+    from envlock.environments import EnvironmentSpec, open_environment, pin_environment
+
+    images = reference_build["result"]["images"]
+    infer, train = images["infer"]["image_id"], images["train"]["image_id"]
+    repository, tag = "envlock/test-moving-tag", str(os.getpid())
+    name = f"{repository}:{tag}"
+    client.images.get(infer).tag(repository, tag)
+    try:
+        spec = EnvironmentSpec("infer", "docker", image=name)
+        pinned = pin_environment(spec)  # on the driver
+        fixed = pinned.pinned
+        # built here, never pushed: an id, and no registry digest to pull it by
+        assert fixed is not None and (fixed.name, fixed.id, fixed.digests) == (name, infer, ())
+        client.images.get(train).tag(repository, tag)  # the tag moves
+        unpinned, opened = open_environment(spec), open_environment(pinned)  # on a node
+        assert isinstance(unpinned, DockerEnvironment) and isinstance(opened, DockerEnvironment)
+        assert unpinned.image == train  # what the tag names now
+        assert opened.image == infer and opened.description == f"image {name} ({infer})"
+    finally:
+        client.images.remove(name)
+
+
+NOT_HERE = hashlib.sha256(b"an image no node has").hexdigest()
+
+
+def test_an_image_no_node_has_fails_its_shard_naming_node_shard_and_image(
+    client: Any, ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    """An image named by its id alone: no node has it, and it has no digest to be pulled
+    by (the driver lacks it too, but an id cannot move: it is sent as it is)."""
+    only_id = f"sha256:{NOT_HERE}"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "adapter.py").write_text("def predict(inputs):\n    return inputs\n")
+    text = DOCKER_CONFIG.format(image=only_id, timeout=60)
+    config = tmp_path / "parity.toml"
+    config.write_text(text.replace("[run]\n", '[run]\nexecutor = "ray"\n'))  # one shard
+    done, report = parity_check(config, env=ray_cluster.driver_env())
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert report["verdict"] == "error"
+    (shard,) = report["execution"]["shards"]
+    found = failures(report["errors"])  # the side failing second may be stopped instead
+    assert 1 <= len(found) <= 2, report["errors"]
+    for error in found:
+        assert error.startswith(
+            f"image {only_id} is not on this node and has no registry digest to pull it by: "
+            "it must be pushed to a registry the nodes can reach"
+        ), error
+        assert f"(on node {shard['node']}, shard 1: samples 0-1;" in error, error
+
+
+def test_a_node_lacking_an_image_pulls_it_by_digest(client: Any) -> None:
+    """What a node does with an image named by digest that its daemon lacks: it pulls that
+    digest (here from a registry address nothing answers at, so the pull fails, saying
+    where it tried)."""
+    from envlock.backends.docker import ImageUnavailable
+    from envlock.environments import EnvironmentSpec, open_environment, pin_environment
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        registry = f"127.0.0.1:{s.getsockname()[1]}"
+    digest = f"{registry}/parity/none@sha256:{NOT_HERE}"
+    pinned = pin_environment(EnvironmentSpec("infer", "docker", image=digest))  # the driver
+    assert pinned.pinned is not None
+    assert (pinned.pinned.id, pinned.pinned.digests) == (None, (digest,))
+    pulls: list[str] = []
+    with pytest.raises(ImageUnavailable) as raised:
+        open_environment(pinned, progress=pulls.append)  # a node
+    assert pulls == [f"pulling image {digest}"]
+    message = str(raised.value)
+    assert message.startswith(
+        f"image {digest} is not on this node and could not be pulled by digest ({digest}: "
+    ), message
+    assert registry in message.partition(f"({digest}: ")[2], message  # the daemon's answer
+    assert message.endswith(
+        "it must be in a registry the nodes can reach, with `docker login` to it on each node"
+    ), message
+
+
+def test_a_tag_the_driver_lacks_fails_before_any_shard(client: Any, tmp_path: Path) -> None:
+    from parity.config import load_config
+    from parity.errors import WorkerError
+    from parity.runs.replay import EnvRun
+    from parity.runs.sharded import replay_sharded
+
+    (tmp_path / "src").mkdir()
+    config_path = tmp_path / "parity.toml"
+    text = DOCKER_CONFIG.format(image="envlock/nope:never-built", timeout=10)
+    ray = '[run]\nexecutor = "ray"\n'  # an address where no cluster is: never reached
+    config_path.write_text(text.replace("[run]\n", ray) + '\n[run.ray]\naddress = "127.0.0.1:1"\n')
+    config = load_config(config_path)
+    runs = [EnvRun(spec) for spec in config.environments]
+    with pytest.raises(WorkerError) as raised:
+        replay_sharded(config, runs, tmp_path / "work", lambda line: None)
+    assert raised.value.exit_code == 3
+    assert str(raised.value) == (
+        "environment 'train': image envlock/nope:never-built not found: the nodes run the "
+        "image its tag names on this machine (build it here with `envlock build`); a tag "
+        'can move: name it by digest instead (image = "registry/name@sha256:…")'
+    )

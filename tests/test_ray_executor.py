@@ -22,7 +22,16 @@ from typing import Any
 
 import pytest
 import tomli_w
-from conftest import BIN, LOCAL_CONFIG, ROOT, assert_valid_report, run_cli, the_failure
+from conftest import (
+    BIN,
+    LOCAL_CONFIG,
+    ROOT,
+    assert_valid_report,
+    parity_check,
+    run_cli,
+    same_figures,
+    the_failure,
+)
 from raycluster import RAY_ENV, LocalRayCluster
 
 # Slow adapter for the local-backend checks: each batch takes a moment, so a node can be
@@ -44,9 +53,6 @@ def predict(inputs):
     return {"y": x * 2.0 * scale + float(os.environ.get("SHIFT", "0"))}
 """
 
-# The figures a report's comparison holds, which a sharded check must give exactly.
-FIGURES = ("verdict", "reasons", "outputs", "version_diffs", "warnings")
-
 
 def local_project(tmp_path: Path, ray: str = "", extra: str = "", count: int = 12) -> Path:
     """A local-backend project in `tmp_path` with the ray settings `ray` (TOML under
@@ -58,22 +64,6 @@ def local_project(tmp_path: Path, ray: str = "", extra: str = "", count: int = 1
     config = tmp_path / "parity.toml"
     config.write_text(text + (f"\n[run.ray]\n{ray}\n" if ray else "") + extra)
     return config
-
-
-def parity_check(
-    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`parity check` on `config` with a JSON report; the process and the report."""
-    report = config.with_suffix(".json")
-    done = run_cli(
-        "parity", "check", "--config", str(config), "--json", str(report), *args,
-        env=env, timeout=timeout,
-    )  # fmt: skip
-    assert "Traceback" not in done.stderr, done.stderr
-    data = json.loads(report.read_text()) if report.exists() else {}
-    if data:
-        assert_valid_report(data)
-    return done, data
 
 
 # --- config errors: no cluster ---------------------------------------------------------
@@ -151,34 +141,6 @@ def test_unreachable_cluster_is_exit_3_naming_it(tmp_path: Path) -> None:
 
 
 # --- on the two-node cluster -------------------------------------------------------------
-
-
-# Figures a partial merge (`merge = "partial"`) adds up in another order than one pass over
-# the whole output: equal to about 1e-15 relative (parity.judging.partial).
-SUMMATION_ORDER = ("mean_abs_diff", "mean_rel_diff")
-
-
-def same_outputs(sharded: list[dict[str, Any]], local: list[dict[str, Any]]) -> None:
-    """The output comparisons are equal, the means up to summation order."""
-    assert [o["name"] for o in sharded] == [o["name"] for o in local]
-    for s, loc in zip(sharded, local, strict=True):
-        for key in SUMMATION_ORDER:
-            assert s[key] == pytest.approx(loc[key], rel=1e-12, abs=0), (s["name"], key)
-        assert {k: v for k, v in s.items() if k not in SUMMATION_ORDER} == {
-            k: v for k, v in loc.items() if k not in SUMMATION_ORDER
-        }, s["name"]
-
-
-def same_figures(sharded: dict[str, Any], local: dict[str, Any]) -> None:
-    """Every comparison figure of `sharded` is `local`'s; the inputs are the same set."""
-    for key in FIGURES:
-        if key == "outputs" and sharded["execution"].get("merge") == "partial":
-            same_outputs(sharded[key], local[key])
-        else:
-            assert sharded.get(key) == local.get(key), key
-    assert sharded["errors"] == local["errors"] == []
-    assert sharded["inputs"] == local["inputs"]
-    assert "execution" not in local
 
 
 def nodes_of(report: dict[str, Any]) -> set[str]:

@@ -9,6 +9,7 @@ under test is the image that ships.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,105 @@ class DockerUnavailable(EnvlockError):
     """No Docker daemon answers, or the docker SDK is missing."""
 
     exit_code = 3
+
+
+class ImageUnavailable(EnvlockError):
+    """An image is not on this machine's daemon and cannot be had by digest."""
+
+    exit_code = 3
+
+
+# An image id (`sha256:<hex>`: the digest of its config, the same wherever it is pulled) and
+# a registry digest reference (`name@sha256:<hex>`: one manifest): names that cannot move.
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST_REFERENCE = re.compile(r"[^@\s]+@sha256:[0-9a-f]{64}")
+MOVING = 'a tag can move: name it by digest instead (image = "registry/name@sha256:…")'
+
+
+@dataclass(frozen=True)
+class PinnedImage:
+    """An image fixed on one machine for others to run exactly (a Ray node): `name` as
+    the config or `envlock build` named it, its image `id` (None when only a digest
+    reference named it and this machine does not have it) and the registry digests
+    (`name@sha256:…`, from its `RepoDigests`) another machine can pull it by."""
+
+    name: str
+    id: str | None
+    digests: tuple[str, ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """The image as a message names it: its id, and its name when that differs."""
+        if self.id is None or self.id == self.name:
+            return self.id or self.name
+        return f"{self.id} ({self.name})"
+
+
+def pin_image(reference: str, hint: str = "") -> PinnedImage:
+    """`reference` as this machine's daemon resolves it: its id and registry digests.
+    A reference that cannot move (an id, a digest reference) is pinned as it is where
+    the daemon lacks it or none answers; a tag must resolve here (`ImageUnavailable`,
+    with `hint` on how to make it, or `DockerUnavailable`)."""
+    import docker
+
+    fixed = IMAGE_ID.fullmatch(reference) or DIGEST_REFERENCE.fullmatch(reference)
+    try:
+        image = docker_client().images.get(reference)
+    except (docker.errors.ImageNotFound, DockerUnavailable) as e:
+        if not fixed:
+            where = f"the nodes run the image its tag names on this machine{hint}; {MOVING}"
+            if isinstance(e, DockerUnavailable):
+                raise DockerUnavailable(f"{e}: {where}") from None
+            raise ImageUnavailable(f"image {reference} not found: {where}") from None
+        if IMAGE_ID.fullmatch(reference):
+            return PinnedImage(reference, reference)
+        return PinnedImage(reference, None, (reference,))
+    digests = [str(d) for d in image.attrs.get("RepoDigests") or []]
+    if DIGEST_REFERENCE.fullmatch(reference):
+        digests = [reference, *(d for d in digests if d != reference)]
+    return PinnedImage(reference, str(image.id), tuple(digests))
+
+
+def pinned_image_here(pinned: PinnedImage, progress: Callable[[str], None]) -> str:
+    """The id of `pinned` on this machine's daemon: the image itself where the daemon has
+    it, else pulled by one of its registry digests (and checked to be that id).
+    `ImageUnavailable` when it has no digest, or no pull gives it."""
+    import docker
+
+    client = docker_client()
+    for local in [pinned.id] if pinned.id else pinned.digests:
+        try:
+            return str(client.images.get(local).id)
+        except docker.errors.ImageNotFound:
+            pass
+    if not pinned.digests:
+        raise ImageUnavailable(
+            f"image {pinned.shown} is not on this node and has no registry digest to pull "
+            f"it by: it must be pushed to a registry the nodes can reach (docker push), "
+            f'then named by digest (image = "registry/name@sha256:…")'
+        )
+    failures = []
+    for digest in pinned.digests:
+        progress(f"pulling image {digest}")
+        try:
+            image = client.images.pull(digest)
+        except docker.errors.APIError as e:
+            failures.append(f"{digest}: {_one_line(e.explanation or e)}")
+            continue
+        if pinned.id is not None and image.id != pinned.id:
+            failures.append(f"{digest} is image {image.id}, not {pinned.id}")
+            continue
+        return str(image.id)
+    raise ImageUnavailable(
+        f"image {pinned.shown} is not on this node and could not be pulled by digest "
+        f"({'; '.join(failures)}): it must be in a registry the nodes can reach, with "
+        f"`docker login` to it on each node"
+    )
+
+
+def _one_line(message: object) -> str:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def docker_client() -> Any:

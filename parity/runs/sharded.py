@@ -1,14 +1,17 @@
 """A check's replay cut into shards that run on a Ray cluster (`[run] executor = "ray"`).
 
-The driver (this process) makes the inputs exactly as a local check does
-(`replay.write_inputs`), cuts the sample axis into contiguous shards on batch boundaries
-(`plan_shards`: every batch the model sees is one the local check makes too), and starts
-one Ray task per shard (`_replay_shard`). A task, on its node, writes its shard's inputs,
-materializes both environments from their locks in the node's own envlock cache and runs
-both workers there through the same path as a local check (`replay_environments`), reads
-their outputs with parity's readers (`load_outputs`: no pickle, plain numeric dtypes) and
-returns plain data: the fingerprints (JSON data, checked), the warnings, timings, each
-environment's error if it failed, and what the driver judges from:
+The driver (this process) fixes each environment first (`pinned`: a docker image by the
+id its name has here, with the registry digests a node lacking it pulls it by), makes the
+inputs exactly as a local check does (`replay.write_inputs`), cuts the sample axis into
+contiguous shards on batch boundaries (`plan_shards`: every batch the model sees is one
+the local check makes too), and starts one Ray task per shard (`_replay_shard`). A task,
+on its node, writes its shard's inputs, materializes both environments from their locks
+in the node's own envlock cache (an image: the one pinned, or an environment error naming
+it) and runs both workers there through the same path as a local check
+(`replay_environments`), reads their outputs with parity's readers (`load_outputs`: no
+pickle, plain numeric dtypes) and returns plain data: the fingerprints (JSON data,
+checked), the warnings, timings, each environment's error if it failed, and what the
+driver judges from:
 
 - `[run.ray] merge = "partial"` (the default): a caller's `summarize` (the check layer's
   comparison of the shard, `parity.sharded_check`) gives the shard's partial comparisons
@@ -51,11 +54,12 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from envlock.environments import read_spec_lock
+from envlock.environments import pin_environment, read_spec_lock
+from envlock.errors import EnvlockError
 from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
-from parity.errors import ClusterError, ConfigError, ParityError
+from parity.errors import ClusterError, ConfigError, ParityError, WorkerError
 from parity.inputs.seeded import InputSpec
 from parity.outputs import load_outputs
 from parity.runs.caught import CaughtWarning, CaughtWarnings
@@ -219,6 +223,7 @@ def replay_sharded(
     outputs kept there; `then(replay)` runs while still connected (the quantile passes,
     `ShardedReplay.kept`), after which the kept folders are removed."""
     _check_supported(config, calibrate, localize)
+    config = pinned(config, say)
     ray = _import_ray(config)
     address = _address(config)
     _connect(ray, address, say)
@@ -233,6 +238,30 @@ def replay_sharded(
             replay.kept.clean()
         with contextlib.suppress(Exception):
             ray.shutdown()
+
+
+def pinned(config: ParityConfig, say: Progress) -> ParityConfig:
+    """`config` with each environment fixed here (`pin_environment`) so that every node
+    opens exactly it: a docker image by the id its name has on this machine, pulled by
+    registry digest where a node lacks it, never by a tag that may name other bytes
+    there. `WorkerError` naming the environment when it cannot be fixed (exit 3; a lock
+    that cannot be read keeps its own code)."""
+    specs = []
+    for spec in config.environments:
+        try:
+            specs.append(pin_environment(spec, progress=_prefixed(spec.name, say)))
+        except EnvlockError as e:
+            if e.exit_code != 3:
+                raise
+            raise WorkerError(spec.name, str(e)) from None
+    return dataclasses.replace(config, environments=tuple(specs))
+
+
+def _prefixed(name: str, say: Progress) -> Progress:
+    def tell(line: str) -> None:
+        say(f"{name}: {line}")
+
+    return tell
 
 
 def keep_limit(config: ParityConfig) -> int | None:
