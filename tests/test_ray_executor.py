@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,18 @@ import tomli_w
 from conftest import BIN, LOCAL_CONFIG, ROOT, assert_valid_report, run_cli
 from raycluster import RAY_ENV, LocalRayCluster
 
-# Slow adapter for the local-backend checks: each batch takes a moment, so a node can be
-# killed while a shard runs; `MARKS` (a folder) records each worker that started.
+# Adapter for the local-backend checks: each batch takes `NAP` seconds, so a node can be
+# killed while a shard runs. `GATE`: a worker waits until that file exists, except where
+# `UNGATED` is set (a node's variable, passed with `run.pass_env`).
 ADAPTER = """\
 import os
 import time
 import numpy as np
 
 def predict(inputs):
-    marks = os.environ.get("MARKS")
-    if marks:
-        open(os.path.join(marks, str(os.getpid())), "w").close()
+    gate = os.environ.get("GATE")
+    while gate and not os.environ.get("UNGATED") and not os.path.exists(gate):
+        time.sleep(0.05)
     if os.environ.get("BREAK"):
         raise RuntimeError("the adapter is broken here")
     time.sleep(float(os.environ.get("NAP", "0")))
@@ -272,11 +272,8 @@ def test_nodes_whose_environments_differ_are_said(
     assert "note: environment 'infer' differs between nodes" in done.stdout
 
 
-def watch_and_kill(
-    cluster: LocalRayCluster, marks: Path, proc: subprocess.Popen[str], lines: list[str]
-) -> Callable[[], None]:
-    """Read the driver's stderr into `lines`; kill the node `victim` once a worker has
-    started (a file in `marks`)."""
+def follow(proc: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
+    """A thread reading the driver's stderr into `lines`, line by line, as it comes."""
 
     def read() -> None:
         assert proc.stderr is not None
@@ -285,22 +282,25 @@ def watch_and_kill(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 240
-    while not any(marks.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert any(marks.iterdir()), "".join(lines)
-    cluster.kill_node("victim")
-    return reader.join
+    return reader
 
 
 @pytest.mark.slow
 def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    ray_cluster.add_node("victim")
-    config = local_project(tmp_path, 'shards = 4\nprefer = "victim"', count=16)
+    # Every shard prefers the node `victim` (its one CPU runs them one after the other, a
+    # second a batch). Once its first shard came back, victim is killed while it replays the
+    # next: that one is retried elsewhere; and the first shard's outputs, kept on victim for
+    # the quantile passes (keep limit 0), are gone with it, so it is replayed again for the
+    # first pass. The other nodes' workers wait at the gate until victim is killed, so no
+    # quantile pass can start before. Each shard counts once.
+    gate = tmp_path / "gate"
+    ray_cluster.add_node("victim", env={"UNGATED": "1", "NAP": "1"})
+    config = local_project(tmp_path, 'shards = 4\nprefer = "victim"\nkeep_limit = 0', count=16)
     text = config.read_text().replace("batch_size = 5", "batch_size = 4")
-    config.write_text(text + f'\n[run.env]\nNAP = "2"\nMARKS = "{marks}"\n')
+    text = text.replace("[run]\n", '[run]\npass_env = ["UNGATED", "NAP"]\n')
+    config.write_text(
+        text + f'\n[run.env]\nGATE = "{gate}"\n[environments.infer.env]\nSHIFT = "1e-7"\n'
+    )
     report_path = tmp_path / "sharded.json"
     proc = subprocess.Popen(
         [str(BIN / "parity"), "check", "--config", str(config), "--json", str(report_path)],
@@ -308,11 +308,20 @@ def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []
+    reader = follow(proc, lines)
+    first = ""
     try:
-        join = watch_and_kill(ray_cluster, marks, proc, lines)
-        assert proc.wait(timeout=300) == 0, "".join(lines)
-        join()
+        deadline = time.monotonic() + 240
+        while not first and time.monotonic() < deadline and proc.poll() is None:
+            first = next((line for line in list(lines) if " done on victim: " in line), "")
+            time.sleep(0.02)
+        ray_cluster.kill_node("victim")
+        gate.touch()
+        assert first, "".join(lines)
+        assert proc.wait(timeout=300) == 1, "".join(lines)
+        reader.join()
     finally:
+        gate.touch()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -322,13 +331,20 @@ def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_
     local_config = tmp_path / "local.toml"
     local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
     _, local = parity_check(local_config)
-    same_figures(report, local)
+    same_figures(report, local)  # median and p99 included: no shard counted twice
     shards = report["execution"]["shards"]
-    assert sorted(s["id"] for s in shards) == [0, 1, 2, 3]  # each once
-    assert "victim" not in nodes_of(report), shards
+    assert [s["id"] for s in shards] == [0, 1, 2, 3]  # each once
     assert all(stderr.count(f"shard {k}/4 done on ") == 1 for k in range(1, 5)), stderr
     assert report["execution"]["retried"] >= 1, shards
-    assert "retried" in json.dumps(report["execution"])
+    # the shard that came back from victim: its quantile answers came from its replay
+    kept = int(first.partition("shard ")[2].partition("/")[0])
+    assert "quantile pass 1: 4 shards" in stderr, stderr
+    assert f"node victim, which kept shard {kept}'s outputs, is gone: replaying" in stderr
+    assert stderr.count(f"shard {kept} replayed again on node") == 1, stderr
+    replayed = {s["id"] + 1: s.get("replayed") for s in shards if "replayed" in s}
+    assert list(replayed) == [kept] and replayed[kept] in {"node1", "node2"}, shards
+    assert {s["node"] for s in shards if s["id"] + 1 != kept} <= {"node1", "node2"}, shards
+    assert kept_folders(ray_cluster) == []
 
 
 def kept_folders(cluster: LocalRayCluster) -> list[Path]:

@@ -564,15 +564,23 @@ class KeptShards:
         for shard in self.shards:
             got = self._get(refs[shard.id])
             if got is None:
-                _, node, _ = self.where[shard.id]
-                self.say(
-                    f"quantile pass {self.passes}: shard {shard.id + 1}'s outputs are gone "
-                    f"from {node}: replaying {shard.samples} again"
-                )
+                node_id, node, _ = self.where[shard.id]
+                if node_id in self._alive():
+                    why = f"shard {shard.id + 1}'s outputs are gone from {node}"
+                else:  # killed, or it left the cluster, after the shard's replay came back
+                    why = f"node {node}, which kept shard {shard.id + 1}'s outputs, is gone"
+                self.say(f"quantile pass {self.passes}: {why}: replaying {shard.samples} again")
                 got = self._answer_fresh(shard, request, answer)
             answers.append(got)
             self.execution["bytes_from_shards"] += len(got)
         return answers
+
+    def _alive(self) -> set[str]:
+        """The ids of the nodes alive now (all the kept shards' nodes if Ray cannot say)."""
+        try:
+            return {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        except Exception:
+            return {node_id for node_id, _, _ in self.where.values()}
 
     def _get(self, ref: Any) -> bytes | None:
         """The answer, or None when its node or folder is gone (or it did not come)."""
@@ -600,6 +608,9 @@ class KeptShards:
         old = self.where[shard.id]
         self.removed.append((old[0], old[2]))
         self.where[shard.id] = (result["node_id"], result["node"], result["kept"])
+        for entry in self.execution.get("shards", []):
+            if entry.get("id") == shard.id:  # the node its quantile answers now come from
+                entry["replayed"] = result["node"]
         self.say(f"shard {shard.id + 1} replayed again on {result['node']}")
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -621,7 +632,8 @@ class KeptShards:
         """Remove every kept folder, on its node (best effort: a folder left behind never
         breaks a later check, whose folders are named by its own id)."""
         folders = [(node_id, folder) for node_id, _, folder in self.where.values()]
-        refs = [_remove_soon(self.ray, n, f) for n, f in [*folders, *self.removed]]
+        alive = self._alive()  # a folder on a node that is gone went with it
+        refs = [_remove_soon(self.ray, n, f) for n, f in [*folders, *self.removed] if n in alive]
         with contextlib.suppress(Exception):
             self.ray.wait([r for r in refs if r is not None], num_returns=len(refs), timeout=10)
 
