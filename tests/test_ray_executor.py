@@ -144,10 +144,16 @@ def test_unreachable_cluster_is_exit_3_naming_it(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     config = local_project(tmp_path, f'address = "127.0.0.1:{port}"')
     started = time.monotonic()
-    done = run_cli("parity", "check", "--config", str(config), env=RAY_ENV, timeout=120)
+    cache = tmp_path / "cache"
+    done = run_cli(
+        "parity", "check", "--config", str(config), "--cache-dir", str(cache),
+        env=RAY_ENV, timeout=120,
+    )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.stderr
     assert time.monotonic() - started < 60
+    # the nodes have their own caches: --cache-dir is said to be this machine's, not ignored
+    assert f"--cache-dir {cache} is this machine's, not the nodes'" in done.stderr
 
 
 # --- on the two-node cluster -------------------------------------------------------------

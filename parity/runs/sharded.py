@@ -23,7 +23,7 @@ The driver keeps the first result of each shard (a shard Ray retried after its n
 never counts twice). With merge = "outputs" it writes each shard's outputs to its work
 folder as they arrive and assembles each environment's outputs in sample order
 (`merge_shards`), streaming shard by shard; judging and reporting are then the local
-check's own (`parity.check._conclude`). With merge = "partial" the summaries are the
+check's own (`parity.check.conclude_shards`). With merge = "partial" the summaries are the
 caller's to merge (`ShardedReplay.summaries`). This module never imports
 `parity.judging`: the check layer hands it the node-side functions.
 
