@@ -9,6 +9,7 @@ report figure by figure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -515,3 +516,56 @@ def test_merge_shards_assembles_in_sample_order_and_refuses_misfits(tmp_path: Pa
     np.savez(tmp_path / "1.npz", y=whole[2:5], z=whole[2:5, 0])
     with pytest.raises(ParityError, match="for 4 samples"):
         merge_shards(run, shipped, tmp_path / "again")
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "sent"),
+    [
+        ((16, 12), "float64", "outputs"),  # a comparison's own few KiB outweigh 3 KiB of outputs
+        ((40, 32, 32), "float32", "outputs"),  # every difference kept: 2 float64 per element
+        ((40, 32, 32), "float64", "partials"),  # the kept differences are the smaller
+    ],
+)
+def test_a_shard_sends_back_the_smaller_of_its_comparison_and_its_outputs(
+    tmp_path: Path, shape: tuple[int, ...], dtype: str, sent: str
+) -> None:
+    """merge = "partial" with no keep limit set: each output of a shard comes back as its
+    partial comparison or its arrays, whichever is smaller, and the check compares either
+    as the local check does (no cluster: the node's and the driver's halves, here)."""
+    import dataclasses
+
+    import numpy as np
+    from test_partial_compare import assert_same
+
+    from parity.arrays import as_output_array
+    from parity.config import load_config
+    from parity.judging.compare import compare_arrays
+    from parity.runs.sharded import ShardedReplay, plan_shards
+    from parity.sharded_check import compare_shards, summarize_shard
+
+    path = local_project(tmp_path, count=shape[0])
+    config = load_config(path)
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(shape).astype(dtype)
+    cand = (ref * np.asarray(1.000001, dtype) + np.asarray(1e-7, dtype)).astype(dtype)
+    plan = plan_shards(shape[0], 4, 3)
+    summaries = []
+    for shard in plan:
+        part = {
+            name: {"y": as_output_array(a[shard.start : shard.stop])}
+            for name, a in (("train", ref), ("infer", cand))
+        }
+        summary = summarize_shard(config, part, shard.start)
+        outputs = 2 * math.prod(shape[1:]) * (shard.stop - shard.start) * ref.itemsize
+        back = sum(
+            len(b) for b in [*summary["partials"].values(), *summary.get("outputs", {}).values()]
+        )
+        assert back <= outputs + 1024, (back, outputs)  # the .npz's own headers aside
+        assert list(summary["partials" if sent == "partials" else "outputs"]) == ["y"]
+        summaries.append((shard, summary))
+        # a keep limit set: always the comparison (what forces the tests' quantile passes)
+        limited = dataclasses.replace(config, ray=dataclasses.replace(config.ray, keep_limit=0))
+        assert "outputs" not in summarize_shard(limited, part, shard.start)
+    replay = ShardedReplay("", 0.0, [], {}, summaries=summaries, kept=None)
+    (got,) = compare_shards(config, replay, lambda _: None).comparisons
+    assert_same(got, compare_arrays("y", ref, cand, config.tolerance_for("y")))

@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -542,14 +542,21 @@ class KeptShards:
         self.timeout = config.ray.shard_timeout or 2 * config.timeout
         self.removed: list[tuple[str, str]] = []
 
-    def ask(self, request: bytes, answer: Answer) -> list[bytes]:
-        """`answer(kept outputs, request)` on every shard, each on the node holding its
-        outputs, in plan order; a shard whose node or folder is gone is replayed anywhere
-        and answers from its fresh outputs. `ClusterError` when a shard cannot answer."""
+    def ask(
+        self, request: bytes, answer: Answer, only: Collection[int] | None = None
+    ) -> list[bytes]:
+        """`answer(kept outputs, request)` on every shard (those with the ids `only`, if
+        given), each on the node holding its outputs, in plan order; a shard whose node or
+        folder is gone is replayed anywhere and answers from its fresh outputs.
+        `ClusterError` when a shard cannot answer."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        shards = [s for s in self.shards if only is None or s.id in only]
+        if only is not None and len(shards) < len(set(only)):
+            missing = sorted(set(only) - {s.id for s in shards})
+            raise ClusterError(f"{_ids(missing)} kept no outputs for a quantile pass")
         self.passes += 1
-        self.say(f"quantile pass {self.passes}: {len(self.shards)} shards")
+        self.say(f"quantile pass {self.passes}: {len(shards)} shards")
         task = self.ray.remote(_answer_kept)
 
         def submit(shard: Shard) -> Any:
@@ -559,9 +566,9 @@ class KeptShards:
                 folder, request, answer
             )
 
-        refs = {shard.id: submit(shard) for shard in self.shards}
+        refs = {shard.id: submit(shard) for shard in shards}
         answers: list[bytes] = []
-        for shard in self.shards:
+        for shard in shards:
             got = self._get(refs[shard.id])
             if got is None:
                 node_id, node, _ = self.where[shard.id]
