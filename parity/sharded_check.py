@@ -194,6 +194,8 @@ def compare_shards(config: ParityConfig, replay: ShardedReplay, say: Progress) -
         for shard, summary in summaries:
             if name in summary.get("outputs", {}):
                 arrays = unpack(summary["outputs"][name])
+                if not isinstance(arrays, dict) or not {"reference", "candidate"} <= set(arrays):
+                    raise ValueError(f"shard {shard.id + 1} sent output {name!r} malformed")
                 here[shard.id] = (arrays["reference"], arrays["candidate"])
                 partials.append(compare_part(config, name, *here[shard.id], shard.start))
             else:
