@@ -85,7 +85,9 @@ def run_check(
     runs = [EnvRun(spec) for spec in config.environments]
     localize = config.localize if localize is None else localize
     if config.executor == "ray":
-        return _run_sharded(config, runs, workdir, say, calibrate, localize, meanwhile, started)
+        return _run_sharded(
+            config, runs, workdir, cache_dir, say, calibrate, localize, meanwhile, started
+        )
     with WorkFolder(workdir, say) as work:
         input_digest, generated = replay_environments(
             config, runs, work.path, cache_dir, say, calibrate, meanwhile=_also(meanwhile)
@@ -112,6 +114,7 @@ def _run_sharded(
     config: ParityConfig,
     runs: list[EnvRun],
     workdir: Path | None,
+    cache_dir: Path | None,
     say: Progress,
     calibrate: bool,
     localize: bool,
@@ -119,11 +122,21 @@ def _run_sharded(
     started: float,
 ) -> ParityReport:
     """`run_check` with `run.executor = "ray"`: the replay sharded over a Ray cluster
-    (`parity.runs.sharded`), its outputs assembled in sample order, then judged and
-    reported exactly as a local check's, with the `execution` block added."""
+    (`parity.runs.sharded`). With `run.ray.merge = "partial"` (the default) each shard is
+    compared on its node and the partial comparisons merged exactly
+    (`parity.sharded_check`); with "outputs" the shards' outputs are assembled here in
+    sample order and judged as a local check's. Either way reported as a local check's
+    (`conclude_shards`), with the `execution` block added. `cache_dir` is this machine's:
+    the nodes materialize the environments in their own envlock caches, so it is said,
+    not passed on (a path here need not exist, or be writable, on another machine)."""
     from parity.runs.sharded import replay_sharded
     from parity.sharded_check import replay_and_compare
 
+    if cache_dir is not None:
+        say(
+            f"ray: --cache-dir {cache_dir} is this machine's, not the nodes': each node "
+            "materializes the environments in its own envlock cache ($ENVLOCK_CACHE_DIR there)"
+        )
     outputs: OutputsJudgement | None = None
     errors: list[str] = []
     with WorkFolder(workdir, say) as work:
@@ -147,35 +160,64 @@ def _run_sharded(
                 localize=localize,
                 meanwhile=_also(meanwhile),
             )
-
-        def described(run: EnvRun) -> EnvironmentSummary:
-            found = summary(run)
-            if run.name not in sharded.described:
-                return found
-            description, created = sharded.described[run.name]
-            return dataclasses.replace(found, description=description, created=created)
-
-        ref = next(r for r in runs if r.name == config.reference)
-        cand = next(r for r in runs if r.name != config.reference)
-        report = _conclude(
+        report = conclude_shards(
             config,
-            ref,
-            cand,
-            [
-                *run_errors(runs),
-                *sharded.errors,
-                *errors,
-            ],
-            {r.name: functools.partial(described, r) for r in runs},
+            runs,
+            [*sharded.errors, *errors],
+            sharded.described,
             work=work,
             input_digest=sharded.input_digest,
-            calibrate=False,
             say=say,
             started=started,
             generated=sharded.generated,
             outputs=outputs,
         )
     return dataclasses.replace(report, execution=sharded.execution)
+
+
+def conclude_shards(
+    config: ParityConfig,
+    runs: list[EnvRun],
+    errors: list[str],
+    described: dict[str, tuple[str, bool]],
+    *,
+    work: WorkFolder,
+    input_digest: str,
+    say: Progress,
+    started: float,
+    generated: float,
+    outputs: OutputsJudgement | None = None,
+) -> ParityReport:
+    """The report of a check whose environments ran in shards (on a Ray cluster, or as
+    shard files merged), judged as a local check's (`_conclude`, never calibrated): the
+    runs filled from the shards, `errors` besides the environments' own, and each
+    environment described as its shards said (`described`: its description, and whether
+    it was created, by environment name; one not there as a local check describes it).
+    `outputs`: the outputs already judged (the shards' partial comparisons merged)."""
+
+    def describe(run: EnvRun) -> EnvironmentSummary:
+        found = summary(run)
+        if run.name not in described:
+            return found
+        description, created = described[run.name]
+        return dataclasses.replace(found, description=description, created=created)
+
+    ref = next(r for r in runs if r.name == config.reference)
+    cand = next(r for r in runs if r.name != config.reference)
+    return _conclude(
+        config,
+        ref,
+        cand,
+        [*run_errors(runs), *errors],
+        {r.name: functools.partial(describe, r) for r in runs},
+        work=work,
+        input_digest=input_digest,
+        calibrate=False,
+        say=say,
+        started=started,
+        generated=generated,
+        outputs=outputs,
+    )
 
 
 def check_against(

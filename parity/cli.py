@@ -583,7 +583,8 @@ def fleet_command(
     \b
     Example:
         parity fleet models/*/parity.toml --json fleet.json --junit fleet.xml
-        parity fleet models/ --executor ray --address 10.0.0.5:6379 --reports reports/
+        parity fleet models/ --executor ray --reports reports/ \\
+            --address ray-head.example.internal:6379
     """
     from parity.fleet import run_fleet
 

@@ -409,7 +409,9 @@ def _ray_settings(t: _Table) -> RaySettings:
             "keep_limit",
         }
     )
-    address = t.get("address", str, None, what="a Ray cluster's address, e.g. '10.0.0.5:6379'")
+    address = t.get(
+        "address", str, None, what="a Ray cluster's address, e.g. 'ray-head.example.internal:6379'"
+    )
     if address is not None and not _RAY_ADDRESS.match(address):
         raise t.fail("address", f"must be an address without spaces, got {address!r}")
     shards = t.get("shards", int, None, what="an integer (how many shards)")

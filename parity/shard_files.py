@@ -17,7 +17,7 @@ its folder, as a pod Kubernetes retried does):
 `merge_shard_files` checks that every shard 0..N-1 is there exactly once, for this config
 and this input set (`ShardFilesError`, exit 3, naming the missing, extra or mismatched
 shards), assembles each environment's outputs in sample order (`merge_shards`) and judges
-them through the local check's own path (`parity.check._conclude`): every figure of the
+them through the local check's own path (`parity.check.conclude_shards`): every figure of the
 report is the one a local check gives. The report's `execution` block says where the
 shards ran (executor `files`, or `kubernetes` when every shard ran in a pod).
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -41,18 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 from envlock.environments import read_spec_lock
 from envlock.progress import Progress, quiet
-from parity.check import _conclude
+from parity.check import conclude_shards
 from parity.config import ParityConfig
 from parity.errors import ConfigError, ParityError
 from parity.inputs.seeded import InputSpec
 from parity.runs.job import INPUTS, INPUTS_FILE
 from parity.runs.replay import (
-    EnvironmentSummary,
     EnvRun,
     WorkFolder,
     replay_environments,
-    run_errors,
-    summary,
     write_inputs,
 )
 from parity.runs.sharded import (
@@ -344,25 +340,13 @@ def merge_shard_files(
                 f"{run['samples'][1] - 1} on {run['node']}, {run['seconds']:.1f} s"
             )
         described, notes = _fill(config, runs, plan, records, work.path, say)
-
-        def describe(run: EnvRun) -> EnvironmentSummary:
-            found = summary(run)
-            if run.name not in described:
-                return found
-            description, created = described[run.name]
-            return dataclasses.replace(found, description=description, created=created)
-
-        ref = next(r for r in runs if r.name == config.reference)
-        cand = next(r for r in runs if r.name != config.reference)
-        report = _conclude(
+        report = conclude_shards(
             config,
-            ref,
-            cand,
-            run_errors(runs),
-            {r.name: functools.partial(describe, r) for r in runs},
+            runs,
+            [],
+            described,
             work=work,
             input_digest=input_digest,
-            calibrate=False,
             say=say,
             started=started,
             generated=generated,

@@ -14,11 +14,12 @@ equal and what equal up to summation order). The worst sample's pictures are lef
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envlock.progress import Progress
 from parity.config import ParityConfig
@@ -37,6 +38,9 @@ from parity.judging.partial import (
 from parity.judging.quantiles import KEEP_LIMIT
 from parity.runs.replay import EnvRun
 from parity.runs.sharded import ShardedReplay, ShardOutputs, keep_limit, replay_sharded
+
+if TYPE_CHECKING:
+    from parity.judging.partial import Part
 
 
 def replay_and_compare(
@@ -96,27 +100,58 @@ def _pair(config: ParityConfig) -> tuple[str, str]:
 
 def summarize_shard(config: ParityConfig, outputs: ShardOutputs, start: int) -> dict[str, Any]:
     """A shard's summary, on its node: each output both environments returned compared
-    (`PartialComparison.to_bytes`), the output names of each environment."""
+    (`PartialComparison.to_bytes`, under `partials`), the output names of each environment.
+    With no keep limit set (`[run.ray] keep_limit`, `$PARITY_SHARD_KEEP_LIMIT`), an output
+    whose two arrays take fewer bytes than its partial comparison comes back as the arrays
+    instead (`pack`ed, under `outputs`), which the driver compares as the node would have:
+    a shard never sends back more than its outputs (a partial keeps every positive
+    difference, two float64 values each, under 8 Mi of them)."""
     ref_name, cand_name = _pair(config)
     ref, cand = outputs[ref_name], outputs[cand_name]
-    limit = config.ray.keep_limit if config.ray.keep_limit is not None else KEEP_LIMIT
     partials: dict[str, bytes] = {}
+    raw: dict[str, bytes] = {}
     for name in sorted(set(ref) & set(cand)):
-        shape = tuple(int(n) for n in ref[name].shape)
-        if not shape:
-            raise ParityError(f"output {name!r} has no sample axis: it cannot be sharded")
-        full = (config.inputs.count, *shape[1:])
-        partial = compare_shard(
-            name,
-            ref[name],
-            cand[name],
-            config.tolerance_for(name),
-            offset=start * math.prod(shape[1:]),
-            full_shape=full,
-            keep_limit=limit,
-        )
-        partials[name] = partial.to_bytes()
-    return {"partials": partials, "names": {env: sorted(o) for env, o in outputs.items()}}
+        partial = compare_part(config, name, ref[name], cand[name], start).to_bytes()
+        arrays = _nbytes(ref[name]) + _nbytes(cand[name])
+        if config.ray.keep_limit is None and arrays < len(partial):
+            with contextlib.suppress(ValueError):  # a dtype `pack` does not write
+                packed = pack({"reference": ref[name].load(), "candidate": cand[name].load()})
+                if len(packed) < len(partial):
+                    raw[name] = packed
+                    continue
+        partials[name] = partial
+    summary: dict[str, Any] = {
+        "partials": partials,
+        "names": {e: sorted(o) for e, o in outputs.items()},
+    }
+    if raw:
+        summary["outputs"] = raw
+    return summary
+
+
+def _nbytes(array: Part) -> int:
+    return math.prod(array.shape) * array.dtype.itemsize
+
+
+def compare_part(
+    config: ParityConfig, name: str, ref: Part, cand: Part, start: int
+) -> PartialComparison:
+    """Output `name` of the shard starting at sample `start` compared under the config's
+    tolerance for it, at its offset in the whole output: on the node, or on the driver
+    for an output that came back as arrays (the same comparison)."""
+    shape = tuple(int(n) for n in ref.shape)
+    if not shape:
+        raise ParityError(f"output {name!r} has no sample axis: it cannot be sharded")
+    limit = config.ray.keep_limit if config.ray.keep_limit is not None else KEEP_LIMIT
+    return compare_shard(
+        name,
+        ref,
+        cand,
+        config.tolerance_for(name),
+        offset=start * math.prod(shape[1:]),
+        full_shape=(config.inputs.count, *shape[1:]),
+        keep_limit=limit,
+    )
 
 
 def answer_request(outputs: ShardOutputs, request: bytes) -> bytes:
@@ -154,32 +189,53 @@ def compare_shards(config: ParityConfig, replay: ShardedReplay, say: Progress) -
         if name not in reference:
             missing.append(f"output {name!r} is missing from {ref_name}")
             continue
-        merged = merge_partials(
-            [PartialComparison.from_bytes(s["partials"][name]) for _, s in summaries]
-        )
+        partials = []
+        here: dict[int, tuple[Any, Any]] = {}  # by shard id: the arrays that came back
+        for shard, summary in summaries:
+            if name in summary.get("outputs", {}):
+                arrays = unpack(summary["outputs"][name])
+                if not isinstance(arrays, dict) or not {"reference", "candidate"} <= set(arrays):
+                    raise ValueError(f"shard {shard.id + 1} sent output {name!r} malformed")
+                here[shard.id] = (arrays["reference"], arrays["candidate"])
+                partials.append(compare_part(config, name, *here[shard.id], shard.start))
+            else:
+                partials.append(PartialComparison.from_bytes(summary["partials"][name]))
+        merged = merge_partials(partials)
         elements = math.prod(merged.full_shape)
         say(
             f"comparing {name!r}: {elements:,} elements, {merged.policy.describe()} "
-            f"(merged from {len(summaries)} shards)"
+            f"(merged from {len(summaries)} shards"
+            + (f", {len(here)} sent as outputs, smaller than their comparisons" if here else "")
+            + ")"
         )
-        comparisons.append(finish(merged, _refine(replay, name, ref_name, cand_name)))
+        comparisons.append(finish(merged, _refine(replay, name, ref_name, cand_name, here)))
     if not all(c.passed for c in comparisons):
         say("ray: the worst sample's pictures are left out of a sharded check (merge = partial)")
     return OutputsJudgement(comparisons, missing)
 
 
 def _refine(
-    replay: ShardedReplay, name: str, ref_name: str, cand_name: str
+    replay: ShardedReplay,
+    name: str,
+    ref_name: str,
+    cand_name: str,
+    here: dict[int, tuple[Any, Any]],
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """`finish`'s quantile pass: one request to every shard, on its node; merged."""
+    """`finish`'s quantile pass: one request to every shard whose outputs stayed on its
+    node, there; the shards whose arrays came back (`here`) answer here; merged."""
 
     def refine(request: dict[str, Any]) -> dict[str, Any]:
-        if replay.kept is None:
-            raise ClusterError(f"output {name!r}: no shard kept its outputs for a quantile pass")
-        asked = pack(
-            {"output": name, "reference": ref_name, "candidate": cand_name, "request": request}
-        )
-        answers = replay.kept.ask(asked, answer_request)
-        return merge_answers([unpack(a) for a in answers])
+        answers = [shard_refine(r, c, request) for r, c in here.values()]
+        away = [shard.id for shard, _ in replay.summaries if shard.id not in here]
+        if away:
+            if replay.kept is None:
+                raise ClusterError(
+                    f"output {name!r}: no shard kept its outputs for a quantile pass"
+                )
+            asked = pack(
+                {"output": name, "reference": ref_name, "candidate": cand_name, "request": request}
+            )
+            answers += [unpack(a) for a in replay.kept.ask(asked, answer_request, away)]
+        return merge_answers(answers)
 
     return refine

@@ -106,6 +106,9 @@ class LocalRayCluster:
             "gcs_server_port": free_port(),
             "include_dashboard": False,
             "temp_dir": str(self.short / "t"),
+            # A node killed is known dead within about 3 s, not Ray's 15 (5 health checks
+            # 3 s apart): a killed node's raylet refuses at once, a slow one has 10 s each.
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
         }
         self.cluster = Cluster(initialize_head=True, head_node_args=head)
         self.nodes["node1"] = self.cluster.head_node

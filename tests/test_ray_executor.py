@@ -9,6 +9,7 @@ report figure by figure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -16,7 +17,6 @@ import subprocess
 import threading
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,18 @@ from conftest import (
 )
 from raycluster import RAY_ENV, LocalRayCluster
 
-# Slow adapter for the local-backend checks: each batch takes a moment, so a node can be
-# killed while a shard runs; `MARKS` (a folder) records each worker that started.
+# Adapter for the local-backend checks: each batch takes `NAP` seconds, so a node can be
+# killed while a shard runs. `GATE`: a worker waits until that file exists, except where
+# `UNGATED` is set (a node's variable, passed with `run.pass_env`).
 ADAPTER = """\
 import os
 import time
 import numpy as np
 
 def predict(inputs):
-    marks = os.environ.get("MARKS")
-    if marks:
-        open(os.path.join(marks, str(os.getpid())), "w").close()
+    gate = os.environ.get("GATE")
+    while gate and not os.environ.get("UNGATED") and not os.path.exists(gate):
+        time.sleep(0.05)
     if os.environ.get("BREAK"):
         raise RuntimeError("the adapter is broken here")
     time.sleep(float(os.environ.get("NAP", "0")))
@@ -134,10 +135,16 @@ def test_unreachable_cluster_is_exit_3_naming_it(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     config = local_project(tmp_path, f'address = "127.0.0.1:{port}"')
     started = time.monotonic()
-    done = run_cli("parity", "check", "--config", str(config), env=RAY_ENV, timeout=120)
+    cache = tmp_path / "cache"
+    done = run_cli(
+        "parity", "check", "--config", str(config), "--cache-dir", str(cache),
+        env=RAY_ENV, timeout=120,
+    )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.stderr
     assert time.monotonic() - started < 60
+    # the nodes have their own caches: --cache-dir is said to be this machine's, not ignored
+    assert f"--cache-dir {cache} is this machine's, not the nodes'" in done.stderr
 
 
 # --- on the two-node cluster -------------------------------------------------------------
@@ -234,11 +241,8 @@ def test_nodes_whose_environments_differ_are_said(
     assert "note: environment 'infer' differs between nodes" in done.stdout
 
 
-def watch_and_kill(
-    cluster: LocalRayCluster, marks: Path, proc: subprocess.Popen[str], lines: list[str]
-) -> Callable[[], None]:
-    """Read the driver's stderr into `lines`; kill the node `victim` once a worker has
-    started (a file in `marks`)."""
+def follow(proc: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
+    """A thread reading the driver's stderr into `lines`, line by line, as it comes."""
 
     def read() -> None:
         assert proc.stderr is not None
@@ -247,22 +251,25 @@ def watch_and_kill(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 240
-    while not any(marks.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert any(marks.iterdir()), "".join(lines)
-    cluster.kill_node("victim")
-    return reader.join
+    return reader
 
 
 @pytest.mark.slow
 def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    ray_cluster.add_node("victim")
-    config = local_project(tmp_path, 'shards = 4\nprefer = "victim"', count=16)
+    # Every shard prefers the node `victim` (its one CPU runs them one after the other, a
+    # second a batch). Once its first shard came back, victim is killed while it replays the
+    # next: that one is retried elsewhere; and the first shard's outputs, kept on victim for
+    # the quantile passes (keep limit 0), are gone with it, so it is replayed again for the
+    # first pass. The other nodes' workers wait at the gate until victim is killed, so no
+    # quantile pass can start before. Each shard counts once.
+    gate = tmp_path / "gate"
+    ray_cluster.add_node("victim", env={"UNGATED": "1", "NAP": "1"})
+    config = local_project(tmp_path, 'shards = 4\nprefer = "victim"\nkeep_limit = 0', count=16)
     text = config.read_text().replace("batch_size = 5", "batch_size = 4")
-    config.write_text(text + f'\n[run.env]\nNAP = "2"\nMARKS = "{marks}"\n')
+    text = text.replace("[run]\n", '[run]\npass_env = ["UNGATED", "NAP"]\n')
+    config.write_text(
+        text + f'\n[run.env]\nGATE = "{gate}"\n[environments.infer.env]\nSHIFT = "1e-7"\n'
+    )
     report_path = tmp_path / "sharded.json"
     proc = subprocess.Popen(
         [str(BIN / "parity"), "check", "--config", str(config), "--json", str(report_path)],
@@ -270,11 +277,20 @@ def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []
+    reader = follow(proc, lines)
+    first = ""
     try:
-        join = watch_and_kill(ray_cluster, marks, proc, lines)
-        assert proc.wait(timeout=300) == 0, "".join(lines)
-        join()
+        deadline = time.monotonic() + 240
+        while not first and time.monotonic() < deadline and proc.poll() is None:
+            first = next((line for line in list(lines) if " done on victim: " in line), "")
+            time.sleep(0.02)
+        ray_cluster.kill_node("victim")
+        gate.touch()
+        assert first, "".join(lines)
+        assert proc.wait(timeout=300) == 1, "".join(lines)
+        reader.join()
     finally:
+        gate.touch()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -284,13 +300,20 @@ def test_a_node_killed_mid_run_loses_no_shard(ray_cluster: LocalRayCluster, tmp_
     local_config = tmp_path / "local.toml"
     local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
     _, local = parity_check(local_config)
-    same_figures(report, local)
+    same_figures(report, local)  # median and p99 included: no shard counted twice
     shards = report["execution"]["shards"]
-    assert sorted(s["id"] for s in shards) == [0, 1, 2, 3]  # each once
-    assert "victim" not in nodes_of(report), shards
+    assert [s["id"] for s in shards] == [0, 1, 2, 3]  # each once
     assert all(stderr.count(f"shard {k}/4 done on ") == 1 for k in range(1, 5)), stderr
     assert report["execution"]["retried"] >= 1, shards
-    assert "retried" in json.dumps(report["execution"])
+    # the shard that came back from victim: its quantile answers came from its replay
+    kept = int(first.partition("shard ")[2].partition("/")[0])
+    assert "quantile pass 1: 4 shards" in stderr, stderr
+    assert f"node victim, which kept shard {kept}'s outputs, is gone: replaying" in stderr
+    assert stderr.count(f"shard {kept} replayed again on node") == 1, stderr
+    replayed = {s["id"] + 1: s.get("replayed") for s in shards if "replayed" in s}
+    assert list(replayed) == [kept] and replayed[kept] in {"node1", "node2"}, shards
+    assert {s["node"] for s in shards if s["id"] + 1 != kept} <= {"node1", "node2"}, shards
+    assert kept_folders(ray_cluster) == []
 
 
 def kept_folders(cluster: LocalRayCluster) -> list[Path]:
@@ -455,3 +478,56 @@ def test_merge_shards_assembles_in_sample_order_and_refuses_misfits(tmp_path: Pa
     np.savez(tmp_path / "1.npz", y=whole[2:5], z=whole[2:5, 0])
     with pytest.raises(ParityError, match="for 4 samples"):
         merge_shards(run, shipped, tmp_path / "again")
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "sent"),
+    [
+        ((16, 12), "float64", "outputs"),  # a comparison's own few KiB outweigh 3 KiB of outputs
+        ((40, 32, 32), "float32", "outputs"),  # every difference kept: 2 float64 per element
+        ((40, 32, 32), "float64", "partials"),  # the kept differences are the smaller
+    ],
+)
+def test_a_shard_sends_back_the_smaller_of_its_comparison_and_its_outputs(
+    tmp_path: Path, shape: tuple[int, ...], dtype: str, sent: str
+) -> None:
+    """merge = "partial" with no keep limit set: each output of a shard comes back as its
+    partial comparison or its arrays, whichever is smaller, and the check compares either
+    as the local check does (no cluster: the node's and the driver's halves, here)."""
+    import dataclasses
+
+    import numpy as np
+    from test_partial_compare import assert_same
+
+    from parity.arrays import as_output_array
+    from parity.config import load_config
+    from parity.judging.compare import compare_arrays
+    from parity.runs.sharded import ShardedReplay, plan_shards
+    from parity.sharded_check import compare_shards, summarize_shard
+
+    path = local_project(tmp_path, count=shape[0])
+    config = load_config(path)
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(shape).astype(dtype)
+    cand = (ref * np.asarray(1.000001, dtype) + np.asarray(1e-7, dtype)).astype(dtype)
+    plan = plan_shards(shape[0], 4, 3)
+    summaries = []
+    for shard in plan:
+        part = {
+            name: {"y": as_output_array(a[shard.start : shard.stop])}
+            for name, a in (("train", ref), ("infer", cand))
+        }
+        summary = summarize_shard(config, part, shard.start)
+        outputs = 2 * math.prod(shape[1:]) * (shard.stop - shard.start) * ref.itemsize
+        back = sum(
+            len(b) for b in [*summary["partials"].values(), *summary.get("outputs", {}).values()]
+        )
+        assert back <= outputs + 1024, (back, outputs)  # the .npz's own headers aside
+        assert list(summary["partials" if sent == "partials" else "outputs"]) == ["y"]
+        summaries.append((shard, summary))
+        # a keep limit set: always the comparison (what forces the tests' quantile passes)
+        limited = dataclasses.replace(config, ray=dataclasses.replace(config.ray, keep_limit=0))
+        assert "outputs" not in summarize_shard(limited, part, shard.start)
+    replay = ShardedReplay("", 0.0, [], {}, summaries=summaries, kept=None)
+    (got,) = compare_shards(config, replay, lambda _: None).comparisons
+    assert_same(got, compare_arrays("y", ref, cand, config.tolerance_for("y")))

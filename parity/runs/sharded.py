@@ -26,7 +26,7 @@ The driver keeps the first result of each shard (a shard Ray retried after its n
 never counts twice). With merge = "outputs" it writes each shard's outputs to its work
 folder as they arrive and assembles each environment's outputs in sample order
 (`merge_shards`), streaming shard by shard; judging and reporting are then the local
-check's own (`parity.check._conclude`). With merge = "partial" the summaries are the
+check's own (`parity.check.conclude_shards`). With merge = "partial" the summaries are the
 caller's to merge (`ShardedReplay.summaries`). This module never imports
 `parity.judging`: the check layer hands it the node-side functions.
 
@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -576,14 +576,21 @@ class KeptShards:
         self.timeout = config.ray.shard_timeout or 2 * config.timeout
         self.removed: list[tuple[str, str]] = []
 
-    def ask(self, request: bytes, answer: Answer) -> list[bytes]:
-        """`answer(kept outputs, request)` on every shard, each on the node holding its
-        outputs, in plan order; a shard whose node or folder is gone is replayed anywhere
-        and answers from its fresh outputs. `ClusterError` when a shard cannot answer."""
+    def ask(
+        self, request: bytes, answer: Answer, only: Collection[int] | None = None
+    ) -> list[bytes]:
+        """`answer(kept outputs, request)` on every shard (those with the ids `only`, if
+        given), each on the node holding its outputs, in plan order; a shard whose node or
+        folder is gone is replayed anywhere and answers from its fresh outputs.
+        `ClusterError` when a shard cannot answer."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        shards = [s for s in self.shards if only is None or s.id in only]
+        if only is not None and len(shards) < len(set(only)):
+            missing = sorted(set(only) - {s.id for s in shards})
+            raise ClusterError(f"{_ids(missing)} kept no outputs for a quantile pass")
         self.passes += 1
-        self.say(f"quantile pass {self.passes}: {len(self.shards)} shards")
+        self.say(f"quantile pass {self.passes}: {len(shards)} shards")
         task = self.ray.remote(_answer_kept)
 
         def submit(shard: Shard) -> Any:
@@ -593,20 +600,28 @@ class KeptShards:
                 folder, request, answer
             )
 
-        refs = {shard.id: submit(shard) for shard in self.shards}
+        refs = {shard.id: submit(shard) for shard in shards}
         answers: list[bytes] = []
-        for shard in self.shards:
+        for shard in shards:
             got = self._get(refs[shard.id])
             if got is None:
-                _, node, _ = self.where[shard.id]
-                self.say(
-                    f"quantile pass {self.passes}: shard {shard.id + 1}'s outputs are gone "
-                    f"from {node}: replaying {shard.samples} again"
-                )
+                node_id, node, _ = self.where[shard.id]
+                if node_id in self._alive():
+                    why = f"shard {shard.id + 1}'s outputs are gone from {node}"
+                else:  # killed, or it left the cluster, after the shard's replay came back
+                    why = f"node {node}, which kept shard {shard.id + 1}'s outputs, is gone"
+                self.say(f"quantile pass {self.passes}: {why}: replaying {shard.samples} again")
                 got = self._answer_fresh(shard, request, answer)
             answers.append(got)
             self.execution["bytes_from_shards"] += len(got)
         return answers
+
+    def _alive(self) -> set[str]:
+        """The ids of the nodes alive now (all the kept shards' nodes if Ray cannot say)."""
+        try:
+            return {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        except Exception:
+            return {node_id for node_id, _, _ in self.where.values()}
 
     def _get(self, ref: Any) -> bytes | None:
         """The answer, or None when its node or folder is gone (or it did not come)."""
@@ -634,6 +649,9 @@ class KeptShards:
         old = self.where[shard.id]
         self.removed.append((old[0], old[2]))
         self.where[shard.id] = (result["node_id"], result["node"], result["kept"])
+        for entry in self.execution.get("shards", []):
+            if entry.get("id") == shard.id:  # the node its quantile answers now come from
+                entry["replayed"] = result["node"]
         self.say(f"shard {shard.id + 1} replayed again on {result['node']}")
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -655,7 +673,8 @@ class KeptShards:
         """Remove every kept folder, on its node (best effort: a folder left behind never
         breaks a later check, whose folders are named by its own id)."""
         folders = [(node_id, folder) for node_id, _, folder in self.where.values()]
-        refs = [_remove_soon(self.ray, n, f) for n, f in [*folders, *self.removed]]
+        alive = self._alive()  # a folder on a node that is gone went with it
+        refs = [_remove_soon(self.ray, n, f) for n, f in [*folders, *self.removed] if n in alive]
         with contextlib.suppress(Exception):
             self.ray.wait([r for r in refs if r is not None], num_returns=len(refs), timeout=10)
 
