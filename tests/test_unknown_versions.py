@@ -9,11 +9,15 @@ from pathlib import Path
 
 from conftest import LOCAL_CONFIG, assert_valid_report, run_cli
 
+# The failing side fails 5 s late: the other side (12 samples) has finished by then, and so
+# is not stopped before its fingerprint is taken (a side's failure stops the other).
 RAISING = """\
 import os
+import time
 
 def predict(inputs):
     if os.environ.get("BOOM"):
+        time.sleep(5)
         raise RuntimeError("no weights")
     return {"y": inputs["x"]}
 """
