@@ -1,7 +1,8 @@
 """Shared fixtures: the repository, the CLI runners, and environment caches.
 
 Slow tests share one environment cache per session (`$PARITY_TEST_CACHE` to reuse one
-across runs while developing); tests that check caching itself use a fresh one.
+across runs while developing; `$ENVLOCK_CACHE_DIR` when set, as CI sets it); tests that
+check caching itself use a fresh one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 from hypothesis import settings
@@ -38,7 +39,10 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    explicit = os.environ.get("PARITY_TEST_CACHE")
+    """`$PARITY_TEST_CACHE`, else `$ENVLOCK_CACHE_DIR` (CI sets it to a folder of its clean
+    clone: the tests that run the commands without `--cache-dir` build there, and so do the
+    CI steps after the tests, so each environment is built once per run), else a fresh one."""
+    explicit = os.environ.get("PARITY_TEST_CACHE") or os.environ.get("ENVLOCK_CACHE_DIR")
     if explicit:
         return Path(explicit)
     return tmp_path_factory.mktemp("envlock-cache")
@@ -89,6 +93,45 @@ def sklearn_drift(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
     assert done.returncode == 0, done.stderr
     assert (project / "segclf" / "artifacts" / "scorer.joblib").exists()
     return project
+
+
+class DriftCheck(NamedTuple):
+    """`parity check` of the numpy-drift example: exit code, JSON report, stdout, JUnit."""
+
+    code: int
+    report: dict[str, Any]
+    stdout: str
+    junit: Path
+
+
+@pytest.fixture(scope="session")
+def numpy_drift_check(
+    repo: Path, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> DriftCheck:
+    """The numpy-drift example checked once per session, as `make drift` runs it (with a
+    JSON report and a JUnit file): 256 inputs in two torch venvs, which several modules'
+    tests read (test_reference_model, test_search) rather than each running it again."""
+    import json
+
+    out = tmp_path_factory.mktemp("numpy-drift-check")
+    report, junit = out / "report.json", out / "parity.xml"
+    result = run_cli(
+        "parity",
+        "check",
+        "--config",
+        "examples/numpy-drift/parity.toml",
+        "--json",
+        str(report),
+        "--junit",
+        str(junit),
+        "--cache-dir",
+        str(shared_cache),
+        cwd=repo,
+    )
+    assert report.exists(), result.stderr
+    data = json.loads(report.read_text())
+    assert_valid_report(data)
+    return DriftCheck(result.returncode, data, result.stdout, junit)
 
 
 def sklearn_drift_config(project: Path, name: str, **changes: dict[str, object]) -> Path:

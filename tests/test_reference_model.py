@@ -10,7 +10,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from conftest import assert_valid_report, run_cli
+from conftest import DriftCheck, assert_valid_report, run_cli
 
 from envlock import read_lock
 from envlock.backends import VenvBackend
@@ -39,10 +39,18 @@ def check(
     return result.returncode, data, result.stdout
 
 
+@pytest.fixture(scope="module")
+def reference_check(
+    repo: Path, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[int, dict[str, Any], str]:
+    """The main job's check, run once for the module (256 inputs in two torch venvs)."""
+    return check(repo, "parity.toml", shared_cache, tmp_path_factory.mktemp("reference"))
+
+
 def test_reference_model_passes_on_the_shared_lock(
-    repo: Path, shared_cache: Path, tmp_path: Path
+    reference_check: tuple[int, dict[str, Any], str],
 ) -> None:
-    code, report, stdout = check(repo, "parity.toml", shared_cache, tmp_path)
+    code, report, stdout = reference_check
     assert code == 0, stdout
     assert report["verdict"] == "pass"
     outputs = {o["name"]: o for o in report["outputs"]}
@@ -57,18 +65,20 @@ def test_reference_model_passes_on_the_shared_lock(
     assert [(d["name"], d["expected"]) for d in report["version_diffs"]] == [("tqdm", True)]
 
 
-def test_second_check_materializes_nothing(repo: Path, shared_cache: Path, tmp_path: Path) -> None:
-    check(repo, "parity.toml", shared_cache, tmp_path)  # builds if an earlier test did not
+def test_second_check_materializes_nothing(
+    reference_check: tuple[int, dict[str, Any], str],
+    repo: Path,
+    shared_cache: Path,
+    tmp_path: Path,
+) -> None:
+    assert reference_check[0] == 0  # the first check, which built what no earlier test had
     code, report, _ = check(repo, "parity.toml", shared_cache, tmp_path)
     assert code == 0
     assert [e["created"] for e in report["environments"].values()] == [False, False]
 
 
-def test_numpy_drift_fails_and_names_numpy(repo: Path, shared_cache: Path, tmp_path: Path) -> None:
-    junit = tmp_path / "parity.xml"
-    code, report, stdout = check(
-        repo, "examples/numpy-drift/parity.toml", shared_cache, tmp_path, "--junit", str(junit)
-    )
+def test_numpy_drift_fails_and_names_numpy(numpy_drift_check: DriftCheck) -> None:
+    code, report, stdout, junit = numpy_drift_check
     cases = {c.get("name"): c for c in ElementTree.parse(junit).getroot().iter("testcase")}
     assert cases["numpy"].find("failure") is not None
     assert cases["tqdm"].find("failure") is None  # expected: the train group

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import BIN, run_cli
+from conftest import BIN, DriftCheck, run_cli
 
 from parity.cli import main
 from parity.config import load_config
@@ -433,7 +433,7 @@ def test_a_serving_worker_gives_up_when_no_request_comes(project: Path, tmp_path
 
 @pytest.mark.slow
 def test_numpy_drift_search_beats_the_seeded_worst(
-    repo: Path, shared_cache: Path, tmp_path: Path
+    repo: Path, shared_cache: Path, numpy_drift_check: DriftCheck, tmp_path: Path
 ) -> None:
     started = time.monotonic()
     result = run_cli(
@@ -473,18 +473,8 @@ def test_numpy_drift_search_beats_the_seeded_worst(
     assert 1 <= worst["example"] <= data["examples"] == 600
     # The seeded worst is the check's own figure for sr_float over the same 256 images, at
     # the sample of the check's worst element.
-    check = run_cli(
-        "parity",
-        "check",
-        "--config",
-        "examples/numpy-drift/parity.toml",
-        "--cache-dir",
-        str(shared_cache),
-        "--json",
-        "-",
-    )
-    assert check.returncode == 1, check.stderr
-    checked = {o["name"]: o for o in json.loads(check.stdout)["outputs"]}
+    assert numpy_drift_check.code == 1, numpy_drift_check.stdout
+    checked = {o["name"]: o for o in numpy_drift_check.report["outputs"]}
     assert checked["sr_float"]["max_abs_diff"] == seeded["max_abs_diff"]
     assert checked["sr_float"]["worst_index"][0] == seeded["sample"]
     # The saved case replays to the search's worst.
