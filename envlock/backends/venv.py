@@ -165,12 +165,14 @@ class VenvBackend:
         """Compile the environment in `target` to bytecode (`bytecode.py`, with its own
         interpreter), linking the bytecode of the same files in the environments finished
         before (the most recent first); how many modules were linked and compiled."""
-        donors = sorted(
-            (p for p in self.cache_dir.iterdir() if (p / MARKER).is_file()),
-            key=lambda p: (p / MARKER).stat().st_mtime,
-            reverse=True,
-        )[:MAX_DONORS]
-        cmd = [str(target / "bin" / "python"), "-I", str(BYTECODE_SCRIPT), *map(str, donors)]
+        finished = []
+        for folder in self.cache_dir.iterdir():
+            try:  # an environment being deleted meanwhile is no donor
+                finished.append(((folder / MARKER).stat().st_mtime, str(folder)))
+            except OSError:
+                continue
+        donors = [folder for _, folder in sorted(finished, reverse=True)[:MAX_DONORS]]
+        cmd = [str(target / "bin" / "python"), "-I", str(BYTECODE_SCRIPT), *donors]
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PYTHON")}
         proc = run_tool(cmd, env=env)
         try:
