@@ -43,8 +43,14 @@ def stamp(tree: Path, *names: str, age: int) -> None:
 
 def would_run(tree: Path, target: str) -> list[str]:
     """The commands `make target` would run in `tree`."""
+    # Not what a make running these tests passes down, nor a PYTHON of the caller's.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON")
+    }
     done = subprocess.run(
-        ["make", "-n", target], cwd=tree, capture_output=True, text=True, check=True
+        ["make", "-n", target], cwd=tree, env=env, capture_output=True, text=True, check=True
     )
     return done.stdout.splitlines()
 
