@@ -7,8 +7,11 @@ model's torch environments are exercised in test_reference_model.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from conftest import BIN, lock_tiny_spec, run_cli
 
 from envlock import LockFileError, read_lock
 from envlock.backends import VenvBackend
+from envlock.backends.venv import BYTECODE_SCRIPT
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,121 @@ def test_concurrent_materializations_do_not_corrupt_the_cache(
     assert list((venvs / ".building").iterdir()) == []
     marker = json.loads((Path(paths.pop()).parent.parent / ".envlock.json").read_text())
     assert marker["group"] == "main"
+
+
+def _site(python: Path) -> Path:
+    return Path(
+        subprocess.run(
+            [python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+
+
+def _stale_modules(python: Path) -> list[str]:
+    """The modules of `python`'s site-packages that `compileall` would (re)compile."""
+    code = (
+        "import compileall, importlib.util, os, struct, sysconfig\n"
+        "site = sysconfig.get_paths()['purelib']\n"
+        "for folder, dirs, files in os.walk(site):\n"
+        "    dirs[:] = [d for d in dirs if d != '__pycache__']\n"
+        "    for name in (f for f in files if f.endswith('.py')):\n"
+        "        path = os.path.join(folder, name)\n"
+        "        pyc = importlib.util.cache_from_source(path)\n"
+        "        st = os.stat(path)\n"
+        "        want = struct.pack('<4sLLL', importlib.util.MAGIC_NUMBER, 0,\n"
+        "                           int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF)\n"
+        "        if not os.path.exists(pyc) or open(pyc, 'rb').read(16) != want:\n"
+        "            print(os.path.relpath(path, site))\n"
+    )
+    out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_environments_built_together_compile_a_shared_module_once(
+    tiny_lock: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    backend = VenvBackend(cache)
+    lock = read_lock(tiny_lock)
+    # At once, as a check builds its two environments: one compiles, the other links.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        main, train = pool.map(lambda group: backend.materialize(lock, group), ["main", "train"])
+    assert main.created and train.created
+    for env in (main, train):
+        # Every module has its bytecode, current, as uv's --compile-bytecode leaves it.
+        assert _stale_modules(env.python) == []
+        # Each module's code names its own file, not the environment it was linked from.
+        out = subprocess.run(
+            [env.python, "-I", "-c", "import six; print(six.add_metaclass.__code__.co_filename)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == str(_site(env.python) / "six.py")
+    markers = [json.loads((env.root / ".envlock.json").read_text()) for env in (main, train)]
+    first, second = sorted(markers, key=lambda m: m["bytecode"]["linked"])
+    assert first["bytecode"]["linked"] == 0 and first["bytecode"]["compiled"] > 0
+    sources = [_site(env.python) / "six.py" for env in (main, train)]
+    if not sources[0].samefile(sources[1]):
+        pytest.skip("uv copied the files here (its cache on another file system): nothing shared")
+    # six is in both: compiled once, the same .pyc file in both environments.
+    compiled = [
+        _site(env.python) / "__pycache__" / f"six.{sys.implementation.cache_tag}.pyc"
+        for env in (main, train)
+    ]
+    assert compiled[0].samefile(compiled[1])
+    assert second["bytecode"]["linked"] >= 1
+    # The second compiled only what it does not share: every module that is the very file
+    # in the first was linked (the two groups share six; train has iniconfig alone).
+    modules = {}
+    for marker in (first, second):
+        site = _site({"main": main, "train": train}[marker["group"]].python)
+        modules[marker["group"]] = (site, {p.relative_to(site) for p in site.rglob("*.py")})
+    (site1, ones), (site2, twos) = modules[first["group"]], modules[second["group"]]
+    same = {m for m in ones & twos if (site1 / m).samefile(site2 / m)}
+    assert Path("six.py") in same
+    assert second["bytecode"]["linked"] >= len(same)
+    assert second["bytecode"]["compiled"] >= len(twos - ones)
+    assert second["bytecode"]["linked"] + second["bytecode"]["compiled"] == len(twos)
+
+
+def test_a_module_with_other_bytes_is_compiled_not_linked(tiny_lock: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    lock = read_lock(tiny_lock)
+    main = VenvBackend(cache).materialize(lock, "main")
+    site = _site(main.python)
+    assert (site / "six.py").is_file()
+    # A copy of the environment whose six.py differs from the donor's in its bytes only: the
+    # same size and mtime, which is all a .pyc header records, so only its bytes tell.
+    other = tmp_path / "other"
+    shutil.copytree(main.root, other, symlinks=True)
+    shutil.rmtree(other / site.relative_to(main.root) / "__pycache__")
+    six = other / site.relative_to(main.root) / "six.py"
+    before = six.stat()
+    text = six.read_text()
+    assert '__version__ = "1.17.0"' in text
+    six.write_text(text.replace('__version__ = "1.17.0"', '__version__ = "9.99.9"'))
+    os.utime(six, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert six.stat().st_size == before.st_size
+    out = subprocess.run(
+        [other / "bin" / "python", "-I", str(BYTECODE_SCRIPT), str(main.root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == {"linked": 0, "compiled": 1}
+    # -B: the .pyc there is what runs, and it is six.py's own.
+    probe = subprocess.run(
+        [other / "bin" / "python", "-I", "-B", "-c", "import six; print(six.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "9.99.9"
+    assert _stale_modules(other / "bin" / "python") == []
 
 
 def test_failed_build_leaves_nothing_in_place(tmp_path: Path) -> None:

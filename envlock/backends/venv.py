@@ -8,6 +8,13 @@ Cache layout (`$ENVLOCK_CACHE_DIR`, default `~/.cache/envlock`):
         when it could not be the lock itself (see `install_request`)
     venvs/.building/<key>-<random>/   work in progress, renamed into place when done
     venvs/.locks/<key>.lock           serializes concurrent builds of the same key
+    venvs/.locks/bytecode.lock        one build compiles bytecode at a time (see below)
+
+uv installs without compiling; `bytecode.py`, run with the new environment's interpreter,
+then compiles every module as `--compile-bytecode` would, except that a module which is
+the very file (uv links them from its cache) of one in a finished environment gets that
+environment's `.pyc`, linked: the training and inference environments of one lock compile
+torch once, not twice.
 
 A second materialization of the same lock and group finds the finished folder and installs
 nothing. Two processes building the same key at once serialize on the file lock; a build
@@ -40,6 +47,10 @@ MARKER = ".envlock.json"
 # a named group gets the lock's default-groups too (r2 environments of such locks lacked them).
 RECIPE = "r3"
 INSTALL_LOCK = "pylock.envlock-install.toml"
+BYTECODE_LOCK = "bytecode.lock"
+BYTECODE_SCRIPT = Path(__file__).resolve().with_name("bytecode.py")
+# The finished environments a build looks in for bytecode to link (the most recent first).
+MAX_DONORS = 8
 
 
 def default_cache_dir() -> Path:
@@ -104,20 +115,26 @@ class VenvBackend:
             try:
                 started = time.monotonic()
                 self._build(lock, group, building, say)
-                (building / MARKER).write_text(
-                    json.dumps(
-                        {
-                            "lock": str(lock.path),
-                            "lock_digest": lock.digest,
-                            "group": group,
-                            "not_installed": [s.name for s in lock.sources_in(group)],
-                            "uv": uv_version(find_uv()),
-                            "seconds": round(time.monotonic() - started, 2),
-                        },
-                        indent=2,
+                # One build compiles at a time, linking what those finished before it
+                # compiled, and holds the lock until its environment is in place: a build
+                # waiting for it then finds it (two environments of one lock share torch).
+                with FileLock(str(locks / BYTECODE_LOCK)):
+                    bytecode = self._compile(building, say)
+                    (building / MARKER).write_text(
+                        json.dumps(
+                            {
+                                "lock": str(lock.path),
+                                "lock_digest": lock.digest,
+                                "group": group,
+                                "not_installed": [s.name for s in lock.sources_in(group)],
+                                "uv": uv_version(find_uv()),
+                                "seconds": round(time.monotonic() - started, 2),
+                                "bytecode": bytecode,
+                            },
+                            indent=2,
+                        )
                     )
-                )
-                os.rename(building, root)
+                    os.rename(building, root)
             finally:
                 if building.exists():
                     shutil.rmtree(building, ignore_errors=True)
@@ -131,8 +148,9 @@ class VenvBackend:
         python = self.python or _python_request(lock.requires_python)
         say(f"creating venv for {lock.path.name} [{group}] with uv (python {python})")
         self._uv([uv, "venv", "--relocatable", "--no-project", "--python", python, str(target)])
-        # Bytecode is compiled now, so running code never writes into the cached environment.
-        cmd = [uv, "pip", "install", "--no-progress", "--compile-bytecode"]
+        # Bytecode is compiled next (`_compile`), so running code never writes into the
+        # cached environment.
+        cmd = [uv, "pip", "install", "--no-progress"]
         cmd += ["--python", str(target / "bin" / "python")]
         requirements, groups = install_request(lock, group, target)
         cmd += ["-r", str(requirements)]
@@ -142,6 +160,34 @@ class VenvBackend:
         for source in lock.sources_in(group):
             say(source.describe())
         self._uv(cmd)
+
+    def _compile(self, target: Path, say: Progress) -> dict[str, int]:
+        """Compile the environment in `target` to bytecode (`bytecode.py`, with its own
+        interpreter), linking the bytecode of the same files in the environments finished
+        before (the most recent first); how many modules were linked and compiled."""
+        finished = []
+        for folder in self.cache_dir.iterdir():
+            try:  # an environment being deleted meanwhile is no donor
+                finished.append(((folder / MARKER).stat().st_mtime, str(folder)))
+            except OSError:
+                continue
+        donors = [folder for _, folder in sorted(finished, reverse=True)[:MAX_DONORS]]
+        cmd = [str(target / "bin" / "python"), "-I", str(BYTECODE_SCRIPT), *donors]
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PYTHON")}
+        proc = run_tool(cmd, env=env)
+        try:
+            counts = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = {"linked": int(counts["linked"]), "compiled": int(counts["compiled"])}
+        except (ValueError, LookupError, TypeError):
+            result = None
+        if proc.returncode != 0 or result is None:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+            raise MaterializeError(f"compiling the environment's bytecode failed:\n{tail}")
+        say(
+            f"bytecode: {result['compiled']} modules compiled, {result['linked']} linked "
+            "from environments built before"
+        )
+        return result
 
     def _uv(self, cmd: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PYTHON")}
