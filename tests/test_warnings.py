@@ -225,6 +225,7 @@ def test_a_model_that_fails_leaves_its_warnings_and_the_bound_holds(
     cfg = write_project(
         """\
         import os
+        import time
         import warnings
 
         def predict(inputs):
@@ -233,6 +234,7 @@ def test_a_model_that_fails_leaves_its_warnings_and_the_bound_holds(
             for i in range(250):
                 warnings.warn(f"feature {i} is constant", RuntimeWarning)
             if os.environ.get("OLD"):
+                time.sleep(5)  # train has finished: the failure does not stop it mid-run
                 raise ValueError("weights file is corrupt")
             return {"y": inputs["x"]}
         """,
