@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from parity.inputs import seeded
 from parity.inputs.seeded import ArraySpec, InputSpec, digest, generate, sample
 
 SPEC = InputSpec(
@@ -26,6 +28,32 @@ def test_sample_i_depends_on_seed_and_i_only(seed: int, i: int, count: int) -> N
     alone = sample(spec, i)
     for name, value in alone.items():
         np.testing.assert_array_equal(whole[name][i], value)
+
+
+def test_any_batching_gives_each_sample_its_own_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate() computes many samples at once, in batches of about `_BATCH_VALUES`
+    values: however they are cut, sample i has the bytes `sample` gives it alone."""
+    spec = InputSpec(
+        seed=9,
+        count=7,
+        arrays=(
+            ArraySpec("rgb", (5, 4, 3), "uint8", "image", layout="channels_last"),
+            ArraySpec("planes", (2, 6, 5), "float64", "image"),
+            ArraySpec("dot", (1, 1), "float32", "image"),  # one pixel: a flat image, 0.5
+            ArraySpec("row", (6,), "float64", "image"),
+            ArraySpec("z", (3, 2), "float64", "normal", {"mean": 1.0, "std": 3.0}),
+            ArraySpec("u", (4,), "int16", "uniform"),
+        ),
+    )
+    alone = [sample(spec, i) for i in range(spec.count)]
+    assert {float(one["dot"].item()) for one in alone} == {0.5}
+    for batch in (1, 30, 1 << 20):  # one sample at a time, a few, all of them
+        monkeypatch.setattr(seeded, "_BATCH_VALUES", batch)
+        whole = generate(spec)
+        for i, one in enumerate(alone):
+            for name, value in one.items():
+                assert whole[name].dtype == value.dtype
+                assert whole[name][i].tobytes() == value.tobytes(), (batch, name, i)
 
 
 def test_shapes_dtypes_and_ranges() -> None:

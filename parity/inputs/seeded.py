@@ -107,25 +107,81 @@ def describe_label(inputs: dict[str, Any]) -> str:
 
 def sample(spec: InputSpec, index: int) -> dict[str, np.ndarray]:
     """Sample `index` of the input set: one array per name, drawn from (seed, index, name)."""
-    import numpy as np
-
-    out = {}
-    for a in spec.arrays:
-        seq = np.random.SeedSequence([spec.seed, index, zlib.crc32(a.name.encode())])
-        rng = np.random.Generator(np.random.PCG64(seq))
-        out[a.name] = _draw(rng, a)
-    return out
+    return {a.name: _samples(spec.seed, a, index, index + 1)[0] for a in spec.arrays}
 
 
 def generate(spec: InputSpec) -> dict[str, np.ndarray]:
-    """The whole input set: for each array name, a (count, *shape) array."""
+    """The whole input set: for each array name, a (count, *shape) array; sample i is
+    `sample(spec, i)`, bit for bit (computed many samples at a time)."""
+    return {a.name: _samples(spec.seed, a, 0, spec.count) for a in spec.arrays}
+
+
+def _rng(seed: int, index: int, a: ArraySpec) -> np.random.Generator:
     import numpy as np
 
-    batches: dict[str, list[np.ndarray]] = {a.name: [] for a in spec.arrays}
-    for i in range(spec.count):
-        for name, value in sample(spec, i).items():
-            batches[name].append(value)
-    return {name: np.stack(values) for name, values in batches.items()}
+    seq = np.random.SeedSequence([seed, index, zlib.crc32(a.name.encode())])
+    return np.random.Generator(np.random.PCG64(seq))
+
+
+# Samples computed at once: their random numbers drawn one sample after another, as each
+# sample's generator gives them, then the arithmetic done on all of them together (the
+# same operations on every element, so the same bits as one sample at a time), in
+# temporaries of about this many values (8 bytes each).
+_BATCH_VALUES = 1 << 20
+
+
+def _samples(seed: int, a: ArraySpec, first: int, stop: int) -> np.ndarray:
+    """Samples first..stop-1 of array `a`: a (stop - first, *shape) array of its dtype."""
+    import numpy as np
+
+    size = 1
+    for n in a.shape:
+        size *= n
+    out = np.empty((stop - first, *a.shape), dtype=np.dtype(a.dtype))
+    step = max(1, _BATCH_VALUES // max(size, 1))
+    for lo in range(first, stop, step):
+        hi = min(stop, lo + step)
+        rngs = [_rng(seed, i, a) for i in range(lo, hi)]
+        out[lo - first : hi - first] = _draw(rngs, a)
+    return out
+
+
+def _draw(rngs: list[np.random.Generator], a: ArraySpec) -> np.ndarray:
+    """One sample of `a` from each generator: a (len(rngs), *shape) array of its dtype."""
+    import numpy as np
+
+    dtype = np.dtype(a.dtype)
+    k = len(rngs)
+    if a.generator == "normal":
+        # Box-Muller on random(): stable across NumPy versions, unlike standard_normal.
+        n = int(np.prod(a.shape))
+        u1 = np.empty((k, n))
+        u2 = np.empty((k, n))
+        for j, rng in enumerate(rngs):
+            u1[j] = rng.random(n)
+            u2[j] = rng.random(n)
+        u1 = 1.0 - u1
+        z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        values = a.params.get("mean", 0.0) + a.params.get("std", 1.0) * z
+        values = values.reshape((k, *a.shape))
+    elif a.generator == "image" and a.layout == "channels_last":
+        # The same images as channels_first with the channel axis moved last: the planes
+        # are drawn in the same order from the same random numbers.
+        *lead, h, w, c = a.shape
+        unit = np.moveaxis(_image(rngs, (*lead, c, h, w)), -3, -1)
+        lo, hi = value_range(a)
+        values = lo + unit * (hi - lo)
+    elif a.generator == "image":
+        unit = _image(rngs, a.shape)
+        lo, hi = value_range(a)
+        values = lo + unit * (hi - lo)
+    else:
+        lo, hi = value_range(a)
+        values = lo + np.stack([rng.random(a.shape) for rng in rngs]) * (hi - lo)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype)
 
 
 def digest(arrays: dict[str, np.ndarray]) -> str:
@@ -155,64 +211,43 @@ def value_range(a: ArraySpec) -> tuple[float, float]:
     return a.params.get("low", lo), a.params.get("high", hi)
 
 
-def _draw(rng: np.random.Generator, a: ArraySpec) -> np.ndarray:
-    import numpy as np
-
-    dtype = np.dtype(a.dtype)
-    if a.generator == "normal":
-        # Box-Muller on random(): stable across NumPy versions, unlike standard_normal.
-        n = int(np.prod(a.shape))
-        u1 = 1.0 - rng.random(n)
-        u2 = rng.random(n)
-        z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-        values = a.params.get("mean", 0.0) + a.params.get("std", 1.0) * z
-        values = values.reshape(a.shape)
-    elif a.generator == "image" and a.layout == "channels_last":
-        # The same images as channels_first with the channel axis moved last: the planes
-        # are drawn in the same order from the same random numbers.
-        *lead, h, w, c = a.shape
-        unit = np.moveaxis(_image(rng, (*lead, c, h, w)), -3, -1)
-        lo, hi = value_range(a)
-        values = lo + unit * (hi - lo)
-    elif a.generator == "image":
-        unit = _image(rng, a.shape)
-        lo, hi = value_range(a)
-        values = lo + unit * (hi - lo)
-    else:
-        lo, hi = value_range(a)
-        values = lo + rng.random(a.shape) * (hi - lo)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    return values.astype(dtype)
-
-
-def _image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """A smooth, structured image in [0, 1]: gradient, waves, soft shapes and mild noise.
+def _image(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """A smooth, structured image in [0, 1] from each generator: gradient, waves, soft
+    shapes and mild noise; a (len(rngs), *shape) array.
 
     The last two axes are spatial; leading axes (channels) get independent images
-    (`_draw` moves the channel axis for `layout = "channels_last"`).
+    (`_draw` moves the channel axis for `layout = "channels_last"`). Each image takes 24
+    random numbers, then its noise, from its sample's generator.
     """
     import numpy as np
 
     if len(shape) < 2:
-        return rng.random(shape)
+        return np.stack([rng.random(shape) for rng in rngs])
     h, w = shape[-2], shape[-1]
     lead = shape[:-2]
     planes = int(np.prod(lead)) if lead else 1
     y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    out = np.empty((planes, h, w))
-    for p in range(planes):
-        r = rng.random(24)
-        img = (r[0] - 0.5) * x + (r[1] - 0.5) * y
-        for k in range(3):
-            fx, fy, phase, amp = r[2 + 4 * k : 6 + 4 * k]
-            img += 0.3 * amp * np.sin(2 * np.pi * (6 * fx * x + 6 * fy * y) + 2 * np.pi * phase)
-        for k in range(2):
-            cx, cy, rad = r[14 + 3 * k : 17 + 3 * k]
-            d = np.hypot(x - cx, y - cy) / (0.1 + 0.3 * rad)
-            img += 0.6 * (r[20 + k] - 0.5) / (1.0 + np.exp((d - 1.0) * 12.0))
-        img += 0.03 * (rng.random((h, w)) - 0.5)
-        lo, hi = img.min(), img.max()
-        out[p] = (img - lo) / (hi - lo) if hi > lo else 0.5
-    return out.reshape(shape)
+    total = len(rngs) * planes
+    r = np.empty((24, total, 1, 1))
+    noise = np.empty((total, h, w))
+    for j, rng in enumerate(rngs):
+        for p in range(j * planes, (j + 1) * planes):
+            r[:, p, 0, 0] = rng.random(24)
+            noise[p] = rng.random((h, w))
+    # Each line is the one-image formula with its scalars made columns: the same
+    # operations, in the same order, on each element.
+    img = (r[0] - 0.5) * x + (r[1] - 0.5) * y
+    for k in range(3):
+        fx, fy, phase, amp = r[2 + 4 * k : 6 + 4 * k]
+        img += 0.3 * amp * np.sin(2 * np.pi * (6 * fx * x + 6 * fy * y) + 2 * np.pi * phase)
+    for k in range(2):
+        cx, cy, rad = r[14 + 3 * k : 17 + 3 * k]
+        d = np.hypot(x - cx, y - cy) / (0.1 + 0.3 * rad)
+        img += 0.6 * (r[20 + k] - 0.5) / (1.0 + np.exp((d - 1.0) * 12.0))
+    img += 0.03 * (noise - 0.5)
+    lo = img.min(axis=(1, 2), keepdims=True)
+    hi = img.max(axis=(1, 2), keepdims=True)
+    flat = hi <= lo
+    out: np.ndarray = (img - lo) / np.where(flat, 1.0, hi - lo)
+    out[np.broadcast_to(flat, out.shape)] = 0.5
+    return out.reshape((len(rngs), *shape))
