@@ -36,6 +36,18 @@ class WorkerError(ParityError):
         super().__init__(f"environment {environment!r}: {message}")
 
 
+def stopped(environment: str, failed: str) -> WorkerError:
+    """The error of environment `environment`, stopped because `failed` failed first (a
+    side's failure stops the other: its answers could no longer be compared)."""
+    return WorkerError(environment, f"stopped: environment {failed!r} failed first")
+
+
+def was_stopped(error: str, environment: str) -> bool:
+    """Whether the report error `error` says environment `environment` was stopped (see
+    `stopped`), rather than failed."""
+    return error.startswith(f"environment {environment!r}: stopped: environment ")
+
+
 class HostileOutputError(ParityError):
     """A file that came out of an environment is not plain numeric data; it was not loaded."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from parity.comparison import OutputComparison
+from parity.errors import was_stopped
 from parity.jsontext import json_safe, json_text
 from parity.judging.caught import WarningFinding
 from parity.judging.versions import VersionDiff
@@ -126,8 +127,18 @@ class ParityReport:
                 "it runs (record one with `envlock fingerprint --python ... --out FILE` "
                 "where it was built, and name it as the environment's fingerprint)"
             )
-        if missing:
-            return " and ".join(missing) + " failed before its fingerprint was taken"
+        if missing:  # a side that failed stops the other, which then says so
+            halted = [n for n in missing if any(was_stopped(e, n) for e in self.errors)]
+            failed = [n for n in missing if n not in halted]
+            parts = [f"{' and '.join(failed)} failed"] if failed else []
+            if halted:
+                parts.append(
+                    f"{' and '.join(halted)} {'was' if len(halted) == 1 else 'were'} stopped"
+                )
+            if len(missing) == 1:
+                return f"{parts[0]} before its fingerprint was taken"
+            both = f"{parts[0]}, and {parts[1]}," if len(parts) > 1 else parts[0]
+            return f"{both} before their fingerprints were taken"
         return "an environment failed, so the versions were not compared"
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,3 +70,38 @@ def test_a_passing_check_still_says_none(
     assert_valid_report(report)
     assert "versions_known" not in report  # absent when known
     assert all(e["fingerprinted"] for e in report["environments"].values())
+
+
+# infer fails at once; train would take a minute, and is stopped when infer fails.
+FAILS_FAST = """\
+import os
+import time
+
+def predict(inputs):
+    if os.environ.get("BOOM"):
+        raise RuntimeError("no weights")
+    time.sleep(60)
+    return {"y": inputs["x"]}
+"""
+
+
+def test_the_side_stopped_by_a_failure_is_said_stopped_not_failed(
+    write_project: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = LOCAL_CONFIG.format(timeout=120) + '\n[environments.infer.env]\nBOOM = "1"\n'
+    cfg = write_project(FAILS_FAST, config)
+    out = tmp_path / "r.json"
+    md = tmp_path / "r.md"
+    result = run_cli(
+        "parity", "check", "--config", str(cfg), "--json", str(out), "--markdown", str(md),
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    why = "infer failed, and train was stopped, before their fingerprints were taken"
+    assert f"version differences: unknown ({why})" in result.stdout
+    assert f"Version differences: unknown ({why})." in md.read_text()
+    report = json.loads(out.read_text())
+    assert_valid_report(report)
+    assert report["versions_known"] is False
+    assert not any(e["fingerprinted"] for e in report["environments"].values())
+    assert "environment 'train': stopped: environment 'infer' failed first" in report["errors"]

@@ -44,6 +44,7 @@ from envlock.progress import Progress
 from parity.arrays import OutputArray
 from parity.config import ParityConfig
 from parity.errors import ConfigError, HostileOutputError, ParityError, WorkerError
+from parity.errors import stopped as stopped_error
 from parity.inputs.samples import SampleFolder, dvc_tracking, load_samples
 from parity.inputs.seeded import digest, generate
 from parity.outputs import FINGERPRINT, check_json, load_fingerprint, load_outputs, worker_seconds
@@ -259,7 +260,7 @@ class Siblings:
 
     def stopped(self, name: str) -> str:
         """What environment `name`, stopped, says."""
-        return str(WorkerError(name, f"stopped: environment {self.failed!r} failed first"))
+        return str(stopped_error(name, str(self.failed)))
 
 
 def run_errors(runs: list[EnvRun]) -> list[str]:
