@@ -262,6 +262,8 @@ def check_command(
 
         require_wandb()  # so is --wandb without wandb installed
     progress = progress_printer(quiet)
+    # `--json -` prints the JSON alone: nothing is rendered, so rich is never imported.
+    renderer = None if json_path is not None and str(json_path) == "-" else _import_renderer
     if against is None:
         report = run_check(
             config,
@@ -270,7 +272,7 @@ def check_command(
             progress=progress,
             calibrate=calibrate,
             localize=localize,
-            meanwhile=_import_renderer,
+            meanwhile=renderer,
         )
     else:
         with _open_bundle(str(against), config_path, mlflow_uri) as bundle:
@@ -283,7 +285,7 @@ def check_command(
                 progress=progress,
                 calibrate=calibrate,
                 localize=localize,
-                meanwhile=_import_renderer,
+                meanwhile=renderer,
             )
     written = _write_report(report, json_path, junit_path, markdown_path, html_path, metrics_path)
     if target is not None:
@@ -293,6 +295,13 @@ def check_command(
 
         _log_to_wandb(report, WandbTarget(wandb_project, wandb_entity), written, progress)
     raise SystemExit(report.exit_code)
+
+
+def _render_terminal(report: ParityReport, console: Console) -> None:
+    """The terminal report (rich imported only when a report is rendered)."""
+    from parity.render.terminal import render_terminal
+
+    render_terminal(report, console)
 
 
 def _import_renderer() -> None:
@@ -389,10 +398,8 @@ def _write_report(
 ) -> list[Path]:
     """Print the report and write the files asked for; the files written. No value of a
     secret-looking variable of ours is in any of them (`envlock.envvars.scrub`)."""
-    from parity.render.terminal import render_terminal
-
     report = scrub(report, redactor())
-    _emit(report, render_terminal, json_path)
+    _emit(report, _render_terminal, json_path)
     written = [json_path] if json_path is not None and str(json_path) != "-" else []
     renderings: list[tuple[Path | None, str]] = [
         (junit_path, "junit"),

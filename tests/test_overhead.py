@@ -8,15 +8,17 @@ figures themselves are `benchmarks/trivial_check.py`'s and `benchmarks/parity_ov
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from conftest import ROOT
+from conftest import LOCAL_CONFIG, ROOT
 
 from envlock import read_lock
 
@@ -89,3 +91,36 @@ def test_commands_run_in_one_process_freeze_at_its_exit_once() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+IDENTITY = """\
+def predict(inputs):
+    return {"y": inputs["x"]}
+"""
+
+
+def test_a_check_that_prints_only_its_json_never_imports_rich(
+    write_project: Callable[..., Path],
+) -> None:
+    """`--json -` prints the JSON alone: the terminal renderer (rich) is neither used nor
+    imported while the workers run."""
+    cfg = write_project(IDENTITY, LOCAL_CONFIG.format(timeout=120))
+    code = (
+        "import sys, parity.cli\n"
+        "try:\n"
+        "    parity.cli.main(['check', '--config', sys.argv[1], '--json', '-', '-q'])\n"
+        "except SystemExit as e:\n"
+        "    sys.stderr.write(f'exit={e.code} rich={\"rich\" in sys.modules}\\n')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert json.loads(out.stdout)["verdict"] == "pass", out.stderr
+    assert "exit=0 rich=False" in out.stderr, out.stderr
+    # and the same check rendered for a reader does import it, to print the report
+    shown = subprocess.run(
+        [sys.executable, "-c", code.replace("'--json', '-', ", ""), str(cfg)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "parity check: PASS" in shown.stdout, shown.stderr
+    assert "exit=0 rich=True" in shown.stderr, shown.stderr
