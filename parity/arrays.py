@@ -30,6 +30,8 @@ MAX_HEADER = 10_000  # numpy's own default bound on an .npy header
 READ_BYTES = 1 << 20  # one read of a member
 # What reordering a Fortran-ordered member holds at once (twice, while transposing).
 SEGMENT_BYTES = 16 << 20
+# What `content_digest` reads of an output at once.
+DIGEST_BYTES = 8 << 20
 
 
 class OutputArray(Protocol):
@@ -405,6 +407,23 @@ def _header(f: object, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     except (ValueError, OSError, SyntaxError) as e:
         raise HostileOutputError(f"{where}: not a readable .npy array ({e})") from None
     return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
+
+
+def content_digest(name: str, array: OutputArray) -> str:
+    """`sha256:<hex>` of one output: its name, dtype, shape and elements in C order (framed
+    as `parity.inputs.seeded.digest` frames each array), read block by block, so memory
+    stays bounded whatever the output's size. It digests what the array holds, not how a
+    file stores it: an `.npz`'s zip timestamps and compression, a member's Fortran order
+    or byte order (elements are taken in native byte order) give the same digest."""
+    import hashlib
+
+    import numpy as np
+
+    native = np.dtype(array.dtype).newbyteorder("=")
+    h = hashlib.sha256(f"{name}|{native.str}|{tuple(array.shape)}|".encode())
+    for block in array.blocks(max(1, DIGEST_BYTES // max(1, native.itemsize))):
+        h.update(np.ascontiguousarray(block, dtype=native).tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def as_output_array(value: np.ndarray | OutputArray) -> OutputArray:

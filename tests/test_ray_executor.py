@@ -36,8 +36,11 @@ from raycluster import RAY_ENV, LocalRayCluster
 
 # Adapter for the local-backend checks: each batch takes `NAP` seconds, so a node can be
 # killed while a shard runs. `GATE`: a worker waits until that file exists, except where
-# `UNGATED` is set (a node's variable, passed with `run.pass_env`).
+# `UNGATED` is set (a node's variable, passed with `run.pass_env`). `COUNTER`: a folder
+# where each batch's predictions are counted; the times a batch was predicted before are
+# added to its outputs (its first run gives what the others give, a run again does not).
 ADAPTER = """\
+import hashlib
 import os
 import time
 import numpy as np
@@ -51,7 +54,15 @@ def predict(inputs):
     time.sleep(float(os.environ.get("NAP", "0")))
     x = inputs["x"].astype(np.float64)
     scale = float(os.environ.get("SCALE", "1"))
-    return {"y": x * 2.0 * scale + float(os.environ.get("SHIFT", "0"))}
+    shift = float(os.environ.get("SHIFT", "0"))
+    counter = os.environ.get("COUNTER")
+    if counter:
+        seen = os.path.join(counter, hashlib.sha256(x.tobytes()).hexdigest())
+        before = int(open(seen).read()) if os.path.exists(seen) else 0
+        with open(seen, "w") as f:
+            f.write(str(before + 1))
+        shift += before
+    return {"y": x * 2.0 * scale + shift}
 """
 
 
@@ -350,24 +361,21 @@ def test_partial_merge_brings_back_summaries_and_refines_on_the_nodes(
     assert kept_folders(ray_cluster) == []  # removed after the check
 
 
-@pytest.mark.slow
-def test_a_shard_whose_kept_outputs_are_gone_is_replayed_again(
-    ray_cluster: LocalRayCluster, tmp_path: Path
-) -> None:
-    config = local_project(tmp_path, "shards = 4\nkeep_limit = 0", count=16)
-    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
-    config.write_text(text + '\n[run.env]\nNAP = "1"\n[environments.infer.env]\nSHIFT = "1e-7"\n')
-    report_path = tmp_path / "sharded.json"
+def check_losing_a_kept_folder(cluster: LocalRayCluster, config: Path) -> tuple[int, str, Path]:
+    """Run `parity check --config config --json <its folder>/sharded.json` on `cluster`,
+    deleting the first shard folder kept on a node while the other shards still run (a
+    second a batch): its exit code, its stderr and the folder deleted."""
+    report_path = config.parent / "sharded.json"
     proc = subprocess.Popen(
         [str(BIN / "parity"), "check", "--config", str(config), "--json", str(report_path)],
-        env={**ray_cluster.driver_env(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        env={**cluster.driver_env(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deleted: list[Path] = []
     try:  # the first shard kept is deleted while the others still run
         deadline = time.monotonic() + 240
         while not deleted and time.monotonic() < deadline and proc.poll() is None:
-            for folder in kept_folders(ray_cluster):
+            for folder in kept_folders(cluster):
                 shutil.rmtree(folder)
                 deleted.append(folder)
                 break
@@ -378,16 +386,61 @@ def test_a_shard_whose_kept_outputs_are_gone_is_replayed_again(
             proc.kill()
             proc.wait()
     assert deleted, stderr
-    assert proc.returncode == 1, stderr
-    shard = int(deleted[0].name.partition("-shard")[2].partition("-")[0]) + 1
+    return proc.returncode, stderr, deleted[0]
+
+
+@pytest.mark.slow
+def test_a_shard_whose_kept_outputs_are_gone_is_replayed_again(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    config = local_project(tmp_path, "shards = 4\nkeep_limit = 0", count=16)
+    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+    config.write_text(text + '\n[run.env]\nNAP = "1"\n[environments.infer.env]\nSHIFT = "1e-7"\n')
+    code, stderr, deleted = check_losing_a_kept_folder(ray_cluster, config)
+    assert code == 1, stderr
+    shard = int(deleted.name.partition("-shard")[2].partition("-")[0]) + 1
     assert f"shard {shard}'s outputs are gone from node" in stderr, stderr
     assert f"shard {shard} replayed again on node" in stderr, stderr
-    report = json.loads(report_path.read_text())
+    report = json.loads((tmp_path / "sharded.json").read_text())
     assert_valid_report(report)
     local_config = tmp_path / "local.toml"
     local_config.write_text(config.read_text().replace('executor = "ray"', 'executor = "local"'))
     _, local = parity_check(local_config)
     same_figures(report, local)
+    assert kept_folders(ray_cluster) == []
+
+
+@pytest.mark.slow
+def test_a_shard_replayed_again_with_other_outputs_is_an_error(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    # infer's model adds to each batch the times it predicted it before: the shard whose
+    # kept folder is deleted is replayed again, and infer's y differs from its first run's
+    counter = tmp_path / "counter"
+    counter.mkdir()
+    config = local_project(tmp_path, "shards = 4\nkeep_limit = 0", count=16)
+    text = config.read_text().replace("batch_size = 5", "batch_size = 4")
+    config.write_text(
+        text + '\n[run.env]\nNAP = "1"\n[environments.infer.env]\nSHIFT = "1e-7"\n'
+        f'COUNTER = "{counter}"\n'
+    )
+    code, stderr, deleted = check_losing_a_kept_folder(ray_cluster, config)
+    assert code == 3, stderr
+    shard = int(deleted.name.partition("-shard")[2].partition("-")[0]) + 1
+    first_node = deleted.parent.name  # the node's TMPDIR holds the folders it kept
+    said = f"shard {shard} (samples {4 * shard - 4}-{4 * shard - 1}) replayed again on node node"
+    report = json.loads((tmp_path / "sharded.json").read_text())
+    assert_valid_report(report)
+    assert report["verdict"] == "error", report["errors"]
+    errors = [e for e in report["errors"] if said in e]
+    assert len(errors) == 1, report["errors"]
+    assert f" gave other outputs than its first run on node {first_node} " in errors[0]
+    assert "(environment 'infer': output 'y')" in errors[0], errors[0]
+    assert "the quantiles cannot be merged exactly from two different runs" in errors[0]
+    assert f"shard {shard}'s outputs are gone from {first_node}: replaying" in stderr
+    assert "shard missing, or answering twice" not in stderr, stderr
+    # no quantile came from the run again
+    assert all("replayed" not in s for s in report["execution"]["shards"]), report["execution"]
     assert kept_folders(ray_cluster) == []
 
 
@@ -441,6 +494,59 @@ def test_shards_follow_batches() -> None:
     ]  # fmt: skip
     assert [(s.start, s.stop) for s in plan_shards(10, 4, 8)] == [(0, 4), (4, 8), (8, 10)]
     assert [(s.start, s.stop) for s in plan_shards(256, 64, 3)] == [(0, 64), (64, 128), (128, 256)]
+
+
+def test_a_shards_output_digest_is_its_content_not_its_file(tmp_path: Path) -> None:
+    """What a replay again is held to (`output_digests`, from the kept `.npz` as the node
+    reads it): the same arrays in another file (other zip timestamps, deflated, Fortran
+    order) give the same digests; an element, the dtype, the shape or the name changed
+    gives another."""
+    import zipfile
+
+    import numpy as np
+
+    from parity.arrays import DIGEST_BYTES, MemoryArray, content_digest
+    from parity.inputs.seeded import digest
+    from parity.outputs import load_outputs
+    from parity.runs.sharded import output_digests
+
+    rng = np.random.default_rng(5)
+    y = rng.standard_normal((3, DIGEST_BYTES // 4 // 3 + 7)).astype(np.float32)  # 2 blocks
+    z = np.arange(24, dtype=np.int64).reshape(2, 3, 4)
+
+    def written(name: str, when: tuple[int, ...], deflated: bool, **arrays: Any) -> Path:
+        plain = tmp_path / f"{name}.plain.npz"
+        np.savez(plain, **arrays)
+        path = tmp_path / f"{name}.npz"
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as dst:
+            for info in src.infolist():
+                member = zipfile.ZipInfo(info.filename, date_time=when)
+                member.compress_type = zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED
+                dst.writestr(member, src.read(info))
+        return path
+
+    def digests(path: Path) -> dict[str, str]:
+        return output_digests(dict(load_outputs(path)))
+
+    first = written("first", (2026, 1, 2, 3, 4, 6), False, y=y, z=z)
+    again = written("again", (2026, 11, 30, 20, 0, 0), True, y=y, z=np.asfortranarray(z))
+    assert first.read_bytes() != again.read_bytes()
+    assert digests(first) == digests(again)
+    # the framing of the input set's digest, array by array, streamed in blocks
+    assert digests(first) == {"y": digest({"y": y}), "z": digest({"z": z})}
+    assert content_digest("y", MemoryArray(y.astype(">f4"))) == digest({"y": y})
+
+    changed = y.copy()
+    changed[2, -1] = np.nextafter(changed[2, -1], np.float32(np.inf))
+    other = digests(written("element", (2026, 1, 2, 3, 4, 6), False, y=changed, z=z))
+    assert other["y"] != digests(first)["y"] and other["z"] == digests(first)["z"]
+    for name, arrays in {
+        "dtype": {"y": y.view(np.int32), "z": z},  # the same bytes, another dtype
+        "shape": {"y": y.reshape(-1, 3), "z": z},  # the same elements, another shape
+    }.items():
+        other = digests(written(name, (2026, 1, 2, 3, 4, 6), False, **arrays))
+        assert other["y"] != digests(first)["y"], name
+    assert content_digest("w", MemoryArray(z)) != content_digest("z", MemoryArray(z))
 
 
 @pytest.mark.parametrize(

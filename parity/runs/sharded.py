@@ -19,7 +19,8 @@ driver judges from:
   node's TMPDIR, named by the check's id and the shard's), for the quantile passes:
   `KeptShards.ask` runs one small task per shard pinned to the node holding its folder
   (a shard whose node or folder is gone is replayed anywhere and answers from its fresh
-  outputs), and `KeptShards.clean` removes the folders afterwards (best effort);
+  outputs, once each output's content digest is the first run's, `ClusterError`
+  otherwise), and `KeptShards.clean` removes the folders afterwards (best effort);
 - `merge = "outputs"`: the outputs as `.npz` bytes written by parity.
 
 The driver keeps the first result of each shard (a shard Ray retried after its node died
@@ -57,7 +58,7 @@ from uuid import uuid4
 from envlock.environments import pin_environment, read_spec_lock
 from envlock.errors import EnvlockError
 from envlock.progress import Progress
-from parity.arrays import OutputArray
+from parity.arrays import OutputArray, content_digest
 from parity.config import ParityConfig
 from parity.errors import ClusterError, ConfigError, ParityError, WorkerError
 from parity.inputs.seeded import InputSpec
@@ -568,6 +569,8 @@ class KeptShards:
         self.ray = ray
         self.config = config
         self.where = {s.id: (r["node_id"], r["node"], r["kept"]) for s, r in kept}
+        # each environment's output digests of the shard's first run, and its node
+        self.first = {s.id: (r["node"], r["digests"]) for s, r in kept}
         self.shards = [s for s, _ in kept]
         self.again = again
         self.execution = execution
@@ -582,7 +585,8 @@ class KeptShards:
         """`answer(kept outputs, request)` on every shard (those with the ids `only`, if
         given), each on the node holding its outputs, in plan order; a shard whose node or
         folder is gone is replayed anywhere and answers from its fresh outputs.
-        `ClusterError` when a shard cannot answer."""
+        `ClusterError` when a shard cannot answer, or its fresh outputs are not its first
+        run's (their content digests differ: the passes would answer about other data)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         shards = [s for s in self.shards if only is None or s.id in only]
@@ -648,6 +652,16 @@ class KeptShards:
             )
         old = self.where[shard.id]
         self.removed.append((old[0], old[2]))
+        first_node, first = self.first[shard.id]
+        differing = _differing(first, result["digests"])
+        if differing:  # answers from this run would not be about the data merged so far
+            self.removed.append((result["node_id"], result["kept"]))
+            raise ClusterError(
+                f"shard {shard.id + 1} ({shard.samples}) replayed again on node "
+                f"{result['node']} gave other outputs than its first run on node {first_node} "
+                f"({differing}): the quantiles cannot be merged exactly from two different "
+                "runs; the model is not deterministic between runs or between these nodes"
+            )
         self.where[shard.id] = (result["node_id"], result["node"], result["kept"])
         for entry in self.execution.get("shards", []):
             if entry.get("id") == shard.id:  # the node its quantile answers now come from
@@ -677,6 +691,19 @@ class KeptShards:
         refs = [_remove_soon(self.ray, n, f) for n, f in [*folders, *self.removed] if n in alive]
         with contextlib.suppress(Exception):
             self.ray.wait([r for r in refs if r is not None], num_returns=len(refs), timeout=10)
+
+
+def _differing(first: dict[str, dict[str, str]], fresh: dict[str, dict[str, str]]) -> str:
+    """The outputs whose digests differ between a shard's two runs, by environment
+    (`environment 'infer': output 'y'`; "" when none do)."""
+    said = []
+    for env in [*first, *(name for name in fresh if name not in first)]:
+        a, b = first.get(env, {}), fresh.get(env, {})
+        names = [n for n in [*a, *(n for n in b if n not in a)] if a.get(n) != b.get(n)]
+        if names:
+            what = "output" + ("s " if len(names) > 1 else " ")
+            said.append(f"environment {env!r}: {what}{', '.join(repr(n) for n in names)}")
+    return "; ".join(said)
 
 
 def _remove_soon(ray: Any, node_id: str, folder: str) -> Any:
@@ -870,6 +897,8 @@ def _replay_shard(
     if summarize is not None and not failed:
         try:
             extra["summary"] = summarize(config, {run.name: run.outputs for run in runs}, start)
+            # what a replay again of this shard must give (`KeptShards._answer_fresh`)
+            extra["digests"] = {run.name: output_digests(run.outputs) for run in runs}
             (work / KEPT_MARK).write_text(json.dumps({"shard": shard_id, "check": check_id}))
             extra["kept"] = str(work)
         except Exception as e:  # said by the driver as this shard's error
@@ -915,6 +944,12 @@ def _shipped(run: EnvRun, outputs: bool = True) -> dict[str, Any]:
 
 
 KEPT_MARK = "kept.json"  # in a shard's work folder kept for the quantile passes
+
+
+def output_digests(outputs: dict[str, OutputArray]) -> dict[str, str]:
+    """Each output's content digest (`parity.arrays.content_digest`: name, dtype, shape
+    and elements, streamed from the kept file), by name."""
+    return {name: content_digest(name, array) for name, array in outputs.items()}
 
 
 def _answer_kept(folder: str, request: bytes, answer: Answer) -> bytes | None:
