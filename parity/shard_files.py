@@ -54,6 +54,7 @@ from parity.runs.replay import (
 from parity.runs.sharded import (
     Shard,
     fill_from_shards,
+    first_failure,
     merge_shards,
     plan_shards,
 )
@@ -371,19 +372,7 @@ def _fill(
             run.lock = read_spec_lock(run.spec)
         envs = [(s, r, _env(r, run.name)) for s, r in zip(plan, records, strict=True)]
         described[run.name] = fill_from_shards(run, envs, notes, say)
-        # a failure first, before a side it stopped
-        failed = sorted(
-            [(s, r, e) for s, r, e in envs if e.get("error")],
-            key=lambda f: bool(f[2].get("cancelled")),
-        )
-        if failed:
-            shard, record, env = failed[0]
-            run.cancelled = bool(env.get("cancelled"))
-            more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
-            run.error = (
-                f"{env['error']}\n(on node {record['node']}, shard {shard.id + 1}: "
-                f"{shard.samples}{more}; its files: {record['_folder']})"
-            )
+        if first_failure(run, envs, lambda record: f"its files: {record['_folder']}"):
             continue
         try:
             merge_shards(run, [(s, e) for s, _, e in envs], work / run.name)

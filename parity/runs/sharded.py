@@ -483,22 +483,10 @@ def _merge(
     for run in runs:
         ordered = [(s, results[s.id]) for s in plan if s.id in results]
         envs = [(s, r, r["environments"][run.name]) for s, r in ordered]
-        # a failure first, before a side it stopped
-        failed = sorted(
-            [(s, r, e) for s, r, e in envs if e.get("error")],
-            key=lambda f: bool(f[2].get("cancelled")),
-        )
         if envs:
             described[run.name] = fill_from_shards(run, envs, notes, say)
-        if failed:
-            shard, result, env = failed[0]
-            run.cancelled = bool(env.get("cancelled"))
-            more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
-            run.error = (
-                f"{env['error']}\n(on node {result['node']}, shard {shard.id + 1}: "
-                f"{shard.samples}{more}; its work folder there: {result['work']})"
-            )
-        elif not lost and len(envs) == len(plan) and not partial:
+        failed = first_failure(run, envs, lambda r: f"its work folder there: {r['work']}")
+        if not failed and not lost and len(envs) == len(plan) and not partial:
             try:
                 merge_shards(run, [(s, e) for s, _, e in envs], work / run.name)
             except ParityError as e:
@@ -766,6 +754,31 @@ def merge_shards(run: EnvRun, shards: list[tuple[Shard, dict[str, Any]]], outdir
                         f.write(np.ascontiguousarray(block).tobytes())
     run.outputs = dict(load_outputs(target))
     shutil.rmtree(target.parent.parent / "shards" / run.name, ignore_errors=True)
+
+
+def first_failure(
+    run: EnvRun,
+    envs: list[tuple[Shard, dict[str, Any], dict[str, Any]]],
+    where: Callable[[dict[str, Any]], str],
+) -> bool:
+    """Whether one of `run`'s shards failed (its part of each shard's result, in shard
+    order); if so, `run.error` is the first failure's, a failure before a side it stopped
+    (`run.cancelled` then False), with the node, the shard, how many more failed and
+    `where(result)` (where the shard's files are)."""
+    failed = sorted(
+        [(s, r, e) for s, r, e in envs if e.get("error")],
+        key=lambda f: bool(f[2].get("cancelled")),
+    )
+    if not failed:
+        return False
+    shard, result, env = failed[0]
+    run.cancelled = bool(env.get("cancelled"))
+    more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
+    run.error = (
+        f"{env['error']}\n(on node {result['node']}, shard {shard.id + 1}: "
+        f"{shard.samples}{more}; {where(result)})"
+    )
+    return True
 
 
 def fill_from_shards(
