@@ -426,6 +426,61 @@ def content_digest(name: str, array: OutputArray) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def read_ahead(
+    ref: OutputArray, cand: OutputArray, elements: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The two outputs' blocks of `elements`, side by side, as `zip(..., strict=True)`
+    gives them; where one is read from an archive, each pair is read (and its member's
+    CRC checked) by a thread of its own while the caller works on the pair before, at
+    most one pair ahead. A failure to read comes out where its pair would have."""
+    import queue
+    import threading
+
+    if isinstance(ref, MemoryArray) and isinstance(cand, MemoryArray):
+        yield from zip(ref.blocks(elements), cand.blocks(elements), strict=True)
+        return
+    sources = (ref.blocks(elements), cand.blocks(elements))
+    ready: queue.Queue[tuple[tuple[np.ndarray, np.ndarray] | None, BaseException | None]]
+    ready = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand(item: tuple[tuple[np.ndarray, np.ndarray] | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for pair in zip(*sources, strict=True):
+                if not hand((pair, None)):
+                    return
+            hand((None, None))
+        except BaseException as e:  # handed over, raised in the caller's thread
+            hand((None, e))
+        finally:
+            for source in sources:  # their archives closed here, where they were read
+                with contextlib.suppress(Exception):
+                    source.close()  # type: ignore[attr-defined]
+
+    reader = threading.Thread(target=read, name="parity-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            pair, error = ready.get()
+            if error is not None:
+                raise error
+            if pair is None:
+                return
+            yield pair
+    finally:
+        stop.set()
+        reader.join(timeout=10)
+
+
 def as_output_array(value: np.ndarray | OutputArray) -> OutputArray:
     """`value` as an `OutputArray` (arrays in memory are wrapped)."""
     import numpy as np

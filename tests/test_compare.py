@@ -567,3 +567,62 @@ def test_decision_on_a_column_of_floats_is_a_policy_error() -> None:
     assert (result.passed, result.cause) == (False, "policy")  # not an argmax that agrees
     assert result.reason is not None
     assert "decision policy on a (rows, 1) float32 output is ambiguous" in result.reason
+
+
+def _archives(tmp_path: Path, n: int) -> tuple[NpzMember, NpzMember, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    ref = rng.random(n)
+    cand = ref + rng.normal(0, 1e-9, n)
+    np.savez(tmp_path / "ref.npz", y=ref)
+    np.savez(tmp_path / "cand.npz", y=cand)
+    return (
+        NpzMember(tmp_path / "ref.npz", "y.npy"),
+        NpzMember(tmp_path / "cand.npz", "y.npy"),
+        ref,
+        cand,
+    )
+
+
+def _readers() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "parity-read-ahead"]
+
+
+def test_reading_ahead_gives_the_blocks_in_order_and_stops_with_its_reader(
+    tmp_path: Path,
+) -> None:
+    """The compiled pass reads an archive's next blocks in a thread while it compares
+    (`parity.arrays.read_ahead`): the same pairs as reading them in turn, and a caller that
+    stops early leaves no reader behind."""
+    from parity.arrays import read_ahead
+
+    a, b, ref, cand = _archives(tmp_path, 10_000)
+    pairs = list(read_ahead(a, b, 1024))
+    assert [p[0].size for p in pairs] == [1024] * 9 + [784]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in pairs]), ref)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in pairs]), cand)
+    ahead = read_ahead(a, b, 1024)
+    next(ahead)
+    ahead.close()  # the caller stops after one pair
+    assert _readers() == []
+
+
+def test_a_corrupt_member_read_ahead_fails_where_its_block_comes(tmp_path: Path) -> None:
+    """A member whose last bytes no longer match its CRC: the pairs before it come, then
+    the reader's error, raised in the caller."""
+    from parity.arrays import read_ahead
+    from parity.errors import HostileOutputError
+
+    a, b, _, _ = _archives(tmp_path, 10_000)
+    with zipfile.ZipFile(tmp_path / "cand.npz") as zf:
+        data = zf.read("y.npy")
+    raw = bytearray((tmp_path / "cand.npz").read_bytes())
+    raw[bytes(raw).index(data) + len(data) - 1] ^= 0xFF  # its last data byte
+    (tmp_path / "cand.npz").write_bytes(bytes(raw))
+    got = []
+    with pytest.raises(HostileOutputError, match="Bad CRC-32"):
+        for pair in read_ahead(a, b, 1024):
+            got.append(pair)
+    assert len(got) == 9  # the CRC is checked as the last block is read
+    assert _readers() == []
