@@ -174,38 +174,47 @@ def _reduce(
     return nok, zd, zr, fr, sa, sr, mx, mr, ap ^ ((ap >> 63) & _LOW63)
 
 
-def _take(keys: np.ndarray, ranges: np.ndarray, tbuf: np.ndarray, m: int) -> Any:
-    """Which of a chunk's keys to collect (see `_pass`), in SIMD: tbuf[j], and how many.
-    The ranges in use come first; a loop for one, two or four of them."""
+def _take(keys: np.ndarray, ranges: np.ndarray, masks: np.ndarray, m: int) -> Any:
+    """Which of a chunk's keys to collect (see `_pass`): bit j % 64 of masks[j // 64], and
+    how many. The ranges in use come first; a loop for one, two or four of them."""
     lo0, sp0, rp0 = ranges[0, 0], ranges[0, 1], ranges[0, 2]
     lo1, sp1, rp1 = ranges[1, 0], ranges[1, 1], ranges[1, 2]
     lo2, sp2, rp2 = ranges[2, 0], ranges[2, 1], ranges[2, 2]
     lo3, sp3, rp3 = ranges[3, 0], ranges[3, 1], ranges[3, 2]
     taken: Any = 0
-    if lo1 == _NONE:
-        for j in range(m):
-            key = keys[j]
-            take = (key - lo0 <= sp0) & (key != rp0)
-            tbuf[j] = take
-            taken += np.int64(take)
-    elif lo2 == _NONE:
-        for j in range(m):
-            key = keys[j]
-            take = ((key - lo0 <= sp0) & (key != rp0)) | ((key - lo1 <= sp1) & (key != rp1))
-            tbuf[j] = take
-            taken += np.int64(take)
-    else:
-        for j in range(m):
-            key = keys[j]
-            take = (
-                ((key - lo0 <= sp0) & (key != rp0))
-                | ((key - lo1 <= sp1) & (key != rp1))
-                | ((key - lo2 <= sp2) & (key != rp2))
-                | ((key - lo3 <= sp3) & (key != rp3))
-            )
-            tbuf[j] = take
-            taken += np.int64(take)
+    for w in range((m + 63) >> 6):
+        at = w << 6
+        word = np.uint64(0)
+        if lo1 == _NONE:
+            for b in range(min(64, m - at)):
+                key = keys[at + b]
+                take = (key - lo0 <= sp0) & (key != rp0)
+                word |= np.uint64(take) << np.uint64(b)
+                taken += np.int64(take)
+        elif lo2 == _NONE:
+            for b in range(min(64, m - at)):
+                key = keys[at + b]
+                take = ((key - lo0 <= sp0) & (key != rp0)) | ((key - lo1 <= sp1) & (key != rp1))
+                word |= np.uint64(take) << np.uint64(b)
+                taken += np.int64(take)
+        else:
+            for b in range(min(64, m - at)):
+                key = keys[at + b]
+                take = (
+                    ((key - lo0 <= sp0) & (key != rp0))
+                    | ((key - lo1 <= sp1) & (key != rp1))
+                    | ((key - lo2 <= sp2) & (key != rp2))
+                    | ((key - lo3 <= sp3) & (key != rp3))
+                )
+                word |= np.uint64(take) << np.uint64(b)
+                taken += np.int64(take)
+        masks[w] = word
     return taken
+
+
+def _ctz(x: Any) -> int:
+    """The index of the lowest set bit of a non-zero 64-bit word (compiled: numba's)."""
+    return (int(x) & -int(x)).bit_length() - 1
 
 
 def _pass(
@@ -264,7 +273,7 @@ def _pass(
     abuf = np.empty(_CH)
     rbuf = np.empty(_CH)
     sbuf = np.empty(_CH)
-    tbuf = np.empty(_CH, dtype=np.bool_)
+    masks = np.empty((_CH + 63) >> 6, dtype=np.uint64)
     dkey = dbuf.view(np.uint64)
     rkey = rbuf.view(np.uint64)
     for c0 in range(lo, hi, _CH):
@@ -394,15 +403,17 @@ def _pass(
                 if ranges[w, 0, 0] == _NONE:
                     continue
                 keys = dkey if w == 0 else rkey
-                taken = _take(keys, ranges[w], tbuf, m)
-                if taken:
+                taken = _take(keys, ranges[w], masks, m)
+                if taken:  # the taken keys alone, found from the masks' set bits
                     f = fill[w]
                     room = cap[w]
                     at = base[w]
-                    for j in range(m):
-                        if tbuf[j]:
-                            buf[at + min(f, room)] = keys[j]
+                    for i in range((m + 63) >> 6):
+                        word = masks[i]
+                        while word:
+                            buf[at + min(f, room)] = keys[(i << 6) + _ctz(word)]
                             f += 1
+                            word &= word - np.uint64(1)
                     fill[w] = f
     counts[_MISMATCHED], counts[_SPECIAL_BAD], counts[_NAN_BAD] = mismatched, special_bad, nan_bads
     counts[_WORST], counts[_FINITE_ABS], counts[_FINITE_REL] = worst, finite_abs, finite_rel
@@ -619,6 +630,9 @@ def _kernels() -> tuple[Any, Any]:
         glob["_element"] = numba.njit(inline="always", error_model="numpy")(_PY_ELEMENT)
         glob["_ordered"] = numba.njit(inline="always")(_PY_ORDERED)
         glob["_take"] = numba.njit(_PY_TAKE)
+        from numba.cpython.unsafe.numbers import trailing_zeros
+
+        glob["_ctz"] = trailing_zeros
         # Reassociated sums and maxima without NaN (none reach it): SIMD reductions.
         glob["_reduce"] = numba.njit(error_model="numpy", fastmath={"reassoc", "nnan", "nsz"})(
             _PY_REDUCE
