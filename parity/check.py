@@ -92,8 +92,7 @@ def run_check(
         input_digest, generated = replay_environments(
             config, runs, work.path, cache_dir, say, calibrate, meanwhile=_also(meanwhile)
         )
-        ref = next(r for r in runs if r.name == config.reference)
-        cand = next(r for r in runs if r.name != config.reference)
+        ref, cand = _sides(config, runs)
         return _conclude(
             config,
             ref,
@@ -202,8 +201,7 @@ def conclude_shards(
         description, created = described[run.name]
         return dataclasses.replace(found, description=description, created=created)
 
-    ref = next(r for r in runs if r.name == config.reference)
-    cand = next(r for r in runs if r.name != config.reference)
+    ref, cand = _sides(config, runs)
     return _conclude(
         config,
         ref,
@@ -355,6 +353,13 @@ def _say_reference(config: ParityConfig, bundle: Bundle, say: Progress) -> None:
     elif not config.reference:
         words += "; the config names no reference environment (not needed)"
     say(words)
+
+
+def _sides(config: ParityConfig, runs: list[EnvRun]) -> tuple[EnvRun, EnvRun]:
+    """The reference run and the candidate run of a check's two."""
+    ref = next(r for r in runs if r.name == config.reference)
+    cand = next(r for r in runs if r.name != config.reference)
+    return ref, cand
 
 
 def _conclude(
