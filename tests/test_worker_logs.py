@@ -6,6 +6,7 @@ not keep the check waiting."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LOCAL_CONFIG, run_cli
+from conftest import LOCAL_CONFIG, failures, run_cli
 
 from envlock.backends.base import LOG_HEAD, LOG_TAIL
 
@@ -59,17 +60,26 @@ def test_a_model_printing_24_mib_leaves_a_log_of_its_start_and_its_end(
     cfg = write_project(NOISY, LOCAL_CONFIG.format(timeout=300))
     work = tmp_path / "tmp"
     work.mkdir()
+    report = tmp_path / "r.json"
     result = run_cli(
-        "parity", "check", "--config", str(cfg), "-q", env={"TMPDIR": str(work)}, timeout=300
-    )
+        "parity", "check", "--config", str(cfg), "-q", "--json", str(report),
+        env={"TMPDIR": str(work)}, timeout=300,
+    )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "the noisy model gives up" in result.stdout  # with the model's traceback
+    # Both sides fail; the one failing second may be stopped first, its printing cut short.
+    errors = json.loads(report.read_text())["errors"]
+    failed = {e.partition("'")[2].partition("'")[0] for e in failures(errors)}
+    assert failed, errors
     logs = sorted(work.rglob("worker.log"))
     assert len(logs) == 2, logs  # the work folder is kept: the logs are the evidence
+    assert failed <= {log.parent.name for log in logs}, (failed, logs)
     for log in logs:
         text = log.read_bytes()
         assert len(text) <= LOG_HEAD + LOG_TAIL + 200
         assert text.startswith(b"noisy model: first line\n")
+        if log.parent.name not in failed:
+            continue  # stopped: its log is bounded and starts as it must, its end is cut
         assert b"noisy model: last line" in text[-LOG_TAIL:]
         # What was left out is said: at least all the model printed, less what was kept.
         said = re.search(rb"\n\[\.\.\. ([\d,]+) bytes of output left out here \.\.\.\]\n", text)
